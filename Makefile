@@ -1,0 +1,26 @@
+# Set-up and everyday commands. `make train` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.detkit-installed
+# Exact versions that install from local disk here; setup.cfg declares the supported ranges.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test test-fast lint
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(TORCH_PINS)
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check detkit tests scripts benchmarks
