@@ -1,0 +1,28 @@
+"""Shared CNN layer library: conv blocks, norms, activations and init helpers."""
+
+from detkit.layers.conv import (
+    ConvNormAct,
+    SeparableConv,
+    UpsampleConvTranspose,
+    channel_shuffle,
+    conv1x1,
+    conv1x1_norm_act,
+    conv_output_size,
+    same_padding,
+)
+from detkit.layers.init import init_norms, kaiming_init, normal_init, prior_probability_bias, xavier_init
+from detkit.layers.norm import (
+    NormSpec,
+    build_activation,
+    build_norm,
+    convert_frozen_batchnorm,
+    freeze_module,
+    is_norm,
+)
+
+__all__ = [
+    "ConvNormAct", "SeparableConv", "UpsampleConvTranspose", "channel_shuffle", "conv1x1",
+    "conv1x1_norm_act", "conv_output_size", "same_padding", "init_norms", "kaiming_init",
+    "normal_init", "prior_probability_bias", "xavier_init", "NormSpec", "build_activation",
+    "build_norm", "convert_frozen_batchnorm", "freeze_module", "is_norm",
+]
