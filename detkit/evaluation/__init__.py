@@ -1,0 +1,24 @@
+"""COCO json conversion, COCO evaluation and precision-recall plots."""
+
+from detkit.evaluation.coco_eval import (
+    STAT_NAMES,
+    COCOEvaluator,
+    EvalResult,
+    evaluate_main,
+    format_summary,
+    gather_and_deduplicate,
+)
+from detkit.evaluation.pr_curve import plot_pr_curves
+from detkit.evaluation.results import detections_to_coco_results, save_results_json
+
+__all__ = [
+    "STAT_NAMES",
+    "COCOEvaluator",
+    "EvalResult",
+    "detections_to_coco_results",
+    "evaluate_main",
+    "format_summary",
+    "gather_and_deduplicate",
+    "plot_pr_curves",
+    "save_results_json",
+]

@@ -1,0 +1,449 @@
+"""COCO box / mask evaluation on top of faster-coco-eval (or pycocotools as a fallback).
+
+The backends compute the metrics; this module loads ground truth once, validates and
+sanitises results, hides the backends' printing, and returns one typed `EvalResult`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detkit.evaluation.results import save_results_json
+
+__all__ = [
+    "STAT_NAMES",
+    "COCOEvaluator",
+    "EvalResult",
+    "evaluate_main",
+    "format_summary",
+    "gather_and_deduplicate",
+]
+
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
+# (is_ap, iou threshold or None for .50:.95, area range, max detections), in STAT_NAMES order.
+_STAT_SPECS = (
+    (True, None, "all", 100),
+    (True, 0.5, "all", 100),
+    (True, 0.75, "all", 100),
+    (True, None, "small", 100),
+    (True, None, "medium", 100),
+    (True, None, "large", 100),
+    (False, None, "all", 1),
+    (False, None, "all", 10),
+    (False, None, "all", 100),
+    (False, None, "small", 100),
+    (False, None, "medium", 100),
+    (False, None, "large", 100),
+)
+_BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+_IOU_TYPES = ("bbox", "segm")
+
+
+@dataclass
+class EvalResult:
+    """Outcome of one COCO evaluation.
+
+    `stats` holds the 12 standard numbers in COCO order (-1 where COCO leaves a metric
+    undefined, e.g. APs without small ground truth). `per_class_ap` is AP@[.5:.95]
+    (all areas, 100 detections) per category name; categories without ground truth are
+    left out. `precision` is the backend's `Tensor[T, R, K, A, M]` precision array
+    (IoU thresholds, recall thresholds, categories, area ranges, max detections).
+    """
+
+    iou_type: str
+    backend: str
+    stats: dict[str, float]
+    per_class_ap: dict[str, float]
+    precision: np.ndarray = field(repr=False)
+    summary: str = field(repr=False)
+    category_names: list[str] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Json-serialisable metrics (stats and per-class AP)."""
+        return {
+            "iou_type": self.iou_type,
+            "backend": self.backend,
+            "stats": dict(self.stats),
+            "per_class_ap": dict(self.per_class_ap),
+        }
+
+
+def format_summary(
+    stats: Mapping[str, float], iou_thresholds: Sequence[float] = (0.5, 0.95)
+) -> str:
+    """The standard 12-line COCO summary table for `stats` (keys `STAT_NAMES`)."""
+    lines = []
+    lo, hi = iou_thresholds[0], iou_thresholds[-1]
+    for name, (is_ap, iou, area, max_dets) in zip(STAT_NAMES, _STAT_SPECS):
+        title, kind = (
+            ("Average Precision", "(AP)") if is_ap else ("Average Recall", "(AR)")
+        )
+        iou_str = f"{lo:0.2f}:{hi:0.2f}" if iou is None else f"{iou:0.2f}"
+        lines.append(
+            f" {title:<18} {kind} @[ IoU={iou_str:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] = {stats[name]:0.3f}"
+        )
+    return "\n".join(lines)
+
+
+def _resolve_backend(backend: str) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            return "pycocotools"
+        return "faster_coco_eval"
+    return backend
+
+
+def _describe_ids(ids: Iterable[Any], limit: int = 5) -> str:
+    ids = sorted(ids, key=repr)
+    text = ", ".join(repr(i) for i in ids[:limit])
+    return text + (f" (and {len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def _load_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class COCOEvaluator:
+    """Evaluates COCO-format results against one ground-truth annotation set.
+
+    Args:
+        annotations: path of a COCO annotation json, its loaded dict, or a loaded `COCO`
+            object (pycocotools or faster-coco-eval; reused for that backend).
+    """
+
+    def __init__(self, annotations: str | os.PathLike | Mapping[str, Any] | Any):
+        self._gt_cache: dict[str, Any] = {}
+        if isinstance(annotations, (str, os.PathLike)):
+            dataset = _load_json(annotations)
+        elif isinstance(annotations, Mapping):
+            dataset = dict(annotations)
+        elif isinstance(getattr(annotations, "dataset", None), Mapping):
+            dataset = annotations.dataset
+            module = type(annotations).__module__
+            if module.startswith("faster_coco_eval"):
+                self._gt_cache["faster_coco_eval"] = annotations
+            elif module.startswith("pycocotools"):
+                self._gt_cache["pycocotools"] = annotations
+        else:
+            raise TypeError(
+                f"annotations must be a path, a dict or a COCO object, got {type(annotations)}"
+            )
+        if (
+            not isinstance(dataset, Mapping)
+            or "images" not in dataset
+            or "categories" not in dataset
+        ):
+            raise ValueError(
+                "ground truth must be a COCO dict with 'images' and 'categories'"
+            )
+        dataset.setdefault("annotations", [])
+        self._dataset = dataset
+        self.image_ids: frozenset[int] = frozenset(
+            int(img["id"]) for img in dataset["images"]
+        )
+        self.category_names: dict[int, str] = {
+            int(c["id"]): str(c["name"]) for c in dataset["categories"]
+        }
+
+    # ------------------------------------------------------------------ backends
+    def _dataset_copy(self) -> dict[str, Any]:
+        # Backends write into annotation dicts (`ignore`, RLEs); each backend gets its own.
+        data = dict(self._dataset)
+        data["annotations"] = [dict(a) for a in self._dataset["annotations"]]
+        return data
+
+    def _ground_truth(self, backend: str) -> Any:
+        if backend not in self._gt_cache:
+            if backend == "faster_coco_eval":
+                from faster_coco_eval import COCO
+
+                gt = COCO(self._dataset_copy())
+            else:
+                from pycocotools.coco import COCO
+
+                gt = COCO()
+                gt.dataset = self._dataset_copy()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    gt.createIndex()
+            self._gt_cache[backend] = gt
+        return self._gt_cache[backend]
+
+    def _detections(self, backend: str, gt: Any, results: list[dict]) -> Any:
+        if results:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return gt.loadRes(results)
+        # pycocotools' loadRes fails on an empty list: build the empty result set directly.
+        if backend == "faster_coco_eval":
+            from faster_coco_eval import COCO
+        else:
+            from pycocotools.coco import COCO
+        dt = COCO()
+        dt.dataset = {
+            "images": list(gt.dataset["images"]),
+            "categories": list(gt.dataset["categories"]),
+            "annotations": [],
+        }
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt.createIndex()
+        return dt
+
+    # ---------------------------------------------------------------- validation
+    def _sanitise(
+        self, results: Sequence[Mapping[str, Any]], iou_type: str
+    ) -> list[dict]:
+        """Fresh minimal result dicts (backends mutate theirs); raises on bad ids / fields.
+
+        For mask evaluation the box is dropped so that the backends take the instance
+        area (small / medium / large) from the mask, not from the box.
+        """
+        geometry = "bbox" if iou_type == "bbox" else "segmentation"
+        clean = []
+        image_ids, cat_ids = set(), set()
+        for i, r in enumerate(results):
+            try:
+                image_id, cat_id, geom, score = (
+                    r["image_id"],
+                    r["category_id"],
+                    r[geometry],
+                    r["score"],
+                )
+            except KeyError as e:
+                raise ValueError(
+                    f"result #{i} has no {e.args[0]!r} field (needed for iou_type={iou_type!r})"
+                ) from None
+            if geometry == "bbox" and len(geom) != 4:
+                raise ValueError(
+                    f"result #{i}: bbox must be [x, y, w, h], got {geom!r}"
+                )
+            image_ids.add(image_id)
+            cat_ids.add(cat_id)
+            clean.append(
+                {
+                    "image_id": image_id,
+                    "category_id": cat_id,
+                    geometry: geom,
+                    "score": score,
+                }
+            )
+        unknown = image_ids - self.image_ids
+        if unknown:
+            raise ValueError(
+                f"results reference image id(s) not in the ground truth: {_describe_ids(unknown)}"
+            )
+        unknown = cat_ids - self.category_names.keys()
+        if unknown:
+            raise ValueError(
+                f"results reference unknown category id(s): {_describe_ids(unknown)}"
+            )
+        return clean
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(
+        self,
+        results: Sequence[Mapping[str, Any]] | str | os.PathLike,
+        iou_type: str = "bbox",
+        *,
+        backend: str = "auto",
+        img_ids: Iterable[int] | None = None,
+        verbose: bool = True,
+    ) -> EvalResult:
+        """COCO metrics of `results` (list of result dicts or a results json path).
+
+        Args:
+            iou_type: "bbox" or "segm".
+            backend: "faster_coco_eval", "pycocotools", or "auto" (the first if importable).
+            img_ids: images to evaluate (default: every ground-truth image).
+            verbose: print the summary table.
+        """
+        if iou_type not in _IOU_TYPES:
+            raise ValueError(f"iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
+        backend = _resolve_backend(backend)
+        if isinstance(results, (str, os.PathLike)):
+            results = _load_json(results)
+        if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
+            raise TypeError("results must be a list of COCO result dicts")
+        clean = self._sanitise(results, iou_type)
+
+        if img_ids is None:
+            eval_img_ids = sorted(self.image_ids)
+        else:
+            eval_img_ids = sorted({int(i) for i in img_ids})
+            unknown = set(eval_img_ids) - self.image_ids
+            if unknown:
+                raise ValueError(
+                    f"img_ids not in the ground truth: {_describe_ids(unknown)}"
+                )
+
+        gt = self._ground_truth(backend)
+        dt = self._detections(backend, gt, clean)
+        if backend == "faster_coco_eval":
+            from faster_coco_eval import COCOeval_faster
+
+            coco_eval = COCOeval_faster(
+                gt, dt, iou_type, print_function=lambda *args, **kwargs: None
+            )
+            coco_eval.params.imgIds = eval_img_ids
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        else:
+            from pycocotools.cocoeval import COCOeval
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                coco_eval = COCOeval(gt, dt, iou_type)
+                coco_eval.params.imgIds = eval_img_ids
+                coco_eval.evaluate()
+                coco_eval.accumulate()
+                coco_eval.summarize()
+
+        stats = {
+            name: float(v)
+            for name, v in zip(
+                STAT_NAMES, np.asarray(coco_eval.stats)[: len(STAT_NAMES)]
+            )
+        }
+        precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)
+        cat_ids = [int(c) for c in coco_eval.params.catIds]
+        names = self._unique_names(cat_ids)
+        per_class_ap = {}
+        for k, name in enumerate(names):
+            p = precision[:, :, k, 0, -1]  # all areas, largest maxDets
+            valid = p > -1
+            if valid.any():
+                per_class_ap[name] = float(p[valid].mean())
+        iou_thrs = np.asarray(coco_eval.params.iouThrs, dtype=np.float64)
+        summary = format_summary(stats, (float(iou_thrs[0]), float(iou_thrs[-1])))
+        if verbose:
+            print(summary)
+        return EvalResult(
+            iou_type=iou_type,
+            backend=backend,
+            stats=stats,
+            per_class_ap=per_class_ap,
+            precision=precision,
+            summary=summary,
+            category_names=names,
+        )
+
+    def _unique_names(self, cat_ids: Sequence[int]) -> list[str]:
+        names = [self.category_names[c] for c in cat_ids]
+        counts: dict[str, int] = {}
+        for n in names:
+            counts[n] = counts.get(n, 0) + 1
+        return [f"{n} ({c})" if counts[n] > 1 else n for n, c in zip(names, cat_ids)]
+
+
+def gather_and_deduplicate(results_per_rank: Sequence[Sequence[dict]]) -> list[dict]:
+    """Merge per-rank result lists, dropping images seen on an earlier rank.
+
+    Distributed samplers pad the dataset, so some images are predicted on two ranks.
+    Results are grouped by `image_id`; the first rank holding an image keeps all of its
+    results for that image and later ranks' results for it are dropped.
+    """
+    merged: list[dict] = []
+    claimed: set = set()
+    for rank_results in results_per_rank:
+        rank_images = {r["image_id"] for r in rank_results}
+        new_images = rank_images - claimed
+        merged.extend(r for r in rank_results if r["image_id"] in new_images)
+        claimed |= rank_images
+    return merged
+
+
+def _error(message: str) -> None:
+    print(f"detkit evaluate: error: {message}", file=sys.stderr)
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """`detkit evaluate`: COCO metrics of a predictions json; returns the exit code.
+
+    0 on success, 2 for a missing / unreadable / non-json input file or bad arguments,
+    1 when the predictions do not match the annotations (unknown image / category ids).
+    """
+    parser = argparse.ArgumentParser(
+        prog="detkit evaluate", description="COCO evaluation of a predictions json."
+    )
+    parser.add_argument(
+        "--annotations", required=True, help="COCO ground-truth annotation json"
+    )
+    parser.add_argument(
+        "--predictions", required=True, help="COCO results json (list of detections)"
+    )
+    parser.add_argument("--iou-type", choices=_IOU_TYPES, default="bbox")
+    parser.add_argument(
+        "--output", help="write metrics (stats, per-class AP) to this json"
+    )
+    parser.add_argument("--backend", choices=_BACKENDS, default="auto")
+    parser.add_argument(
+        "--pr-curve", help="write a precision-recall plot (IoU=0.50) to this PNG"
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help or a usage error; argparse already printed
+        return int(e.code or 0)
+
+    loaded = {}
+    for label, path in (
+        ("annotations", args.annotations),
+        ("predictions", args.predictions),
+    ):
+        if not os.path.isfile(path):
+            _error(f"{label} file not found: {path}")
+            return 2
+        try:
+            loaded[label] = _load_json(path)
+        except (
+            OSError,
+            ValueError,
+        ) as e:  # includes json.JSONDecodeError / UnicodeDecodeError
+            _error(f"cannot read {label} file {path}: {e}")
+            return 2
+    try:
+        evaluator = COCOEvaluator(loaded["annotations"])
+    except (ValueError, TypeError, KeyError) as e:
+        _error(f"invalid annotations file {args.annotations}: {e}")
+        return 2
+    try:
+        result = evaluator.evaluate(
+            loaded["predictions"], args.iou_type, backend=args.backend, verbose=True
+        )
+    except ValueError as e:
+        _error(f"invalid predictions file {args.predictions}: {e}")
+        return 1
+    for name, ap in result.per_class_ap.items():
+        print(f" AP[{name}] = {ap:0.3f}")
+    if args.output:
+        save_results_json(result.to_dict(), args.output)
+    if args.pr_curve:
+        from detkit.evaluation.pr_curve import plot_pr_curves
+
+        plot_pr_curves(result.precision, result.category_names, args.pr_curve)
+    return 0
