@@ -1,0 +1,146 @@
+"""Box helpers. Boxes are XYXY in absolute pixels; IoU runs in float32 even under autocast.
+
+Shape shorthand:
+    N  images in a batch
+    M, G, P  numbers of boxes (generic, ground truth, predictions/proposals)
+    ...  any leading batch dimensions; the last dimension of a box tensor is 4
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou as _tv_box_iou
+
+__all__ = [
+    "batched_box_iou",
+    "box_area",
+    "box_iou",
+    "clip_boxes",
+    "cxcywh_to_xyxy",
+    "remove_small_boxes",
+    "validate_boxes",
+    "xywh_to_xyxy",
+    "xyxy_to_cxcywh",
+    "xyxy_to_xywh",
+]
+
+
+def xywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """`Tensor[..., 4]` (x, y, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2)."""
+    x, y, w, h = boxes.unbind(-1)
+    return torch.stack((x, y, x + w, y + h), dim=-1)
+
+
+def xyxy_to_xywh(boxes: Tensor) -> Tensor:
+    """`Tensor[..., 4]` (x1, y1, x2, y2) -> `Tensor[..., 4]` (x, y, w, h)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((x1, y1, x2 - x1, y2 - y1), dim=-1)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """`Tensor[..., 4]` (cx, cy, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2)."""
+    cx, cy, w, h = boxes.unbind(-1)
+    half_w, half_h = 0.5 * w, 0.5 * h
+    return torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """`Tensor[..., 4]` (x1, y1, x2, y2) -> `Tensor[..., 4]` (cx, cy, w, h)."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    w, h = x2 - x1, y2 - y1
+    return torch.stack((x1 + 0.5 * w, y1 + 0.5 * h, w, h), dim=-1)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of XYXY boxes: `Tensor[..., 4]` -> `Tensor[...]` (negative for inverted boxes)."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
+    """Clamp XYXY boxes to the image rectangle [0, w] x [0, h].
+
+    Args:
+        boxes: `Tensor[..., 4]`.
+        size: `(h, w)` for all boxes, or `Tensor[..., 2]` of (h, w) broadcastable against
+            `boxes[..., :2]` (e.g. `image_sizes[batch_idx]` for packed boxes).
+    Returns:
+        `Tensor[..., 4]`, same dtype as `boxes`.
+    """
+    if isinstance(size, Tensor):
+        size = size.to(dtype=boxes.dtype)
+        h = size[..., 0:1]
+        w = size[..., 1:2]
+        zero = boxes.new_zeros(())
+        xs = torch.minimum(torch.maximum(boxes[..., 0::2], zero), w)
+        ys = torch.minimum(torch.maximum(boxes[..., 1::2], zero), h)
+    else:
+        h, w = size
+        xs = boxes[..., 0::2].clamp(min=0, max=w)
+        ys = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack((xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]), dim=-1)
+
+
+def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
+    """Keep mask `Tensor[...]` bool: True where width >= min_size and height >= min_size."""
+    w = boxes[..., 2] - boxes[..., 0]
+    h = boxes[..., 3] - boxes[..., 1]
+    return (w >= min_size) & (h >= min_size)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU `Tensor[M, 4]` x `Tensor[N, 4]` -> `Tensor[M, N]` float32.
+
+    Uses `torchvision.ops.box_iou` with autocast disabled and float32 inputs. As there,
+    a pair of two zero-area boxes gives NaN (0 / 0).
+    """
+    with torch.autocast(device_type=boxes1.device.type, enabled=False):
+        return _tv_box_iou(boxes1.float(), boxes2.float())
+
+
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Per-image pairwise IoU `Tensor[N, G, 4]` x `Tensor[N, P, 4]` -> `Tensor[N, G, P]` float32.
+
+    Vectorised over the batch by broadcasting. Pairs whose union is zero (e.g. zero padding
+    against zero padding) get IoU 0 instead of NaN, so padded rows are harmless.
+    """
+    if boxes1.dim() != 3 or boxes2.dim() != 3 or boxes1.shape[0] != boxes2.shape[0]:
+        raise ValueError(
+            f"batched_box_iou expects [N, G, 4] and [N, P, 4], got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
+    with torch.autocast(device_type=boxes1.device.type, enabled=False):
+        a = boxes1.float()
+        b = boxes2.float()
+        area_a = box_area(a)  # [N, G]
+        area_b = box_area(b)  # [N, P]
+        top_left = torch.maximum(a[:, :, None, :2], b[:, None, :, :2])  # [N, G, P, 2]
+        bottom_right = torch.minimum(a[:, :, None, 2:], b[:, None, :, 2:])  # [N, G, P, 2]
+        wh = (bottom_right - top_left).clamp(min=0)
+        inter = wh[..., 0] * wh[..., 1]  # [N, G, P]
+        union = area_a[:, :, None] + area_b[:, None, :] - inter
+        return torch.where(union > 0, inter / union.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+
+
+def validate_boxes(boxes: Tensor, name: str = "boxes", *, require_positive: bool = False) -> None:
+    """Raise ValueError unless `boxes` is a floating `Tensor[..., 4]` of finite values.
+
+    With `require_positive`, also require x2 > x1 and y2 > y1 for every box.
+    Note: the finiteness check reads the values (a device sync on accelerators).
+    """
+    if not isinstance(boxes, Tensor):
+        raise ValueError(f"{name} must be a Tensor[..., 4], got {type(boxes).__name__}")  # noqa: TRY004
+    if boxes.dim() < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape [..., 4], got {tuple(boxes.shape)}")
+    if not boxes.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {boxes.dtype}")
+    if boxes.numel() == 0:
+        return
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    if require_positive:
+        bad = (boxes[..., 2] <= boxes[..., 0]) | (boxes[..., 3] <= boxes[..., 1])
+        if bool(bad.any()):
+            first = bad.reshape(-1).nonzero()[0].item()
+            raise ValueError(
+                f"{name} must have x2 > x1 and y2 > y1; box {first} is {boxes.reshape(-1, 4)[first].tolist()}"
+            )

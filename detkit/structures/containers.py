@@ -1,0 +1,330 @@
+"""Packed batch containers: images, ground-truth targets and detections.
+
+Inside the hot path a batch of per-image box sets is one packed tensor plus a `batch_idx`
+column (the layout `torchvision.ops.roi_align` takes). `PackedTargets.padded()` turns the
+packed ground truth into a dense `[N, Gmax, ...]` layout for vectorised matching.
+
+Shape shorthand:
+    N     images in the batch
+    Hp,Wp padded batch height / width
+    G     ground-truth boxes over the whole batch (packed); K_i of them in image i
+    Gmax  largest per-image ground-truth count (max K_i)
+    D     detections over the whole batch (packed)
+    H_i,W_i  mask height / width of image i
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["Detections", "ImageBatch", "PackedTargets"]
+
+
+def _move(x, device, non_blocking: bool):
+    if x is None:
+        return None
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=non_blocking)
+    return [t.to(device, non_blocking=non_blocking) for t in x]
+
+
+def _position_in_image(batch_idx: Tensor, counts: Tensor) -> Tensor:
+    """Rank of each packed row among the rows of its image, in packed order: `Tensor[G]` int64.
+
+    Works for unsorted `batch_idx` (stable sort); no Python loop.
+    """
+    order = torch.argsort(batch_idx, stable=True)
+    starts = torch.cumsum(counts, 0) - counts  # [N] first packed slot of each image
+    sorted_img = batch_idx[order]
+    pos = torch.empty_like(batch_idx)
+    pos[order] = torch.arange(batch_idx.numel(), device=batch_idx.device) - starts[sorted_img]
+    return pos
+
+
+@dataclass
+class ImageBatch:
+    """A padded, normalised image batch.
+
+    Attributes:
+        tensor: `Tensor[N, 3, Hp, Wp]` padded, normalised images.
+        image_sizes: `Tensor[N, 2]` int64 (h, w) of each image after resizing, before padding.
+        original_sizes: `Tensor[N, 2]` int64 (h, w) of each image as loaded (predictions are
+            mapped back to this size).
+    """
+
+    tensor: Tensor
+    image_sizes: Tensor
+    original_sizes: Tensor
+
+    def __post_init__(self) -> None:
+        if self.tensor.dim() != 4:
+            raise ValueError(f"ImageBatch.tensor must be [N, C, H, W], got {tuple(self.tensor.shape)}")
+        n = self.tensor.shape[0]
+        for name in ("image_sizes", "original_sizes"):
+            value = getattr(self, name)
+            if value.shape != (n, 2):
+                raise ValueError(f"ImageBatch.{name} must be [{n}, 2], got {tuple(value.shape)}")
+
+    @property
+    def num_images(self) -> int:
+        return self.tensor.shape[0]
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        """(Hp, Wp) of the padded batch."""
+        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+
+    def to(self, device, non_blocking: bool = False) -> ImageBatch:
+        return dataclasses.replace(
+            self,
+            tensor=self.tensor.to(device, non_blocking=non_blocking),
+            image_sizes=self.image_sizes.to(device, non_blocking=non_blocking),
+            original_sizes=self.original_sizes.to(device, non_blocking=non_blocking),
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        images: Sequence[Tensor],
+        *,
+        size_divisible: int = 1,
+        pad_value: float = 0.0,
+        original_sizes: Tensor | None = None,
+    ) -> ImageBatch:
+        """Pad already resized and normalised `Tensor[C, H_i, W_i]` images at bottom/right.
+
+        The padded size is the largest H and W rounded up to a multiple of `size_divisible`.
+        `original_sizes` defaults to the given sizes.
+        """
+        if len(images) == 0:
+            raise ValueError("ImageBatch.from_tensors needs at least one image")
+        for i, img in enumerate(images):
+            if img.dim() != 3:
+                raise ValueError(f"images[{i}] must be [C, H, W], got {tuple(img.shape)}")
+        sizes = torch.tensor([[img.shape[-2], img.shape[-1]] for img in images], dtype=torch.int64)
+        max_h, max_w = (int(v) for v in sizes.max(0).values)
+        stride = max(int(size_divisible), 1)
+        max_h = (max_h + stride - 1) // stride * stride
+        max_w = (max_w + stride - 1) // stride * stride
+        first = images[0]
+        batch = first.new_full((len(images), first.shape[0], max_h, max_w), pad_value)
+        for img, slot in zip(images, batch):
+            slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
+        sizes = sizes.to(first.device)
+        orig = sizes.clone() if original_sizes is None else original_sizes.to(device=first.device, dtype=torch.int64)
+        return cls(tensor=batch, image_sizes=sizes, original_sizes=orig)
+
+
+@dataclass(kw_only=True)
+class PackedTargets:
+    """Ground truth of a batch, packed along one dimension.
+
+    Attributes:
+        boxes: `Tensor[G, 4]` float32 XYXY in resized-image pixels.
+        labels: `Tensor[G]` int64 class ids (1..num_classes; 0 is background).
+        batch_idx: `Tensor[G]` int64 image index of each box (sorted when built by `from_list`).
+        num_images: N (images may have no boxes, so it cannot be read off `batch_idx`).
+        masks: per-image masks `list[Tensor[K_i, H_i, W_i]]` uint8 (mask sizes may differ per
+            image, so they are not packed), or None. Row k of `masks[i]` belongs to the k-th
+            box of image i, i.e. packed row `padded_index()[i, k]`.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    batch_idx: Tensor
+    num_images: int
+    masks: list[Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        g = self.boxes.shape[0]
+        if self.boxes.dim() != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"PackedTargets.boxes must be [G, 4], got {tuple(self.boxes.shape)}")
+        if self.labels.shape != (g,) or self.batch_idx.shape != (g,):
+            raise ValueError(
+                f"PackedTargets.labels and batch_idx must be [{g}], got "
+                f"{tuple(self.labels.shape)} and {tuple(self.batch_idx.shape)}"
+            )
+        if self.masks is not None and len(self.masks) != self.num_images:
+            raise ValueError(f"PackedTargets.masks must hold {self.num_images} tensors, got {len(self.masks)}")
+
+    @property
+    def device(self) -> torch.device:
+        return self.boxes.device
+
+    @classmethod
+    def from_list(cls, targets: Sequence[Mapping[str, Tensor]], *, device=None) -> PackedTargets:
+        """Pack torchvision-style per-image dicts (`boxes`, `labels`, optional `masks`).
+
+        Validates every entry and raises ValueError naming the image index and key. Boxes are
+        cast to float32, labels to int64, masks to uint8. `device` defaults to the device of
+        the first image's boxes (CPU when the list is empty).
+        """
+        boxes_list, labels_list, masks_list = [], [], []
+        has_masks = None
+        for i, target in enumerate(targets):
+            if not isinstance(target, Mapping):
+                raise ValueError(f"targets[{i}] must be a dict, got {type(target).__name__}")  # noqa: TRY004
+            for key in ("boxes", "labels"):
+                if key not in target:
+                    raise ValueError(f"targets[{i}] is missing the key '{key}'")
+                if not isinstance(target[key], Tensor):
+                    raise ValueError(f"targets[{i}]['{key}'] must be a Tensor, got {type(target[key]).__name__}")  # noqa: TRY004
+            boxes, labels = target["boxes"], target["labels"]
+            if boxes.dim() != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point():
+                raise ValueError(
+                    f"targets[{i}]['boxes'] must be a float Tensor[K, 4], got shape {tuple(boxes.shape)} "
+                    f"and dtype {boxes.dtype}"
+                )
+            k = boxes.shape[0]
+            if k and not bool(torch.isfinite(boxes).all()):
+                raise ValueError(f"targets[{i}]['boxes'] contains non-finite values")
+            if labels.shape != (k,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise ValueError(
+                    f"targets[{i}]['labels'] must be an integer Tensor[{k}], got shape {tuple(labels.shape)} "
+                    f"and dtype {labels.dtype}"
+                )
+            target_has_masks = target.get("masks") is not None
+            if has_masks is None:
+                has_masks = target_has_masks
+            elif has_masks != target_has_masks:
+                raise ValueError(f"targets[{i}]['masks'] must be given for all images or for none")
+            if target_has_masks:
+                masks = target["masks"]
+                if not isinstance(masks, Tensor) or masks.dim() != 3 or masks.shape[0] != k:
+                    shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+                    raise ValueError(f"targets[{i}]['masks'] must be a Tensor[{k}, H, W], got shape {shape}")
+                masks_list.append(masks)
+            boxes_list.append(boxes)
+            labels_list.append(labels)
+
+        if device is None:
+            device = boxes_list[0].device if boxes_list else torch.device("cpu")
+        n = len(boxes_list)
+        counts = torch.tensor([b.shape[0] for b in boxes_list], dtype=torch.int64)
+        if n:
+            boxes = torch.cat([b.to(device=device, dtype=torch.float32) for b in boxes_list])
+            labels = torch.cat([lab.to(device=device, dtype=torch.int64) for lab in labels_list])
+        else:
+            boxes = torch.zeros((0, 4), dtype=torch.float32, device=device)
+            labels = torch.zeros((0,), dtype=torch.int64, device=device)
+        batch_idx = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), counts).to(device)
+        masks = [m.to(device=device, dtype=torch.uint8) for m in masks_list] if has_masks else None
+        return cls(boxes=boxes, labels=labels, batch_idx=batch_idx, num_images=n, masks=masks)
+
+    def to(self, device, non_blocking: bool = False) -> PackedTargets:
+        return dataclasses.replace(
+            self,
+            boxes=_move(self.boxes, device, non_blocking),
+            labels=_move(self.labels, device, non_blocking),
+            batch_idx=_move(self.batch_idx, device, non_blocking),
+            masks=_move(self.masks, device, non_blocking),
+        )
+
+    def per_image_counts(self) -> Tensor:
+        """Number of boxes per image: `Tensor[N]` int64."""
+        return torch.bincount(self.batch_idx, minlength=self.num_images)
+
+    def position_in_image(self) -> Tensor:
+        """Slot of every packed box in its image's padded row: `Tensor[G]` int64."""
+        return _position_in_image(self.batch_idx, self.per_image_counts())
+
+    def _padded_layout(self) -> tuple[Tensor, int]:
+        counts = self.per_image_counts()
+        gmax = int(counts.max()) if counts.numel() else 0
+        return _position_in_image(self.batch_idx, counts), gmax
+
+    def padded(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Dense per-image layout for vectorised matching.
+
+        Returns:
+            boxes `Tensor[N, Gmax, 4]` (zeros in padding), labels `Tensor[N, Gmax]` (0 in
+            padding), valid `Tensor[N, Gmax]` bool (False in padding). Box k of image i (in
+            packed order) sits at `[i, k]`. One host sync (Gmax).
+        """
+        pos, gmax = self._padded_layout()
+        n = self.num_images
+        boxes = self.boxes.new_zeros((n, gmax, 4))
+        labels = self.labels.new_zeros((n, gmax))
+        valid = torch.zeros((n, gmax), dtype=torch.bool, device=self.boxes.device)
+        boxes[self.batch_idx, pos] = self.boxes
+        labels[self.batch_idx, pos] = self.labels
+        valid[self.batch_idx, pos] = True
+        return boxes, labels, valid
+
+    def padded_index(self) -> Tensor:
+        """Packed row of every padded slot: `Tensor[N, Gmax]` int64, -1 in padding.
+
+        Maps a matcher's `matched_idx` (index into Gmax) back to packed rows:
+        `padded_index().gather(1, matched_idx)`.
+        """
+        pos, gmax = self._padded_layout()
+        index = torch.full((self.num_images, gmax), -1, dtype=torch.int64, device=self.boxes.device)
+        index[self.batch_idx, pos] = torch.arange(self.batch_idx.numel(), device=self.boxes.device)
+        return index
+
+
+@dataclass(kw_only=True)
+class Detections:
+    """Detections of a batch, packed along one dimension.
+
+    Attributes:
+        boxes: `Tensor[D, 4]` XYXY.
+        scores: `Tensor[D]`.
+        labels: `Tensor[D]` int64 class ids.
+        batch_idx: `Tensor[D]` int64 image index of each detection.
+        num_images: N (so images without detections still get an entry in `split()`).
+        masks: `Tensor[D, ...]` per detection (e.g. `[D, 1, M, M]` mask probabilities), or
+            `list[Tensor]` of N already per-image tensors (e.g. masks pasted into original
+            images of different sizes), or None.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    batch_idx: Tensor
+    num_images: int
+    masks: Tensor | list[Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        d = self.boxes.shape[0]
+        if self.boxes.dim() != 2 or self.boxes.shape[1] != 4:
+            raise ValueError(f"Detections.boxes must be [D, 4], got {tuple(self.boxes.shape)}")
+        for name in ("scores", "labels", "batch_idx"):
+            if getattr(self, name).shape != (d,):
+                raise ValueError(f"Detections.{name} must be [{d}], got {tuple(getattr(self, name).shape)}")
+        if isinstance(self.masks, Tensor) and self.masks.shape[0] != d:
+            raise ValueError(f"Detections.masks must have {d} rows, got {tuple(self.masks.shape)}")
+        if isinstance(self.masks, (list, tuple)) and len(self.masks) != self.num_images:
+            raise ValueError(f"Detections.masks list must hold {self.num_images} tensors, got {len(self.masks)}")
+
+    def to(self, device, non_blocking: bool = False) -> Detections:
+        return dataclasses.replace(
+            self,
+            boxes=_move(self.boxes, device, non_blocking),
+            scores=_move(self.scores, device, non_blocking),
+            labels=_move(self.labels, device, non_blocking),
+            batch_idx=_move(self.batch_idx, device, non_blocking),
+            masks=_move(self.masks, device, non_blocking),
+        )
+
+    def split(self) -> list[dict[str, Tensor]]:
+        """One dict per image with `boxes`, `scores`, `labels` (and `masks` if present).
+
+        Within an image detections keep their packed order. One host sync (the counts).
+        """
+        order = torch.argsort(self.batch_idx, stable=True)
+        counts = torch.bincount(self.batch_idx, minlength=self.num_images).tolist()
+        fields = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+        if isinstance(self.masks, Tensor):
+            fields["masks"] = self.masks
+        pieces = {key: value[order].split(counts) for key, value in fields.items()}
+        out = [{key: pieces[key][i] for key in fields} for i in range(self.num_images)]
+        if isinstance(self.masks, (list, tuple)):
+            for entry, mask in zip(out, self.masks):
+                entry["masks"] = mask
+        return out
