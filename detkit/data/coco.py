@@ -1,0 +1,551 @@
+"""COCO-format detection and instance segmentation data set.
+
+Shape shorthand: K instances of one image, H x W image size.
+
+Targets follow the detkit convention: ``boxes`` XYXY float32 in absolute pixels (COCO json is
+XYWH; :func:`xywh_to_xyxy` is the one conversion), ``labels`` int64 in ``1..num_classes``
+(0 is the background), categories mapped to contiguous labels in the order of their ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import operator
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
+
+from .io import ImageReadError, read_image_rgb
+
+__all__ = [
+    "AnnotationFormatError",
+    "CocoDetection",
+    "decode_rles",
+    "decode_segmentation",
+    "load_coco_json",
+    "resolve_under_root",
+    "segmentation_to_rle",
+    "xywh_to_xyxy",
+]
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
+
+
+class AnnotationFormatError(ValueError):
+    """An annotation file is not valid COCO (a ``ValueError``)."""
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """``[K, 4]`` XYWH -> ``[K, 4]`` XYXY (float32)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a COCO-format json file and check its top-level structure.
+
+    Raises:
+        AnnotationFormatError: (a ``ValueError``) the file is not JSON, or lacks the
+            ``images`` / ``annotations`` / ``categories`` lists.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnnotationFormatError(
+            f"{path}: not a COCO annotation file (invalid JSON: {e})"
+        ) from e
+    if not isinstance(data, dict):
+        raise AnnotationFormatError(
+            f"{path}: not a COCO annotation file (top level is not an object)"
+        )
+    missing = [
+        k
+        for k in ("images", "annotations", "categories")
+        if not isinstance(data.get(k), list)
+    ]
+    if missing:
+        raise AnnotationFormatError(
+            f"{path}: not a COCO annotation file (missing or non-list keys: {missing})"
+        )
+    return data
+
+
+def resolve_under_root(
+    root: str, file_name: Any, *, allow_outside_root: bool = False
+) -> str:
+    """Join ``file_name`` to ``root``; refuse names that escape it.
+
+    The check is lexical (``..`` components, absolute paths): it guards against annotation
+    files that point elsewhere; symbolic links inside ``root`` are followed as usual.
+
+    Raises:
+        ValueError: empty/non-string name, or a name escaping ``root`` while
+            ``allow_outside_root`` is False.
+    """
+    if not isinstance(file_name, str) or not file_name or "\x00" in file_name:
+        raise ValueError(f"invalid file_name {file_name!r}")
+    root_abs = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(root_abs, file_name))
+    if not allow_outside_root and (
+        os.path.isabs(file_name) or os.path.commonpath([root_abs, path]) != root_abs
+    ):
+        raise ValueError(
+            f"file_name {file_name!r} escapes the image root {root_abs!r} "
+            "(pass allow_outside_root=True to permit this)"
+        )
+    return path
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
+    """Return why ``seg`` is not a valid COCO segmentation, or None."""
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list"
+        for poly in seg:
+            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
+                return "polygon is not a list of numbers"
+            if len(poly) % 2:
+                return f"polygon has an odd number of coordinates ({len(poly)})"
+            if len(poly) < 6:
+                return f"polygon with fewer than 3 points ({len(poly) // 2})"
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if not isinstance(size, list) or [v for v in size if isinstance(v, int)] != [
+            height,
+            width,
+        ]:
+            return (
+                f"RLE size {size!r} does not match the image size [{height}, {width}]"
+            )
+        if isinstance(counts, list):
+            if (
+                not all(isinstance(c, int) and c >= 0 for c in counts)
+                or sum(counts) != height * width
+            ):
+                return (
+                    "uncompressed RLE counts are not non-negative ints summing to H*W"
+                )
+            return None
+        if isinstance(counts, (str, bytes)) and counts:
+            return None
+        return "RLE without counts"
+    return f"segmentation of unsupported type {type(seg).__name__}"
+
+
+def segmentation_to_rle(seg: list | dict, height: int, width: int) -> dict:
+    """COCO polygon / uncompressed RLE / compressed RLE -> compressed RLE."""
+    if isinstance(seg, list):  # polygons of one instance: rasterise each, union
+        return mask_utils.merge(mask_utils.frPyObjects(seg, height, width))
+    if isinstance(seg["counts"], list):  # uncompressed RLE
+        return mask_utils.frPyObjects(seg, height, width)
+    return seg  # compressed RLE (counts as str or bytes)
+
+
+def decode_rles(rles: list[dict], height: int, width: int) -> np.ndarray:
+    """Decode compressed RLEs in one call: ``np.ndarray[K, H, W]`` uint8 in {0, 1}."""
+    if not rles:
+        return np.zeros((0, height, width), dtype=np.uint8)
+    with warnings.catch_warnings():
+        # pycocotools 2.0.x passes copy=False to numpy 2 internally (harmless)
+        warnings.filterwarnings(
+            "ignore", message=r"__array__ implementation", category=DeprecationWarning
+        )
+        masks = mask_utils.decode(rles)  # [H, W, K], Fortran order
+    return np.ascontiguousarray(masks.transpose(2, 0, 1), dtype=np.uint8)
+
+
+def decode_segmentation(seg: list | dict, height: int, width: int) -> np.ndarray:
+    """Decode a COCO polygon / RLE (compressed or not) segmentation: ``np.ndarray[H, W]`` uint8."""
+    return decode_rles([segmentation_to_rle(seg, height, width)], height, width)[0]
+
+
+@dataclass(slots=True)
+class _Record:
+    image_id: int
+    file_name: str
+    path: str
+    height: int
+    width: int
+    boxes: np.ndarray  # [K, 4] float32 XYXY
+    labels: np.ndarray  # [K] int64
+    iscrowd: np.ndarray  # [K] uint8
+    segmentations: list = field(
+        default_factory=list
+    )  # K COCO segmentations (with_masks only)
+
+
+class _Invalid(Exception):
+    pass
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """COCO-format data set (read through pycocotools) returning detkit targets.
+
+    ``__getitem__`` returns ``(image, target)``: without ``transforms`` the image is a
+    ``tv_tensors.Image`` float32 ``[3, H, W]`` in 0..1 (RGB); with ``transforms`` the
+    ``(tv_tensors.Image uint8, target)`` pair is passed to them (see
+    :func:`detkit.data.build_transforms`). ``target`` holds ``boxes``
+    (``tv_tensors.BoundingBoxes`` XYXY float32 ``[K, 4]``), ``labels`` int64 ``[K]``,
+    ``iscrowd`` uint8 ``[K]``, ``masks`` (``tv_tensors.Mask`` uint8 ``[K, H, W]``, only with
+    ``with_masks=True``), ``image_id`` (the json id) and ``orig_size`` ``(H, W)``.
+
+    Annotations are validated at construction. Boxes of zero width or height are dropped and
+    counted (``stats["degenerate_boxes"]``); boxes partly outside the image are clipped.
+    Malformed annotations (negative size, box fully outside the image, unknown category or
+    image id, polygon with fewer than 3 points, bad RLE) and images with a bad ``file_name``
+    raise :class:`AnnotationFormatError` (a ``ValueError``) naming the file and annotation id -- or, with ``skip_invalid=True``,
+    are skipped and counted. Unreadable images are found when loaded: they raise
+    :class:`ImageReadError`, or with ``skip_invalid=True`` the next readable index is used
+    (deterministic; counts in ``stats`` are per process, i.e. per DataLoader worker).
+
+    Args:
+        image_root: folder that ``file_name`` entries are relative to.
+        ann_file: COCO-format json.
+        transforms: callable ``(image, target) -> (image, target)``.
+        with_masks: decode instance masks (segmentations are then validated too).
+        keep_empty: keep images without (non-crowd) annotations.
+        include_crowd: keep ``iscrowd=1`` annotations in the targets (flagged in ``iscrowd``).
+        skip_invalid: skip bad annotations / images with a logged warning instead of raising.
+        allow_outside_root: allow ``file_name`` entries outside ``image_root``.
+    """
+
+    def __init__(
+        self,
+        image_root: str | os.PathLike,
+        ann_file: str | os.PathLike,
+        *,
+        transforms: Transform | None = None,
+        with_masks: bool = False,
+        keep_empty: bool = True,
+        include_crowd: bool = False,
+        skip_invalid: bool = False,
+        allow_outside_root: bool = False,
+    ) -> None:
+        self.image_root = os.fspath(image_root)
+        self.ann_file = os.fspath(ann_file)
+        self.transforms = transforms
+        self.with_masks = with_masks
+        self.keep_empty = keep_empty
+        self.include_crowd = include_crowd
+        self.skip_invalid = skip_invalid
+        self.allow_outside_root = allow_outside_root
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "images",
+                "annotations",
+                "degenerate_boxes",
+                "clipped_boxes",
+                "crowd_excluded",
+                "invalid_annotations",
+                "invalid_images",
+                "empty_images_dropped",
+                "unreadable_images",
+            ),
+            0,
+        )
+        self._skipped: list[str] = []
+        self._bad_indices: set[int] = set()
+
+        data = load_coco_json(self.ann_file)
+        self._init_categories(data["categories"])
+        self.coco = self._build_index(data)
+        self._records = self._build_records()
+        self.image_ids = [r.image_id for r in self._records]
+        self._report()
+
+    # ------------------------------------------------------------------ construction
+    def _init_categories(self, categories: list) -> None:
+        ids = []
+        for c in categories:
+            if (
+                not isinstance(c, dict)
+                or not isinstance(c.get("id"), int)
+                or not isinstance(c.get("name"), str)
+            ):
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: malformed category entry {c!r}"
+                )
+            ids.append(c["id"])
+        if len(set(ids)) != len(ids):
+            raise AnnotationFormatError(f"{self.ann_file}: duplicate category ids")
+        cats = sorted(categories, key=lambda c: c["id"])
+        self.class_names: list[str] = [c["name"] for c in cats]
+        self.label_to_category_id: dict[int, int] = {
+            i + 1: c["id"] for i, c in enumerate(cats)
+        }
+        self.category_id_to_label: dict[int, int] = {
+            c: lab for lab, c in self.label_to_category_id.items()
+        }
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _build_index(self, data: dict) -> COCO:
+        seen: set = set()
+        for img in data["images"]:
+            iid = img.get("id") if isinstance(img, dict) else None
+            if not isinstance(iid, int):
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: image entry without an integer id: {img!r:.200}"
+                )
+            if iid in seen:
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: duplicate image id {iid}"
+                )
+            seen.add(iid)
+        seen = set()
+        for ann in data["annotations"]:
+            aid = ann.get("id") if isinstance(ann, dict) else None
+            if not isinstance(aid, int):
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: annotation entry without an integer id: {ann!r:.200}"
+                )
+            if aid in seen:
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: duplicate annotation id {aid}"
+                )
+            seen.add(aid)
+        coco = COCO()
+        coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+            coco.createIndex()
+        return coco
+
+    def _fail(self, msg: str) -> None:
+        """Raise, or (skip_invalid) record a skipped item."""
+        if not self.skip_invalid:
+            raise AnnotationFormatError(msg)
+        self._skipped.append(msg)
+
+    def _build_records(self) -> list[_Record]:
+        records = []
+        for ann in self.coco.dataset["annotations"]:
+            if ann.get("image_id") not in self.coco.imgs:
+                self.stats["invalid_annotations"] += 1
+                self._fail(
+                    f"{self.ann_file}: annotation id {ann['id']}: unknown image id {ann.get('image_id')!r}"
+                )
+        for image_id in sorted(self.coco.imgs):
+            img = self.coco.imgs[image_id]
+            rec = self._image_record(img)
+            if rec is None:
+                continue
+            if not self.keep_empty and not (rec.iscrowd == 0).any():
+                self.stats["empty_images_dropped"] += 1
+                continue
+            records.append(rec)
+        self.stats["images"] = len(records)
+        self.stats["annotations"] = int(sum(len(r.labels) for r in records))
+        return records
+
+    def _image_record(self, img: dict) -> _Record | None:
+        image_id = img["id"]
+        file_name = img.get("file_name")
+        height, width = img.get("height"), img.get("width")
+        where = f"{self.ann_file}: image id {image_id} ({file_name!r})"
+        try:
+            if not (
+                isinstance(height, int)
+                and isinstance(width, int)
+                and height > 0
+                and width > 0
+            ):
+                raise _Invalid(
+                    f"missing or non-positive width/height ({width!r}x{height!r})"
+                )
+            try:
+                path = resolve_under_root(
+                    self.image_root,
+                    file_name,
+                    allow_outside_root=self.allow_outside_root,
+                )
+            except ValueError as e:
+                raise _Invalid(str(e)) from None
+        except _Invalid as e:
+            self.stats["invalid_images"] += 1
+            self._fail(f"{where}: {e}")
+            return None
+
+        boxes, labels, crowd, segs = [], [], [], []
+        for ann in self.coco.imgToAnns.get(image_id, []):
+            is_crowd = bool(ann.get("iscrowd", 0))
+            if is_crowd and not self.include_crowd:
+                self.stats["crowd_excluded"] += 1
+                continue
+            try:
+                box = self._check_annotation(ann, height, width)
+            except _Invalid as e:
+                self.stats["invalid_annotations"] += 1
+                self._fail(f"{where}: annotation id {ann['id']}: {e}")
+                continue
+            if box is None:
+                continue
+            boxes.append(box)
+            labels.append(self.category_id_to_label[ann["category_id"]])
+            crowd.append(is_crowd)
+            if self.with_masks:
+                segs.append(ann["segmentation"])
+        return _Record(
+            image_id=image_id,
+            file_name=file_name,
+            path=path,
+            height=height,
+            width=width,
+            boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            labels=np.asarray(labels, dtype=np.int64),
+            iscrowd=np.asarray(crowd, dtype=np.uint8),
+            segmentations=segs,
+        )
+
+    def _check_annotation(
+        self, ann: dict, height: int, width: int
+    ) -> list[float] | None:
+        """Validated, clipped XYXY box of ``ann``; None for a dropped zero-size box."""
+        cat = ann.get("category_id")
+        if not isinstance(cat, int) or cat not in self.category_id_to_label:
+            raise _Invalid(f"unknown category id {cat!r}")
+        bbox = ann.get("bbox")
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(_is_number(v) for v in bbox)
+        ):
+            raise _Invalid(f"malformed bbox {bbox!r}")
+        x, y, w, h = (float(v) for v in bbox)
+        if w < 0 or h < 0:
+            raise _Invalid(f"negative box size (w={w}, h={h})")
+        if w == 0 or h == 0:
+            self.stats["degenerate_boxes"] += 1
+            return None
+        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+        if x2 <= x1 or y2 <= y1:
+            raise _Invalid(f"box {bbox} lies outside the {width}x{height} image")
+        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+            self.stats["clipped_boxes"] += 1
+        if self.with_masks:
+            if "segmentation" not in ann:
+                raise _Invalid("missing segmentation")
+            reason = _check_segmentation(ann["segmentation"], height, width)
+            if reason:
+                raise _Invalid(reason)
+        return [x1, y1, x2, y2]
+
+    def _report(self) -> None:
+        if self.stats["degenerate_boxes"]:
+            log.warning(
+                "%s: dropped %d boxes with zero width or height",
+                self.ann_file,
+                self.stats["degenerate_boxes"],
+            )
+        if self._skipped:
+            log.warning(
+                "%s: skipped %d invalid annotations and %d invalid images (skip_invalid=True); first: %s",
+                self.ann_file,
+                self.stats["invalid_annotations"],
+                self.stats["invalid_images"],
+                "; ".join(self._skipped[:3]),
+            )
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every image, from the annotation file (no decoding)."""
+        return [r.width / r.height for r in self._records]
+
+    def image_info(self, index: int) -> dict[str, Any]:
+        """The json ``images`` entry of ``index``."""
+        return self.coco.imgs[self._records[index].image_id]
+
+    def _read(self, rec: _Record) -> np.ndarray:
+        img = read_image_rgb(rec.path)
+        if img.shape[:2] != (rec.height, rec.width):
+            raise ImageReadError(
+                rec.path,
+                f"size {img.shape[1]}x{img.shape[0]} differs from {rec.width}x{rec.height} "
+                f"in {self.ann_file} (image id {rec.image_id})",
+            )
+        return img
+
+    def _load(self, index: int) -> tuple[_Record, np.ndarray]:
+        n = len(self)
+        for step in range(n):
+            j = (index + step) % n
+            if j in self._bad_indices:
+                continue
+            rec = self._records[j]
+            try:
+                return rec, self._read(rec)
+            except ImageReadError as e:
+                if not self.skip_invalid:
+                    raise
+                self._bad_indices.add(j)
+                self.stats["unreadable_images"] += 1
+                log.warning(
+                    "%s (image id %d); using the next image instead (skip_invalid=True)",
+                    e,
+                    rec.image_id,
+                )
+        raise RuntimeError(f"{self.ann_file}: no readable image left")
+
+    def _target(self, rec: _Record) -> dict[str, Any]:
+        size = (rec.height, rec.width)
+        target: dict[str, Any] = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(rec.boxes.copy()), format="XYXY", canvas_size=size
+            ),
+            "labels": torch.from_numpy(rec.labels.copy()),
+            "iscrowd": torch.from_numpy(rec.iscrowd.copy()),
+            "image_id": rec.image_id,
+            "orig_size": size,
+        }
+        if self.with_masks:
+            masks = decode_rles(
+                [segmentation_to_rle(seg, *size) for seg in rec.segmentations], *size
+            )
+            target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        return target
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        index = operator.index(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        rec, img = self._load(index)
+        image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
+        target = self._target(rec)
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return TF.to_dtype(image, torch.float32, scale=True), target
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(images={len(self)}, classes={self.num_classes}, "
+            f"ann_file={self.ann_file!r}, with_masks={self.with_masks})"
+        )

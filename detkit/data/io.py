@@ -1,0 +1,92 @@
+"""Image reading for the data sets (OpenCV underneath, RGB uint8 out)."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+__all__ = ["ImageReadError", "read_image_rgb"]
+
+
+class ImageReadError(OSError):
+    """An image file is missing, unreadable, truncated or of an unsupported kind."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+    def __reduce__(self):  # keep picklable across DataLoader worker processes
+        return (type(self), (self.path, self.reason))
+
+
+def _jpeg_is_truncated(data: bytes) -> bool:
+    """True when a JPEG stream has no end-of-image marker after its last scan.
+
+    Older OpenCV builds decode truncated JPEGs with a warning and a grey fill; entropy-coded
+    data never contains 0xFFD9 or 0xFFDA (byte stuffing), so this structural check is exact
+    enough without decoding twice.
+    """
+    last_scan = data.rfind(b"\xff\xda")
+    return last_scan < 0 or data.find(b"\xff\xd9", last_scan) < 0
+
+
+def _to_uint8(img: np.ndarray, path: str) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        # 0..65535 -> 0..255, rounded (65535 / 257 == 255).
+        return ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if img.dtype in (np.float32, np.float64, np.float16):
+        if not np.isfinite(img).all():
+            raise ImageReadError(path, "floating-point image contains NaN or inf")
+        return np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    raise ImageReadError(path, f"unsupported pixel type {img.dtype}")
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as an RGB array.
+
+    Grayscale is replicated to 3 channels, an alpha channel is dropped, 16-bit images are
+    scaled to 8 bits, float images are taken as 0..1. EXIF orientation is not applied (as
+    with COCO and most detection toolkits).
+
+    Returns:
+        ``np.ndarray[H, W, 3]`` uint8, RGB, C-contiguous.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated, not an image, or of an
+            unsupported pixel type.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ImageReadError(path, "file not found")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot open file ({e.strerror or e})") from e
+    if not data:
+        raise ImageReadError(path, "empty file")
+    if data[:2] == b"\xff\xd8" and _jpeg_is_truncated(data):
+        raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageReadError(
+            path, "not a decodable image (corrupt, truncated or unknown format)"
+        )
+
+    img = _to_uint8(img, path)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] in (1, 2):  # gray or gray+alpha
+        img = np.repeat(img[:, :, :1], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        raise ImageReadError(path, f"unsupported image shape {img.shape}")
+    return np.ascontiguousarray(img)
