@@ -1,0 +1,60 @@
+"""Box heads (RoI features -> vector) and the box predictor (class logits + box deltas).
+
+Shape shorthand: R RoIs, C channels, S pooled resolution, K classes (without background).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from detkit.layers import ConvNormAct, NormSpec
+
+
+class TwoFCHead(nn.Module):
+    """Flatten Tensor[R, C, S, S] -> fc6 -> ReLU -> fc7 -> ReLU -> Tensor[R, fc_dim]."""
+
+    def __init__(self, in_channels: int, resolution: int, fc_dim: int = 1024, *, dropout: float = 0.0):
+        super().__init__()
+        self.fc6 = nn.Linear(in_channels * resolution * resolution, fc_dim)
+        self.fc7 = nn.Linear(fc_dim, fc_dim)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_channels = fc_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.dropout(self.fc6(x.flatten(1)).relu_())
+        return self.dropout(self.fc7(x).relu_())
+
+
+class ConvFCHead(nn.Module):
+    """`num_convs` 3x3 conv-norm-act layers then one FC layer (the "4conv1fc" head)."""
+
+    def __init__(self, in_channels: int, resolution: int, *, num_convs: int = 4, conv_dim: int = 256, fc_dim: int = 1024, norm: NormSpec = "gn"):
+        super().__init__()
+        layers, c = [], in_channels
+        for _ in range(num_convs):
+            layers.append(ConvNormAct(c, conv_dim, 3, norm=norm))
+            c = conv_dim
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(c * resolution * resolution, fc_dim)
+        self.out_channels = fc_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.convs(x).flatten(1)).relu_()
+
+
+class BoxPredictor(nn.Module):
+    """Linear class logits Tensor[R, K+1] (index 0 = background) and class-specific deltas Tensor[R, (K+1)*4]."""
+
+    def __init__(self, in_channels: int, num_classes: int, *, class_agnostic_box: bool = False):
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_channels, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic_box else (num_classes + 1) * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.flatten(1)
+        return self.cls_score(x), self.bbox_pred(x)

@@ -1,0 +1,76 @@
+"""RoI feature extraction from one or several feature levels.
+
+Shape shorthand: R RoIs (packed over the batch), C channels, S x S output resolution.
+RoIs are Tensor[R, 4] XYXY in input-image pixels with a separate `batch_idx` Tensor[R].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align, roi_pool
+
+
+def assign_fpn_levels(boxes: Tensor, k_min: int, k_max: int, *, canonical_scale: float = 224.0, canonical_level: int = 4) -> Tensor:
+    """FPN paper eq. (1): level = floor(k0 + log2(sqrt(area) / 224)), clamped; returns 0-based Tensor[R]."""
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float()
+    level = torch.floor(canonical_level + torch.log2(area.sqrt() / canonical_scale) + 1e-6)
+    return (level.clamp(k_min, k_max) - k_min).to(torch.int64)
+
+
+class RoIPooler(nn.Module):
+    """RoIAlign (default) or RoIPool over the named feature maps.
+
+    With several features (FPN), each RoI is pooled from the level its size maps to; the
+    features must have power-of-two strides.
+    """
+
+    def __init__(
+        self,
+        in_features: Sequence[str],
+        strides: Sequence[int],
+        *,
+        output_size: int = 7,
+        sampling_ratio: int = 2,
+        pool_type: str = "align",
+        aligned: bool = False,
+        canonical_scale: float = 224.0,
+        canonical_level: int = 4,
+    ):
+        super().__init__()
+        if pool_type not in ("align", "pool"):
+            raise ValueError(f"pool_type must be 'align' or 'pool', got {pool_type!r}")
+        if len(in_features) != len(strides) or not in_features:
+            raise ValueError("in_features and strides must be non-empty and of equal length")
+        self.in_features, self.strides = list(in_features), list(strides)
+        self.output_size, self.sampling_ratio = output_size, sampling_ratio
+        self.pool_type, self.aligned = pool_type, aligned
+        levels = [math.log2(s) for s in strides]
+        if len(strides) > 1 and any(abs(lv - round(lv)) > 1e-6 for lv in levels):
+            raise ValueError(f"multi-level pooling needs power-of-two strides, got {strides}")
+        self.k_min, self.k_max = int(round(levels[0])), int(round(levels[-1]))
+        self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+
+    def _pool(self, x: Tensor, rois: Tensor, stride: int) -> Tensor:
+        size = (self.output_size, self.output_size)
+        if self.pool_type == "pool":
+            return roi_pool(x, rois, size, spatial_scale=1.0 / stride)
+        return roi_align(x, rois, size, spatial_scale=1.0 / stride, sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+
+    def forward(self, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
+        """boxes Tensor[R, 4], batch_idx Tensor[R] -> pooled Tensor[R, C, S, S]."""
+        feats = [features[name] for name in self.in_features]
+        rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
+        if len(feats) == 1:
+            return self._pool(feats[0], rois.to(feats[0].dtype), self.strides[0])
+        levels = assign_fpn_levels(boxes, self.k_min, self.k_max, canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
+        first = feats[0]
+        out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
+        for level, (x, stride) in enumerate(zip(feats, self.strides)):
+            idx = torch.nonzero(levels == level).squeeze(1)
+            if idx.numel():
+                out[idx] = self._pool(x, rois[idx].to(x.dtype), stride).to(out.dtype)
+        return out

@@ -1,0 +1,204 @@
+"""RoI heads: sample proposals -> pool -> predict -> losses, or post-process into detections.
+
+Shape shorthand:
+    N images   P proposals per image (padded to P_max for matching)   G gt boxes
+    R sampled / kept RoIs, packed over the batch with `batch_idx` Tensor[R]
+    K classes without background (logits have K+1 columns, column 0 = background)
+    D detections, packed over the batch
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from detkit.heads.mask_head import mask_targets, paste_masks
+from detkit.heads.poolers import RoIPooler
+from detkit.matching import BalancedSampler, BoxCoder, Matcher
+from detkit.proposals.rpn import top_k_per_image
+from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
+
+
+def pack_to_padded(boxes: Tensor, batch_idx: Tensor, num_images: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Packed Tensor[B, 4] with batch_idx -> (padded Tensor[N, P_max, 4], valid Tensor[N, P_max], slot Tensor[B]).
+
+    `slot` is each box's position inside its image; boxes must be grouped by image.
+    """
+    counts = torch.bincount(batch_idx, minlength=num_images)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(batch_idx.numel(), device=boxes.device) - starts[batch_idx]
+    p_max = int(counts.max()) if num_images else 0
+    padded = boxes.new_zeros((num_images, p_max, 4))
+    valid = torch.zeros((num_images, p_max), dtype=torch.bool, device=boxes.device)
+    padded[batch_idx, slot] = boxes
+    valid[batch_idx, slot] = True
+    return padded, valid, slot
+
+
+class RoIHeads(nn.Module):
+    """Box branch (and optional mask branch) of Fast / Faster / Mask R-CNN."""
+
+    def __init__(
+        self,
+        box_pooler: RoIPooler,
+        box_head: nn.Module,
+        box_predictor: nn.Module,
+        *,
+        num_classes: int,
+        fg_iou_threshold: float = 0.5,
+        bg_iou_threshold: float = 0.5,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        score_threshold: float = 0.05,
+        nms_threshold: float = 0.5,
+        detections_per_image: int = 100,
+        min_box_size: float = 1e-2,
+        smooth_l1_beta: float = 1.0 / 9,
+        add_gt_as_proposals: bool = True,
+        mask_pooler: RoIPooler | None = None,
+        mask_head: nn.Module | None = None,
+        mask_threshold: float = 0.5,
+    ):
+        super().__init__()
+        self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
+        self.mask_pooler, self.mask_head = mask_pooler, mask_head
+        self.num_classes = num_classes
+        self.matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(weights=bbox_reg_weights)
+        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
+        self.detections_per_image, self.min_box_size = detections_per_image, min_box_size
+        self.smooth_l1_beta, self.add_gt_as_proposals = smooth_l1_beta, add_gt_as_proposals
+        self.mask_threshold = mask_threshold
+
+    @property
+    def has_mask(self) -> bool:
+        return self.mask_head is not None
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def sample_proposals(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
+        """Match proposals (plus gt boxes) to gt and sample a balanced set, for the whole batch at once.
+
+        Returns packed RoIs with their class targets, matched gt index and regression targets.
+        """
+        n = targets.num_images
+        if self.add_gt_as_proposals:
+            proposals = torch.cat([proposals, targets.boxes.to(proposals.dtype)])
+            batch_idx = torch.cat([batch_idx, targets.batch_idx])
+            order = torch.sort(batch_idx, stable=True).indices
+            proposals, batch_idx = proposals[order], batch_idx[order]
+        padded, valid, slot = pack_to_padded(proposals, batch_idx, n)
+        gt_boxes, gt_labels, gt_valid = targets.padded()
+        iou = batched_box_iou(gt_boxes, padded)  # [N, G, P_max]
+        matched_idx, labels = self.matcher(iou, gt_valid)
+        labels = labels.masked_fill(~valid, -1)
+        pos, neg = self.sampler(labels, valid=valid)
+        keep = (pos | neg)[batch_idx, slot]  # packed view
+        rois, roi_batch = proposals[keep], batch_idx[keep]
+        roi_slot = slot[keep]
+        roi_matched = matched_idx[roi_batch, roi_slot]
+        is_pos = pos[roi_batch, roi_slot]
+        cls = torch.where(is_pos, gt_labels[roi_batch, roi_matched], torch.zeros_like(roi_matched))
+        matched_boxes = gt_boxes[roi_batch, roi_matched]
+        reg = self.box_coder.encode(matched_boxes, rois)
+        # index of the matched gt in the packed targets, for mask targets
+        counts = torch.bincount(targets.batch_idx, minlength=n)
+        gt_start = torch.cumsum(counts, 0) - counts
+        return {
+            "boxes": rois, "batch_idx": roi_batch, "labels": cls, "regression_targets": reg,
+            "matched_in_image": roi_matched, "matched_packed": gt_start[roi_batch] + roi_matched,
+        }
+
+    def box_loss(self, class_logits: Tensor, box_deltas: Tensor, sampled: dict[str, Tensor]) -> dict[str, Tensor]:
+        labels = sampled["labels"]
+        loss_cls = F.cross_entropy(class_logits.float(), labels) if labels.numel() else class_logits.sum() * 0
+        pos = torch.nonzero(labels > 0).squeeze(1)
+        deltas = box_deltas.view(box_deltas.shape[0], -1, 4)
+        if deltas.shape[1] > 1:
+            pred = deltas[pos, labels[pos]]
+        else:
+            pred = deltas[pos, 0]
+        loss_box = F.smooth_l1_loss(pred.float(), sampled["regression_targets"][pos], beta=self.smooth_l1_beta, reduction="sum")
+        loss_box = loss_box / max(labels.numel(), 1)
+        return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
+
+    def mask_loss(self, features: dict[str, Tensor], sampled: dict[str, Tensor], targets: PackedTargets, images: ImageBatch) -> Tensor:
+        pos = torch.nonzero(sampled["labels"] > 0).squeeze(1)
+        if pos.numel() == 0:
+            return sum(p.sum() for p in self.mask_head.parameters()) * 0.0
+        boxes, bidx, labels = sampled["boxes"][pos], sampled["batch_idx"][pos], sampled["labels"][pos]
+        logits = self.mask_head(self.mask_pooler(features, boxes, bidx))  # [R, K, M, M]
+        logits = logits[torch.arange(pos.numel(), device=logits.device), labels - 1]
+        if targets.masks is None:
+            raise ValueError("Mask R-CNN training needs targets[i]['masks'] (uint8 Tensor[K, H, W])")
+        # gt masks are in original pixels: map the RoIs back instead of resizing every mask
+        scale = (images.original_sizes.float() / images.image_sizes.float())[bidx]  # (sy, sx)
+        orig_boxes = boxes * torch.stack([scale[:, 1], scale[:, 0], scale[:, 1], scale[:, 0]], 1)
+        target = mask_targets(targets.masks, orig_boxes, bidx, sampled["matched_in_image"][pos], logits.shape[-1])
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, images: ImageBatch, targets: PackedTargets | None = None
+    ) -> tuple[Detections | None, dict[str, Tensor]]:
+        """With targets: (None, losses). Without: (detections in resized-image pixels, {})."""
+        if targets is not None:
+            sampled = self.sample_proposals(proposals, batch_idx, targets)
+            x = self.box_head(self.box_pooler(features, sampled["boxes"], sampled["batch_idx"]))
+            class_logits, box_deltas = self.box_predictor(x)
+            losses = self.box_loss(class_logits, box_deltas, sampled)
+            if self.has_mask:
+                losses["loss_mask"] = self.mask_loss(features, sampled, targets, images)
+            return None, losses
+        x = self.box_head(self.box_pooler(features, proposals, batch_idx))
+        class_logits, box_deltas = self.box_predictor(x)
+        dets = self.postprocess(class_logits, box_deltas, proposals, batch_idx, images.image_sizes)
+        if self.has_mask:
+            dets.masks = self.predict_mask_probs(features, dets)
+        return dets, {}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def postprocess(self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor) -> Detections:
+        """Softmax, per-class decode and clip, score threshold, per-class NMS, top-k per image."""
+        k1 = class_logits.shape[1]  # K + 1
+        scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
+        deltas = box_deltas.float().view(box_deltas.shape[0], -1, 4)
+        boxes = self.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))  # [R, K+1 or 1, 4]
+        if boxes.shape[1] == k1:
+            boxes = boxes[:, 1:]
+        else:
+            boxes = boxes.expand(-1, k1 - 1, -1)
+        hw = image_sizes[batch_idx].to(boxes.dtype)
+        limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        r, k = scores.shape
+        labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
+        img = batch_idx[:, None].expand(r, k)
+        boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (scores > self.score_threshold) & (wh >= self.min_box_size).all(1)
+        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
+        kept = batched_nms(boxes, scores, img * k1 + labels, self.nms_threshold)
+        kept = top_k_per_image(kept, img[kept], self.detections_per_image)
+        return Detections(boxes=boxes[kept], scores=scores[kept], labels=labels[kept], batch_idx=img[kept], num_images=image_sizes.shape[0])
+
+    def predict_mask_probs(self, features: dict[str, Tensor], dets: Detections) -> Tensor:
+        """Mask probabilities Tensor[D, M, M] of each detection's own class."""
+        if dets.boxes.shape[0] == 0:
+            m = 2 * self.mask_pooler.output_size
+            return dets.boxes.new_zeros((0, m, m))
+        logits = self.mask_head(self.mask_pooler(features, dets.boxes, dets.batch_idx))
+        return logits[torch.arange(logits.shape[0], device=logits.device), dets.labels - 1].float().sigmoid()
+
+    def paste_masks(self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor) -> list[Tensor]:
+        """Per-image uint8 masks Tensor[D_i, H_i, W_i] in original pixels (boxes in original pixels)."""
+        out = []
+        for i, (h, w) in enumerate(original_sizes.tolist()):
+            idx = torch.nonzero(batch_idx == i).squeeze(1)
+            out.append(paste_masks(mask_probs[idx], boxes[idx], (h, w), threshold=self.mask_threshold))
+        return out

@@ -1,0 +1,124 @@
+"""Image normalisation, resizing and batching inside the detector, and the way back.
+
+Shape shorthand: N images, C = 3 channels, H x W one image, Hp x Wp the padded batch.
+
+Inputs are float 0..1 RGB tensors Tensor[3, H, W] of any size. Each image is resized so
+its shorter side is `min_size` (its longer side at most `max_size`), normalised with the
+ImageNet mean/std and zero-padded bottom/right to a multiple of `size_divisible`.
+Detections are mapped back to the original pixels with `postprocess_boxes`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.structures import ImageBatch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resized_size(height: int, width: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
+    """Size after scaling the shorter side to `min_size` with the longer side capped at `max_size`.
+
+    Uses the same arithmetic as torchvision's detection transform (floor of size * scale) so
+    that checkpoints trained there see identical inputs.
+    """
+    if min_size is None:
+        return height, width
+    scale = min_size / min(height, width)
+    if max_size is not None:
+        scale = min(scale, max_size / max(height, width))
+    return int(math.floor(height * scale)), int(math.floor(width * scale))
+
+
+def validate_images(images: Sequence[Tensor]) -> None:
+    """Raise ValueError unless `images` is a non-empty list of float Tensor[3, H, W]."""
+    if isinstance(images, Tensor):
+        if images.dim() != 4:
+            raise ValueError(f"images must be a list of Tensor[3, H, W] or a Tensor[N, 3, H, W], got shape {tuple(images.shape)}")
+        images = list(images)
+    if len(images) == 0:
+        raise ValueError("images is empty: expected at least one Tensor[3, H, W]")
+    for i, img in enumerate(images):
+        if not isinstance(img, Tensor):
+            raise ValueError(f"images[{i}] must be a Tensor[3, H, W], got {type(img).__name__}")
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"images[{i}] must have shape [3, H, W] (RGB, channels first), got {tuple(img.shape)}")
+        if not img.is_floating_point():
+            raise ValueError(f"images[{i}] must be a float tensor with values in 0..1, got dtype {img.dtype}")
+        if img.shape[1] < 1 or img.shape[2] < 1:
+            raise ValueError(f"images[{i}] has an empty spatial size {tuple(img.shape)}")
+
+
+class DetectionTransform(nn.Module):
+    """Resize, normalise and pad a list of images into an `ImageBatch`."""
+
+    def __init__(
+        self,
+        *,
+        min_size: int | None = 800,
+        max_size: int | None = 1333,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        size_divisible: int = 32,
+    ):
+        super().__init__()
+        self.min_size, self.max_size, self.size_divisible = min_size, max_size, size_divisible
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Sequence[Tensor]) -> ImageBatch:
+        validate_images(images)
+        images = list(images)
+        original = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        target = [resized_size(h, w, self.min_size, self.max_size) for h, w in original]
+        mean, std = self.mean.to(images[0]), self.std.to(images[0])
+        if len(set(original)) == 1:  # one size: resize and normalise the whole batch at once
+            batch = (torch.stack(images) - mean) / std
+            if target[0] != original[0]:
+                batch = F.interpolate(batch, size=target[0], mode="bilinear", align_corners=False)
+            resized = list(batch)
+        else:
+            resized = []
+            for img, size, orig in zip(images, target, original):
+                img = (img[None] - mean) / std
+                if size != orig:
+                    img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+                resized.append(img[0])
+        tensor = self._pad(resized)
+        device = tensor.device
+        return ImageBatch(
+            tensor=tensor,
+            image_sizes=torch.tensor(target, dtype=torch.int64, device=device),
+            original_sizes=torch.tensor(original, dtype=torch.int64, device=device),
+        )
+
+    def _pad(self, images: list[Tensor]) -> Tensor:
+        max_h = max(img.shape[1] for img in images)
+        max_w = max(img.shape[2] for img in images)
+        d = self.size_divisible
+        max_h, max_w = int(math.ceil(max_h / d) * d), int(math.ceil(max_w / d) * d)
+        batch = images[0].new_zeros((len(images), 3, max_h, max_w))
+        for i, img in enumerate(images):
+            batch[i, :, : img.shape[1], : img.shape[2]].copy_(img)
+        return batch
+
+
+def scale_factors(from_sizes: Tensor, to_sizes: Tensor) -> Tensor:
+    """Per-image (sx, sy, sx, sy) factors mapping XYXY boxes from `from_sizes` to `to_sizes`.
+
+    Tensor[N, 2] (h, w) -> Tensor[N, 4], computed in float32 as torchvision does.
+    """
+    ratio = to_sizes.float() / from_sizes.float()  # [N, 2] (rh, rw)
+    return torch.stack([ratio[:, 1], ratio[:, 0], ratio[:, 1], ratio[:, 0]], dim=1)
+
+
+def resize_boxes(boxes: Tensor, batch_idx: Tensor, from_sizes: Tensor, to_sizes: Tensor) -> Tensor:
+    """Scale packed boxes Tensor[B, 4] (image index `batch_idx`) between image sizes."""
+    return boxes * scale_factors(from_sizes, to_sizes)[batch_idx]

@@ -1,0 +1,206 @@
+"""Registered detector variants: small builder functions with explicit keyword arguments.
+
+Defaults follow the papers and torchvision's detection references; every number can be
+overridden through `build_model(name, num_classes=..., **overrides)`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from detkit.backbones import FPN, build_backbone
+from detkit.heads.box_head import BoxPredictor, TwoFCHead
+from detkit.heads.mask_head import MaskHead
+from detkit.heads.poolers import RoIPooler
+from detkit.heads.roi_heads import RoIHeads
+from detkit.matching import AnchorGenerator
+from detkit.models.registry import register_model
+from detkit.models.transform import DetectionTransform
+from detkit.models.two_stage import TwoStageDetector
+from detkit.proposals.rpn import RPN, RPNHead
+
+
+def build_two_stage(
+    backbone,
+    *,
+    num_classes: int,
+    rpn_features: Sequence[str] | None = None,
+    roi_features: Sequence[str] | None = None,
+    anchor_sizes: Sequence[Sequence[float]],
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    with_rpn: bool = True,
+    with_mask: bool = False,
+    pool_type: str = "align",
+    box_resolution: int = 7,
+    mask_resolution: int = 14,
+    representation_size: int = 1024,
+    mask_conv_dims: Sequence[int] = (256, 256, 256, 256),
+    min_size: int | None = 800,
+    max_size: int | None = 1333,
+    size_divisible: int = 32,
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_threshold: float = 0.7,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    rpn_fg_iou_threshold: float = 0.7,
+    rpn_bg_iou_threshold: float = 0.3,
+    roi_batch_size_per_image: int = 512,
+    roi_positive_fraction: float = 0.25,
+    roi_fg_iou_threshold: float = 0.5,
+    roi_bg_iou_threshold: float = 0.5,
+    box_score_threshold: float = 0.05,
+    box_nms_threshold: float = 0.5,
+    detections_per_image: int = 100,
+    mask_threshold: float = 0.5,
+) -> TwoStageDetector:
+    """Assemble RPN (optional), RoI heads and transform around `backbone`, sized from its feature specs."""
+    specs = backbone.feature_specs()
+    rpn_features = list(rpn_features or specs)
+    roi_features = list(roi_features or specs)
+    for name in (*rpn_features, *roi_features):
+        if name not in specs:
+            raise ValueError(f"feature {name!r} is not an output of the backbone; it has {list(specs)}")
+    channels = {specs[n].channels for n in rpn_features}
+    rpn = None
+    if with_rpn:
+        if len(channels) != 1:
+            raise ValueError(f"the RPN head is shared across levels, so {rpn_features} need equal channels, got {channels}")
+        if len(anchor_sizes) != len(rpn_features):
+            raise ValueError(f"anchor_sizes needs one entry per RPN level ({len(rpn_features)}), got {len(anchor_sizes)}")
+        strides = [specs[n].stride for n in rpn_features]
+        anchors = AnchorGenerator(anchor_sizes, [aspect_ratios] * len(rpn_features), strides)
+        head = RPNHead(channels.pop(), anchors.num_anchors_per_location()[0])
+        rpn = RPN(
+            head, anchors, in_features=rpn_features, strides=strides,
+            fg_iou_threshold=rpn_fg_iou_threshold, bg_iou_threshold=rpn_bg_iou_threshold,
+            batch_size_per_image=rpn_batch_size_per_image, positive_fraction=rpn_positive_fraction,
+            pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
+            pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
+            nms_threshold=rpn_nms_threshold,
+        )
+    roi_strides = [specs[n].stride for n in roi_features]
+    roi_channels = specs[roi_features[0]].channels
+    box_pooler = RoIPooler(roi_features, roi_strides, output_size=box_resolution, pool_type=pool_type)
+    box_head = TwoFCHead(roi_channels, box_resolution, representation_size)
+    mask_pooler = mask_head = None
+    if with_mask:
+        mask_pooler = RoIPooler(roi_features, roi_strides, output_size=mask_resolution, pool_type="align")
+        mask_head = MaskHead(roi_channels, num_classes, conv_dims=mask_conv_dims)
+    roi_heads = RoIHeads(
+        box_pooler, box_head, BoxPredictor(representation_size, num_classes), num_classes=num_classes,
+        fg_iou_threshold=roi_fg_iou_threshold, bg_iou_threshold=roi_bg_iou_threshold,
+        batch_size_per_image=roi_batch_size_per_image, positive_fraction=roi_positive_fraction,
+        score_threshold=box_score_threshold, nms_threshold=box_nms_threshold,
+        detections_per_image=detections_per_image, mask_pooler=mask_pooler, mask_head=mask_head,
+        mask_threshold=mask_threshold,
+    )
+    transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=size_divisible)
+    return TwoStageDetector(backbone, roi_heads, rpn=rpn, transform=transform, num_classes=num_classes)
+
+
+FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+
+
+def _fpn_detector(
+    backbone_name: str,
+    *,
+    num_classes: int,
+    with_mask: bool = False,
+    backbone_weights: str | None = None,
+    norm: str = "frozen_bn",
+    freeze_at: int | None = None,
+    fpn_channels: int = 256,
+    in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
+    anchor_sizes: Sequence[Sequence[float]] | None = None,
+    **kwargs,
+) -> TwoStageDetector:
+    if freeze_at is None:  # as torchvision: stem + first stage frozen when starting from ImageNet weights
+        freeze_at = 2 if backbone_weights else 0
+    body = build_backbone(backbone_name, weights=backbone_weights, out_features=in_features, freeze_at=freeze_at, norm=norm)
+    backbone = FPN(body, out_channels=fpn_channels, extra_block="maxpool")
+    names = list(backbone.feature_specs())
+    anchor_sizes = anchor_sizes or FPN_ANCHOR_SIZES[-len(names):]
+    return build_two_stage(
+        backbone, num_classes=num_classes, rpn_features=names, roi_features=names[:-1],
+        anchor_sizes=anchor_sizes, with_mask=with_mask, **kwargs,
+    )
+
+
+@register_model("faster_rcnn_r50_fpn")
+def faster_rcnn_r50_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
+    """Faster R-CNN, ResNet-50 + FPN (P2-P6), RoIAlign: torchvision's fasterrcnn_resnet50_fpn layout."""
+    return _fpn_detector("resnet50", num_classes=num_classes, **kwargs)
+
+
+@register_model("faster_rcnn_r18_fpn")
+def faster_rcnn_r18_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
+    """Faster R-CNN, ResNet-18 + FPN."""
+    return _fpn_detector("resnet18", num_classes=num_classes, **kwargs)
+
+
+@register_model("faster_rcnn_mobilenet_v2_fpn")
+def faster_rcnn_mobilenet_v2_fpn(*, num_classes: int, norm: str = "frozen_bn", **kwargs) -> TwoStageDetector:
+    """Faster R-CNN, MobileNetV2 (depthwise-separable) + FPN on strides 8-32 (+ P6)."""
+    return _fpn_detector(
+        "mobilenet_v2", num_classes=num_classes, norm=norm, in_features=("c3", "c4", "c5"),
+        anchor_sizes=((32,), (64,), (128,), (256,)), **kwargs,
+    )
+
+
+@register_model("mask_rcnn_r50_fpn")
+def mask_rcnn_r50_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
+    """Mask R-CNN, ResNet-50 + FPN: torchvision's maskrcnn_resnet50_fpn layout."""
+    return _fpn_detector("resnet50", num_classes=num_classes, with_mask=True, **kwargs)
+
+
+@register_model("faster_rcnn_vgg16")
+def faster_rcnn_vgg16(
+    *,
+    num_classes: int,
+    backbone_weights: str | None = None,
+    freeze_at: int | None = None,
+    anchor_sizes: Sequence[Sequence[float]] = ((128, 256, 512),),
+    representation_size: int = 4096,
+    min_size: int | None = 600,
+    max_size: int | None = 1000,
+    **kwargs,
+) -> TwoStageDetector:
+    """The Faster R-CNN paper's model: VGG-16 conv5_3 (stride 16), one-level RPN, RoIPool 7x7, fc6/fc7."""
+    if freeze_at is None:  # the paper fine-tunes from conv3_1 on
+        freeze_at = 2 if backbone_weights else 0
+    backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
+    return build_two_stage(
+        backbone, num_classes=num_classes, anchor_sizes=anchor_sizes, pool_type="pool",
+        representation_size=representation_size, min_size=min_size, max_size=max_size, **kwargs,
+    )
+
+
+def _tiny_detector(*, num_classes: int, with_mask: bool, norm: str = "bn", backbone_weights: str | None = None, **kwargs) -> TwoStageDetector:
+    backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
+    defaults = dict(
+        anchor_sizes=((16, 32, 64),), representation_size=256, min_size=None, max_size=None,
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=128, roi_batch_size_per_image=128,
+        mask_conv_dims=(128, 128),
+    )
+    defaults.update(kwargs)
+    return build_two_stage(backbone, num_classes=num_classes, with_mask=with_mask, **defaults)
+
+
+@register_model("faster_rcnn_tiny")
+def faster_rcnn_tiny(*, num_classes: int, **kwargs) -> TwoStageDetector:
+    """A from-scratch Faster R-CNN that trains on a CPU in minutes (7-conv backbone, stride 8).
+
+    Images are used at their own size (no resizing); anchors 16-64 px. The default model of
+    the synthetic shapes data set.
+    """
+    return _tiny_detector(num_classes=num_classes, with_mask=False, **kwargs)
+
+
+@register_model("mask_rcnn_tiny")
+def mask_rcnn_tiny(*, num_classes: int, **kwargs) -> TwoStageDetector:
+    """`faster_rcnn_tiny` with a 2-conv mask head: instance segmentation on a CPU."""
+    return _tiny_detector(num_classes=num_classes, with_mask=True, **kwargs)

@@ -1,0 +1,183 @@
+"""Region Proposal Network: objectness + box deltas on every anchor, then proposal filtering.
+
+Shape shorthand:
+    N  images in the batch          L  feature levels
+    A  anchors over all levels      A_l anchors on level l (H_l * W_l * anchors per location)
+    G  ground-truth boxes (packed)  R  proposals kept (packed over the batch, with batch_idx)
+
+Everything is batched: anchors are shared by all images of a padded batch, so labelling,
+sampling, per-level top-k, decoding and NMS run on Tensor[N, A] at once. NMS runs once over
+all images with (image, level) groups.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
+from detkit.structures import ImageBatch, PackedTargets, batched_box_iou
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then 1x1 objectness logits and 1x1 box deltas, shared across levels."""
+
+    def __init__(self, in_channels: int, num_anchors: int, *, conv_depth: int = 1):
+        super().__init__()
+        layers = []
+        for _ in range(conv_depth):
+            layers += [nn.Conv2d(in_channels, in_channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.conv = nn.Sequential(*layers)
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> tuple[Tensor, Tensor, list[int]]:
+        """Features per level Tensor[N, C, H_l, W_l] -> (logits Tensor[N, A], deltas Tensor[N, A, 4], A_l per level).
+
+        Anchor order inside a level is (y, x, anchor), matching AnchorGenerator.
+        """
+        logits, deltas, counts = [], [], []
+        for x in features:
+            t = self.conv(x)
+            n, _, h, w = t.shape
+            lg = self.cls_logits(t)  # [N, a, H, W]
+            a = lg.shape[1]
+            logits.append(lg.permute(0, 2, 3, 1).reshape(n, -1))
+            deltas.append(self.bbox_pred(t).view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            counts.append(h * w * a)
+        return torch.cat(logits, 1), torch.cat(deltas, 1), counts
+
+
+class RPN(nn.Module):
+    """Anchors, IoU labelling and sampling for the loss, and proposal filtering.
+
+    Counts are per image (`pre_nms_top_n` per level, as in Detectron and torchvision).
+    """
+
+    def __init__(
+        self,
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        *,
+        in_features: Sequence[str],
+        strides: Sequence[int],
+        fg_iou_threshold: float = 0.7,
+        bg_iou_threshold: float = 0.3,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_top_n_train: int = 2000,
+        post_nms_top_n_train: int = 2000,
+        pre_nms_top_n_test: int = 1000,
+        post_nms_top_n_test: int = 1000,
+        nms_threshold: float = 0.7,
+        score_threshold: float = 0.0,
+        min_size: float = 1e-3,
+        smooth_l1_beta: float = 1.0 / 9,
+    ):
+        super().__init__()
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.in_features = list(in_features)
+        self.strides = list(strides)
+        self.matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True)
+        self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
+        self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+        self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}
+        self.post_nms_top_n = {True: post_nms_top_n_train, False: post_nms_top_n_test}
+        self.nms_threshold, self.score_threshold, self.min_size = nms_threshold, score_threshold, min_size
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def forward(
+        self, features: dict[str, Tensor], images: ImageBatch, targets: PackedTargets | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Return (proposals Tensor[R, 4], proposal batch_idx Tensor[R], losses).
+
+        Losses are computed when `targets` is given (training or validation loss).
+        """
+        feats = [features[name] for name in self.in_features]
+        logits, deltas, counts = self.head(feats)
+        anchor_levels = self.anchor_generator([f.shape[-2:] for f in feats], device=logits.device)
+        anchors = torch.cat(anchor_levels)  # [A, 4]
+        proposals = self.box_coder.decode(deltas.detach(), anchors.expand(deltas.shape[0], -1, -1))  # [N, A, 4]
+        boxes, batch_idx = self.filter_proposals(proposals, logits.detach(), counts, images.image_sizes)
+        losses = {}
+        if targets is not None:
+            losses = self.loss(logits, deltas, anchors, targets)
+        return boxes, batch_idx, losses
+
+    @torch.no_grad()
+    def filter_proposals(self, proposals: Tensor, logits: Tensor, counts: list[int], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-level top-k, clip, remove small / low-scoring, NMS per (image, level), post-NMS top-k.
+
+        proposals Tensor[N, A, 4], logits Tensor[N, A] -> (boxes Tensor[R, 4], batch_idx Tensor[R]).
+        """
+        n = proposals.shape[0]
+        pre_nms = self.pre_nms_top_n[self.training]
+        top_idx, level_ids, offset = [], [], 0
+        for level, count in enumerate(counts):
+            k = min(pre_nms, count)
+            idx = logits[:, offset : offset + count].topk(k, dim=1).indices + offset  # [N, k]
+            top_idx.append(idx)
+            level_ids.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+            offset += count
+        top_idx = torch.cat(top_idx, 1)  # [N, K]
+        levels = torch.cat(level_ids).expand(n, -1)  # [N, K]
+        scores = torch.sigmoid(logits.gather(1, top_idx).float())
+        boxes = proposals.gather(1, top_idx[..., None].expand(-1, -1, 4))  # [N, K, 4]
+        # clip to each image's (resized, unpadded) size
+        hw = image_sizes.to(boxes.dtype)
+        limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        keep = (wh >= self.min_size).all(-1) & (scores >= self.score_threshold)
+        image_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
+        boxes, scores, levels, image_idx = boxes[keep], scores[keep], levels[keep], image_idx[keep]
+        groups = image_idx * len(counts) + levels
+        kept = batched_nms(boxes.float(), scores, groups, self.nms_threshold)  # sorted by score
+        kept = top_k_per_image(kept, image_idx[kept], self.post_nms_top_n[self.training])
+        return boxes[kept], image_idx[kept]
+
+    def loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
+        """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives.
+
+        Both are normalised by the number of sampled anchors, as in torchvision.
+        """
+        n = logits.shape[0]
+        gt_boxes, _, gt_valid = targets.padded()  # [N, G, 4], [N, G]
+        with torch.no_grad():
+            iou = batched_box_iou(gt_boxes, anchors.expand(n, -1, -1))  # [N, G, A]
+            matched_idx, labels = self.matcher(iou, gt_valid)
+            del iou
+            pos, neg = self.sampler(labels)
+            matched = gt_boxes.gather(1, matched_idx[..., None].expand(-1, -1, 4))  # [N, A, 4]
+        sampled = pos | neg
+        num_sampled = sampled.sum().clamp(min=1)
+        objectness = F.binary_cross_entropy_with_logits(
+            logits[sampled].float(), pos[sampled].float(), reduction="sum"
+        ) / num_sampled
+        target_deltas = self.box_coder.encode(matched[pos], anchors.expand(n, -1, -1)[pos])
+        box = F.smooth_l1_loss(deltas[pos].float(), target_deltas, beta=self.smooth_l1_beta, reduction="sum") / num_sampled
+        return {"loss_rpn_objectness": objectness, "loss_rpn_box": box}
+
+
+def top_k_per_image(order: Tensor, image_idx: Tensor, k: int) -> Tensor:
+    """Keep the first `k` entries of each image in `order` (already sorted by score).
+
+    order Tensor[M] indices, image_idx Tensor[M] their images -> Tensor[M'] indices, grouped by image.
+    """
+    if order.numel() == 0:
+        return order
+    # stable sort by image keeps the score order inside each image
+    by_image = torch.sort(image_idx, stable=True)
+    sorted_img = by_image.values
+    first = torch.searchsorted(sorted_img, sorted_img, right=False)
+    rank = torch.arange(sorted_img.numel(), device=order.device) - first
+    return order[by_image.indices[rank < k]]

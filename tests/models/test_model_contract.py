@@ -1,0 +1,99 @@
+"""Contract tests over every registered detector: a CPU training step and predict."""
+
+import pytest
+import torch
+
+from detkit.models import build_model, list_models
+
+SMALL = dict(min_size=128, max_size=160)
+
+
+def _images_and_targets(with_masks: bool, size=(128, 160)):
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, *size, generator=g) for _ in range(2)]
+    boxes = torch.tensor([[10.0, 20.0, 70.0, 90.0], [60.0, 30.0, 140.0, 120.0]])
+    targets = [
+        {"boxes": boxes, "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # no objects
+    ]
+    if with_masks:
+        masks = torch.zeros((2, *size), dtype=torch.uint8)
+        for k, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+            masks[k, y1:y2, x1:x2] = 1
+        targets[0]["masks"] = masks
+        targets[1]["masks"] = torch.zeros((0, *size), dtype=torch.uint8)
+    return images, targets
+
+
+def _overrides(name):
+    if name.endswith("_tiny"):
+        return {}
+    return dict(SMALL, norm="bn") if "vgg" not in name else dict(SMALL, representation_size=256)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_training_step_and_predict(name):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=3, **_overrides(name))
+    with_masks = model.roi_heads.has_mask
+    images, targets = _images_and_targets(with_masks)
+    model.train()
+    losses = model(images, targets)
+    expected = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box_reg"} | ({"loss_mask"} if with_masks else set())
+    assert set(losses) == expected
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    groups = {"backbone": model.backbone, "rpn": model.rpn, "roi_heads": model.roi_heads}
+    for group, module in groups.items():
+        grads = [p.grad for p in module.parameters() if p.requires_grad and p.grad is not None]
+        assert grads and any(g.abs().sum() > 0 for g in grads), f"no gradient reached {group}"
+
+    model.eval()
+    results = model.predict(images)
+    assert len(results) == 2
+    for img, res in zip(images, results):
+        d = res["boxes"].shape[0]
+        assert res["boxes"].shape == (d, 4) and res["scores"].shape == (d,) and res["labels"].dtype == torch.int64
+        if d:
+            assert res["labels"].min() >= 1 and res["labels"].max() <= 3
+            assert (res["boxes"][:, 2:] >= res["boxes"][:, :2]).all()
+            assert res["boxes"][:, 2].max() <= img.shape[2] and res["boxes"][:, 3].max() <= img.shape[1]
+        if with_masks:
+            assert res["masks"].shape == (d, *img.shape[1:]) and res["masks"].dtype == torch.uint8
+
+
+def test_validation_loss_in_eval_mode():
+    model = build_model("faster_rcnn_tiny", num_classes=3).eval()
+    images, targets = _images_and_targets(False)
+    with torch.no_grad():
+        losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_bad_inputs_get_clear_errors():
+    model = build_model("faster_rcnn_tiny", num_classes=3)
+    images, targets = _images_and_targets(False)
+    with pytest.raises(ValueError, match="empty"):
+        model.predict([])
+    with pytest.raises(ValueError, match=r"images\[0\] must have shape \[3, H, W\]"):
+        model.predict([torch.rand(1, 64, 64)])
+    with pytest.raises(ValueError, match="float"):
+        model.predict([torch.zeros(3, 64, 64, dtype=torch.uint8)])
+    with pytest.raises(ValueError, match="labels must be in 1..3"):
+        model(images, [{"boxes": targets[0]["boxes"], "labels": torch.tensor([0, 4])}, targets[1]])
+    with pytest.raises(ValueError, match=r"targets\[0\]\['boxes'\]"):
+        model(images, [{"boxes": torch.zeros(2, 5), "labels": torch.tensor([1, 2])}, targets[1]])
+    with pytest.raises(ValueError, match="one target dict per image"):
+        model(images, targets[:1])
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("faster_rcnn_r999", num_classes=3)
+
+
+def test_different_image_sizes_map_back_to_original_pixels():
+    model = build_model("faster_rcnn_tiny", num_classes=3, min_size=96, max_size=200).eval()
+    images = [torch.rand(3, 100, 150), torch.rand(3, 80, 60)]
+    results = model.predict(images)
+    for img, res in zip(images, results):
+        if res["boxes"].numel():
+            assert res["boxes"][:, 2].max() <= img.shape[2] + 1e-3
+            assert res["boxes"][:, 3].max() <= img.shape[1] + 1e-3
