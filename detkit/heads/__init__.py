@@ -5,4 +5,14 @@ from detkit.heads.mask_head import MaskHead, mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler, assign_fpn_levels
 from detkit.heads.roi_heads import RoIHeads
 
-__all__ = ["BoxPredictor", "ConvFCHead", "TwoFCHead", "MaskHead", "mask_targets", "paste_masks", "RoIPooler", "assign_fpn_levels", "RoIHeads"]
+__all__ = [
+    "BoxPredictor",
+    "ConvFCHead",
+    "TwoFCHead",
+    "MaskHead",
+    "mask_targets",
+    "paste_masks",
+    "RoIPooler",
+    "assign_fpn_levels",
+    "RoIHeads",
+]

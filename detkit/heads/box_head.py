@@ -28,7 +28,16 @@ class TwoFCHead(nn.Module):
 class ConvFCHead(nn.Module):
     """`num_convs` 3x3 conv-norm-act layers then one FC layer (the "4conv1fc" head)."""
 
-    def __init__(self, in_channels: int, resolution: int, *, num_convs: int = 4, conv_dim: int = 256, fc_dim: int = 1024, norm: NormSpec = "gn"):
+    def __init__(
+        self,
+        in_channels: int,
+        resolution: int,
+        *,
+        num_convs: int = 4,
+        conv_dim: int = 256,
+        fc_dim: int = 1024,
+        norm: NormSpec = "gn",
+    ):
         super().__init__()
         layers, c = [], in_channels
         for _ in range(num_convs):

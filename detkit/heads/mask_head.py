@@ -40,7 +40,9 @@ class MaskHead(nn.Module):
         return self.mask_logits(F.relu(self.deconv(self.convs(x))))
 
 
-def mask_targets(gt_masks: list[Tensor], boxes: Tensor, batch_idx: Tensor, matched_gt: Tensor, resolution: int) -> Tensor:
+def mask_targets(
+    gt_masks: list[Tensor], boxes: Tensor, batch_idx: Tensor, matched_gt: Tensor, resolution: int
+) -> Tensor:
     """Crop-and-resize each RoI's matched ground-truth mask to M x M with RoIAlign.
 
     gt_masks: per image Tensor[K_i, H_i, W_i] (original image pixels); boxes Tensor[R, 4] in the
@@ -82,7 +84,9 @@ def _axis_weights(start: Tensor, length: Tensor, size: int, src: int) -> Tensor:
     return w * inside[..., None]
 
 
-def paste_masks(mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], *, threshold: float | None = 0.5, chunk: int = 64) -> Tensor:
+def paste_masks(
+    mask_probs: Tensor, boxes: Tensor, image_size: tuple[int, int], *, threshold: float | None = 0.5, chunk: int = 64
+) -> Tensor:
     """Paste M x M mask probabilities into the full image, batched over masks.
 
     mask_probs Tensor[D, M, M], boxes Tensor[D, 4] (image pixels) -> Tensor[D, H, W]: uint8 0/1

@@ -14,7 +14,9 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 
-def assign_fpn_levels(boxes: Tensor, k_min: int, k_max: int, *, canonical_scale: float = 224.0, canonical_level: int = 4) -> Tensor:
+def assign_fpn_levels(
+    boxes: Tensor, k_min: int, k_max: int, *, canonical_scale: float = 224.0, canonical_level: int = 4
+) -> Tensor:
     """FPN paper eq. (1): level = floor(k0 + log2(sqrt(area) / 224)), clamped; returns 0-based Tensor[R]."""
     area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float()
     level = torch.floor(canonical_level + torch.log2(area.sqrt() / canonical_scale) + 1e-6)
@@ -58,7 +60,9 @@ class RoIPooler(nn.Module):
         size = (self.output_size, self.output_size)
         if self.pool_type == "pool":
             return roi_pool(x, rois, size, spatial_scale=1.0 / stride)
-        return roi_align(x, rois, size, spatial_scale=1.0 / stride, sampling_ratio=self.sampling_ratio, aligned=self.aligned)
+        return roi_align(
+            x, rois, size, spatial_scale=1.0 / stride, sampling_ratio=self.sampling_ratio, aligned=self.aligned
+        )
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
         """boxes Tensor[R, 4], batch_idx Tensor[R] -> pooled Tensor[R, C, S, S]."""
@@ -66,7 +70,9 @@ class RoIPooler(nn.Module):
         rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
         if len(feats) == 1:
             return self._pool(feats[0], rois.to(feats[0].dtype), self.strides[0])
-        levels = assign_fpn_levels(boxes, self.k_min, self.k_max, canonical_scale=self.canonical_scale, canonical_level=self.canonical_level)
+        levels = assign_fpn_levels(
+            boxes, self.k_min, self.k_max, canonical_scale=self.canonical_scale, canonical_level=self.canonical_level
+        )
         first = feats[0]
         out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
         for level, (x, stride) in enumerate(zip(feats, self.strides)):

@@ -109,8 +109,12 @@ class RoIHeads(nn.Module):
         counts = torch.bincount(targets.batch_idx, minlength=n)
         gt_start = torch.cumsum(counts, 0) - counts
         return {
-            "boxes": rois, "batch_idx": roi_batch, "labels": cls, "regression_targets": reg,
-            "matched_in_image": roi_matched, "matched_packed": gt_start[roi_batch] + roi_matched,
+            "boxes": rois,
+            "batch_idx": roi_batch,
+            "labels": cls,
+            "regression_targets": reg,
+            "matched_in_image": roi_matched,
+            "matched_packed": gt_start[roi_batch] + roi_matched,
         }
 
     def box_loss(self, class_logits: Tensor, box_deltas: Tensor, sampled: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -122,11 +126,15 @@ class RoIHeads(nn.Module):
             pred = deltas[pos, labels[pos]]
         else:
             pred = deltas[pos, 0]
-        loss_box = F.smooth_l1_loss(pred.float(), sampled["regression_targets"][pos], beta=self.smooth_l1_beta, reduction="sum")
+        loss_box = F.smooth_l1_loss(
+            pred.float(), sampled["regression_targets"][pos], beta=self.smooth_l1_beta, reduction="sum"
+        )
         loss_box = loss_box / max(labels.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
-    def mask_loss(self, features: dict[str, Tensor], sampled: dict[str, Tensor], targets: PackedTargets, images: ImageBatch) -> Tensor:
+    def mask_loss(
+        self, features: dict[str, Tensor], sampled: dict[str, Tensor], targets: PackedTargets, images: ImageBatch
+    ) -> Tensor:
         pos = torch.nonzero(sampled["labels"] > 0).squeeze(1)
         if pos.numel() == 0:
             return sum(p.sum() for p in self.mask_head.parameters()) * 0.0
@@ -143,7 +151,12 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, images: ImageBatch, targets: PackedTargets | None = None
+        self,
+        features: dict[str, Tensor],
+        proposals: Tensor,
+        batch_idx: Tensor,
+        images: ImageBatch,
+        targets: PackedTargets | None = None,
     ) -> tuple[Detections | None, dict[str, Tensor]]:
         """With targets: (None, losses). Without: (detections in resized-image pixels, {})."""
         if targets is not None:
@@ -163,7 +176,9 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def postprocess(self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor) -> Detections:
+    def postprocess(
+        self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor
+    ) -> Detections:
         """Softmax, per-class decode and clip, score threshold, per-class NMS, top-k per image."""
         k1 = class_logits.shape[1]  # K + 1
         scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
@@ -185,7 +200,13 @@ class RoIHeads(nn.Module):
         boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
         kept = batched_nms(boxes, scores, img * k1 + labels, self.nms_threshold)
         kept = top_k_per_image(kept, img[kept], self.detections_per_image)
-        return Detections(boxes=boxes[kept], scores=scores[kept], labels=labels[kept], batch_idx=img[kept], num_images=image_sizes.shape[0])
+        return Detections(
+            boxes=boxes[kept],
+            scores=scores[kept],
+            labels=labels[kept],
+            batch_idx=img[kept],
+            num_images=image_sizes.shape[0],
+        )
 
     def predict_mask_probs(self, features: dict[str, Tensor], dets: Detections) -> Tensor:
         """Mask probabilities Tensor[D, M, M] of each detection's own class."""

@@ -21,8 +21,23 @@ from detkit.layers.norm import (
 )
 
 __all__ = [
-    "ConvNormAct", "SeparableConv", "UpsampleConvTranspose", "channel_shuffle", "conv1x1",
-    "conv1x1_norm_act", "conv_output_size", "same_padding", "init_norms", "kaiming_init",
-    "normal_init", "prior_probability_bias", "xavier_init", "NormSpec", "build_activation",
-    "build_norm", "convert_frozen_batchnorm", "freeze_module", "is_norm",
+    "ConvNormAct",
+    "SeparableConv",
+    "UpsampleConvTranspose",
+    "channel_shuffle",
+    "conv1x1",
+    "conv1x1_norm_act",
+    "conv_output_size",
+    "same_padding",
+    "init_norms",
+    "kaiming_init",
+    "normal_init",
+    "prior_probability_bias",
+    "xavier_init",
+    "NormSpec",
+    "build_activation",
+    "build_norm",
+    "convert_frozen_batchnorm",
+    "freeze_module",
+    "is_norm",
 ]

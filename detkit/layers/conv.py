@@ -52,8 +52,14 @@ class ConvNormAct(nn.Sequential):
             bias = not has_norm
         super().__init__()
         self.conv = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-            dilation=dilation, groups=groups, bias=bias,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
         )
         self.norm = build_norm(norm, out_channels)
         self.act = build_activation(act)
@@ -65,7 +71,9 @@ def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1, bias: bool 
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
 
 
-def conv1x1_norm_act(in_channels: int, out_channels: int, *, norm: NormSpec = "bn", act: str | None = "relu", stride: int = 1) -> ConvNormAct:
+def conv1x1_norm_act(
+    in_channels: int, out_channels: int, *, norm: NormSpec = "bn", act: str | None = "relu", stride: int = 1
+) -> ConvNormAct:
     """1x1 projection followed by norm and activation."""
     return ConvNormAct(in_channels, out_channels, 1, stride=stride, norm=norm, act=act)
 
@@ -91,11 +99,21 @@ class SeparableConv(nn.Sequential):
     ):
         super().__init__()
         self.depthwise = ConvNormAct(
-            in_channels, in_channels, kernel_size, stride=stride, dilation=dilation,
-            groups=in_channels, norm=norm, act=act,
+            in_channels,
+            in_channels,
+            kernel_size,
+            stride=stride,
+            dilation=dilation,
+            groups=in_channels,
+            norm=norm,
+            act=act,
         )
         self.pointwise = ConvNormAct(
-            in_channels, out_channels, 1, norm=norm, act=act if pointwise_act == "same" else pointwise_act,
+            in_channels,
+            out_channels,
+            1,
+            norm=norm,
+            act=act if pointwise_act == "same" else pointwise_act,
         )
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 

@@ -34,7 +34,12 @@ def xavier_init(module: nn.Module, *, distribution: str = "uniform", gain: float
 
 
 def kaiming_init(
-    module: nn.Module, *, mode: str = "fan_out", nonlinearity: str = "relu", distribution: str = "normal", bias: float = 0.0
+    module: nn.Module,
+    *,
+    mode: str = "fan_out",
+    nonlinearity: str = "relu",
+    distribution: str = "normal",
+    bias: float = 0.0,
 ) -> nn.Module:
     """He init for ReLU nets: std = sqrt(2 / fan) with fan = fan_in or fan_out."""
     fn = {"uniform": nn.init.kaiming_uniform_, "normal": nn.init.kaiming_normal_}.get(distribution)

@@ -41,7 +41,9 @@ def validate_images(images: Sequence[Tensor]) -> None:
     """Raise ValueError unless `images` is a non-empty list of float Tensor[3, H, W]."""
     if isinstance(images, Tensor):
         if images.dim() != 4:
-            raise ValueError(f"images must be a list of Tensor[3, H, W] or a Tensor[N, 3, H, W], got shape {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be a list of Tensor[3, H, W] or a Tensor[N, 3, H, W], got shape {tuple(images.shape)}"
+            )
         images = list(images)
     if len(images) == 0:
         raise ValueError("images is empty: expected at least one Tensor[3, H, W]")

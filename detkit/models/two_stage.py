@@ -40,13 +40,17 @@ class TwoStageDetector(nn.Module):
         self.num_classes = num_classes
 
     # ----------------------------------------------------------------- inputs
-    def prepare(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None) -> tuple[ImageBatch, PackedTargets | None]:
+    def prepare(
+        self, images: Sequence[Tensor], targets: Sequence[dict] | None = None
+    ) -> tuple[ImageBatch, PackedTargets | None]:
         """Validate, resize, normalise and pack images and targets (boxes move to resized pixels)."""
         batch = self.transform(images)
         if targets is None:
             return batch, None
         if len(targets) != batch.tensor.shape[0]:
-            raise ValueError(f"got {batch.tensor.shape[0]} images but {len(targets)} targets: expected one target dict per image")
+            raise ValueError(
+                f"got {batch.tensor.shape[0]} images but {len(targets)} targets: expected one target dict per image"
+            )
         packed = PackedTargets.from_list(list(targets), device=batch.tensor.device)
         labels = packed.labels
         if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
@@ -61,11 +65,15 @@ class TwoStageDetector(nn.Module):
         if self.rpn is not None:
             return self.rpn(features, batch, packed)
         if proposals is None:
-            raise ValueError(f"{type(self).__name__} has no RPN: pass `proposals` (one Tensor[P, 4] per image, original pixels)")
+            raise ValueError(
+                f"{type(self).__name__} has no RPN: pass `proposals` (one Tensor[P, 4] per image, original pixels)"
+            )
         if len(proposals) != batch.tensor.shape[0]:
             raise ValueError(f"got {batch.tensor.shape[0]} images but {len(proposals)} proposal sets")
         boxes = [torch.as_tensor(p, dtype=torch.float32, device=batch.tensor.device).reshape(-1, 4) for p in proposals]
-        batch_idx = torch.cat([torch.full((len(b),), i, dtype=torch.int64, device=batch.tensor.device) for i, b in enumerate(boxes)])
+        batch_idx = torch.cat(
+            [torch.full((len(b),), i, dtype=torch.int64, device=batch.tensor.device) for i, b in enumerate(boxes)]
+        )
         boxes = resize_boxes(torch.cat(boxes), batch_idx, batch.original_sizes, batch.image_sizes)
         return boxes, batch_idx, {}
 

@@ -33,17 +33,25 @@ def _torchvision_head_key(key: str) -> str | None:
 
 
 def is_torchvision_detection_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
-    return any(k.startswith("backbone.body.") for k in state_dict) and any(k.startswith("backbone.fpn.") for k in state_dict)
+    return any(k.startswith("backbone.body.") for k in state_dict) and any(
+        k.startswith("backbone.fpn.") for k in state_dict
+    )
 
 
-def convert_torchvision_detector(model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "state dict") -> dict[str, Tensor]:
+def convert_torchvision_detector(
+    model: nn.Module, state_dict: Mapping[str, Tensor], *, source: str = "state dict"
+) -> dict[str, Tensor]:
     """Translate a torchvision detection state dict to `model`'s keys (raises on unknown keys)."""
     arch = getattr(model.backbone, "torchvision_arch", None)
     if arch is None:
         raise ValueError(f"{source}: a torchvision detection checkpoint needs a backbone with a torchvision layout")
     converted = convert_torchvision_state_dict(
-        arch, state_dict, src_prefix="backbone.", dst_prefix="backbone.",
-        fpn_in_features=tuple(getattr(model.backbone, "in_features", ())) or None, source=source,
+        arch,
+        state_dict,
+        src_prefix="backbone.",
+        dst_prefix="backbone.",
+        fpn_in_features=tuple(getattr(model.backbone, "in_features", ())) or None,
+        source=source,
     )
     unknown = []
     for key, value in state_dict.items():
@@ -61,7 +69,9 @@ def convert_torchvision_detector(model: nn.Module, state_dict: Mapping[str, Tens
     return converted
 
 
-def load_detector_weights(model: nn.Module, weights: str | PathLike | Mapping[str, Tensor], *, arch: str = "") -> nn.Module:
+def load_detector_weights(
+    model: nn.Module, weights: str | PathLike | Mapping[str, Tensor], *, arch: str = ""
+) -> nn.Module:
     """Load a checkpoint into `model` strictly; errors name the file and the offending keys.
 
     Accepts a detkit state dict, a Lightning checkpoint of `detkit.engine.DetectionModule`
@@ -76,7 +86,8 @@ def load_detector_weights(model: nn.Module, weights: str | PathLike | Mapping[st
     own = model.state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items() if k in own and own[k].shape != v.shape
+        for k, v in state_dict.items()
+        if k in own and own[k].shape != v.shape
     ]
     if mismatched:
         raise ValueError(

@@ -67,18 +67,29 @@ def build_two_stage(
     rpn = None
     if with_rpn:
         if len(channels) != 1:
-            raise ValueError(f"the RPN head is shared across levels, so {rpn_features} need equal channels, got {channels}")
+            raise ValueError(
+                f"the RPN head is shared across levels, so {rpn_features} need equal channels, got {channels}"
+            )
         if len(anchor_sizes) != len(rpn_features):
-            raise ValueError(f"anchor_sizes needs one entry per RPN level ({len(rpn_features)}), got {len(anchor_sizes)}")
+            raise ValueError(
+                f"anchor_sizes needs one entry per RPN level ({len(rpn_features)}), got {len(anchor_sizes)}"
+            )
         strides = [specs[n].stride for n in rpn_features]
         anchors = AnchorGenerator(anchor_sizes, [aspect_ratios] * len(rpn_features), strides)
         head = RPNHead(channels.pop(), anchors.num_anchors_per_location()[0])
         rpn = RPN(
-            head, anchors, in_features=rpn_features, strides=strides,
-            fg_iou_threshold=rpn_fg_iou_threshold, bg_iou_threshold=rpn_bg_iou_threshold,
-            batch_size_per_image=rpn_batch_size_per_image, positive_fraction=rpn_positive_fraction,
-            pre_nms_top_n_train=rpn_pre_nms_top_n_train, post_nms_top_n_train=rpn_post_nms_top_n_train,
-            pre_nms_top_n_test=rpn_pre_nms_top_n_test, post_nms_top_n_test=rpn_post_nms_top_n_test,
+            head,
+            anchors,
+            in_features=rpn_features,
+            strides=strides,
+            fg_iou_threshold=rpn_fg_iou_threshold,
+            bg_iou_threshold=rpn_bg_iou_threshold,
+            batch_size_per_image=rpn_batch_size_per_image,
+            positive_fraction=rpn_positive_fraction,
+            pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+            post_nms_top_n_train=rpn_post_nms_top_n_train,
+            pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+            post_nms_top_n_test=rpn_post_nms_top_n_test,
             nms_threshold=rpn_nms_threshold,
         )
     roi_strides = [specs[n].stride for n in roi_features]
@@ -90,11 +101,19 @@ def build_two_stage(
         mask_pooler = RoIPooler(roi_features, roi_strides, output_size=mask_resolution, pool_type="align")
         mask_head = MaskHead(roi_channels, num_classes, conv_dims=mask_conv_dims)
     roi_heads = RoIHeads(
-        box_pooler, box_head, BoxPredictor(representation_size, num_classes), num_classes=num_classes,
-        fg_iou_threshold=roi_fg_iou_threshold, bg_iou_threshold=roi_bg_iou_threshold,
-        batch_size_per_image=roi_batch_size_per_image, positive_fraction=roi_positive_fraction,
-        score_threshold=box_score_threshold, nms_threshold=box_nms_threshold,
-        detections_per_image=detections_per_image, mask_pooler=mask_pooler, mask_head=mask_head,
+        box_pooler,
+        box_head,
+        BoxPredictor(representation_size, num_classes),
+        num_classes=num_classes,
+        fg_iou_threshold=roi_fg_iou_threshold,
+        bg_iou_threshold=roi_bg_iou_threshold,
+        batch_size_per_image=roi_batch_size_per_image,
+        positive_fraction=roi_positive_fraction,
+        score_threshold=box_score_threshold,
+        nms_threshold=box_nms_threshold,
+        detections_per_image=detections_per_image,
+        mask_pooler=mask_pooler,
+        mask_head=mask_head,
         mask_threshold=mask_threshold,
     )
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=size_divisible)
@@ -119,13 +138,20 @@ def _fpn_detector(
 ) -> TwoStageDetector:
     if freeze_at is None:  # as torchvision: stem + first stage frozen when starting from ImageNet weights
         freeze_at = 2 if backbone_weights else 0
-    body = build_backbone(backbone_name, weights=backbone_weights, out_features=in_features, freeze_at=freeze_at, norm=norm)
+    body = build_backbone(
+        backbone_name, weights=backbone_weights, out_features=in_features, freeze_at=freeze_at, norm=norm
+    )
     backbone = FPN(body, out_channels=fpn_channels, extra_block="maxpool")
     names = list(backbone.feature_specs())
-    anchor_sizes = anchor_sizes or FPN_ANCHOR_SIZES[-len(names):]
+    anchor_sizes = anchor_sizes or FPN_ANCHOR_SIZES[-len(names) :]
     return build_two_stage(
-        backbone, num_classes=num_classes, rpn_features=names, roi_features=names[:-1],
-        anchor_sizes=anchor_sizes, with_mask=with_mask, **kwargs,
+        backbone,
+        num_classes=num_classes,
+        rpn_features=names,
+        roi_features=names[:-1],
+        anchor_sizes=anchor_sizes,
+        with_mask=with_mask,
+        **kwargs,
     )
 
 
@@ -145,8 +171,12 @@ def faster_rcnn_r18_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
 def faster_rcnn_mobilenet_v2_fpn(*, num_classes: int, norm: str = "frozen_bn", **kwargs) -> TwoStageDetector:
     """Faster R-CNN, MobileNetV2 (depthwise-separable) + FPN on strides 8-32 (+ P6)."""
     return _fpn_detector(
-        "mobilenet_v2", num_classes=num_classes, norm=norm, in_features=("c3", "c4", "c5"),
-        anchor_sizes=((32,), (64,), (128,), (256,)), **kwargs,
+        "mobilenet_v2",
+        num_classes=num_classes,
+        norm=norm,
+        in_features=("c3", "c4", "c5"),
+        anchor_sizes=((32,), (64,), (128,), (256,)),
+        **kwargs,
     )
 
 
@@ -173,17 +203,32 @@ def faster_rcnn_vgg16(
         freeze_at = 2 if backbone_weights else 0
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
     return build_two_stage(
-        backbone, num_classes=num_classes, anchor_sizes=anchor_sizes, pool_type="pool",
-        representation_size=representation_size, min_size=min_size, max_size=max_size, **kwargs,
+        backbone,
+        num_classes=num_classes,
+        anchor_sizes=anchor_sizes,
+        pool_type="pool",
+        representation_size=representation_size,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
     )
 
 
-def _tiny_detector(*, num_classes: int, with_mask: bool, norm: str = "bn", backbone_weights: str | None = None, **kwargs) -> TwoStageDetector:
+def _tiny_detector(
+    *, num_classes: int, with_mask: bool, norm: str = "bn", backbone_weights: str | None = None, **kwargs
+) -> TwoStageDetector:
     backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
     defaults = dict(
-        anchor_sizes=((16, 32, 64),), representation_size=256, min_size=None, max_size=None,
-        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=128, roi_batch_size_per_image=128,
+        anchor_sizes=((16, 32, 64),),
+        representation_size=256,
+        min_size=None,
+        max_size=None,
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        roi_batch_size_per_image=128,
         mask_conv_dims=(128, 128),
     )
     defaults.update(kwargs)

@@ -114,7 +114,9 @@ class RPN(nn.Module):
         return boxes, batch_idx, losses
 
     @torch.no_grad()
-    def filter_proposals(self, proposals: Tensor, logits: Tensor, counts: list[int], image_sizes: Tensor) -> tuple[Tensor, Tensor]:
+    def filter_proposals(
+        self, proposals: Tensor, logits: Tensor, counts: list[int], image_sizes: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Per-level top-k, clip, remove small / low-scoring, NMS per (image, level), post-NMS top-k.
 
         proposals Tensor[N, A, 4], logits Tensor[N, A] -> (boxes Tensor[R, 4], batch_idx Tensor[R]).
@@ -160,11 +162,15 @@ class RPN(nn.Module):
             matched = gt_boxes.gather(1, matched_idx[..., None].expand(-1, -1, 4))  # [N, A, 4]
         sampled = pos | neg
         num_sampled = sampled.sum().clamp(min=1)
-        objectness = F.binary_cross_entropy_with_logits(
-            logits[sampled].float(), pos[sampled].float(), reduction="sum"
-        ) / num_sampled
+        objectness = (
+            F.binary_cross_entropy_with_logits(logits[sampled].float(), pos[sampled].float(), reduction="sum")
+            / num_sampled
+        )
         target_deltas = self.box_coder.encode(matched[pos], anchors.expand(n, -1, -1)[pos])
-        box = F.smooth_l1_loss(deltas[pos].float(), target_deltas, beta=self.smooth_l1_beta, reduction="sum") / num_sampled
+        box = (
+            F.smooth_l1_loss(deltas[pos].float(), target_deltas, beta=self.smooth_l1_beta, reduction="sum")
+            / num_sampled
+        )
         return {"loss_rpn_objectness": objectness, "loss_rpn_box": box}
 
 

@@ -27,7 +27,9 @@ def formula(h, k, s, p, d):
     return math.floor((h + 2 * p - d * (k - 1) - 1) / s + 1)
 
 
-@pytest.mark.parametrize("k,s,d,g", [(1, 1, 1, 1), (3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 1, 4), (3, 1, 2, 1), (3, 2, 3, 2), (7, 2, 1, 1)])
+@pytest.mark.parametrize(
+    "k,s,d,g", [(1, 1, 1, 1), (3, 1, 1, 1), (3, 2, 1, 1), (5, 2, 1, 4), (3, 1, 2, 1), (3, 2, 3, 2), (7, 2, 1, 1)]
+)
 @pytest.mark.parametrize("h", [15, 16, 33])
 def test_conv_norm_act_output_size_matches_formula(k, s, d, g, h):
     block = ConvNormAct(8, 16, k, stride=s, dilation=d, groups=g)

@@ -39,7 +39,9 @@ def test_training_step_and_predict(name):
     images, targets = _images_and_targets(with_masks)
     model.train()
     losses = model(images, targets)
-    expected = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box_reg"} | ({"loss_mask"} if with_masks else set())
+    expected = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box_reg"} | (
+        {"loss_mask"} if with_masks else set()
+    )
     assert set(losses) == expected
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()

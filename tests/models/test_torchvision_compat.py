@@ -31,7 +31,11 @@ def _compare(tv_out, dk_out, with_masks):
     assert dk_out["boxes"].shape == tv_out["boxes"].shape
     # pair detections by label and box (equal scores may be ordered differently)
     cost = torch.cdist(tv_out["boxes"], dk_out["boxes"], p=1)
-    cost = cost + 1e3 * (tv_out["scores"][:, None] - dk_out["scores"][None]).abs() + 1e6 * (tv_out["labels"][:, None] != dk_out["labels"][None])
+    cost = (
+        cost
+        + 1e3 * (tv_out["scores"][:, None] - dk_out["scores"][None]).abs()
+        + 1e6 * (tv_out["labels"][:, None] != dk_out["labels"][None])
+    )
     match = cost.argmin(1)
     assert match.unique().numel() == match.numel(), "detections do not pair up one to one"
     assert torch.equal(dk_out["labels"][match], tv_out["labels"])
@@ -44,7 +48,9 @@ def _compare(tv_out, dk_out, with_masks):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("builder,name", [(fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn"), (maskrcnn_resnet50_fpn, "mask_rcnn_r50_fpn")])
+@pytest.mark.parametrize(
+    "builder,name", [(fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn"), (maskrcnn_resnet50_fpn, "mask_rcnn_r50_fpn")]
+)
 def test_same_detections_as_torchvision(tmp_path, builder, name):
     torch.manual_seed(0)
     tv = _randomise_and_bias(builder(weights=None, weights_backbone=None, num_classes=91, **SIZES))

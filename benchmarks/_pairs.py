@@ -1,0 +1,142 @@
+"""Shared set-up for the detkit-vs-torchvision benchmarks: same weights, same inputs.
+
+Both models get the same random weights (torchvision's state dict loaded into detkit through
+the checkpoint converter), FrozenBatchNorm2d as in fine-tuning from ImageNet/COCO weights,
+and identical image lists and targets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+
+import torch
+from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
+
+from detkit.layers import convert_frozen_batchnorm
+from detkit.models import build_model
+from detkit.models.weights import load_detector_weights
+
+TORCHVISION_BUILDERS = {"faster_rcnn_r50_fpn": fasterrcnn_resnet50_fpn, "mask_rcnn_r50_fpn": maskrcnn_resnet50_fpn}
+
+
+def build_pair(name: str, *, min_size: int, max_size: int, device: torch.device, num_classes: int = 90):
+    """(detkit model, torchvision model) with identical weights on `device`."""
+    if name not in TORCHVISION_BUILDERS:
+        raise SystemExit(f"--model must be one of {sorted(TORCHVISION_BUILDERS)}, got {name!r}")
+    torch.manual_seed(0)
+    tv = TORCHVISION_BUILDERS[name](
+        weights=None, weights_backbone=None, num_classes=num_classes + 1, min_size=min_size, max_size=max_size
+    )
+    tv = convert_frozen_batchnorm(tv)
+    for p in tv.backbone.body.conv1.parameters():  # torchvision freezes stem + layer1 when fine-tuning
+        p.requires_grad_(False)
+    for p in tv.backbone.body.layer1.parameters():
+        p.requires_grad_(False)
+    dk = build_model(name, num_classes=num_classes, min_size=min_size, max_size=max_size, freeze_at=2)
+    load_detector_weights(dk, tv.state_dict(), arch=name)
+    return dk.to(device), tv.to(device)
+
+
+def make_inputs(batch_size: int, height: int, width: int, *, device, with_masks: bool, seed: int = 0):
+    """Random images and 1-8 random boxes per image (masks = filled boxes)."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = [], []
+    for _ in range(batch_size):
+        images.append(torch.rand(3, height, width, generator=g).to(device))
+        k = int(torch.randint(1, 9, (1,), generator=g))
+        xy = torch.rand(k, 2, generator=g) * torch.tensor([width * 0.7, height * 0.7])
+        wh = (torch.rand(k, 2, generator=g) * 0.3 + 0.05) * torch.tensor([width, height])
+        boxes = torch.cat([xy, xy + wh], 1)
+        target = {"boxes": boxes.to(device), "labels": torch.randint(1, 91, (k,), generator=g).to(device)}
+        if with_masks:
+            masks = torch.zeros((k, height, width), dtype=torch.uint8)
+            for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+                masks[i, y1:y2, x1:x2] = 1
+            target["masks"] = masks.to(device)
+        targets.append(target)
+    return images, targets
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise SystemExit(f"--precision must be fp32 or bf16, got {precision!r}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(steps: dict, *, iters: int, warmup: int, device: torch.device) -> dict:
+    """Run each callable in `steps` `warmup` times, then alternate them `iters` times.
+
+    Returns name -> {"seconds": median seconds per call, "peak_mem_gib": peak CUDA memory or None}.
+    """
+    for fn in steps.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times = {name: [] for name in steps}
+    peaks = {name: 0 for name in steps}
+    for _ in range(iters):
+        for name, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = {
+            "seconds": ts[len(ts) // 2],
+            "peak_mem_gib": peaks[name] / 2**30 if device.type == "cuda" else None,
+        }
+    return out
+
+
+def report(kind: str, args, result: dict, batch_size: int) -> None:
+    dk, tv = result["detkit"], result["torchvision"]
+    rows = []
+    for name, r in (("detkit", dk), ("torchvision", tv)):
+        r["img_per_s"] = batch_size / r["seconds"]
+        mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f}"
+        rows.append(f"| {name} | {r['img_per_s']:.2f} | {r['seconds'] * 1000:.1f} | {mem} |")
+    ratio = dk["img_per_s"] / tv["img_per_s"]
+    print(f"\n{kind}: {args.model}, batch {batch_size}, {args.precision}, {args.height}x{args.width}, {args.device}")
+    print("| impl | img/s | ms/iter | peak GiB |\n|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"detkit / torchvision img/s ratio: {ratio:.2f}")
+    payload = {
+        "kind": kind,
+        "model": args.model,
+        "batch_size": batch_size,
+        "precision": args.precision,
+        "image_size": [args.height, args.width],
+        "device": str(args.device),
+        "torch": torch.__version__,
+        "detkit": dk,
+        "torchvision": tv,
+        "ratio": ratio,
+    }
+    print(json.dumps(payload))
+
+
+def add_common_args(parser, *, batch_size: int) -> None:
+    parser.add_argument("--model", default="faster_rcnn_r50_fpn", choices=sorted(TORCHVISION_BUILDERS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)

@@ -1,0 +1,60 @@
+"""Training-step throughput: detkit vs torchvision, same weights, inputs and precision.
+
+    python benchmarks/bench_train.py --device cpu --batch-size 2 --height 320 --width 320
+    python benchmarks/bench_train.py --device cuda --batch-size 8 --height 800 --width 1216 --precision bf16
+
+One step = forward (losses), backward, SGD step. Prints a table, the img/s ratio and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from _pairs import add_common_args, autocast, build_pair, make_inputs, report, time_alternating
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, batch_size=2)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    args.device = device
+    size = min(args.height, args.width)
+    dk, tv = build_pair(args.model, min_size=size, max_size=max(args.height, args.width), device=device)
+    images, targets = make_inputs(
+        args.batch_size, args.height, args.width, device=device, with_masks=args.model.startswith("mask")
+    )
+    dk.train()
+    tv.train()
+
+    def step_fn(model):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+        def step():
+            with autocast(device, args.precision):
+                losses = model(images, targets)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    # loss definitions match: same weights, inputs -> losses of the same size (sampling differs)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        dk_losses = {k: round(float(v), 4) for k, v in dk(images, targets).items()}
+        torch.manual_seed(0)
+        tv_losses = {k: round(float(v), 4) for k, v in tv(images, targets).items()}
+    print("step-0 losses detkit:", dk_losses)
+    print("step-0 losses torchvision:", tv_losses)
+    result = time_alternating(
+        {"detkit": step_fn(dk), "torchvision": step_fn(tv)}, iters=args.iters, warmup=args.warmup, device=device
+    )
+    report("train", args, result, args.batch_size)
+
+
+if __name__ == "__main__":
+    main()
