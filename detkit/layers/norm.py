@@ -35,7 +35,7 @@ def build_norm(norm: NormSpec, channels: int) -> nn.Module:
         return norm(channels)
     kwargs = {}
     if isinstance(norm, tuple):
-        norm, kwargs = norm
+        norm, kwargs = norm[0], dict(norm[1])  # copy: the spec is reused for every layer
     if norm == "bn":
         return nn.BatchNorm2d(channels, **kwargs)
     if norm == "frozen_bn":
