@@ -6,7 +6,10 @@ STAMP := $(VENV)/.detkit-installed
 # Exact versions that install from local disk here; setup.cfg declares the supported ranges.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-fast lint
+TRAIN_CONFIG ?= configs/shapes_faster_rcnn_tiny.yaml
+TRAIN_ARGS ?=
+
+.PHONY: install train test test-fast lint
 
 install: $(STAMP)
 
@@ -15,6 +18,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(TORCH_PINS)
 	touch $(STAMP)
+
+# Train the default detector on the synthetic shapes data (generated on first use), then
+# evaluate it: the COCO table, checkpoint, metrics.json and PNGs land under runs/.
+train: install
+	$(VENV)/bin/detkit fit --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
 
 test: install
 	$(PY) -m pytest -q
