@@ -1,4 +1,4 @@
-"""COCO json conversion, COCO evaluation and precision-recall plots."""
+"""COCO json conversion, COCO evaluation, proposal recall and precision-recall plots."""
 
 from detkit.evaluation.coco_eval import (
     STAT_NAMES,
@@ -9,6 +9,7 @@ from detkit.evaluation.coco_eval import (
     gather_and_deduplicate,
 )
 from detkit.evaluation.pr_curve import plot_pr_curves
+from detkit.evaluation.proposal_recall import proposal_recall
 from detkit.evaluation.results import detections_to_coco_results, save_results_json
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "format_summary",
     "gather_and_deduplicate",
     "plot_pr_curves",
+    "proposal_recall",
     "save_results_json",
 ]

@@ -13,16 +13,19 @@ from torch import Tensor
 __all__ = ["BalancedSampler"]
 
 
-def _random_rank(candidates: Tensor, keys: Tensor) -> Tensor:
-    """Rank `Tensor[N, P]` int64 of each candidate among its row's candidates, by random key.
+def _random_subset(candidates: Tensor, keys: Tensor, counts: Tensor, max_count: int) -> Tensor:
+    """Mask `Tensor[N, P]` of `counts[n]` candidates per row drawn uniformly (smallest random keys).
 
-    Candidates get ranks 0..count-1 in a uniformly random order; non-candidates rank after.
+    Uses top-k with k = `max_count` instead of a full sort of each row: O(P log k).
     """
+    k = min(max_count, candidates.shape[1])
+    if k == 0:
+        return torch.zeros_like(candidates)
     masked = torch.where(candidates, keys, 2.0)  # keys lie in [0, 1)
-    order = torch.argsort(masked, dim=1)
-    ranks = torch.empty_like(order)
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
-    return ranks.scatter_(1, order, positions)
+    chosen = torch.topk(masked, k, dim=1, largest=False).indices  # [N, k], in increasing key order
+    take = torch.arange(k, device=keys.device)[None, :] < counts  # first counts[n] of each row
+    mask = torch.zeros_like(candidates)
+    return mask.scatter_(1, chosen, take) & candidates
 
 
 class BalancedSampler:
@@ -87,6 +90,6 @@ class BalancedSampler:
         num_neg = (self.batch_size_per_image - num_pos).clamp(max=negative.sum(dim=1, keepdim=True))  # [N, 1]
 
         keys = torch.rand(labels.shape, generator=generator, device=labels.device)
-        pos_mask = positive & (_random_rank(positive, keys) < num_pos)
-        neg_mask = negative & (_random_rank(negative, keys) < num_neg)
+        pos_mask = _random_subset(positive, keys, num_pos, max_pos)
+        neg_mask = _random_subset(negative, keys, num_neg, self.batch_size_per_image)
         return pos_mask, neg_mask

@@ -113,10 +113,11 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         b = boxes2.float()
         area_a = box_area(a)  # [N, G]
         area_b = box_area(b)  # [N, P]
-        top_left = torch.maximum(a[:, :, None, :2], b[:, None, :, :2])  # [N, G, P, 2]
-        bottom_right = torch.minimum(a[:, :, None, 2:], b[:, None, :, 2:])  # [N, G, P, 2]
-        wh = (bottom_right - top_left).clamp(min=0)
-        inter = wh[..., 0] * wh[..., 1]  # [N, G, P]
+        ax1, ay1, ax2, ay2 = (c[:, :, None] for c in a.unbind(-1))  # [N, G, 1] each
+        bx1, by1, bx2, by2 = (c[:, None, :] for c in b.unbind(-1))  # [N, 1, P] each
+        inter_w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
+        inter_h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
+        inter = inter_w.mul_(inter_h)  # [N, G, P]
         union = area_a[:, :, None] + area_b[:, None, :] - inter
         return torch.where(union > 0, inter / union.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
 

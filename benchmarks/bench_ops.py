@@ -1,0 +1,155 @@
+"""Detection hot-path ops: detkit (batched) vs torchvision (per image), same inputs, one process.
+
+    python benchmarks/bench_ops.py --device cpu
+    python benchmarks/bench_ops.py --device cuda --batch-size 8
+
+Ops: anchor labelling + sampling + box encoding for a batch (RPN targets), RPN proposal
+filtering, multi-level RoIAlign, mask pasting. Prints a table of ms per call and ratios
+(torchvision time / detkit time: > 1 means detkit is faster) and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torchvision.models.detection import _utils as tv_utils
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.models.detection.rpn import AnchorGenerator as TVAnchors
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign, box_iou
+
+from detkit.heads import RoIPooler, paste_masks
+from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
+from detkit.proposals.rpn import RPN
+from detkit.proposals.rpn import RPNHead as DKHead
+from detkit.structures import ImageBatch, PackedTargets, batched_box_iou
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(fn, device, iters, warmup=2):
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=768)
+    parser.add_argument("--iters", type=int, default=10)
+    args = parser.parse_args(argv)
+    dev = torch.device(args.device)
+    n, h, w = args.batch_size, args.height, args.width
+    g = torch.Generator().manual_seed(0)
+    strides = [4, 8, 16, 32, 64]
+    sizes = [((32,), (64,), (128,), (256,), (512,))][0]
+    feat_sizes = [(-(-h // s), -(-w // s)) for s in strides]
+    features = {f"p{i + 2}": torch.randn(n, 256, fh, fw, generator=g).to(dev) for i, (fh, fw) in enumerate(feat_sizes)}
+    # ground truth: 10 boxes per image
+    xy = torch.rand(n, 10, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    wh = (torch.rand(n, 10, 2, generator=g) * 0.3 + 0.05) * torch.tensor([w, h])
+    gt = torch.cat([xy, xy + wh], -1).to(dev)
+    targets = [{"boxes": b, "labels": torch.ones(10, dtype=torch.int64, device=dev)} for b in gt]
+    packed = PackedTargets.from_list(targets)
+    results = {}
+
+    # --- RPN targets: IoU labelling, sampling, encoding
+    dk_anchors = AnchorGenerator(sizes, [(0.5, 1.0, 2.0)] * 5, strides).to(dev)
+    anchors = torch.cat(dk_anchors(feat_sizes, device=dev))
+    dk_matcher, dk_sampler, dk_coder = Matcher(0.7, 0.3, allow_low_quality_matches=True), BalancedSampler(256, 0.5), BoxCoder()
+    tv_matcher = tv_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    tv_sampler, tv_coder = tv_utils.BalancedPositiveNegativeSampler(256, 0.5), tv_utils.BoxCoder((1.0, 1.0, 1.0, 1.0))
+
+    def dk_targets():
+        boxes, _, valid = packed.padded()
+        idx, labels = dk_matcher(batched_box_iou(boxes, anchors.expand(n, -1, -1)), valid)
+        pos, neg = dk_sampler(labels)
+        matched = boxes.gather(1, idx[..., None].expand(-1, -1, 4))
+        return dk_coder.encode(matched[pos], anchors.expand(n, -1, -1)[pos])
+
+    def tv_targets():
+        out = []
+        labels_all, matched_all = [], []
+        for b in gt:
+            idx = tv_matcher(box_iou(b, anchors))
+            matched_all.append(b[idx.clamp(min=0)])
+            lab = (idx >= 0).float()
+            lab[idx == tv_matcher.BELOW_LOW_THRESHOLD] = 0.0
+            lab[idx == tv_matcher.BETWEEN_THRESHOLDS] = -1.0
+            labels_all.append(lab)
+        pos, neg = tv_sampler(labels_all)
+        for p, m in zip(pos, matched_all):
+            keep = torch.nonzero(p).squeeze(1)
+            out.append(tv_coder.encode_single(m[keep], anchors[keep]))
+        return out
+
+    results["rpn_targets"] = (bench(dk_targets, dev, args.iters), bench(tv_targets, dev, args.iters))
+
+    # --- RPN proposal filtering (top-k per level, decode, clip, NMS, post top-k)
+    num_a = 3
+    dk_rpn = RPN(DKHead(256, num_a), dk_anchors, in_features=list(features), strides=strides).to(dev).eval()
+    tv_rpn = RegionProposalNetwork(
+        TVAnchors(sizes, ((0.5, 1.0, 2.0),) * 5), RPNHead(256, num_a), 0.7, 0.3, 256, 0.5,
+        dict(training=2000, testing=1000), dict(training=2000, testing=1000), 0.7,
+    ).to(dev).eval()
+    tv_rpn.head.load_state_dict({k.replace("conv.0.", "conv.0.0."): v for k, v in dk_rpn.head.state_dict().items()})
+    with torch.no_grad():
+        logits, deltas, counts = dk_rpn.head(list(features.values()))
+        proposals = dk_coder.decode(deltas, anchors.expand(n, -1, -1))
+    image_sizes = torch.tensor([[h, w]] * n, device=dev)
+    tv_props = proposals
+
+    def dk_filter():
+        return dk_rpn.filter_proposals(proposals, logits, counts, image_sizes)
+
+    def tv_filter():
+        return tv_rpn.filter_proposals(tv_props, logits.reshape(-1, 1), [(h, w)] * n, counts)
+
+    results["rpn_filter"] = (bench(dk_filter, dev, args.iters), bench(tv_filter, dev, args.iters))
+
+    # --- multi-level RoIAlign of 512 RoIs per image
+    rois, batch_idx = dk_filter()
+    dk_pool = RoIPooler(["p2", "p3", "p4", "p5"], [4, 8, 16, 32])
+    tv_pool = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
+    per_image = [rois[batch_idx == i] for i in range(n)]
+    shapes = [(h, w)] * n
+    results["roi_align"] = (
+        bench(lambda: dk_pool(features, rois, batch_idx), dev, args.iters),
+        bench(lambda: tv_pool(features, per_image, shapes), dev, args.iters),
+    )
+
+    # --- mask pasting: 100 masks of 28x28 per image into the image
+    masks = torch.rand(100, 28, 28, generator=g).to(dev)
+    boxes = per_image[0][:100]
+    masks = masks[: boxes.shape[0]]
+    results["paste_masks"] = (
+        bench(lambda: paste_masks(masks, boxes, (h, w)), dev, args.iters),
+        bench(lambda: paste_masks_in_image(masks[:, None], boxes, (h, w)) > 0.5, dev, args.iters),
+    )
+
+    print(f"\nops on {dev}, batch {n}, {h}x{w}, torch {torch.__version__}")
+    print("| op | detkit ms | torchvision ms | speed-up |\n|---|---|---|---|")
+    for op, (dk_ms, tv_ms) in results.items():
+        print(f"| {op} | {dk_ms:.2f} | {tv_ms:.2f} | {tv_ms / dk_ms:.2f}x |")
+    print(json.dumps({op: {"detkit_ms": a, "torchvision_ms": b, "speedup": b / a} for op, (a, b) in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,512 @@
+"""Resumable single-file cache of per-image proposals, and the offline job that fills it.
+
+File layout (little-endian):
+
+    header   b"DKPROPS1" | uint32 json_len | uint32 crc32(json) | json
+             json = {"params": {...}, "info": {...}}; only "params" must match on open
+    record*  b"\\xd7PRC" | int64 image_id | int32 n | uint32 crc | float32[n, 4] boxes
+             crc = crc32(image_id, n, boxes)
+
+Records are only ever appended. On open every record is checked (magic, size, CRC).
+An incomplete record at the end (an interrupted run) is cut off; a damaged record
+elsewhere is dropped and the file rewritten without it. Either way a warning names
+the lost image ids and those images count as missing, so `compute_proposals`
+recomputes them. A damaged entry is never returned. If one image id is stored twice,
+the later record wins.
+
+Shape shorthand: N proposals of one image.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import multiprocessing
+import os
+import signal
+import struct
+import warnings
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Self
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no lock
+    fcntl = None
+
+from detkit.proposals.selective_search import _check_args, selective_search_bgr
+
+__all__ = ["ProposalCache", "compute_proposals", "selective_search_params"]
+
+_FILE_MAGIC = b"DKPROPS1"
+_FILE_HEAD = struct.Struct("<8sII")
+_REC_MAGIC = b"\xd7PRC"
+_REC_HEAD = struct.Struct("<4sqiI")
+_ID_N = struct.Struct("<qi")
+_BOX_BYTES = 16  # four float32
+_MAX_BOXES = 1 << 24  # sanity bound on a record's box count
+
+
+def _record_crc(image_id: int, n: int, payload) -> int:
+    return zlib.crc32(payload, zlib.crc32(_ID_N.pack(image_id, n)))
+
+
+def _normalize_params(params) -> dict:
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict, got {type(params).__name__}")
+    try:
+        return json.loads(json.dumps(params, sort_keys=True))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"params must be JSON-serialisable: {e}") from None
+
+
+class ProposalCache:
+    """Proposal boxes (`float32[N, 4]` XYXY) keyed by integer image id, in one file.
+
+    Args:
+        path: cache file; created (with `params` in its header) if missing or empty.
+        params: the settings that produced the boxes. Opening an existing file with
+            different params raises ValueError naming the differences; None accepts
+            whatever the file holds (for readers), but is needed to create a file.
+        readonly: never modify the file (damaged records are skipped, not repaired);
+            for readers while another process writes. A writable cache holds an
+            exclusive lock on the file (POSIX) from opening to `close()`.
+        verify: check every record's CRC on open (reads the whole file once). Without
+            it only the record layout is checked; `get` checks the CRC either way.
+        fsync_every: `put` flushes every record and fsyncs every this many.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        params: dict | None = None,
+        *,
+        readonly: bool = False,
+        verify: bool = True,
+        fsync_every: int = 64,
+    ):
+        self.path = Path(path)
+        self.readonly = readonly
+        self.fsync_every = max(1, int(fsync_every))
+        self._index: dict[int, tuple[int, int]] = {}  # id -> (payload offset, n)
+        self._writer = None
+        self._reader = None
+        self._reader_pid = None
+        self._unsynced = 0
+        wanted = None if params is None else _normalize_params(params)
+
+        if readonly and not self.path.is_file():
+            raise FileNotFoundError(f"proposal cache not found: {self.path}")
+        if wanted is None and not self.path.is_file():
+            raise ValueError(f"params are required to create the proposal cache {self.path}")
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_handle()  # creates the file and takes the lock
+        try:
+            if self.path.stat().st_size == 0:
+                if wanted is None:
+                    raise ValueError(
+                        f"params are required to create the proposal cache {self.path}"
+                    )
+                if readonly:
+                    raise ValueError(f"proposal cache {self.path} is empty")
+                self._create(wanted)
+                return
+            self.params, self._data_start = self._read_header()
+            if wanted is not None and wanted != self.params:
+                raise ValueError(
+                    f"proposal cache {self.path} was made with other parameters: "
+                    f"{_describe_mismatch(self.params, wanted)}. Use another output file "
+                    "or delete this one."
+                )
+            self._scan(verify)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- file level ---------------------------------------------------------------------
+
+    def _create(self, params: dict) -> None:
+        from detkit import __version__
+
+        self.params = params
+        info = {"detkit": __version__, "opencv": cv2.__version__}
+        body = json.dumps({"params": params, "info": info}, sort_keys=True).encode()
+        f = self._write_handle()
+        f.write(_FILE_HEAD.pack(_FILE_MAGIC, len(body), zlib.crc32(body)) + body)
+        self.sync()
+        self._data_start = _FILE_HEAD.size + len(body)
+
+    def _read_header(self) -> tuple[dict, int]:
+        with open(self.path, "rb") as f:
+            head = f.read(_FILE_HEAD.size)
+            if len(head) < _FILE_HEAD.size or head[:8] != _FILE_MAGIC:
+                raise ValueError(f"{self.path} is not a detkit proposal cache")
+            _, length, crc = _FILE_HEAD.unpack(head)
+            body = f.read(length)
+        try:
+            if len(body) != length or zlib.crc32(body) != crc:
+                raise ValueError
+            params = json.loads(body)["params"]
+            if not isinstance(params, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(
+                f"the header of proposal cache {self.path} is damaged; delete the file to "
+                "start over"
+            ) from None
+        return params, _FILE_HEAD.size + length
+
+    def _parse(self, buf, pos: int, size: int, verify: bool):
+        """(image_id, n, end) of a sound record at `pos`, else (image_id or None, None, None)."""
+        if pos + _REC_HEAD.size > size:
+            return None, None, None
+        magic, image_id, n, crc = _REC_HEAD.unpack_from(buf, pos)
+        if magic != _REC_MAGIC or not 0 <= n <= _MAX_BOXES:
+            return None, None, None
+        start = pos + _REC_HEAD.size
+        end = start + n * _BOX_BYTES
+        if end > size:
+            return image_id, None, None
+        if verify and _record_crc(image_id, n, memoryview(buf)[start:end]) != crc:
+            return image_id, None, None
+        return image_id, n, end
+
+    def _scan(self, verify: bool) -> None:
+        size = self.path.stat().st_size
+        spans: list[tuple[int, int, int, int]] = []  # (start, end, id, n) of sound records
+        damaged: list[tuple[int, int, int | None]] = []  # (start, end, id if readable)
+        if size > self._data_start:
+            with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                pos = self._data_start
+                while pos < size:
+                    image_id, n, end = self._parse(mm, pos, size, verify)
+                    if n is not None:
+                        spans.append((pos, end, image_id, n))
+                        pos = end
+                        continue
+                    # resynchronise on the next sound record, if any
+                    nxt = mm.find(_REC_MAGIC, pos + 1)
+                    while nxt != -1 and self._parse(mm, nxt, size, verify)[1] is None:
+                        nxt = mm.find(_REC_MAGIC, nxt + 1)
+                    end = size if nxt == -1 else nxt
+                    damaged.append((pos, end, image_id))
+                    pos = end
+
+        for start, _, image_id, n in spans:
+            self._index[image_id] = (start + _REC_HEAD.size, n)
+        if not damaged:
+            return
+
+        ids = [d[2] for d in damaged if d[2] is not None]
+        ids = [i for i in ids if i not in self._index]  # ids stored again later are safe
+        tail_only = len(damaged) == 1 and damaged[0][1] == size
+        what = "an incomplete record at the end" if tail_only else f"{len(damaged)} damaged region(s)"
+        action = "ignored (read-only)" if self.readonly else "removed"
+        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+        warnings.warn(
+            f"proposal cache {self.path}: {what} {action}"
+            + (f"; image ids to recompute: {shown}" if ids else "")
+            + " (an interrupted run or a corrupt file)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if self.readonly:
+            return
+        if tail_only:
+            self._writer.truncate(damaged[0][0])
+            self.sync()
+        else:
+            self._rewrite(spans)
+
+    def _rewrite(self, spans) -> None:
+        """Rewrite the file keeping only the sound records (atomic replace)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        index = {}
+        with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+            dst.write(src.read(self._data_start))
+            for start, end, image_id, n in spans:
+                src.seek(start)
+                index[image_id] = (dst.tell() + _REC_HEAD.size, n)
+                dst.write(src.read(end - start))
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, self.path)
+        self._index = index
+        self.close()  # the lock was on the replaced file: lock the new one
+        self._write_handle()
+
+    # -- mapping API --------------------------------------------------------------------
+
+    def __contains__(self, image_id) -> bool:
+        return int(image_id) in self._index
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._index))
+
+    def keys(self) -> list[int]:
+        """Cached image ids, in file order."""
+        return list(self._index)
+
+    def get(self, image_id) -> np.ndarray:
+        """Boxes of one image as `float32[N, 4]`; KeyError if the id is not cached."""
+        image_id = int(image_id)
+        try:
+            offset, n = self._index[image_id]
+        except KeyError:
+            raise KeyError(f"image id {image_id} is not in proposal cache {self.path}") from None
+        f = self._read_handle()
+        f.seek(offset - _REC_HEAD.size)
+        raw = f.read(_REC_HEAD.size + n * _BOX_BYTES)
+        if len(raw) == _REC_HEAD.size + n * _BOX_BYTES:
+            magic, rid, rn, crc = _REC_HEAD.unpack_from(raw)
+            payload = memoryview(raw)[_REC_HEAD.size :]
+            if magic == _REC_MAGIC and (rid, rn) == (image_id, n) and _record_crc(rid, rn, payload) == crc:
+                return np.frombuffer(payload, dtype="<f4").astype(np.float32).reshape(n, 4)
+        raise ValueError(
+            f"proposal cache {self.path}: the record of image id {image_id} is damaged; "
+            "reopen the cache to drop it and recompute the image"
+        )
+
+    __getitem__ = get
+
+    def put(self, image_id, boxes) -> None:
+        """Append the boxes (`[N, 4]` XYXY) of one image; a later put of an id wins."""
+        if self.readonly:
+            raise PermissionError(f"proposal cache {self.path} is open read-only")
+        if isinstance(image_id, bool) or not isinstance(image_id, (int, np.integer)):
+            raise TypeError(f"image_id must be an int, got {type(image_id).__name__}")
+        image_id = int(image_id)
+        if not -(1 << 63) <= image_id < (1 << 63):
+            raise ValueError(f"image_id {image_id} does not fit in int64")
+        if hasattr(boxes, "detach"):  # torch tensor, without importing torch
+            boxes = boxes.detach().cpu().numpy()
+        boxes = np.asarray(boxes, dtype="<f4")
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes of image id {image_id} must have shape (N, 4), got {boxes.shape}")
+        if not np.isfinite(boxes).all():
+            raise ValueError(f"boxes of image id {image_id} contain non-finite values")
+        payload = np.ascontiguousarray(boxes).tobytes()
+        n = boxes.shape[0]
+        f = self._write_handle()
+        start = f.seek(0, os.SEEK_END)
+        f.write(_REC_HEAD.pack(_REC_MAGIC, image_id, n, _record_crc(image_id, n, payload)) + payload)
+        f.flush()
+        self._index[image_id] = (start + _REC_HEAD.size, n)
+        self._unsynced += 1
+        if self._unsynced >= self.fsync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        """Flush and fsync pending writes."""
+        if self._writer is not None:
+            self._writer.flush()
+            os.fsync(self._writer.fileno())
+        self._unsynced = 0
+
+    def close(self) -> None:
+        """Sync and release file handles; the cache stays usable (handles reopen lazily)."""
+        self.sync()
+        for attr in ("_writer", "_reader"):
+            f = getattr(self, attr)
+            if f is not None:
+                f.close()
+                setattr(self, attr, None)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ProposalCache({str(self.path)!r}, {len(self)} images, params={self.params})"
+
+    def _write_handle(self):
+        if self._writer is None:
+            # append mode: every write lands at the end; also creates a missing file
+            f = open(self.path, "a+b")  # noqa: SIM115 (long-lived, closed by close())
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    f.close()
+                    raise RuntimeError(
+                        f"proposal cache {self.path} is open for writing elsewhere (another "
+                        "process or ProposalCache object); close that, or open this one "
+                        "with readonly=True"
+                    ) from None
+            self._writer = f
+        return self._writer
+
+    def _read_handle(self):
+        # one handle per process: DataLoader workers fork with this object
+        if self._reader is None or self._reader_pid != os.getpid():
+            self._reader = open(self.path, "rb")  # noqa: SIM115 (long-lived, closed by close())
+            self._reader_pid = os.getpid()
+        return self._reader
+
+
+def _describe_mismatch(have: dict, want: dict) -> str:
+    parts = []
+    for key in sorted(set(have) | set(want)):
+        if have.get(key, "<missing>") != want.get(key, "<missing>"):
+            parts.append(
+                f"{key!r}: file has {have.get(key, '<missing>')!r}, requested {want.get(key, '<missing>')!r}"
+            )
+    return "; ".join(parts)
+
+
+# -- offline computation ----------------------------------------------------------------
+
+
+def selective_search_params(
+    mode: str = "fast",
+    max_proposals: int | None = 2000,
+    min_size: float | None = None,
+    resize_to: int | None = None,
+    seed: int | None = 0,
+) -> dict:
+    """The params dict `compute_proposals` stores in (and checks against) a cache file."""
+    _check_args(mode, max_proposals, min_size, resize_to)
+    return {
+        "method": "selective_search",
+        "mode": mode,
+        "max_proposals": max_proposals,
+        "min_size": min_size,
+        "resize_to": resize_to,
+        "seed": seed,
+    }
+
+
+def _proposals_for_file(path, **ss_kwargs) -> np.ndarray:
+    data = np.fromfile(path, dtype=np.uint8)  # (unlike cv2.imread) any path, clear errors
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise OSError(f"cannot decode image {path}")
+    return selective_search_bgr(image, **ss_kwargs)
+
+
+_WORKER_KWARGS: dict = {}
+
+
+def _init_worker(ss_kwargs: dict) -> None:
+    # Ctrl-C reaches the whole process group: the main process stops the pool, workers
+    # stay quiet instead of printing a traceback each
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cv2.setNumThreads(1)  # one process per core; OpenCV's own threads would oversubscribe
+    _WORKER_KWARGS.clear()
+    _WORKER_KWARGS.update(ss_kwargs)
+
+
+def _task(item, ss_kwargs=None):
+    image_id, path = item
+    try:
+        return image_id, _proposals_for_file(path, **(ss_kwargs or _WORKER_KWARGS)), None
+    except Exception as e:  # noqa: BLE001 - reported by the main process, which goes on
+        return image_id, None, f"{type(e).__name__}: {e}"
+
+
+def _start_method() -> str:
+    # not fork: a forked child inherits OpenCV's (and torch's) thread pools in a broken state
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def compute_proposals(
+    dataset_images: Iterable[tuple[int, str | os.PathLike]],
+    cache_path: str | os.PathLike,
+    *,
+    mode: str = "fast",
+    max_proposals: int | None = 2000,
+    workers: int | None = None,
+    resize_to: int | None = None,
+    min_size: float | None = None,
+    seed: int | None = 0,
+    progress: bool = True,
+) -> ProposalCache:
+    """Selective-search every image into a :class:`ProposalCache`, resuming a partial run.
+
+    Ids already in the cache are skipped. The rest run in a pool of `workers` processes
+    (`imap_unordered`, one image per task, OpenCV single-threaded in each); only this
+    process writes the file, one record per finished image, so an interrupted run loses
+    at most the images in flight. Images that fail (unreadable files) do not stop the
+    run: a RuntimeError names them at the end, the others are cached.
+
+    Args:
+        dataset_images: `(image_id, image_path)` pairs.
+        cache_path: cache file, created if missing; its params must match these.
+        workers: processes (default `os.cpu_count()`); 1 runs in this process.
+        mode, max_proposals, resize_to, min_size, seed: see `selective_search`.
+        progress: show a tqdm bar.
+
+    Returns:
+        The cache (file handles closed; they reopen on use).
+    """
+    params = selective_search_params(mode, max_proposals, min_size, resize_to, seed)
+    ss_kwargs = {k: params[k] for k in ("mode", "max_proposals", "min_size", "resize_to", "seed")}
+    cache = ProposalCache(cache_path, params)
+
+    todo, seen = [], set()
+    for image_id, path in dataset_images:
+        image_id = int(image_id)
+        if image_id not in seen:
+            seen.add(image_id)
+            if image_id not in cache:
+                todo.append((image_id, str(path)))
+    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    workers = max(1, min(workers, len(todo)))
+
+    failures, finished = [], False
+    bar = tqdm(
+        total=len(todo),
+        desc="selective search",
+        unit="img",
+        disable=not progress or not todo,
+        dynamic_ncols=True,
+    )
+    if len(seen) > len(todo):
+        bar.set_postfix(cached=len(seen) - len(todo))
+    try:
+        if workers == 1:
+            results = (_task(item, ss_kwargs) for item in todo)
+            pool = None
+        else:
+            ctx = multiprocessing.get_context(_start_method())
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(ss_kwargs,))
+            results = pool.imap_unordered(_task, todo, chunksize=1)
+        try:
+            for image_id, boxes, error in results:
+                if error is None:
+                    cache.put(image_id, boxes)
+                else:
+                    failures.append((image_id, error))
+                bar.update(1)
+            finished = True
+        finally:
+            if pool is not None:
+                if finished:
+                    pool.close()
+                else:
+                    pool.terminate()
+                pool.join()
+    finally:
+        bar.close()
+        cache.close()
+
+    if failures:
+        shown = "; ".join(f"id {i}: {e}" for i, e in failures[:5])
+        raise RuntimeError(
+            f"selective search failed for {len(failures)} image(s), the others are cached "
+            f"in {cache.path}: {shown}" + (" ..." if len(failures) > 5 else "")
+        )
+    return cache
