@@ -1,8 +1,12 @@
 """Detectors of the R-CNN family as plain nn.Modules, built by name."""
 
-from detkit.models import zoo as _zoo  # noqa: F401  (registers the variants)
+from detkit.models import fast_rcnn as _fast_rcnn  # noqa: F401  (registers the variants)
+from detkit.models import rcnn as _rcnn  # noqa: F401
+from detkit.models import zoo as _zoo  # noqa: F401
+from detkit.models.fast_rcnn import FastRCNN
+from detkit.models.rcnn import RCNN
 from detkit.models.registry import build_model, list_models, register_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
 
-__all__ = ["build_model", "list_models", "register_model", "DetectionTransform", "TwoStageDetector"]
+__all__ = ["FastRCNN", "RCNN", "build_model", "list_models", "register_model", "DetectionTransform", "TwoStageDetector"]

@@ -1,0 +1,194 @@
+"""Fast R-CNN (Girshick, ICCV 2015): one backbone pass per image, RoI max pooling of external proposals.
+
+A `TwoStageDetector` without RPN: `model(images, targets, proposals=...)` returns the losses,
+`model.predict(images, proposals=...)` the detections, with one `Tensor[P_i, 4]` XYXY of
+proposals per image in original-image pixels (selective search from a `ProposalCache`).
+
+Paper settings kept by the builders: RoIPool 7 x 7, fc6/fc7 (+ dropout for VGG-16), softmax
+over K+1 classes and class-specific box regression trained jointly (cross-entropy + smooth
+L1 with beta 1), 64 RoIs per image with 25% foreground (IoU >= 0.5) and background drawn from
+IoU in [0.1, 0.5), per-class NMS at 0.3.
+
+Shape shorthand: N images, G gt slots per image, P proposals per image.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from detkit.backbones import build_backbone
+from detkit.heads.box_head import TwoFCHead
+from detkit.heads.roi_heads import RoIHeads
+from detkit.matching import Matcher
+from detkit.models.rcnn import validate_proposals
+from detkit.models.registry import register_model
+from detkit.models.transform import DetectionTransform
+from detkit.models.two_stage import TwoStageDetector
+from detkit.models.zoo import build_two_stage
+
+__all__ = ["BackgroundBandMatcher", "FastRCNN", "build_fast_rcnn"]
+
+
+class BackgroundBandMatcher:
+    """A `Matcher` whose negatives are only predictions with best IoU in [bg_iou_low, bg_iou_threshold).
+
+    Fast R-CNN's background band [0.1, 0.5): predictions overlapping no object by at least
+    `bg_iou_low` are ignored (-1), a heuristic for hard example mining. Images without a
+    ground-truth box keep all their negatives. Drop-in for `RoIHeads.matcher`.
+
+    Returns what `Matcher.__call__` does: matched_idx `Tensor[N, P]`, labels `Tensor[N, P]`.
+    """
+
+    def __init__(self, fg_iou_threshold: float = 0.5, bg_iou_threshold: float = 0.5, bg_iou_low: float = 0.1):
+        if not 0.0 <= bg_iou_low <= bg_iou_threshold:
+            raise ValueError(f"need 0 <= bg_iou_low ({bg_iou_low}) <= bg_iou_threshold ({bg_iou_threshold})")
+        self.matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False)
+        self.bg_iou_low = float(bg_iou_low)
+
+    def __repr__(self) -> str:
+        m = self.matcher
+        return f"{type(self).__name__}(fg={m.high_threshold}, bg=[{self.bg_iou_low}, {m.low_threshold}))"
+
+    def __call__(self, iou: Tensor, gt_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """iou `Tensor[N, G, P]`, gt_valid `Tensor[N, G]` bool -> (matched_idx, labels), both `Tensor[N, P]`."""
+        matched_idx, labels = self.matcher(iou, gt_valid)
+        if self.bg_iou_low <= 0 or iou.shape[1] == 0 or iou.shape[2] == 0:
+            return matched_idx, labels
+        if gt_valid is None:
+            best, has_gt = iou.max(dim=1).values, True
+        else:
+            best = iou.masked_fill(~gt_valid[:, :, None], -1.0).max(dim=1).values
+            has_gt = gt_valid.any(dim=1, keepdim=True)
+        too_easy = (labels == 0) & (best < self.bg_iou_low) & has_gt
+        return matched_idx, labels.masked_fill(too_easy, -1)
+
+
+class FastRCNN(TwoStageDetector):
+    """`TwoStageDetector` without RPN that checks its `proposals` argument (ValueError naming the expected form)."""
+
+    requires_proposals = True
+
+    def __init__(self, backbone, roi_heads: RoIHeads, *, transform: DetectionTransform | None = None, num_classes: int):
+        super().__init__(backbone, roi_heads, rpn=None, transform=transform, num_classes=num_classes)
+
+    def _proposals(self, features, batch, packed, proposals):
+        proposals = validate_proposals(
+            proposals, batch.num_images, owner=type(self).__name__, device=batch.tensor.device
+        )
+        return super()._proposals(features, batch, packed, proposals)
+
+
+def build_fast_rcnn(
+    backbone,
+    *,
+    num_classes: int,
+    feature: str | None = None,
+    representation_size: int = 4096,
+    dropout: float = 0.0,
+    roi_batch_size_per_image: int = 64,
+    roi_positive_fraction: float = 0.25,
+    roi_fg_iou_threshold: float = 0.5,
+    roi_bg_iou_threshold: float = 0.5,
+    roi_bg_iou_low: float = 0.1,
+    smooth_l1_beta: float = 1.0,
+    box_nms_threshold: float = 0.3,
+    min_size: int | None = 600,
+    max_size: int | None = 1000,
+    **kwargs,
+) -> FastRCNN:
+    """Fast R-CNN around `backbone`: RoIPool 7x7 of one feature map, fc6/fc7, softmax + class-specific boxes.
+
+    `kwargs` go to `build_two_stage` (box_resolution, box_score_threshold, detections_per_image,
+    size_divisible, ...). `roi_bg_iou_low` = 0 turns the background band into [0, 0.5).
+    """
+    specs = backbone.feature_specs()
+    feature = feature or list(specs)[-1]
+    if feature not in specs:
+        raise ValueError(f"feature {feature!r} is not an output of the backbone; it has {list(specs)}")
+    kwargs.setdefault("pool_type", "pool")
+    base = build_two_stage(
+        backbone,
+        num_classes=num_classes,
+        rpn_features=[feature],
+        roi_features=[feature],
+        anchor_sizes=(),
+        with_rpn=False,
+        representation_size=representation_size,
+        roi_batch_size_per_image=roi_batch_size_per_image,
+        roi_positive_fraction=roi_positive_fraction,
+        roi_fg_iou_threshold=roi_fg_iou_threshold,
+        roi_bg_iou_threshold=roi_bg_iou_threshold,
+        box_nms_threshold=box_nms_threshold,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
+    )
+    heads = base.roi_heads
+    if dropout > 0:  # the paper's VGG-16 keeps fc6/fc7 dropout
+        heads.box_head = TwoFCHead(
+            specs[feature].channels, heads.box_pooler.output_size, representation_size, dropout=dropout
+        )
+    heads.matcher = BackgroundBandMatcher(roi_fg_iou_threshold, roi_bg_iou_threshold, roi_bg_iou_low)
+    heads.smooth_l1_beta = float(smooth_l1_beta)
+    return FastRCNN(base.backbone, heads, transform=base.transform, num_classes=num_classes)
+
+
+@register_model("fast_rcnn_vgg16")
+def fast_rcnn_vgg16(
+    *,
+    num_classes: int,
+    backbone_weights: str | None = None,
+    freeze_at: int | None = None,
+    representation_size: int = 4096,
+    dropout: float = 0.5,
+    **kwargs,
+) -> FastRCNN:
+    """The Fast R-CNN paper's model: VGG-16 conv5_3 (stride 16), RoIPool 7x7, fc6/fc7 4096, images at 600 px."""
+    if freeze_at is None:  # the paper fine-tunes from conv3_1 on
+        freeze_at = 2 if backbone_weights else 0
+    backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
+    return build_fast_rcnn(
+        backbone, num_classes=num_classes, representation_size=representation_size, dropout=dropout, **kwargs
+    )
+
+
+@register_model("fast_rcnn_r18")
+def fast_rcnn_r18(
+    *,
+    num_classes: int,
+    backbone_weights: str | None = None,
+    norm: str = "frozen_bn",
+    freeze_at: int | None = None,
+    representation_size: int = 1024,
+    **kwargs,
+) -> FastRCNN:
+    """Fast R-CNN on ResNet-18 c4 (stride 16, 256 channels): RoIPool 7x7, fc6/fc7 1024."""
+    if freeze_at is None:
+        freeze_at = 2 if backbone_weights else 0
+    backbone = build_backbone(
+        "resnet18", weights=backbone_weights, out_features=("c4",), freeze_at=freeze_at, norm=norm
+    )
+    return build_fast_rcnn(backbone, num_classes=num_classes, representation_size=representation_size, **kwargs)
+
+
+@register_model("fast_rcnn_tiny")
+def fast_rcnn_tiny(
+    *,
+    num_classes: int,
+    norm: str = "bn",
+    backbone_weights: str | None = None,
+    representation_size: int = 256,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    **kwargs,
+) -> FastRCNN:
+    """Fast R-CNN on the 7-conv `simple_convnet` (c3, stride 8), images at their own size: shapes on a CPU."""
+    backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
+    return build_fast_rcnn(
+        backbone,
+        num_classes=num_classes,
+        representation_size=representation_size,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
+    )

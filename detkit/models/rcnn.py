@@ -1,0 +1,539 @@
+"""R-CNN (Girshick et al., CVPR 2014): warp every region proposal to a fixed size and run a CNN on it.
+
+Calling convention (as `TwoStageDetector`, with external proposals):
+    losses = model(images, targets, proposals=proposals)   # dict of named scalar losses
+    detections = model.predict(images, proposals=proposals) # one dict per image, original pixels
+
+`proposals` holds one `Tensor[P_i, 4]` XYXY per image in original-image pixels (selective
+search, read from a `ProposalCache`, e.g. `target["proposals"]` of `detkit.data.WithProposals`).
+
+Per region: the box is enlarged so that, once warped to S x S, `context_padding` pixels of
+image context surround it (the paper's p = 16 at S = 227/224); all crops of a batch come from
+one `roi_align` call on the normalised image batch (outside the image: zeros = the mean
+colour, as in the paper). A CNN (backbone + max pooling + fc6/fc7) maps each crop to a
+feature vector; on top sit either a softmax classifier (the paper's fine-tuning stage) or
+one linear SVM per class (the paper's detector, hinge loss with hard negative mining), and
+a class-specific box regressor.
+
+Differences from the paper, on purpose: everything trains jointly and online (no feature
+cache, no separate SVM / ridge-regression stages); hard negatives are mined inside each
+mini-batch; box regression reads the fc7 features (the paper: pool5) with smooth L1 on
+normalised deltas (`bbox_reg_weights`) instead of ridge regression.
+
+Shape shorthand:
+    N images   P proposals per image (padded to P_max)   G gt boxes (Gmax per image)
+    B candidate regions (proposals + gt) packed over the batch
+    R sampled regions (training) or all proposals (inference), packed with `batch_idx`
+    S crop size   K classes without background   D feature size   E detections
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms, roi_align
+
+from detkit.backbones import build_backbone
+from detkit.heads.box_head import TwoFCHead
+from detkit.heads.roi_heads import pack_to_padded
+from detkit.losses import multiclass_hinge_loss, smooth_l1_loss
+from detkit.matching import BalancedSampler, BoxCoder
+from detkit.models.registry import register_model
+from detkit.models.transform import DetectionTransform, resize_boxes
+from detkit.proposals.rpn import top_k_per_image
+from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
+
+__all__ = [
+    "RCNN",
+    "CropFeatureHead",
+    "build_rcnn",
+    "context_padded_boxes",
+    "hard_negative_mask",
+    "validate_proposals",
+    "warp_regions",
+]
+
+CLASSIFIERS = ("softmax", "svm")
+
+
+# --------------------------------------------------------------------------- helpers
+def validate_proposals(proposals, num_images: int, *, owner: str = "this model", device=None) -> list[Tensor]:
+    """Check external proposals and return them as float32 `Tensor[P_i, 4]` on `device`.
+
+    Expects one `Tensor[P_i, 4]` (or array) XYXY per image, in original-image pixels, with
+    finite values and x2 >= x1, y2 >= y1; raises ValueError naming what is expected.
+    Boxes of zero width or height are dropped.
+    """
+    expected = (
+        "one Tensor[P, 4] XYXY per image, in original-image pixels "
+        "(e.g. target['proposals'] of detkit.data.WithProposals)"
+    )
+    if proposals is None:
+        raise ValueError(f"{owner} needs region proposals: pass proposals= as {expected}")
+    if isinstance(proposals, Tensor) or not isinstance(proposals, Sequence):
+        raise ValueError(f"proposals must be a list with {expected}; got {type(proposals).__name__}")
+    if len(proposals) != num_images:
+        raise ValueError(f"got {num_images} images but {len(proposals)} proposal sets: expected {expected}")
+    out = []
+    for i, p in enumerate(proposals):
+        try:
+            p = torch.as_tensor(p, dtype=torch.float32, device=device)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"proposals[{i}] must be a Tensor[P, 4], got {type(p).__name__}") from None
+        if p.numel() == 0:
+            p = p.reshape(0, 4)
+        if p.dim() != 2 or p.shape[1] != 4:
+            raise ValueError(f"proposals[{i}] must have shape [P, 4] (XYXY), got {tuple(p.shape)}")
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(f"proposals[{i}] contains non-finite values")
+        wh = p[:, 2:] - p[:, :2]
+        if bool((wh < 0).any()):
+            raise ValueError(f"proposals[{i}] must be XYXY with x2 >= x1 and y2 >= y1 (is it XYWH?)")
+        out.append(p[(wh > 0).all(1)])
+    return out
+
+
+def context_padded_boxes(boxes: Tensor, crop_size: int, padding: float) -> Tensor:
+    """Enlarge `Tensor[R, 4]` boxes about their centres for `padding` px of context at the warped size.
+
+    Once the result is warped to `crop_size`, the original box fills the central
+    `crop_size - 2 * padding` pixels: width and height grow by
+    `crop_size / (crop_size - 2 * padding)` each (anisotropic, as the warp itself).
+    """
+    if not 0 <= 2 * padding < crop_size:
+        raise ValueError(f"context padding must lie in [0, crop_size / 2), got {padding} for crop_size {crop_size}")
+    scale = crop_size / (crop_size - 2 * padding)
+    centre = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    half = (boxes[:, 2:] - boxes[:, :2]) * (0.5 * scale)
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def warp_regions(images: Tensor, boxes: Tensor, batch_idx: Tensor, crop_size: int, padding: float = 0.0) -> Tensor:
+    """Warp regions of a batch to fixed-size crops, all in one `roi_align` call.
+
+    Args:
+        images: `Tensor[N, C, H, W]` (normalised, padded) image batch.
+        boxes: `Tensor[R, 4]` XYXY in `images`' pixels; batch_idx: `Tensor[R]` their images.
+        crop_size: S.
+        padding: context pixels at the warped size (see `context_padded_boxes`).
+    Returns:
+        `Tensor[R, C, S, S]`; samples outside the image (beyond its 1-px border) are 0.
+    """
+    padded = context_padded_boxes(boxes.float(), crop_size, padding) if padding else boxes.float()
+    rois = torch.cat([batch_idx[:, None].to(padded.dtype), padded], dim=1).to(images.dtype)
+    # sampling_ratio=0: ceil(box / S) samples per bin, i.e. area averaging when shrinking
+    return roi_align(images, rois, (crop_size, crop_size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+
+
+def hard_negative_mask(scores: Tensor, negatives: Tensor, num_hard: int) -> Tensor:
+    """Per class, the `num_hard` negatives with the highest scores (the hardest for an SVM).
+
+    Args:
+        scores: `Tensor[R, K]` classifier scores.
+        negatives: `Tensor[R, K]` bool, region r is a negative of class k.
+        num_hard: negatives kept per class (all of them if fewer).
+    Returns:
+        `Tensor[R, K]` bool, a subset of `negatives`.
+    """
+    if scores.shape != negatives.shape:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and negatives {tuple(negatives.shape)} must have the same shape"
+        )
+    keep = torch.zeros_like(negatives)
+    k = min(int(num_hard), scores.shape[0])
+    if k <= 0:
+        return keep
+    masked = scores.detach().float().masked_fill(~negatives, float("-inf"))
+    top = masked.topk(k, dim=0).indices  # [k, K]
+    return keep.scatter_(0, top, True) & negatives
+
+
+class CropFeatureHead(nn.Module):
+    """Feature map of a crop `Tensor[R, C, h, w]` -> adaptive max pool to `pool_size` -> fc6 -> fc7 -> `Tensor[R, D]`.
+
+    For VGG-16 at S = 224, conv5_3 is 14 x 14 and the pool is the network's own pool5.
+    """
+
+    def __init__(self, in_channels: int, pool_size: int, fc_dim: int, *, dropout: float = 0.0):
+        super().__init__()
+        self.pool = nn.AdaptiveMaxPool2d(pool_size)
+        self.fcs = TwoFCHead(in_channels, pool_size, fc_dim, dropout=dropout)
+        self.out_channels = fc_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fcs(self.pool(x))
+
+
+# --------------------------------------------------------------------------- model
+class RCNN(nn.Module):
+    """R-CNN: per-region CNN features, softmax or per-class SVM scores, class-specific box regression.
+
+    Args:
+        backbone: a detkit backbone run on every crop; `feature` names its output used.
+        head: crop feature map -> `Tensor[R, D]` (`out_channels` = D), e.g. `CropFeatureHead`.
+        num_classes: K, background excluded.
+        transform: image normalisation / resizing (default: ImageNet normalisation, no resizing,
+            so crops come from the original pixels as in the paper).
+        crop_size: S, the warped region size.
+        context_padding: p, context pixels around the box at the warped size.
+        classifier: "softmax" (cross-entropy over K+1 classes) or "svm" (one linear SVM per
+            class, one-vs-rest hinge loss with hard negative mining).
+        fg_iou_threshold / bg_iou_threshold: regions with best IoU >= fg are positives of the
+            matched class, < bg background (fine-tuning labels of the paper: 0.5 / 0.5).
+        reg_iou_threshold: regions with best IoU >= this get a box-regression target (0.6).
+        batch_size / positive_fraction: regions sampled per mini-batch (all images together)
+            and the largest positive share: the paper's 32 positives + 96 background = 128.
+        add_gt_as_proposals: ground-truth boxes join the candidates in training.
+        svm_fg_iou_threshold: SVM positives; None = ground-truth boxes only (the paper), else
+            regions with best IoU >= this.
+        svm_bg_iou_threshold: a region is a negative of class k if its IoU with every
+            class-k object is below this (0.3); between the two it is ignored for class k.
+        svm_hard_negatives: negatives per class kept by hard negative mining, per mini-batch.
+        svm_margin: hinge margin.
+        bbox_reg_weights: (wx, wy, ww, wh) of the box coder (delta normalisation).
+        smooth_l1_beta: smooth L1 switch point of the box loss.
+        score_threshold: detections below are dropped; None = 0.05 (softmax) or -1.0 (svm scores).
+        nms_threshold: per-class NMS IoU (0.3 in the paper).
+        detections_per_image: top-k kept per image.
+        test_batch_size: crops per CNN call at inference.
+    """
+
+    requires_proposals = True
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        *,
+        num_classes: int,
+        feature: str | None = None,
+        transform: DetectionTransform | None = None,
+        crop_size: int = 224,
+        context_padding: float = 16.0,
+        classifier: str = "softmax",
+        fg_iou_threshold: float = 0.5,
+        bg_iou_threshold: float = 0.5,
+        reg_iou_threshold: float = 0.6,
+        batch_size: int = 128,
+        positive_fraction: float = 0.25,
+        add_gt_as_proposals: bool = True,
+        svm_fg_iou_threshold: float | None = None,
+        svm_bg_iou_threshold: float = 0.3,
+        svm_hard_negatives: int = 32,
+        svm_margin: float = 1.0,
+        bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        smooth_l1_beta: float = 1.0,
+        score_threshold: float | None = None,
+        nms_threshold: float = 0.3,
+        detections_per_image: int = 100,
+        test_batch_size: int = 256,
+        min_box_size: float = 1e-2,
+    ):
+        super().__init__()
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+        if bg_iou_threshold > fg_iou_threshold:
+            raise ValueError(f"bg_iou_threshold ({bg_iou_threshold}) must be <= fg_iou_threshold ({fg_iou_threshold})")
+        specs = backbone.feature_specs()
+        self.feature = feature or list(specs)[-1]
+        if self.feature not in specs:
+            raise ValueError(f"feature {self.feature!r} is not an output of the backbone; it has {list(specs)}")
+        context_padded_boxes(torch.zeros(0, 4), crop_size, context_padding)  # validates the pair
+        self.backbone, self.head = backbone, head
+        self.transform = (
+            transform if transform is not None else DetectionTransform(min_size=None, max_size=None, size_divisible=1)
+        )
+        self.num_classes, self.classifier = num_classes, classifier
+        dim = head.out_channels
+        self.cls_score = nn.Linear(dim, num_classes + 1 if classifier == "softmax" else num_classes)
+        self.bbox_pred = nn.Linear(dim, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+        self.crop_size, self.context_padding = int(crop_size), float(context_padding)
+        self.fg_iou_threshold, self.bg_iou_threshold = float(fg_iou_threshold), float(bg_iou_threshold)
+        self.reg_iou_threshold = float(reg_iou_threshold)
+        self.sampler = BalancedSampler(batch_size, positive_fraction)
+        self.add_gt_as_proposals = add_gt_as_proposals
+        self.svm_fg_iou_threshold, self.svm_bg_iou_threshold = svm_fg_iou_threshold, float(svm_bg_iou_threshold)
+        self.svm_hard_negatives, self.svm_margin = int(svm_hard_negatives), float(svm_margin)
+        self.box_coder = BoxCoder(weights=bbox_reg_weights)
+        self.smooth_l1_beta = float(smooth_l1_beta)
+        if score_threshold is None:
+            score_threshold = 0.05 if classifier == "softmax" else -1.0
+        self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
+        self.detections_per_image, self.test_batch_size = int(detections_per_image), int(test_batch_size)
+        self.min_box_size = float(min_box_size)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(
+        self, images: Sequence[Tensor], targets: Sequence[dict] | None = None
+    ) -> tuple[ImageBatch, PackedTargets | None]:
+        """Validate, normalise (and resize) and pack images and targets; boxes move to the batch's pixels."""
+        batch = self.transform(images)
+        if targets is None:
+            return batch, None
+        if len(targets) != batch.num_images:
+            raise ValueError(
+                f"got {batch.num_images} images but {len(targets)} targets: expected one target dict per image"
+            )
+        packed = PackedTargets.from_list(list(targets), device=batch.tensor.device)
+        labels = packed.labels
+        if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
+            bad = labels[(labels < 1) | (labels > self.num_classes)][0].item()
+            raise ValueError(f"target labels must be in 1..{self.num_classes} (0 is background), got {bad}")
+        packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
+        return batch, packed
+
+    def pack_proposals(self, proposals, batch: ImageBatch) -> tuple[Tensor, Tensor]:
+        """Validated proposals, packed: boxes `Tensor[B, 4]` in the batch's pixels and `batch_idx` `Tensor[B]`."""
+        device = batch.tensor.device
+        boxes = validate_proposals(proposals, batch.num_images, owner=type(self).__name__, device=device)
+        batch_idx = torch.repeat_interleave(
+            torch.arange(len(boxes), device=device), torch.tensor([len(b) for b in boxes], device=device)
+        )
+        packed = torch.cat(boxes) if boxes else torch.zeros((0, 4), device=device)
+        return resize_boxes(packed, batch_idx, batch.original_sizes, batch.image_sizes), batch_idx
+
+    # ------------------------------------------------------------------ network
+    def region_features(self, images: Tensor, boxes: Tensor, batch_idx: Tensor) -> Tensor:
+        """Warp regions `Tensor[R, 4]` of the batch `Tensor[N, 3, Hp, Wp]` and embed them: `Tensor[R, D]`."""
+        crops = warp_regions(images, boxes, batch_idx, self.crop_size, self.context_padding)
+        return self.head(self.backbone(crops)[self.feature])
+
+    # ------------------------------------------------------------------ training
+    @torch.no_grad()
+    def sample_regions(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
+        """Label candidates (proposals + gt) by IoU and sample a balanced mini-batch, vectorised over the batch.
+
+        Returns, for the R sampled regions: `boxes` [R, 4], `batch_idx` [R], `labels` [R]
+        (0 background, else class), `class_iou` [R, K] (best IoU with the objects of each
+        class, -1 without any), `svm_positive` [R] bool, `reg_mask` [R] bool and
+        `reg_targets` [R, 4] (zeros where `reg_mask` is False), `reg_labels` [R] (class of the
+        matched object).
+        """
+        device = proposals.device
+        is_gt = torch.zeros(proposals.shape[0], dtype=torch.bool, device=device)
+        if self.add_gt_as_proposals and targets.boxes.numel():
+            proposals = torch.cat([proposals, targets.boxes.to(proposals.dtype)])
+            batch_idx = torch.cat([batch_idx, targets.batch_idx])
+            is_gt = torch.cat([is_gt, torch.ones_like(targets.batch_idx, dtype=torch.bool)])
+            order = torch.sort(batch_idx, stable=True).indices
+            proposals, batch_idx, is_gt = proposals[order], batch_idx[order], is_gt[order]
+        b, k = proposals.shape[0], self.num_classes
+        gt_boxes, gt_labels, gt_valid = targets.padded()  # [N, Gmax, 4], [N, Gmax], [N, Gmax]
+        if gt_boxes.shape[1] and b:
+            padded, _, slot = pack_to_padded(proposals, batch_idx, targets.num_images)
+            iou = batched_box_iou(gt_boxes, padded).masked_fill(~gt_valid[:, :, None], -1.0)  # [N, Gmax, P_max]
+            iou = iou[batch_idx, :, slot]  # [B, Gmax]
+            best_iou, best_gt = iou.max(dim=1)
+            gt_cls = gt_labels[batch_idx]  # [B, Gmax], 0 in padding
+            class_iou = iou.new_full((b, k), -1.0).scatter_reduce(1, (gt_cls - 1).clamp(min=0), iou, reduce="amax")
+        else:
+            best_iou = proposals.new_full((b,), -1.0)
+            best_gt = torch.zeros(b, dtype=torch.int64, device=device)
+            class_iou = proposals.new_full((b, k), -1.0)
+        matched_cls = gt_labels[batch_idx, best_gt] if gt_labels.shape[1] else torch.zeros_like(best_gt)
+        labels = torch.where(best_iou >= self.fg_iou_threshold, matched_cls, 0)
+        sample_labels = torch.where(
+            best_iou >= self.fg_iou_threshold, 1, torch.where(best_iou < self.bg_iou_threshold, 0, -1)
+        )
+        pos, neg = self.sampler(sample_labels[None])  # one row: sampled over the whole batch
+        keep = torch.nonzero((pos | neg)[0]).squeeze(1)
+
+        boxes, best_iou, best_gt = proposals[keep], best_iou[keep], best_gt[keep]
+        roi_batch = batch_idx[keep]
+        reg_mask = best_iou >= self.reg_iou_threshold
+        reg_targets = boxes.new_zeros((keep.numel(), 4))
+        if bool(reg_mask.any()):
+            idx = torch.nonzero(reg_mask).squeeze(1)
+            reg_targets[idx] = self.box_coder.encode(gt_boxes[roi_batch[idx], best_gt[idx]], boxes[idx])
+        if self.svm_fg_iou_threshold is None:
+            svm_positive = is_gt[keep]
+        else:
+            svm_positive = best_iou >= self.svm_fg_iou_threshold
+        return {
+            "boxes": boxes,
+            "batch_idx": roi_batch,
+            "labels": labels[keep],
+            "class_iou": class_iou[keep],
+            "svm_positive": svm_positive & (labels[keep] > 0),
+            "reg_mask": reg_mask,
+            "reg_targets": reg_targets,
+            "reg_labels": matched_cls[keep],
+        }
+
+    def classifier_loss(self, scores: Tensor, sampled: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy over `Tensor[R, K+1]` logits, or the one-vs-rest SVM hinge loss over `Tensor[R, K]` scores."""
+        labels = sampled["labels"]
+        r = labels.numel()
+        if r == 0:
+            return scores.sum() * 0.0
+        if self.classifier == "softmax":
+            return F.cross_entropy(scores.float(), labels)
+        k = self.num_classes
+        classes = torch.arange(1, k + 1, device=labels.device)
+        positives = sampled["svm_positive"][:, None] & (labels[:, None] == classes)  # [R, K]
+        negatives = (sampled["class_iou"] < self.svm_bg_iou_threshold) & ~positives
+        active = positives | hard_negative_mask(scores, negatives, self.svm_hard_negatives)
+        target = torch.where(sampled["svm_positive"], labels - 1, k)  # k: a negative for every class
+        loss = multiclass_hinge_loss(
+            scores.float(), target, margin=self.svm_margin, mode="one_vs_rest", weight=active.float(), reduction="sum"
+        )
+        return loss / r
+
+    def box_loss(self, box_deltas: Tensor, sampled: dict[str, Tensor]) -> Tensor:
+        """Smooth L1 on the matched class's deltas of regions with IoU >= reg_iou_threshold, / R."""
+        idx = torch.nonzero(sampled["reg_mask"]).squeeze(1)
+        deltas = box_deltas.view(box_deltas.shape[0], self.num_classes, 4)
+        pred = deltas[idx, sampled["reg_labels"][idx] - 1]
+        loss = smooth_l1_loss(pred.float(), sampled["reg_targets"][idx], beta=self.smooth_l1_beta, reduction="sum")
+        return loss / max(sampled["labels"].numel(), 1)
+
+    # ------------------------------------------------------------------ API
+    def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None, *, proposals=None):
+        """Losses when `targets` is given (training or validation loss), else `predict(images, proposals=...)`."""
+        if targets is None:
+            return self.predict(images, proposals=proposals)
+        return self.compute_losses(images, targets, proposals=proposals)
+
+    def compute_losses(self, images: Sequence[Tensor], targets: Sequence[dict], *, proposals=None) -> dict[str, Tensor]:
+        batch, packed = self.prepare(images, targets)
+        boxes, batch_idx = self.pack_proposals(proposals, batch)
+        sampled = self.sample_regions(boxes, batch_idx, packed)
+        x = self.region_features(batch.tensor, sampled["boxes"], sampled["batch_idx"])
+        scores, box_deltas = self.cls_score(x), self.bbox_pred(x)
+        return {
+            "loss_classifier": self.classifier_loss(scores, sampled),
+            "loss_box_reg": self.box_loss(box_deltas, sampled),
+        }
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
+        """Score every proposal (in chunks of `test_batch_size` crops): one dict per image, original pixels.
+
+        `boxes` Tensor[E_i, 4], `scores` [E_i] (softmax probability or SVM score), `labels` int64 [E_i].
+        """
+        batch, _ = self.prepare(images)
+        boxes, batch_idx = self.pack_proposals(proposals, batch)
+        k = self.num_classes
+        scores, deltas = [], []
+        for start in range(0, boxes.shape[0], self.test_batch_size):
+            x = self.region_features(
+                batch.tensor,
+                boxes[start : start + self.test_batch_size],
+                batch_idx[start : start + self.test_batch_size],
+            )
+            scores.append(self.cls_score(x).float())
+            deltas.append(self.bbox_pred(x).float())
+        width = k + 1 if self.classifier == "softmax" else k
+        scores = torch.cat(scores) if scores else boxes.new_zeros((0, width))
+        deltas = torch.cat(deltas) if deltas else boxes.new_zeros((0, 4 * k))
+        if self.classifier == "softmax":
+            scores = F.softmax(scores, dim=1)[:, 1:]
+        dets = self.postprocess(scores, deltas, boxes, batch_idx, batch.image_sizes)
+        dets.boxes = resize_boxes(dets.boxes, dets.batch_idx, batch.image_sizes, batch.original_sizes)
+        return dets.split()
+
+    @torch.no_grad()
+    def postprocess(
+        self, scores: Tensor, box_deltas: Tensor, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor
+    ) -> Detections:
+        """Per-class decode `Tensor[R, K*4]` and clip, score threshold, per-class NMS, top-k per image."""
+        r, k = scores.shape
+        boxes = self.box_coder.decode(box_deltas.view(r, k, 4), proposals[:, None, :])  # [R, K, 4]
+        hw = image_sizes[batch_idx].to(boxes.dtype)
+        limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
+        boxes = torch.minimum(boxes.clamp(min=0), limits)
+        labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
+        img = batch_idx[:, None].expand(r, k)
+        boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (scores > self.score_threshold) & (wh >= self.min_box_size).all(1)
+        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
+        kept = batched_nms(boxes, scores, img * (k + 1) + labels, self.nms_threshold)
+        kept = top_k_per_image(kept, img[kept], self.detections_per_image)
+        return Detections(
+            boxes=boxes[kept],
+            scores=scores[kept],
+            labels=labels[kept],
+            batch_idx=img[kept],
+            num_images=image_sizes.shape[0],
+        )
+
+
+# --------------------------------------------------------------------------- builders
+def build_rcnn(
+    backbone: nn.Module,
+    *,
+    num_classes: int,
+    feature: str | None = None,
+    pool_size: int = 7,
+    representation_size: int = 4096,
+    dropout: float = 0.5,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    **kwargs,
+) -> RCNN:
+    """R-CNN around `backbone`, its head sized from the backbone's feature specs; `kwargs` go to `RCNN`."""
+    specs = backbone.feature_specs()
+    feature = feature or list(specs)[-1]
+    if feature not in specs:
+        raise ValueError(f"feature {feature!r} is not an output of the backbone; it has {list(specs)}")
+    head = CropFeatureHead(specs[feature].channels, pool_size, representation_size, dropout=dropout)
+    transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=1)
+    return RCNN(backbone, head, num_classes=num_classes, feature=feature, transform=transform, **kwargs)
+
+
+@register_model("rcnn_vgg16")
+def rcnn_vgg16(
+    *,
+    num_classes: int,
+    backbone_weights: str | None = None,
+    freeze_at: int | None = None,
+    crop_size: int = 224,
+    **kwargs,
+) -> RCNN:
+    """The R-CNN paper's model on VGG-16: 224 x 224 warps with 16 px context, pool5, fc6/fc7 4096 with dropout."""
+    if freeze_at is None:  # keep conv1-conv2 fixed when fine-tuning ImageNet weights, as Fast R-CNN
+        freeze_at = 2 if backbone_weights else 0
+    backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
+    return build_rcnn(backbone, num_classes=num_classes, crop_size=crop_size, **kwargs)
+
+
+@register_model("rcnn_tiny")
+def rcnn_tiny(
+    *,
+    num_classes: int,
+    norm: str = "bn",
+    backbone_weights: str | None = None,
+    crop_size: int = 64,
+    context_padding: float = 4.0,
+    pool_size: int = 4,
+    representation_size: int = 256,
+    dropout: float = 0.0,
+    test_batch_size: int = 512,
+    **kwargs,
+) -> RCNN:
+    """R-CNN on the 7-conv `simple_convnet` (stride 8) for the shapes data set on a CPU.
+
+    64 x 64 warps with 4 px of context (the paper's 16 / 224 share of the crop), a 4 x 4 max
+    pool of c3 and two 256-d fc layers.
+    """
+    backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
+    return build_rcnn(
+        backbone,
+        num_classes=num_classes,
+        crop_size=crop_size,
+        context_padding=context_padding,
+        pool_size=pool_size,
+        representation_size=representation_size,
+        dropout=dropout,
+        test_batch_size=test_batch_size,
+        **kwargs,
+    )

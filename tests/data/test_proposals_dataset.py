@@ -1,0 +1,145 @@
+"""WithProposals: cached proposals attached to samples and moved with the image's transforms."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from detkit.data import ShapesDataset, build_transforms, collate_detection
+from detkit.data.proposals import WithProposals
+from detkit.proposals import ProposalCache
+
+PARAMS = {"method": "test"}
+
+
+class _Boxes(torch.utils.data.Dataset):
+    """Two 60 x 80 images with fixed gt boxes, returned like CocoDetection (transforms applied last)."""
+
+    num_classes = 2
+
+    def __init__(self, transforms=None):
+        self.transforms = transforms
+        self.boxes = {
+            10: torch.tensor([[5.0, 5.0, 25.0, 45.0], [30.0, 10.0, 78.0, 40.0]]),
+            11: torch.tensor([[0.0, 0.0, 80.0, 60.0]]),
+        }
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        image_id = 10 + index
+        image = tv_tensors.Image(torch.rand(3, 60, 80))
+        boxes = self.boxes[image_id]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(60, 80)),
+            "labels": torch.ones(len(boxes), dtype=torch.int64),
+            "image_id": image_id,
+            "orig_size": (60, 80),
+        }
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return image, target
+
+
+def _cache(path, entries):
+    with ProposalCache(path, PARAMS) as cache:
+        for image_id, boxes in entries.items():
+            cache.put(image_id, np.asarray(boxes, dtype=np.float32))
+    return path
+
+
+def test_untransformed_samples_get_the_cached_boxes(tmp_path):
+    path = _cache(tmp_path / "p.bin", {10: [[1, 2, 30, 40], [0, 0, 90, 70], [10, 10, 10.5, 30]], 11: [[3, 3, 9, 9]]})
+    ds = WithProposals(_Boxes(), path)
+    image, target = ds[0]
+    # the second box is clipped to the 80 x 60 image, the third (0.5 px wide) dropped
+    assert target["proposals"].dtype == torch.float32
+    assert target["proposals"].tolist() == [[1, 2, 30, 40], [0, 0, 80, 60]]
+    assert target["image_id"] == 10 and image.shape == (3, 60, 80)
+    assert ds[1][1]["proposals"].tolist() == [[3, 3, 9, 9]]
+    assert len(ds) == 2 and ds.num_classes == 2  # attributes come from the wrapped data set
+    assert WithProposals(_Boxes(), ProposalCache(path, readonly=True), max_proposals=1)[0][1]["proposals"].shape == (
+        1,
+        4,
+    )
+
+
+def test_proposals_follow_resize_and_flip_like_the_gt_boxes(tmp_path):
+    inner = _Boxes()
+    path = _cache(tmp_path / "gt.bin", {i: b.numpy() for i, b in inner.boxes.items()})  # proposals = gt boxes
+    transforms = v2.Compose(
+        [v2.ToImage(), v2.Resize((30, 50)), v2.RandomHorizontalFlip(p=1.0), v2.ToDtype(torch.float32, scale=True)]
+    )
+    inner.transforms = transforms
+    ds = WithProposals(inner, path)
+    assert inner.transforms is transforms  # the caller's data set is left alone
+    for i in range(2):
+        image, target = ds[i]
+        assert image.shape == (3, 30, 50)
+        assert torch.allclose(target["proposals"], target["boxes"].as_subclass(torch.Tensor))
+    # hand-checked: x scales by 50 / 80, y by 1 / 2, then x -> 50 - x
+    assert torch.allclose(ds[1][1]["proposals"], torch.tensor([[0.0, 0.0, 50.0, 30.0]]))
+    assert torch.allclose(ds[0][1]["proposals"][0], torch.tensor([50 - 25 * 0.625, 2.5, 50 - 5 * 0.625, 22.5]))
+
+
+def test_sanitize_filters_only_the_ground_truth(tmp_path):
+    # as many proposals as gt boxes: SanitizeBoundingBoxes must not apply the gt's mask to them
+    inner = _Boxes(v2.Compose([v2.ToImage(), v2.SanitizeBoundingBoxes(min_size=25)]))
+    path = _cache(tmp_path / "p.bin", {10: [[0, 0, 10, 10], [0, 0, 40, 40]], 11: [[1, 1, 5, 5]]})
+    image, target = WithProposals(inner, path)[0]
+    assert target["boxes"].shape == (1, 4) and target["labels"].shape == (1,)  # the 20-px-wide gt box is gone
+    assert target["proposals"].tolist() == [[0, 0, 10, 10], [0, 0, 40, 40]]
+
+
+def test_shapes_with_standard_transforms_and_collate(tmp_path):
+    train = build_transforms(True, min_size=96, max_size=None, hflip_prob=0.5)
+    shapes = ShapesDataset(tmp_path / "shapes", "val", num_images=3, image_size=64, transforms=train)
+    raw = ShapesDataset(tmp_path / "shapes", "val", num_images=3, image_size=64)
+    with ProposalCache(tmp_path / "gt.bin", PARAMS) as cache:
+        for i in range(len(raw)):
+            _, t = raw[i]
+            cache.put(int(t["image_id"]), t["boxes"].numpy())
+    ds = WithProposals(shapes, tmp_path / "gt.bin")
+    torch.manual_seed(0)
+    samples = [ds[i] for i in range(3) for _ in range(2)]
+    images, targets = collate_detection(samples)
+    for image, target in zip(images, targets):
+        assert image.shape == (3, 96, 96) and image.dtype == torch.float32
+        assert type(target["proposals"]) is torch.Tensor
+        assert torch.allclose(target["proposals"], target["boxes"])
+
+
+def test_missing_entry_names_the_image_and_the_command(tmp_path):
+    ds = WithProposals(_Boxes(), _cache(tmp_path / "p.bin", {10: [[0, 0, 5, 5]]}))
+    with pytest.raises(KeyError, match=r"image id 11 has no proposals in .*p\.bin.*detkit proposals --annotations"):
+        ds[1]
+    with pytest.raises(FileNotFoundError):
+        WithProposals(_Boxes(), tmp_path / "missing.bin")
+
+
+def test_resized_images_without_visible_transforms_are_refused(tmp_path):
+    class Resized(torch.utils.data.Dataset):  # resizes inside, no `transforms` attribute
+        def __getitem__(self, index):
+            image, target = _Boxes()[index]
+            return image[:, :30], target
+
+        def __len__(self):
+            return 2
+
+    ds = WithProposals(Resized(), _cache(tmp_path / "p.bin", {10: [[0, 0, 5, 5]]}))
+    with pytest.raises(ValueError, match=r"image is 30x80 but its proposals are for \(60, 80\)"):
+        ds[0]
+
+
+def test_pickles_for_dataloader_workers(tmp_path):
+    path = _cache(tmp_path / "p.bin", {10: [[1, 2, 30, 40]], 11: [[3, 3, 9, 9]]})
+    for cache in (path, ProposalCache(path, readonly=True)):
+        ds = WithProposals(_Boxes(), cache)
+        ds[0]  # opens a read handle
+        clone = pickle.loads(pickle.dumps(ds))
+        assert clone[1][1]["proposals"].tolist() == [[3, 3, 9, 9]]
+        assert ds[0][1]["proposals"].tolist() == [[1, 2, 30, 40]]  # the original still reads
