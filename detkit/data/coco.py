@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+
+from detkit.utils.rle import compressed_rle_problem
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
@@ -129,6 +131,9 @@ def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
                 return f"polygon has an odd number of coordinates ({len(poly)})"
             if len(poly) < 6:
                 return f"polygon with fewer than 3 points ({len(poly) // 2})"
+            xs, ys = poly[0::2], poly[1::2]  # far-out coordinates crash or exhaust pycocotools
+            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
+                return "polygon coordinates lie far outside the image"
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -149,7 +154,7 @@ def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
                 )
             return None
         if isinstance(counts, (str, bytes)) and counts:
-            return None
+            return compressed_rle_problem(counts, height, width)
         return "RLE without counts"
     return f"segmentation of unsupported type {type(seg).__name__}"
 
@@ -328,6 +333,15 @@ class CocoDetection(torch.utils.data.Dataset):
                     f"{self.ann_file}: duplicate annotation id {aid}"
                 )
             seen.add(aid)
+        usable = []
+        for ann in data["annotations"]:
+            bad = [k for k in ("image_id", "category_id") if type(ann.get(k)) is not int]  # bools too
+            if bad:
+                self.stats["invalid_annotations"] += 1
+                self._fail(f"{self.ann_file}: annotation id {ann['id']}: {' and '.join(bad)} missing or not an int")
+                continue
+            usable.append(ann)
+        data = {**data, "annotations": usable}
         coco = COCO()
         coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

@@ -121,7 +121,7 @@ class RoIHeads(nn.Module):
         labels = sampled["labels"]
         loss_cls = F.cross_entropy(class_logits.float(), labels) if labels.numel() else class_logits.sum() * 0
         pos = torch.nonzero(labels > 0).squeeze(1)
-        deltas = box_deltas.view(box_deltas.shape[0], -1, 4)
+        deltas = box_deltas.view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
         if deltas.shape[1] > 1:
             pred = deltas[pos, labels[pos]]
         else:
@@ -182,7 +182,7 @@ class RoIHeads(nn.Module):
         """Softmax, per-class decode and clip, score threshold, per-class NMS, top-k per image."""
         k1 = class_logits.shape[1]  # K + 1
         scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
-        deltas = box_deltas.float().view(box_deltas.shape[0], -1, 4)
+        deltas = box_deltas.float().view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
         boxes = self.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))  # [R, K+1 or 1, 4]
         if boxes.shape[1] == k1:
             boxes = boxes[:, 1:]

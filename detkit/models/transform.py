@@ -77,10 +77,10 @@ class DetectionTransform(nn.Module):
 
     def forward(self, images: Sequence[Tensor]) -> ImageBatch:
         validate_images(images)
-        images = list(images)
+        images = [img.to(self.mean.dtype) for img in images]  # float64 / half inputs: compute in float32
         original = [(int(img.shape[1]), int(img.shape[2])) for img in images]
         target = [resized_size(h, w, self.min_size, self.max_size) for h, w in original]
-        mean, std = self.mean.to(images[0]), self.std.to(images[0])
+        mean, std = self.mean.to(images[0].device), self.std.to(images[0].device)
         if len(set(original)) == 1:  # one size: resize and normalise the whole batch at once
             batch = (torch.stack(images) - mean) / std
             if target[0] != original[0]:

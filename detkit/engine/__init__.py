@@ -1,0 +1,26 @@
+"""Lightning glue: the training system, data modules, callbacks, checkpoint I/O and the CLI.
+
+The only part of detkit that imports Lightning.
+"""
+
+from detkit.engine.callbacks import CocoPredictionWriter, DetectionCheckpoint, LossCurveCallback, plot_training_curves
+from detkit.engine.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint
+from detkit.engine.datamodule import CocoDataModule, DetectionDataModule, ShapesDataModule, VocDataModule
+from detkit.engine.module import DetectionModule, WarmupSchedule, parameter_groups
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CocoDataModule",
+    "CocoPredictionWriter",
+    "DetectionCheckpoint",
+    "DetectionDataModule",
+    "DetectionModule",
+    "LossCurveCallback",
+    "ShapesDataModule",
+    "UnsafeCheckpointError",
+    "VocDataModule",
+    "WarmupSchedule",
+    "load_checkpoint",
+    "parameter_groups",
+    "plot_training_curves",
+]

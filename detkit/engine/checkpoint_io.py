@@ -1,0 +1,115 @@
+"""Checkpoint I/O: atomic writes and safe (`weights_only=True`) loading."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError", "load_checkpoint"]
+
+
+class UnsafeCheckpointError(RuntimeError, ValueError):
+    """A checkpoint holds objects that `torch.load(weights_only=True)` refuses to unpickle."""
+
+
+def _is_local(path: _PATH) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)` with clear errors.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeCheckpointError: the file needs arbitrary unpickling; it is never loaded unsafely.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
+        reason = next(
+            (ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), _first_line(e)
+        )
+        raise UnsafeCheckpointError(
+            f"{path}: torch.load(weights_only=True) refused this checkpoint ({reason}). detkit never falls back "
+            "to unsafe unpickling. If you trust the file, load it yourself with weights_only=False and re-save "
+            "only tensors, numbers, strings, lists and dicts."
+        ) from None
+    except Exception as e:  # truncated / corrupt files raise many kinds of errors
+        raise UnsafeCheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes through a temporary file in the target folder, then `os.replace`.
+
+    A crash while saving leaves the previous checkpoint untouched and no temporary file.
+    Loading uses `torch.load(weights_only=True)` and fails with a clear message (no unsafe
+    fallback) when a checkpoint holds other objects. Remote (fsspec URL) paths are delegated
+    to Lightning's own implementation.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} does not take storage_options")
+        path = os.fspath(path).removeprefix("file://")
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        try:  # make the rename itself durable
+            dir_fd = os.open(folder, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        if weights_only is False:
+            raise UnsafeCheckpointError(
+                f"{os.fspath(path)}: loading with weights_only=False was requested; {type(self).__name__} only "
+                "loads checkpoints safely (weights_only=True)"
+            )
+        fs = get_filesystem(path)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return load_checkpoint(os.fspath(path).removeprefix("file://"), map_location=map_location or "cpu")

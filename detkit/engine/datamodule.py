@@ -1,0 +1,375 @@
+"""Lightning data modules for the synthetic shapes, COCO-format and Pascal VOC data sets.
+
+Constructors only store arguments (no file access), so a config can be parsed and
+instantiated anywhere; files are read in `prepare_data` / `setup`. Every module exposes
+`num_classes`, `class_names`, `val_dataset`, `val_ann_file` (COCO json of the evaluation
+split) and `label_to_category_id` (the last three after `setup`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, RandomSampler
+
+from detkit.data import (
+    SHAPES_CLASSES,
+    VOC_CLASSES,
+    AspectRatioGroupedBatchSampler,
+    CocoDetection,
+    ShapesDataset,
+    VocDetection,
+    build_transforms,
+    collate_detection,
+    ensure_shapes,
+    load_coco_json,
+)
+
+__all__ = ["CocoDataModule", "DetectionDataModule", "ShapesDataModule", "VocDataModule"]
+
+
+class _DatasetGroupedBatchSampler(AspectRatioGroupedBatchSampler):
+    """Aspect-ratio grouping that reads the ratios from the inner sampler's data set.
+
+    Its `(sampler, batch_size, drop_last)` signature lets Lightning re-create it around a
+    `DistributedSampler` under DDP.
+    """
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False):
+        dataset = getattr(sampler, "dataset", None)
+        if dataset is None:
+            dataset = getattr(sampler, "data_source", None)
+        if dataset is None or not hasattr(dataset, "aspect_ratios"):
+            raise TypeError("the inner sampler must expose a data set with aspect_ratios() (.dataset or .data_source)")
+        super().__init__(sampler, dataset.aspect_ratios(), batch_size, drop_last=drop_last)
+
+
+class DetectionDataModule(LightningDataModule):
+    """Shared loaders; subclasses build `train_dataset` / `val_dataset` in `setup`.
+
+    The test and predict loaders use the validation split. `train_proposals` /
+    `val_proposals` name proposal caches written by `detkit proposals` (selective search):
+    targets then carry `proposals` for R-CNN / Fast R-CNN (at most `max_proposals` per image).
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        aspect_ratio_grouping: bool = False,
+        val_batch_size: int | None = None,
+        train_proposals: str | None = None,
+        val_proposals: str | None = None,
+        max_proposals: int = 2000,
+    ):
+        super().__init__()
+        self.train_proposals, self.val_proposals, self.max_proposals = train_proposals, val_proposals, max_proposals
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.aspect_ratio_grouping = aspect_ratio_grouping
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+
+    # --- metadata ---------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def val_ann_file(self) -> str | None:
+        return None if self.val_dataset is None else self.val_dataset.ann_file
+
+    @property
+    def label_to_category_id(self) -> dict[int, int] | None:
+        return None if self.val_dataset is None else dict(self.val_dataset.label_to_category_id)
+
+    def _with_proposals(self, dataset, cache: str | None):
+        """`dataset` whose targets carry `proposals` from a `detkit proposals` cache (R-CNN / Fast R-CNN)."""
+        if cache is None:
+            return dataset
+        if not os.path.isfile(cache):
+            raise FileNotFoundError(f"proposal cache not found: {cache} (compute it with `detkit proposals`)")
+        from detkit.data.proposals import WithProposals
+
+        return WithProposals(dataset, cache, max_proposals=self.max_proposals)
+
+    # --- loaders ----------------------------------------------------------------
+    def _loader_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "collate_fn": collate_detection,
+            "pin_memory": torch.cuda.is_available(),
+        }
+        if self.num_workers > 0:
+            kwargs["persistent_workers"] = True
+        return kwargs
+
+    def _require(self, dataset, stage: str):
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup({stage!r}) must run before its dataloaders are requested")
+        return dataset
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_dataset, "fit")
+        if self.aspect_ratio_grouping:
+            sampler = _DatasetGroupedBatchSampler(RandomSampler(dataset), self.batch_size)
+            return DataLoader(dataset, batch_sampler=sampler, **self._loader_kwargs())
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = self._require(self.val_dataset, "validate")
+        return DataLoader(dataset, batch_size=self.val_batch_size, shuffle=False, **self._loader_kwargs())
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+class ShapesDataModule(DetectionDataModule):
+    """The synthetic shapes data set (generated under `root` on first use, then cached).
+
+    Images keep their size (`image_size` squared); training adds horizontal flips and
+    optional colour jitter.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/shapes",
+        num_train: int = 2000,
+        num_val: int = 200,
+        image_size: int = 128,
+        seed: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        with_masks: bool = False,
+        hflip_prob: float = 0.5,
+        color_jitter: float = 0.0,
+        val_batch_size: int | None = None,
+        train_proposals: str | None = None,
+        val_proposals: str | None = None,
+        max_proposals: int = 2000,
+    ):
+        super().__init__(batch_size, num_workers, False, val_batch_size, train_proposals, val_proposals, max_proposals)
+        if num_train < 1 or num_val < 1:
+            raise ValueError("num_train and num_val must be >= 1")
+        self.root = root
+        self.num_train, self.num_val = num_train, num_val
+        self.image_size, self.seed = image_size, seed
+        self.with_masks = with_masks
+        self.hflip_prob, self.color_jitter = hflip_prob, color_jitter
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(SHAPES_CLASSES)
+
+    def prepare_data(self) -> None:
+        ensure_shapes(self.root, {"train": self.num_train, "val": self.num_val}, self.image_size, self.seed)
+
+    def _dataset(self, split: str, num_images: int, train: bool) -> ShapesDataset:
+        transforms = build_transforms(
+            train, min_size=None, max_size=None, hflip_prob=self.hflip_prob, color_jitter=self.color_jitter
+        )
+        return ShapesDataset(
+            self.root,
+            split,
+            num_images=num_images,
+            image_size=self.image_size,
+            seed=self.seed,
+            transforms=transforms,
+            with_masks=self.with_masks,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            train = self._dataset("train", self.num_train, True)
+            self.train_dataset = self._with_proposals(train, self.train_proposals)
+        if self.val_dataset is None:
+            self.val_dataset = self._with_proposals(self._dataset("val", self.num_val, False), self.val_proposals)
+
+
+class CocoDataModule(DetectionDataModule):
+    """COCO-format annotation files with their image folders.
+
+    Training images are resized so the shorter side is `min_size` (longer side <= `max_size`)
+    and flipped; validation images are passed at full size (the detector resizes them and
+    maps its predictions back to the original pixels that the annotations use).
+
+    Args:
+        num_classes: expected number of categories. Give it so that configs can be checked
+            without the data; when None it is read from `val_annotations`.
+        min_size: shorter-side size for training, or a list for multi-scale training.
+    """
+
+    def __init__(
+        self,
+        train_images: str,
+        train_annotations: str,
+        val_images: str,
+        val_annotations: str,
+        batch_size: int = 2,
+        num_workers: int = 4,
+        min_size: int | list[int] = 800,
+        max_size: int = 1333,
+        with_masks: bool = False,
+        skip_invalid: bool = False,
+        aspect_ratio_grouping: bool = True,
+        hflip_prob: float = 0.5,
+        num_classes: int | None = None,
+        val_batch_size: int | None = None,
+        train_proposals: str | None = None,
+        val_proposals: str | None = None,
+        max_proposals: int = 2000,
+    ):
+        super().__init__(batch_size, num_workers, aspect_ratio_grouping, val_batch_size)
+        self.train_proposals, self.val_proposals, self.max_proposals = train_proposals, val_proposals, max_proposals
+        self.train_images, self.train_annotations = train_images, train_annotations
+        self.val_images, self.val_annotations = val_images, val_annotations
+        self.min_size, self.max_size = min_size, max_size
+        self.with_masks, self.skip_invalid, self.hflip_prob = with_masks, skip_invalid, hflip_prob
+        self._num_classes = num_classes
+        self._class_names: list[str] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is not None:
+            return self._num_classes
+        return len(self.class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        if self._class_names is None:
+            for path in (self.val_annotations, self.train_annotations):
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"annotation file not found: {path}")
+            cats = sorted(load_coco_json(self.val_annotations)["categories"], key=lambda c: c["id"])
+            self._class_names = [c["name"] for c in cats]
+        return self._class_names
+
+    @staticmethod
+    def _check_paths(*pairs: tuple[str, str]) -> None:
+        for images, ann in pairs:
+            if not os.path.isfile(ann):
+                raise FileNotFoundError(f"annotation file not found: {ann}")
+            if not os.path.isdir(images):
+                raise FileNotFoundError(f"image folder not found: {images}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_dataset is None:
+            self._check_paths((self.train_images, self.train_annotations))
+            train = CocoDetection(
+                self.train_images,
+                self.train_annotations,
+                with_masks=self.with_masks,
+                skip_invalid=self.skip_invalid,
+                keep_empty=False,
+                transforms=build_transforms(
+                    True, min_size=self.min_size, max_size=self.max_size, hflip_prob=self.hflip_prob
+                ),
+            )
+            self.train_dataset = self._with_proposals(train, self.train_proposals)
+        if self.val_dataset is None:
+            self._check_paths((self.val_images, self.val_annotations))
+            val = CocoDetection(
+                self.val_images,
+                self.val_annotations,
+                with_masks=self.with_masks,
+                skip_invalid=self.skip_invalid,
+                transforms=build_transforms(False, min_size=None, max_size=None),
+            )
+            self.val_dataset = self._with_proposals(val, self.val_proposals)
+            self._class_names = list(self.val_dataset.class_names)
+        if self.train_dataset is not None and list(self.train_dataset.class_names) != self.class_names:
+            raise ValueError(f"{self.train_annotations} and {self.val_annotations} have different categories")
+        if self._num_classes is not None and self._num_classes != len(self.class_names):
+            raise ValueError(
+                f"num_classes={self._num_classes} but {self.val_annotations} has {len(self.class_names)} categories"
+            )
+
+
+class VocDataModule(DetectionDataModule):
+    """Pascal VOC (`root` = a `VOCdevkit/VOC20xx` folder), evaluated with COCO metrics.
+
+    The evaluation split is written as COCO json by `VocDetection.to_coco_json` (difficult
+    objects as crowd, i.e. ignored) under `gt_dir` (default: `<trainer root>/voc_gt`).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_set: str = "trainval",
+        val_set: str = "test",
+        batch_size: int = 2,
+        num_workers: int = 4,
+        min_size: int | list[int] = 600,
+        max_size: int = 1000,
+        use_difficult: bool = False,
+        skip_invalid: bool = False,
+        aspect_ratio_grouping: bool = True,
+        hflip_prob: float = 0.5,
+        class_names: Sequence[str] = VOC_CLASSES,
+        gt_dir: str | None = None,
+        val_batch_size: int | None = None,
+        train_proposals: str | None = None,
+        val_proposals: str | None = None,
+        max_proposals: int = 2000,
+    ):
+        super().__init__(batch_size, num_workers, aspect_ratio_grouping, val_batch_size)
+        self.train_proposals, self.val_proposals, self.max_proposals = train_proposals, val_proposals, max_proposals
+        self.root, self.train_set, self.val_set = root, train_set, val_set
+        self.min_size, self.max_size = min_size, max_size
+        self.use_difficult, self.skip_invalid, self.hflip_prob = use_difficult, skip_invalid, hflip_prob
+        self._class_names = list(class_names)
+        self.gt_dir = gt_dir
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._class_names)
+
+    def _gt_path(self) -> str:
+        folder = self.gt_dir
+        if folder is None:
+            trainer = self.trainer
+            folder = os.path.join(trainer.default_root_dir if trainer is not None else ".", "voc_gt")
+        name = os.path.basename(os.path.normpath(self.root)) or "voc"
+        return os.path.join(folder, f"{name}_{self.val_set}.json")
+
+    def setup(self, stage: str | None = None) -> None:
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"VOC folder not found: {self.root}")
+        if stage in (None, "fit") and self.train_dataset is None:
+            train = VocDetection(
+                self.root,
+                self.train_set,
+                class_names=self._class_names,
+                use_difficult=self.use_difficult,
+                skip_invalid=self.skip_invalid,
+                transforms=build_transforms(
+                    True, min_size=self.min_size, max_size=self.max_size, hflip_prob=self.hflip_prob
+                ),
+            )
+            self.train_dataset = self._with_proposals(train, self.train_proposals)
+        if self.val_dataset is None:
+            val = VocDetection(
+                self.root,
+                self.val_set,
+                class_names=self._class_names,
+                skip_invalid=self.skip_invalid,
+                transforms=build_transforms(False, min_size=None, max_size=None),
+            )
+            val.to_coco_json(self._gt_path())
+            self.val_dataset = self._with_proposals(val, self.val_proposals)

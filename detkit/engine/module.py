@@ -1,0 +1,447 @@
+"""`DetectionModule`: the Lightning system that trains and evaluates any detkit detector.
+
+The detector itself is `self.model` (a plain `nn.Module` from `detkit.models.build_model`),
+so checkpoint keys read `model.<detector keys>`. Batches are `(images, targets)` as made by
+`detkit.data.collate_detection`: a list of float 0..1 `Tensor[3, H, W]` and one target dict
+per image (`boxes`, `labels`, `masks` for mask models, `image_id`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from detkit import __version__
+from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate, plot_pr_curves
+from detkit.evaluation.results import save_results_json
+from detkit.layers import is_norm
+from detkit.models import build_model
+
+__all__ = ["DetectionModule", "WarmupSchedule", "parameter_groups", "resolve_milestones"]
+
+STATS_KEY = "detkit"  # extra checkpoint entry: class names and how to rebuild the detector
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two optimizer groups: weights with `weight_decay`, and norm parameters + biases without.
+
+    Frozen parameters (`requires_grad=False`) are left out; shared parameters appear once.
+    """
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        norm = is_norm(module)
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            (no_decay if norm or name == "bias" else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def resolve_milestones(milestones: Sequence[float], total_steps: float) -> list[int]:
+    """Milestones as optimizer-step indices: values <= 1 are fractions of `total_steps`, larger ones steps."""
+    out = []
+    for m in milestones:
+        if m <= 0:
+            raise ValueError(f"lr_milestones must be positive, got {m}")
+        if m <= 1:
+            if not math.isfinite(total_steps):
+                raise ValueError(
+                    "fractional lr_milestones need a finite training length: set trainer.max_steps or max_epochs"
+                )
+            out.append(int(round(m * total_steps)))
+        else:
+            out.append(int(m))
+    return sorted(out)
+
+
+class WarmupSchedule:
+    """LR multiplier per optimizer step: linear warm-up, then step decay, cosine or constant.
+
+    Warm-up (as torchvision's references): `factor = warmup_factor * (1 - a) + a` with
+    `a = step / warmup_steps` for `step < warmup_steps`; afterwards 1. It multiplies the
+    schedule: step: `gamma ** (number of milestones <= step)`; cosine:
+    `0.5 * (1 + cos(pi * step / total_steps))`; constant: 1.
+
+    A callable object (not a lambda) so that LambdaLR checkpoints its settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        warmup_steps: int = 0,
+        warmup_factor: float = 0.001,
+        schedule: str = "step",
+        milestones: Sequence[int] = (),
+        gamma: float = 0.1,
+        total_steps: float = math.inf,
+    ):
+        if schedule not in ("step", "cosine", "constant"):
+            raise ValueError(f"unknown lr schedule {schedule!r}")
+        if schedule == "cosine" and not math.isfinite(total_steps):
+            raise ValueError("the cosine schedule needs a finite training length: set trainer.max_steps or max_epochs")
+        self.warmup_steps = int(warmup_steps)
+        self.warmup_factor = float(warmup_factor)
+        self.schedule = schedule
+        self.milestones = [int(m) for m in milestones]
+        self.gamma = float(gamma)
+        self.total_steps = float(total_steps)
+
+    def __call__(self, step: int) -> float:
+        factor = 1.0
+        if step < self.warmup_steps:
+            alpha = step / self.warmup_steps
+            factor = self.warmup_factor * (1.0 - alpha) + alpha
+        if self.schedule == "step":
+            factor *= self.gamma ** bisect.bisect_right(self.milestones, step)
+        elif self.schedule == "cosine":
+            factor *= 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+        return factor
+
+
+class DetectionModule(LightningModule):
+    """Train / validate / test / predict a registered detkit detector.
+
+    Args:
+        model_name: a name from `detkit.models.list_models()`.
+        num_classes: object classes, background excluded (the CLI links it from the data).
+        model_kwargs: keyword arguments of the model builder (anchors, sizes, backbone_weights...).
+        weights: detector checkpoint to start from (see `build_model`).
+        optimizer: "sgd" (momentum) or "adamw".
+        lr: base learning rate.
+        momentum: SGD momentum (AdamW: beta1).
+        weight_decay: L2 / decoupled decay; never applied to norm parameters and biases.
+        warmup_steps: linear warm-up length in optimizer steps.
+        warmup_factor: LR multiplier at step 0 of the warm-up.
+        lr_schedule: after warm-up: "step" decay at `lr_milestones`, "cosine" to 0, or "constant".
+        lr_milestones: step-decay points: fractions (<= 1) of the total optimizer steps
+            (`trainer.estimated_stepping_batches`) or absolute step numbers (> 1).
+        lr_gamma: step-decay factor.
+        eval_iou_types: COCO evaluation types; default "bbox", plus "segm" for mask models.
+        max_bad_steps: consecutive steps with a non-finite loss tolerated (each is skipped)
+            before training stops with an error.
+        num_visualize: validation images drawn with their detections per evaluation.
+        compute_val_loss: also compute and log the losses on the validation data.
+        visualize_score_threshold: detections drawn on the validation images score at least this.
+        save_predictions: write the COCO results json of each evaluation next to its metrics.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "faster_rcnn_tiny",
+        num_classes: int = 3,
+        model_kwargs: dict[str, Any] | None = None,
+        weights: str | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.02,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 500,
+        warmup_factor: float = 0.001,
+        lr_schedule: Literal["step", "cosine", "constant"] = "step",
+        lr_milestones: list[float] = [0.67, 0.89],  # noqa: B006  (list default: shown as-is by the CLI)
+        lr_gamma: float = 0.1,
+        eval_iou_types: list[Literal["bbox", "segm"]] | None = None,
+        max_bad_steps: int = 20,
+        num_visualize: int = 8,
+        compute_val_loss: bool = True,
+        visualize_score_threshold: float = 0.5,
+        save_predictions: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if max_bad_steps < 1:
+            raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        self.model = build_model(model_name, num_classes=num_classes, weights=weights, **(model_kwargs or {}))
+        has_mask = bool(getattr(getattr(self.model, "roi_heads", None), "has_mask", False))
+        if eval_iou_types is None:
+            eval_iou_types = ["bbox", "segm"] if has_mask else ["bbox"]
+        if "segm" in eval_iou_types and not has_mask:
+            raise ValueError(f"eval_iou_types contains 'segm' but {model_name} predicts no masks")
+        self.eval_iou_types = list(eval_iou_types)
+        self.class_names: list[str] | None = None
+        self.skipped_steps = 0
+        self._bad_streak = 0
+        self._bad_losses: dict[str, str] = {}
+        self._evaluators: dict[str, COCOEvaluator] = {}
+        self._eval = self._new_eval_state()
+        self.last_eval_dir: str | None = None
+        self._loaded_epoch: int | None = None
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _new_eval_state() -> dict[str, Any]:
+        return {"results": [], "image_ids": [], "visuals": []}
+
+    def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+        return self.model.predict(images)
+
+    def _data_attr(self, name: str, stage: str) -> Any:
+        """`name` from the datamodule, else from the dataset of the stage's first dataloader."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, name, None) is not None:
+            return getattr(dm, name)
+        loaders = self.trainer.test_dataloaders if stage == "test" else self.trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        dataset = getattr(loaders, "dataset", None)
+        key = {"val_ann_file": "ann_file"}.get(name, name)
+        return getattr(dataset, key, None)
+
+    def _class_names(self) -> list[str] | None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(dm, "class_names", None)
+        if names is not None:
+            self.class_names = [str(n) for n in names]
+        return self.class_names
+
+    def _world_size(self) -> int:
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+    @staticmethod
+    def _proposals(targets: list[dict] | None) -> dict[str, Any]:
+        """`proposals=` for detectors fed with external proposals (`target["proposals"]`, see WithProposals)."""
+        if targets and "proposals" in targets[0]:
+            return {"proposals": [t["proposals"] for t in targets]}
+        return {}
+
+    @staticmethod
+    def _split_batch(batch) -> tuple[list[Tensor], list[dict] | None]:
+        if (
+            isinstance(batch, (tuple, list))
+            and len(batch) == 2
+            and isinstance(batch[1], (list, tuple))
+            and (not batch[1] or isinstance(batch[1][0], dict))
+        ):
+            return list(batch[0]), list(batch[1])
+        return list(batch), None
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx: int):
+        images, targets = self._split_batch(batch)
+        losses = self.model(images, targets, **self._proposals(targets))
+        total = sum(losses.values())
+        names = [*losses, "loss"]
+        values = torch.stack([v.detach().float().reshape(()) for v in (*losses.values(), total)])
+        finite = torch.isfinite(values)
+        flag = (~finite).any().float()
+        if self._world_size() > 1:  # every rank skips together, or none does
+            flag = self.all_gather(flag).max()
+        n = len(images)
+        if flag.item() > 0:  # the step's only host sync
+            bad = {k: f"{v:g}" for k, v, ok in zip(names, values.tolist(), finite.tolist()) if not ok}
+            if len(bad) > 1:
+                bad.pop("loss", None)  # the total is non-finite because a part is
+            self.skipped_steps += 1
+            self._bad_streak += 1
+            self._bad_losses.update(bad)
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=n)
+            if self._bad_streak >= self.hparams.max_bad_steps:
+                names = ", ".join(f"{k}={v}" for k, v in sorted(self._bad_losses.items())) or "(on another rank)"
+                raise RuntimeError(
+                    f"{self._bad_streak} consecutive training steps had non-finite losses ({names}); stopping. "
+                    "Lower the learning rate, lengthen the warm-up, clip gradients (trainer.gradient_clip_val) "
+                    "or check the data."
+                )
+            return None  # Lightning skips backward and the optimizer step
+        self._bad_streak = 0
+        self._bad_losses = {}
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=n)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log(
+                "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n
+            )
+        return total
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = parameter_groups(self.model, hp.weight_decay)
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        elif hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999))
+        else:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}")
+        total = float(self.trainer.estimated_stepping_batches)
+        milestones = resolve_milestones(hp.lr_milestones, total) if hp.lr_schedule == "step" else []
+        schedule = WarmupSchedule(
+            warmup_steps=hp.warmup_steps,
+            warmup_factor=hp.warmup_factor,
+            schedule=hp.lr_schedule,
+            milestones=milestones,
+            gamma=hp.lr_gamma,
+            total_steps=total,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # ------------------------------------------------------------------ evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._eval = self._new_eval_state()
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = self._new_eval_state()
+
+    def _eval_step(self, batch, stage: str) -> None:
+        images, targets = self._split_batch(batch)
+        if targets is None:
+            raise ValueError(f"{stage} batches must be (images, targets) with targets[i]['image_id']")
+        n = len(images)
+        extra = self._proposals(targets)
+        if self.hparams.compute_val_loss:
+            losses = self.model(images, targets, **extra)
+            self.log_dict(
+                {f"{stage}/{k}": v for k, v in losses.items()},
+                on_step=False,
+                on_epoch=True,
+                batch_size=n,
+                sync_dist=True,
+            )
+            self.log(f"{stage}/loss", sum(losses.values()), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        detections = self.model.predict(images, **extra)
+        image_ids = [int(t["image_id"]) for t in targets]
+        label_map = self._label_map(stage)
+        self._eval["results"].extend(detections_to_coco_results(image_ids, detections, label_to_category_id=label_map))
+        self._eval["image_ids"].extend(image_ids)
+        visuals = self._eval["visuals"]
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            for image, det, image_id in zip(images, detections, image_ids):
+                if len(visuals) >= self.hparams.num_visualize:
+                    break
+                keep = det["scores"] >= self.hparams.visualize_score_threshold
+                visuals.append((image_id, image.detach().cpu(), {k: v[keep].detach().cpu() for k, v in det.items()}))
+
+    def _label_map(self, stage: str):
+        label_map = self._data_attr("label_to_category_id", stage)
+        if label_map is None:
+            label_map = {k: k for k in range(1, self.hparams.num_classes + 1)}
+        return label_map
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def _evaluator(self, ann_file: str) -> COCOEvaluator:
+        if ann_file not in self._evaluators:
+            self._evaluators[ann_file] = COCOEvaluator(ann_file)
+        return self._evaluators[ann_file]
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        results, image_ids = self._eval["results"], self._eval["image_ids"]
+        # every rank: `trainer.log_dir` is itself a collective (a broadcast) under DDP
+        out_root = self.trainer.log_dir or self.trainer.default_root_dir
+        if self._world_size() > 1:
+            gathered: list[Any] = [None] * self._world_size()
+            dist.all_gather_object(gathered, (results, image_ids))
+            results = gather_and_deduplicate([g[0] for g in gathered])
+            image_ids = sorted({i for g in gathered for i in g[1]})
+        metrics: dict[str, float] = {}
+        if self.trainer.is_global_zero and image_ids:
+            metrics = self._compute_metrics(stage, results, image_ids, out_root)
+        if self._world_size() > 1:
+            metrics = self.trainer.strategy.broadcast(metrics, src=0)
+        if metrics:
+            self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        self._eval = self._new_eval_state()
+
+    def _compute_metrics(self, stage: str, results: list[dict], image_ids: list[int], root: str) -> dict[str, float]:
+        ann_file = self._data_attr("val_ann_file", stage)
+        if ann_file is None:
+            raise ValueError(
+                "evaluation needs the ground-truth annotation file: "
+                "the datamodule's val_ann_file or the dataset's ann_file"
+            )
+        evaluator = self._evaluator(os.fspath(ann_file))
+        metrics, reports = {}, {}
+        for iou_type in self.eval_iou_types:
+            result = evaluator.evaluate(results, iou_type, img_ids=image_ids, verbose=False)
+            prefix = f"{stage}/" if iou_type == "bbox" else f"{stage}/{iou_type}_"
+            metrics.update({f"{prefix}{k}": float(v) for k, v in result.stats.items()})
+            reports[iou_type] = result
+        if self.trainer.sanity_checking:
+            return metrics
+        header = f"{stage} epoch {self._eval_epoch()} ({len(set(image_ids))} images, {len(results)} detections)"
+        for iou_type, result in reports.items():
+            print(f"\n[{header}] {iou_type}\n{result.summary}", flush=True)
+        self._write_artifacts(stage, results, reports, root)
+        return metrics
+
+    def _write_artifacts(self, stage: str, results: list[dict], reports: dict, root: str) -> None:
+        fitting = self.trainer.state.fn == "fit"
+        name = f"epoch_{self._eval_epoch():03d}"
+        if not fitting:  # `detkit validate` / `test` of a checkpoint
+            name = f"{'validate' if stage == 'val' else stage}_{name}"
+        out = os.path.join(root, "eval", name)
+        os.makedirs(out, exist_ok=True)
+        payload = {
+            "stage": stage,
+            "epoch": self._eval_epoch(),
+            "global_step": self.global_step,
+            "num_detections": len(results),
+        }
+        payload.update({iou_type: r.to_dict() for iou_type, r in reports.items()})
+        save_results_json(payload, os.path.join(out, "metrics.json"))
+        if self.hparams.save_predictions:
+            save_results_json(results, os.path.join(out, "predictions.json"))
+        for iou_type, r in reports.items():
+            if r.precision.size and r.precision.ndim == 5:
+                plot_pr_curves(r.precision, r.category_names, os.path.join(out, f"pr_curve_{iou_type}.png"))
+        from detkit.engine.visualize import draw_detections, save_png
+
+        names = self._class_names()
+        for image_id, image, det in self._eval["visuals"]:
+            drawn = draw_detections(
+                image, det["boxes"], det["labels"], det["scores"], det.get("masks"), class_names=names
+            )
+            save_png(os.path.join(out, f"detections_{image_id}.png"), drawn)
+        self.last_eval_dir = out
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:
+        images, targets = self._split_batch(batch)
+        detections = self.model.predict(images, **self._proposals(targets))
+        return [{k: v.detach().cpu() for k, v in d.items()} for d in detections]
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hp = self.hparams
+        checkpoint[STATS_KEY] = {
+            "version": __version__,
+            "model_name": hp.model_name,
+            "num_classes": int(hp.num_classes),
+            "model_kwargs": dict(hp.model_kwargs or {}),
+            "class_names": self._class_names(),
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def _eval_epoch(self) -> int:
+        """The epoch being evaluated: the current one while fitting, else the loaded checkpoint's."""
+        if self.trainer.state.fn != "fit" and self._loaded_epoch is not None:
+            return self._loaded_epoch
+        return self.current_epoch
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._loaded_epoch = checkpoint.get("epoch")
+        info = checkpoint.get(STATS_KEY) or {}
+        if info.get("class_names"):
+            self.class_names = list(info["class_names"])
+        self.skipped_steps = int(info.get("skipped_steps", 0))

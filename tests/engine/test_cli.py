@@ -1,0 +1,244 @@
+"""The `detkit` command: LightningCLI subcommands, predict on image files, evaluate / proposals dispatch."""
+
+import json
+import os
+import shutil
+
+import cv2
+import pytest
+import yaml
+
+from detkit import __version__
+from detkit.cli import main
+from detkit.engine.checkpoint_io import load_checkpoint
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
+
+
+def _shapes_config(tmp_path):
+    with open(os.path.join(CONFIGS, "shapes_faster_rcnn_tiny.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["data"]["init_args"].update(root=str(tmp_path / "shapes"), num_train=8, num_val=4, batch_size=4)
+    cfg["model"]["model_kwargs"] = {"rpn_post_nms_top_n_test": 50, "roi_batch_size_per_image": 32}
+    cfg["model"]["warmup_steps"] = 2
+    cfg["trainer"].update(max_epochs=1, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False)
+    path = tmp_path / "shapes.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One `detkit fit` run (in-process) on 8 images: its folder, config and checkpoints."""
+    tmp = tmp_path_factory.mktemp("fit")
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        config = _shapes_config(tmp)
+        assert main(["fit", "--config", config]) == 0
+    finally:
+        os.chdir(cwd)
+    run = tmp / "runs" / "shapes_faster_rcnn_tiny" / "version_0"
+    return {"tmp": tmp, "config": config, "run": run, "last": str(run / "checkpoints" / "last.ckpt")}
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"detkit {__version__}"
+
+
+def test_usage_and_unknown_command(capsys):
+    assert main(["--help"]) == 0
+    assert "evaluate" in capsys.readouterr().out
+    assert main([]) == 2
+    assert main(["trian"]) == 2
+    assert "unknown command 'trian'" in capsys.readouterr().err
+
+
+def test_fit_writes_checkpoints_config_and_curves(trained):
+    run = trained["run"]
+    ckpts = sorted(os.listdir(run / "checkpoints"))
+    assert "last.ckpt" in ckpts and any(c.startswith("best-epoch000-AP") for c in ckpts)
+    assert (run / "config.yaml").is_file() and (run / "loss_curve.png").is_file()
+    assert (run / "eval" / "epoch_000" / "metrics.json").is_file()
+    with open(run / "config.yaml") as f:
+        saved = yaml.safe_load(f)
+    assert saved["model"]["model_name"] == "faster_rcnn_tiny" and saved["seed_everything"] == 0
+    with open(run / "hparams.yaml") as f:
+        assert yaml.safe_load(f)["num_classes"] == 3  # linked from the data module
+    ckpt = load_checkpoint(trained["last"])  # weights_only=True works on our checkpoints
+    assert ckpt["detkit"]["class_names"] == ["circle", "rectangle", "triangle"]
+    assert ckpt["detkit"]["model_name"] == "faster_rcnn_tiny"
+    assert any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
+
+
+def test_validate_and_lightning_predict_with_checkpoint(trained, monkeypatch, capsys):
+    monkeypatch.chdir(trained["tmp"])
+    assert main(["validate", "--config", trained["config"], "--ckpt_path", trained["last"]]) == 0
+    assert "val epoch 0" in capsys.readouterr().out
+    assert main(["predict", "--config", trained["config"], "--ckpt_path", trained["last"]]) == 0
+    version = sorted(os.listdir(trained["tmp"] / "runs" / "shapes_faster_rcnn_tiny"))[-1]
+    with open(trained["tmp"] / "runs" / "shapes_faster_rcnn_tiny" / version / "predictions.json") as f:
+        results = json.load(f)
+    assert {r["image_id"] for r in results} <= {1, 2, 3, 4} and all(
+        set(r) >= {"bbox", "score", "category_id"} for r in results
+    )
+
+
+def test_predict_on_image_files(trained, tmp_path, capsys):
+    images = tmp_path / "in"
+    images.mkdir()
+    src = trained["tmp"] / "shapes" / "val" / "images"
+    shutil.copy(src / "000000.png", images / "a.png")
+    shutil.copy(src / "000001.png", images / "b.png")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            "--checkpoint",
+            trained["last"],
+            "--input",
+            str(images),
+            "--output",
+            str(out),
+            "--score-threshold",
+            "0.0",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    with open(out / "detections.json") as f:
+        result = json.load(f)
+    assert [e["file"] for e in result["images"]] == ["a.png", "b.png"]
+    for entry in result["images"]:
+        n = len(entry["boxes"])
+        assert len(entry["scores"]) == len(entry["labels"]) == len(entry["class_names"]) == n
+        assert set(entry["class_names"]) <= {"circle", "rectangle", "triangle"}
+        assert all(0 <= b[0] <= b[2] <= 128 and 0 <= b[1] <= b[3] <= 128 for b in entry["boxes"])
+        drawing = cv2.imread(str(out / entry["drawing"]))
+        assert drawing is not None and drawing.shape == (512, 512, 3)  # 128 px enlarged x4 for legibility
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "detections.json"]
+    # a high threshold keeps a subset
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                trained["last"],
+                "--input",
+                str(images / "a.png"),
+                "--output",
+                str(tmp_path / "out2"),
+                "--score-threshold",
+                "1.01",
+            ]
+        )
+        == 0
+    )
+    with open(tmp_path / "out2" / "detections.json") as f:
+        assert json.load(f)["images"][0]["boxes"] == []
+
+
+def test_predict_errors_are_one_line(tmp_path, trained, capsys):
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "none.ckpt"),
+                "--input",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("detkit predict: error:") and len(err.splitlines()) == 1
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                trained["last"],
+                "--input",
+                str(tmp_path / "missing"),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "input not found" in capsys.readouterr().err
+
+
+def test_fit_with_missing_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with open(os.path.join(CONFIGS, "faster_rcnn_r18_fpn_1x_coco.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["model"]["model_kwargs"] = {}
+    (tmp_path / "coco.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(tmp_path / "coco.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "detkit fit: error: annotation file not found: data/coco/annotations/instances_train2017.json"
+
+
+def test_evaluate_dispatch(trained, tmp_path, capsys):
+    gt_path = trained["tmp"] / "shapes" / "val" / "annotations.json"
+    with open(gt_path) as f:
+        gt = json.load(f)
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+    ]
+    preds = tmp_path / "preds.json"
+    preds.write_text(json.dumps(perfect))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--annotations", str(gt_path), "--predictions", str(preds), "--output", str(out)]) == 0
+    with open(out) as f:
+        assert json.load(f)["stats"]["AP"] == pytest.approx(1.0)
+    assert main(["evaluate", "--annotations", str(tmp_path / "no.json"), "--predictions", str(preds)]) == 2
+
+
+def test_proposals_dispatch(tmp_path, capsys):
+    code = main(
+        [
+            "proposals",
+            "--annotations",
+            str(tmp_path / "missing.json"),
+            "--image-root",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "c.bin"),
+        ]
+    )
+    assert code == 2
+    assert "annotations file not found" in capsys.readouterr().err
+    assert main(["proposals", "--help"]) == 0
+    assert "--max-proposals" in capsys.readouterr().out
+
+
+def test_predict_files_with_a_mask_model(tmp_path, capsys):
+    import numpy as np
+    import torch
+    from pycocotools import mask as mask_utils
+
+    from detkit.engine.module import DetectionModule
+
+    torch.manual_seed(0)
+    module = DetectionModule(model_name="mask_rcnn_tiny", num_classes=2, model_kwargs={"rpn_post_nms_top_n_test": 20})
+    module.class_names = ["cat", "dog"]
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "mask.ckpt")
+    cv2.imwrite(str(tmp_path / "img.jpg"), np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8))
+    args = ["predict", "--checkpoint", str(tmp_path / "mask.ckpt"), "--input", str(tmp_path / "img.jpg")]
+    assert main([*args, "--output", str(tmp_path / "out"), "--score-threshold", "0"]) == 0
+    with open(tmp_path / "out" / "detections.json") as f:
+        (entry,) = json.load(f)["images"]
+    assert (entry["width"], entry["height"]) == (80, 96) and entry["drawing"] == "img.png"
+    assert len(entry["masks"]) == len(entry["boxes"]) > 0  # an untrained head still scores above 0
+    assert mask_utils.decode(entry["masks"][0]).shape == (96, 80)
+    assert set(entry["class_names"]) <= {"cat", "dog"}
