@@ -139,8 +139,9 @@ class CocoPredictionWriter(BasePredictionWriter):
             gathered: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, results)
             results = gather_and_deduplicate(gathered)
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective call: every rank makes it
         if trainer.is_global_zero:
-            path = self.output or os.path.join(trainer.log_dir or trainer.default_root_dir, "predictions.json")
+            path = self.output or os.path.join(log_dir, "predictions.json")
             save_results_json(results, path)
             print(f"wrote {len(results)} detections to {path}")
 

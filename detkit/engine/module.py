@@ -252,6 +252,10 @@ class DetectionModule(LightningModule):
                     "Lower the learning rate, lengthen the warm-up, clip gradients (trainer.gradient_clip_val) "
                     "or check the data."
                 )
+            if self._world_size() > 1:
+                # DDP cannot skip a step: run a zero backward on every rank, drop the update below
+                self._skip_update = True
+                return sum(p.sum() for p in self.model.parameters() if p.requires_grad) * 0.0
             return None  # Lightning skips backward and the optimizer step
         self._bad_streak = 0
         self._bad_losses = {}
@@ -263,6 +267,13 @@ class DetectionModule(LightningModule):
                 "train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False, batch_size=n
             )
         return total
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if getattr(self, "_skip_update", False):  # a non-finite step under DDP: no update
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skip_update = False
 
     def configure_optimizers(self):
         hp = self.hparams
