@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _pairs import add_common_args, autocast, build_pair, make_inputs, report, time_alternating
 
 

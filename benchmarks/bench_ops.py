@@ -26,7 +26,7 @@ from detkit.heads import RoIPooler, paste_masks
 from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
 from detkit.proposals.rpn import RPN
 from detkit.proposals.rpn import RPNHead as DKHead
-from detkit.structures import ImageBatch, PackedTargets, batched_box_iou
+from detkit.structures import PackedTargets, batched_box_iou
 
 
 def _sync(device):
@@ -73,7 +73,8 @@ def main(argv=None):
     # --- RPN targets: IoU labelling, sampling, encoding
     dk_anchors = AnchorGenerator(sizes, [(0.5, 1.0, 2.0)] * 5, strides).to(dev)
     anchors = torch.cat(dk_anchors(feat_sizes, device=dev))
-    dk_matcher, dk_sampler, dk_coder = Matcher(0.7, 0.3, allow_low_quality_matches=True), BalancedSampler(256, 0.5), BoxCoder()
+    dk_matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
+    dk_sampler, dk_coder = BalancedSampler(256, 0.5), BoxCoder()
     tv_matcher = tv_utils.Matcher(0.7, 0.3, allow_low_quality_matches=True)
     tv_sampler, tv_coder = tv_utils.BalancedPositiveNegativeSampler(256, 0.5), tv_utils.BoxCoder((1.0, 1.0, 1.0, 1.0))
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-
-from detkit.utils.rle import compressed_rle_problem
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
+
+from detkit.utils.rle import compressed_rle_problem
 
 from .io import ImageReadError, read_image_rgb
 
@@ -220,7 +220,8 @@ class CocoDetection(torch.utils.data.Dataset):
     counted (``stats["degenerate_boxes"]``); boxes partly outside the image are clipped.
     Malformed annotations (negative size, box fully outside the image, unknown category or
     image id, polygon with fewer than 3 points, bad RLE) and images with a bad ``file_name``
-    raise :class:`AnnotationFormatError` (a ``ValueError``) naming the file and annotation id -- or, with ``skip_invalid=True``,
+    raise :class:`AnnotationFormatError` (a ``ValueError``) naming the file and annotation id
+    -- or, with ``skip_invalid=True``,
     are skipped and counted. Unreadable images are found when loaded: they raise
     :class:`ImageReadError`, or with ``skip_invalid=True`` the next readable index is used
     (deterministic; counts in ``stats`` are per process, i.e. per DataLoader worker).

@@ -21,7 +21,8 @@ def _xml(width, height, objects, extra=""):
         f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
         for name, b, diff in objects
     )
-    return f"{extra}<annotation><filename>x.jpg</filename><size><width>{width}</width><height>{height}</height><depth>3</depth></size>{objs}</annotation>"
+    size = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+    return f"{extra}<annotation><filename>x.jpg</filename>{size}{objs}</annotation>"
 
 
 def make_voc(tmp_path, entries, image_set="train"):
