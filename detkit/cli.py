@@ -12,11 +12,9 @@ Errors such as missing files end with a one-line message on stderr and exit stat
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 USAGE = """usage: detkit <command> [options]
 
@@ -43,22 +41,11 @@ def _fail(command: str, exc: BaseException) -> int:
     return 2
 
 
-def _proposals_script() -> Path:
-    return Path(__file__).resolve().parent.parent / "scripts" / "precompute_proposals.py"
-
-
 def _run_proposals(argv: list[str]) -> int:
-    """`detkit proposals`: scripts/precompute_proposals.py, found beside the package (source checkouts)."""
-    script = _proposals_script()
-    if not script.is_file():
-        raise FileNotFoundError(
-            f"{script} not found: `detkit proposals` needs a source checkout (an editable install); "
-            "otherwise run scripts/precompute_proposals.py directly"
-        )
-    spec = importlib.util.spec_from_file_location("detkit_precompute_proposals", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return int(module.main(argv, prog="detkit proposals") or 0)
+    """`detkit proposals`: precompute selective-search proposals (detkit.proposals.precompute)."""
+    from detkit.proposals.precompute import main as precompute_main
+
+    return int(precompute_main(argv, prog="detkit proposals") or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -246,9 +246,9 @@ class DetectionModule(LightningModule):
             self._bad_losses.update(bad)
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=n)
             if self._bad_streak >= self.hparams.max_bad_steps:
-                names = ", ".join(f"{k}={v}" for k, v in sorted(self._bad_losses.items())) or "(on another rank)"
+                detail = ", ".join(f"{k}={v}" for k, v in sorted(self._bad_losses.items())) or "(on another rank)"
                 raise RuntimeError(
-                    f"{self._bad_streak} consecutive training steps had non-finite losses ({names}); stopping. "
+                    f"{self._bad_streak} consecutive training steps had non-finite losses ({detail}); stopping. "
                     "Lower the learning rate, lengthen the warm-up, clip gradients (trainer.gradient_clip_val) "
                     "or check the data."
                 )
