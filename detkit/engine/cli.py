@@ -88,6 +88,33 @@ class DetkitCLI(LightningCLI):
             if hparams:
                 self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
+    def _resolve_last(self, subcommand: str) -> None:
+        """`--ckpt_path last`: Lightning looks only in this run's new version folder; use the newest
+        `last.ckpt` of earlier versions of the same logger (`runs/<name>/version_*/checkpoints`)."""
+        config = self.config_init[subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        callback = self.trainer.checkpoint_callback
+        if callback is not None and callback.dirpath and (Path(callback.dirpath) / "last.ckpt").is_file():
+            return  # Lightning finds it itself
+        logger = self.trainer.logger
+        root = getattr(logger, "root_dir", None) if logger is not None else None
+        candidates = (
+            sorted(Path(root).glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime) if root else []
+        )
+        if candidates:
+            config["ckpt_path"] = str(candidates[-1])
+            print(f"resuming from {candidates[-1]}", file=sys.stderr)
+
+    def before_fit(self) -> None:
+        self._resolve_last("fit")
+
+    def before_validate(self) -> None:
+        self._resolve_last("validate")
+
+    def before_test(self) -> None:
+        self._resolve_last("test")
+
     def instantiate_trainer(self, **kwargs: Any):
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
