@@ -30,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from detkit.utils.rle import compressed_rle_problem
 
-from .io import ImageReadError, read_image_rgb
+from .io import ImageReadError, load_first_readable, read_image_rgb
 
 __all__ = [
     "AnnotationFormatError",
@@ -508,25 +508,10 @@ class CocoDetection(torch.utils.data.Dataset):
         return img
 
     def _load(self, index: int) -> tuple[_Record, np.ndarray]:
-        n = len(self)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad_indices:
-                continue
-            rec = self._records[j]
-            try:
-                return rec, self._read(rec)
-            except ImageReadError as e:
-                if not self.skip_invalid:
-                    raise
-                self._bad_indices.add(j)
-                self.stats["unreadable_images"] += 1
-                log.warning(
-                    "%s (image id %d); using the next image instead (skip_invalid=True)",
-                    e,
-                    rec.image_id,
-                )
-        raise RuntimeError(f"{self.ann_file}: no readable image left")
+        return load_first_readable(
+            self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
+            stats=self.stats, logger=log, source=str(self.ann_file), describe=lambda rec: f" (image id {rec.image_id})",
+        )  # fmt: skip
 
     def _target(self, rec: _Record) -> dict[str, Any]:
         size = (rec.height, rec.width)

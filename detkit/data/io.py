@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -90,3 +92,38 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     else:
         raise ImageReadError(path, f"unsupported image shape {img.shape}")
     return np.ascontiguousarray(img)
+
+
+def load_first_readable(
+    records: Sequence[Any],
+    index: int,
+    read: Callable[[Any], np.ndarray],
+    *,
+    skip_invalid: bool,
+    bad_indices: set[int],
+    stats: dict[str, int],
+    logger: logging.Logger,
+    source: str,
+    describe: Callable[[Any], str] = lambda rec: "",
+) -> tuple[Any, np.ndarray]:
+    """`(records[i], read(records[i]))` for `index`, or, with `skip_invalid`, the next readable record.
+
+    An unreadable record raises its `ImageReadError`; with `skip_invalid` it is remembered in
+    `bad_indices`, counted in `stats["unreadable_images"]`, logged once, and the following
+    index is tried (wrapping around), so a loader keeps a fixed length.
+    """
+    n = len(records)
+    for step in range(n):
+        j = (index + step) % n
+        if j in bad_indices:
+            continue
+        rec = records[j]
+        try:
+            return rec, read(rec)
+        except ImageReadError as e:
+            if not skip_invalid:
+                raise
+            bad_indices.add(j)
+            stats["unreadable_images"] += 1
+            logger.warning("%s%s; using the next image instead (skip_invalid=True)", e, describe(rec))
+    raise RuntimeError(f"{source}: no readable image left")

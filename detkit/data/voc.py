@@ -30,7 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from .coco import Transform, resolve_under_root
-from .io import ImageReadError, read_image_rgb
+from .io import ImageReadError, load_first_readable, read_image_rgb
 
 __all__ = ["VOC_CLASSES", "VocDetection", "parse_voc_xml"]
 
@@ -297,28 +297,20 @@ class VocDetection(torch.utils.data.Dataset):
         """Width / height of every image, from the XML (no decoding)."""
         return [r.width / r.height for r in self._records]
 
+    def _read(self, rec: _VocRecord) -> np.ndarray:
+        img = read_image_rgb(rec.path)
+        if img.shape[:2] != (rec.height, rec.width):
+            raise ImageReadError(
+                rec.path,
+                f"size {img.shape[1]}x{img.shape[0]} differs from {rec.width}x{rec.height} in its XML",
+            )
+        return img
+
     def _load(self, index: int) -> tuple[_VocRecord, np.ndarray]:
-        n = len(self)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad_indices:
-                continue
-            rec = self._records[j]
-            try:
-                img = read_image_rgb(rec.path)
-                if img.shape[:2] != (rec.height, rec.width):
-                    raise ImageReadError(
-                        rec.path,
-                        f"size {img.shape[1]}x{img.shape[0]} differs from {rec.width}x{rec.height} in its XML",
-                    )
-                return rec, img
-            except ImageReadError as e:
-                if not self.skip_invalid:
-                    raise
-                self._bad_indices.add(j)
-                self.stats["unreadable_images"] += 1
-                log.warning("%s; using the next image instead (skip_invalid=True)", e)
-        raise RuntimeError(f"{self.root} ({self.image_set}): no readable image left")
+        return load_first_readable(
+            self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
+            stats=self.stats, logger=log, source=f"{self.root} ({self.image_set})",
+        )  # fmt: skip
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
         index = operator.index(index)
