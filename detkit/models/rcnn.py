@@ -43,6 +43,7 @@ from detkit.losses import multiclass_hinge_loss, smooth_l1_loss
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform, resize_boxes
+from detkit.models.two_stage import prepare_inputs
 from detkit.proposals.rpn import top_k_per_image
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
 
@@ -275,20 +276,7 @@ class RCNN(nn.Module):
         self, images: Sequence[Tensor], targets: Sequence[dict] | None = None
     ) -> tuple[ImageBatch, PackedTargets | None]:
         """Validate, normalise (and resize) and pack images and targets; boxes move to the batch's pixels."""
-        batch = self.transform(images)
-        if targets is None:
-            return batch, None
-        if len(targets) != batch.num_images:
-            raise ValueError(
-                f"got {batch.num_images} images but {len(targets)} targets: expected one target dict per image"
-            )
-        packed = PackedTargets.from_list(list(targets), device=batch.tensor.device)
-        labels = packed.labels
-        if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
-            bad = labels[(labels < 1) | (labels > self.num_classes)][0].item()
-            raise ValueError(f"target labels must be in 1..{self.num_classes} (0 is background), got {bad}")
-        packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
-        return batch, packed
+        return prepare_inputs(self.transform, images, targets, self.num_classes)
 
     def pack_proposals(self, proposals, batch: ImageBatch) -> tuple[Tensor, Tensor]:
         """Validated proposals, packed: boxes `Tensor[B, 4]` in the batch's pixels and `batch_idx` `Tensor[B]`."""

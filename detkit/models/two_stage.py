@@ -22,6 +22,29 @@ from detkit.proposals.rpn import RPN
 from detkit.structures import ImageBatch, PackedTargets
 
 
+def prepare_inputs(
+    transform: DetectionTransform, images: Sequence[Tensor], targets: Sequence[dict] | None, num_classes: int
+) -> tuple[ImageBatch, PackedTargets | None]:
+    """Validate, resize, normalise and pack images and targets; boxes move to the batch's pixels.
+
+    Shared by every detector: checks one target per image and labels in 1..num_classes.
+    """
+    batch = transform(images)
+    if targets is None:
+        return batch, None
+    if len(targets) != batch.num_images:
+        raise ValueError(
+            f"got {batch.num_images} images but {len(targets)} targets: expected one target dict per image"
+        )
+    packed = PackedTargets.from_list(list(targets), device=batch.tensor.device)
+    labels = packed.labels
+    if labels.numel() and (labels.min() < 1 or labels.max() > num_classes):
+        bad = labels[(labels < 1) | (labels > num_classes)][0].item()
+        raise ValueError(f"target labels must be in 1..{num_classes} (0 is background), got {bad}")
+    packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
+    return batch, packed
+
+
 class TwoStageDetector(nn.Module):
     """Faster R-CNN when `rpn` is set; Fast R-CNN (external proposals) when it is None."""
 
@@ -44,21 +67,9 @@ class TwoStageDetector(nn.Module):
         self, images: Sequence[Tensor], targets: Sequence[dict] | None = None
     ) -> tuple[ImageBatch, PackedTargets | None]:
         """Validate, resize, normalise and pack images and targets (boxes move to resized pixels)."""
-        batch = self.transform(images)
-        if targets is None:
-            return batch, None
-        if len(targets) != batch.tensor.shape[0]:
-            raise ValueError(
-                f"got {batch.tensor.shape[0]} images but {len(targets)} targets: expected one target dict per image"
-            )
-        packed = PackedTargets.from_list(list(targets), device=batch.tensor.device)
-        labels = packed.labels
-        if labels.numel() and (labels.min() < 1 or labels.max() > self.num_classes):
-            bad = labels[(labels < 1) | (labels > self.num_classes)][0].item()
-            raise ValueError(f"target labels must be in 1..{self.num_classes} (0 is background), got {bad}")
-        if self.roi_heads.has_mask and self.training and packed.masks is None:
+        batch, packed = prepare_inputs(self.transform, images, targets, self.num_classes)
+        if packed is not None and self.roi_heads.has_mask and self.training and packed.masks is None:
             raise ValueError("Mask R-CNN training needs targets[i]['masks'] (uint8 Tensor[K, H, W])")
-        packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
         return batch, packed
 
     def _proposals(self, features, batch, packed, proposals):
