@@ -1,0 +1,95 @@
+"""RoI pooling: the channel-parallel CPU RoIAlign and the multi-level RoIPooler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import roi_align as tv_roi_align
+
+from detkit.heads import RoIPooler, assign_fpn_levels, poolers
+from detkit.heads.poolers import roi_align
+
+
+def _rois(num, batch, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.rand(num, 2, generator=g) * size * 0.6 + 2
+    xy = torch.rand(num, 2, generator=g) * size - wh / 3  # some boxes leave the map
+    idx = torch.randint(0, batch, (num, 1), generator=g).float()
+    return torch.cat([idx, xy, xy + wh], dim=1)
+
+
+@pytest.fixture
+def threads2():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [2, 0, -1])
+@pytest.mark.parametrize("channels", [64, 37])  # 37: uneven channel slices
+def test_parallel_roi_align_is_bitwise_torchvision(threads2, aligned, sampling_ratio, channels):
+    x = torch.randn(2, channels, 24, 32, requires_grad=True)
+    rois = _rois(600, 2, 120)
+    grad = torch.randn(600, channels, 7, 7)
+    ref = tv_roi_align(x, rois, (7, 7), 0.25, sampling_ratio, aligned)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    out = roi_align(x, rois, 7, 0.25, sampling_ratio, aligned)
+    (out_grad,) = torch.autograd.grad(out, x, grad)
+    assert out.grad_fn is not None and "ChannelParallel" in type(out.grad_fn).__name__
+    assert torch.equal(out, ref)
+    assert torch.equal(out_grad, ref_grad)
+
+
+def test_parallel_roi_align_gradcheck(threads2, monkeypatch):
+    monkeypatch.setattr(poolers, "_MIN_PARALLEL_WORK", 1)
+    x = torch.randn(1, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.5, 0.7, 5.2, 4.9], [0, 2.0, 1.0, 6.5, 5.5]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, 3, 1.0, 2, True), (x,))
+
+
+def test_small_gpu_or_autocast_calls_use_torchvision(threads2):
+    x = torch.randn(1, 8, 10, 10, requires_grad=True)
+    rois = _rois(4, 1, 40)
+    assert "ChannelParallel" not in type(roi_align(x, rois, 7, 0.25, 2).grad_fn).__name__  # small
+    big = torch.randn(1, 64, 10, 10, requires_grad=True)
+    many = _rois(512, 1, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = roi_align(big, many, 7, 0.25, 2)
+    assert "ChannelParallel" not in type(out.grad_fn).__name__
+    torch.set_num_threads(1)
+    assert "ChannelParallel" not in type(roi_align(big, many, 7, 0.25, 2).grad_fn).__name__
+
+
+def test_thread_pool_is_remade_in_a_forked_child(monkeypatch):
+    # a forked child (DDP launcher, DataLoader worker) inherits the executor object but not
+    # its threads: it must get a fresh one
+    parent = poolers._thread_pool(2)
+    assert poolers._thread_pool(2) is parent
+    monkeypatch.setattr(poolers.os, "getpid", lambda: -1)
+    child = poolers._thread_pool(2)
+    assert child is not parent
+    assert child.submit(lambda: 7).result(timeout=10) == 7
+    monkeypatch.undo()
+    assert poolers._thread_pool(2) is not child  # back in the "parent": remade once more
+
+
+def test_pooler_matches_torchvision_multiscale(threads2):
+    g = torch.Generator().manual_seed(1)
+    feats = {f"p{k}": torch.randn(2, 32, 256 // 2**k, 320 // 2**k, generator=g) for k in (2, 3, 4, 5)}
+    rois = _rois(300, 2, 250, seed=3)
+    rois[:, 1:].clamp_(min=0, max=250)
+    rois = rois[(rois[:, 3] > rois[:, 1] + 1) & (rois[:, 4] > rois[:, 2] + 1)]
+    boxes, batch_idx = rois[:, 1:], rois[:, 0].long()
+    out = RoIPooler(list(feats), [4, 8, 16, 32])(feats, boxes, batch_idx)
+    tv = MultiScaleRoIAlign(list(feats), 7, 2)
+    ref = tv(feats, [boxes[batch_idx == i] for i in range(2)], [(256, 320)] * 2)
+    order = torch.cat([torch.nonzero(batch_idx == i).squeeze(1) for i in range(2)])
+    torch.testing.assert_close(out[order], ref, rtol=0, atol=1e-6)
+
+
+def test_fpn_levels_follow_the_paper():
+    boxes = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 448, 448], [0, 0, 10, 10], [0, 0, 2000, 2000.0]])
+    assert assign_fpn_levels(boxes, 2, 5).tolist() == [2, 1, 3, 0, 3]
