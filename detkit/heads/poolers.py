@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops import roi_pool
 
-# Below this many (RoI x channel) pairs, splitting a CPU RoIAlign over threads costs more
-# than it saves.
-_MIN_PARALLEL_WORK = 1 << 14
+# Below this many output values (RoIs x channels x bins), splitting a CPU RoIAlign over
+# threads costs more than it saves.
+_MIN_PARALLEL_WORK = 1 << 19
 _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
 
@@ -98,7 +98,7 @@ def roi_align(
         or parts < 2
         or rois.dim() != 2
         or rois.shape[1] != 5
-        or rois.shape[0] * x.shape[1] < _MIN_PARALLEL_WORK
+        or rois.shape[0] * x.shape[1] * size[0] * size[1] < _MIN_PARALLEL_WORK
         or torch.jit.is_scripting()
         or torch.compiler.is_compiling()
     ):

@@ -37,6 +37,43 @@ def pack_to_padded(boxes: Tensor, batch_idx: Tensor, num_images: int) -> tuple[T
     return padded, valid, slot
 
 
+def select_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    batch_idx: Tensor,
+    image_sizes: Tensor,
+    *,
+    score_threshold: float,
+    min_box_size: float,
+    nms_threshold: float,
+    detections_per_image: int,
+) -> Detections:
+    """Per-class boxes Tensor[R, K, 4] and scores Tensor[R, K] (class k+1 in column k) -> Detections.
+
+    Clips to `image_sizes` Tensor[B, 2] (h, w), drops low scores and tiny boxes, runs one NMS
+    per (image, class) in a single batched call and keeps the top `detections_per_image`.
+    """
+    r, k = scores.shape
+    hw = image_sizes[batch_idx].to(boxes.dtype)
+    limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
+    boxes = torch.minimum(boxes.clamp(min=0), limits)
+    labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
+    img = batch_idx[:, None].expand(r, k)
+    boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
+    wh = boxes[:, 2:] - boxes[:, :2]
+    keep = (scores > score_threshold) & (wh >= min_box_size).all(1)
+    boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
+    kept = batched_nms(boxes, scores, img * (k + 1) + labels, nms_threshold)
+    kept = top_k_per_image(kept, img[kept], detections_per_image)
+    return Detections(
+        boxes=boxes[kept],
+        scores=scores[kept],
+        labels=labels[kept],
+        batch_idx=img[kept],
+        num_images=image_sizes.shape[0],
+    )
+
+
 class RoIHeads(nn.Module):
     """Box branch (and optional mask branch) of Fast / Faster / Mask R-CNN."""
 
@@ -188,24 +225,15 @@ class RoIHeads(nn.Module):
             boxes = boxes[:, 1:]
         else:
             boxes = boxes.expand(-1, k1 - 1, -1)
-        hw = image_sizes[batch_idx].to(boxes.dtype)
-        limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        r, k = scores.shape
-        labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
-        img = batch_idx[:, None].expand(r, k)
-        boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (scores > self.score_threshold) & (wh >= self.min_box_size).all(1)
-        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
-        kept = batched_nms(boxes, scores, img * k1 + labels, self.nms_threshold)
-        kept = top_k_per_image(kept, img[kept], self.detections_per_image)
-        return Detections(
-            boxes=boxes[kept],
-            scores=scores[kept],
-            labels=labels[kept],
-            batch_idx=img[kept],
-            num_images=image_sizes.shape[0],
+        return select_detections(
+            boxes,
+            scores,
+            batch_idx,
+            image_sizes,
+            score_threshold=self.score_threshold,
+            min_box_size=self.min_box_size,
+            nms_threshold=self.nms_threshold,
+            detections_per_image=self.detections_per_image,
         )
 
     def predict_mask_probs(self, features: dict[str, Tensor], dets: Detections) -> Tensor:

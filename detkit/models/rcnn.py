@@ -34,17 +34,16 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, roi_align
 
 from detkit.backbones import build_backbone
 from detkit.heads.box_head import TwoFCHead
-from detkit.heads.roi_heads import pack_to_padded
+from detkit.heads.poolers import roi_align
+from detkit.heads.roi_heads import pack_to_padded, select_detections
 from detkit.losses import multiclass_hinge_loss, smooth_l1_loss
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform, resize_boxes
 from detkit.models.two_stage import prepare_inputs
-from detkit.proposals.rpn import top_k_per_image
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
 
 __all__ = [
@@ -435,23 +434,15 @@ class RCNN(nn.Module):
         """Per-class decode `Tensor[R, K*4]` and clip, score threshold, per-class NMS, top-k per image."""
         r, k = scores.shape
         boxes = self.box_coder.decode(box_deltas.view(r, k, 4), proposals[:, None, :])  # [R, K, 4]
-        hw = image_sizes[batch_idx].to(boxes.dtype)
-        limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
-        img = batch_idx[:, None].expand(r, k)
-        boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (scores > self.score_threshold) & (wh >= self.min_box_size).all(1)
-        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
-        kept = batched_nms(boxes, scores, img * (k + 1) + labels, self.nms_threshold)
-        kept = top_k_per_image(kept, img[kept], self.detections_per_image)
-        return Detections(
-            boxes=boxes[kept],
-            scores=scores[kept],
-            labels=labels[kept],
-            batch_idx=img[kept],
-            num_images=image_sizes.shape[0],
+        return select_detections(
+            boxes,
+            scores,
+            batch_idx,
+            image_sizes,
+            score_threshold=self.score_threshold,
+            min_box_size=self.min_box_size,
+            nms_threshold=self.nms_threshold,
+            detections_per_image=self.detections_per_image,
         )
 
 

@@ -2,57 +2,12 @@
 
 import pytest
 import torch
+from proposal_model_cases import check_predictions, images_targets_proposals, overfit_one_image_and_detect_both
 from torchvision.ops import box_iou
 
 from detkit.models import build_model
 from detkit.models.fast_rcnn import BackgroundBandMatcher, FastRCNN
 from detkit.structures import PackedTargets
-
-
-def _images_targets_proposals(size=(96, 112)):
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, *size, generator=g) for _ in range(2)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 20.0, 50.0, 70.0], [55.0, 30.0, 100.0, 90.0]]), "labels": torch.tensor([1, 2])},
-        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},  # no objects
-    ]
-    proposals = [
-        torch.tensor(
-            [[12.0, 18.0, 52.0, 68.0], [50.0, 28.0, 98.0, 92.0], [0.0, 0.0, 30.0, 30.0], [20.0, 40.0, 90.0, 95.0]]
-        ),
-        torch.tensor([[5.0, 5.0, 60.0, 60.0], [40.0, 10.0, 110.0, 80.0]]),
-    ]
-    return images, targets, proposals
-
-
-def _check_predictions(results, images, num_classes):
-    assert len(results) == len(images)
-    for img, res in zip(images, results):
-        d = res["boxes"].shape[0]
-        assert res["boxes"].shape == (d, 4) and res["scores"].shape == (d,) and res["labels"].dtype == torch.int64
-        if d:
-            assert res["labels"].min() >= 1 and res["labels"].max() <= num_classes
-            assert (res["boxes"][:, 2:] >= res["boxes"][:, :2]).all()
-            assert res["boxes"][:, 2].max() <= img.shape[2] + 1e-4 and res["boxes"][:, 3].max() <= img.shape[1] + 1e-4
-
-
-def _scene():
-    image = torch.full((3, 128, 128), 0.2)
-    boxes = torch.tensor([[10.0, 12.0, 50.0, 60.0], [70.0, 64.0, 118.0, 110.0]])
-    for (x1, y1, x2, y2), c in zip(boxes.int().tolist(), [(0.9, 0.1, 0.1), (0.1, 0.8, 0.2)]):
-        image[:, y1:y2, x1:x2] = torch.tensor(c)[:, None, None]
-    return image, {"boxes": boxes, "labels": torch.tensor([1, 2])}
-
-
-def _jittered_and_random_proposals(gt, g, size=128):
-    """15 jittered copies of each gt box (up to 20% of its size per coordinate) and 30 random boxes."""
-    jit = gt.repeat_interleave(15, 0)
-    wh = (jit[:, 2:] - jit[:, :2]).repeat(1, 2)
-    jit = jit + (torch.rand(jit.shape, generator=g) - 0.5) * 0.4 * wh
-    xy = torch.rand(30, 2, generator=g) * (size - 28)
-    rnd = torch.cat([xy, xy + 10 + torch.rand(30, 2, generator=g) * 50], 1)
-    return torch.cat([jit, rnd]).clamp(0, size)
-
 
 CASES = [
     ("fast_rcnn_tiny", {}),
@@ -66,7 +21,7 @@ def test_training_step_and_predict(name, overrides):
     torch.manual_seed(0)
     model = build_model(name, num_classes=3, **overrides)
     assert isinstance(model, FastRCNN) and model.rpn is None and model.requires_proposals
-    images, targets, proposals = _images_targets_proposals()
+    images, targets, proposals = images_targets_proposals()
     model.train()
     losses = model(images, targets, proposals=proposals)
     assert set(losses) == {"loss_classifier", "loss_box_reg"}
@@ -76,7 +31,7 @@ def test_training_step_and_predict(name, overrides):
         grads = [p.grad for p in getattr(model, group).parameters() if p.requires_grad and p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), f"no gradient reached {group}"
     model.eval()
-    _check_predictions(model.predict(images, proposals=proposals), images, 3)
+    check_predictions(model.predict(images, proposals=proposals), images, 3)
 
 
 def test_paper_settings_of_the_builders():
@@ -127,7 +82,7 @@ def test_sampled_background_lies_in_the_band():
 
 def test_missing_or_malformed_proposals_raise_value_errors():
     model = build_model("fast_rcnn_tiny", num_classes=3)
-    images, targets, proposals = _images_targets_proposals()
+    images, targets, proposals = images_targets_proposals()
     with pytest.raises(ValueError, match=r"FastRCNN needs region proposals: pass proposals= as one Tensor\[P, 4\]"):
         model(images, targets)
     with pytest.raises(ValueError, match="needs region proposals"):
@@ -141,25 +96,4 @@ def test_missing_or_malformed_proposals_raise_value_errors():
 
 
 def test_overfit_one_image():
-    torch.manual_seed(0)
-    image, target = _scene()
-    proposals = [_jittered_and_random_proposals(target["boxes"], torch.Generator().manual_seed(0))]
-    model = build_model("fast_rcnn_tiny", num_classes=2)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    first = None
-    for _ in range(60):
-        losses = model([image], [target], proposals=proposals)
-        total = sum(losses.values())
-        first = total.item() if first is None else first
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-    assert total.item() < 0.05 * first, (first, {k: v.item() for k, v in losses.items()})
-    model.eval()
-    result = model.predict([image], proposals=proposals)[0]
-    top = result["scores"] > 0.5
-    iou = box_iou(result["boxes"][top], target["boxes"])
-    for k in range(2):
-        hits = (iou[:, k] > 0.7) & (result["labels"][top] == target["labels"][k])
-        assert hits.any(), f"box {k} not detected: {result}"
+    overfit_one_image_and_detect_both("fast_rcnn_tiny", steps=60)

@@ -1,0 +1,68 @@
+"""Every benchmark script runs end to end on tiny inputs and reports what it promises.
+
+No timing is asserted (times depend on the machine); the point is that the scripts
+people use to compare detkit with torchvision / pycocotools / OpenCV keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script: str, *args: str, tmp_path: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    return json.loads(last)
+
+
+def test_bench_train_and_infer(tmp_path):
+    small = ("--height", "96", "--width", "128", "--iters", "1", "--warmup", "0")
+    train = run_bench("bench_train.py", *small, "--batch-size", "1", tmp_path=tmp_path)
+    infer = run_bench("bench_infer.py", *small, tmp_path=tmp_path)
+    for report in (train, infer):
+        assert report["ratio"] > 0 and report["detkit"]["img_per_s"] > 0 and report["torchvision"]["img_per_s"] > 0
+        assert report["image_size"] == [96, 128]
+
+
+def test_bench_ops(tmp_path):
+    report = run_bench("bench_ops.py", "--height", "128", "--width", "192", "--iters", "1", tmp_path=tmp_path)
+    assert set(report) == {"rpn_targets", "rpn_filter", "roi_align", "paste_masks"}
+    assert all(row["speedup"] > 0 for row in report.values())
+
+
+def test_profile_step(tmp_path):
+    args = ("--model", "faster_rcnn_tiny", "--height", "64", "--width", "64", "--steps", "1", "--warmup", "0")
+    report = run_bench("profile_step.py", *args, tmp_path=tmp_path)
+    result = report["detkit"]
+    assert result["wall_ms_per_step"] > 0 and 0 <= result["python_share"] <= 1
+    assert result["top_ops"] and all(row["op"] for row in result["top_ops"])
+
+
+def test_bench_coco_eval(tmp_path):
+    report = run_bench("bench_coco_eval.py", "--images", "20", "--classes", "5", tmp_path=tmp_path)
+    assert report["stats_max_abs_diff"] <= 1e-9  # the script also exits 1 otherwise
+    assert report["pycocotools_s"] > 0 and report["detkit_faster_coco_eval_s"] > 0
+
+
+def test_bench_selective_search(tmp_path):
+    args = ("--num-images", "4", "--repeats", "1", "--resize-to", "none", "--data-root", str(tmp_path / "data"))
+    report = run_bench("bench_selective_search.py", *args, tmp_path=tmp_path)
+    rows = report["rows"]
+    # full size gives OpenCV's own boxes: the same recall
+    assert rows["detkit r=None"]["R@0.5"] == rows["opencv"]["R@0.5"]
+    assert rows["detkit r=None"]["AR@1000"] == pytest.approx(rows["opencv"]["AR@1000"])
