@@ -34,17 +34,20 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(fn, device, iters, warmup=2):
+def bench(dk_fn, tv_fn, device, iters, warmup=2):
+    """Median ms per call of each, the two calls alternating so that load changes hit both."""
     for _ in range(warmup):
-        fn()
+        dk_fn()
+        tv_fn()
     _sync(device)
-    times = []
+    times = ([], [])
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+        for fn, out in ((dk_fn, times[0]), (tv_fn, times[1])):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1000, statistics.median(times[1]) * 1000
 
 
 def main(argv=None):
@@ -101,7 +104,7 @@ def main(argv=None):
             out.append(tv_coder.encode_single(m[keep], anchors[keep]))
         return out
 
-    results["rpn_targets"] = (bench(dk_targets, dev, args.iters), bench(tv_targets, dev, args.iters))
+    results["rpn_targets"] = bench(dk_targets, tv_targets, dev, args.iters)
 
     # --- RPN proposal filtering (top-k per level, decode, clip, NMS, post top-k)
     num_a = 3
@@ -123,7 +126,7 @@ def main(argv=None):
     def tv_filter():
         return tv_rpn.filter_proposals(tv_props, logits.reshape(-1, 1), [(h, w)] * n, counts)
 
-    results["rpn_filter"] = (bench(dk_filter, dev, args.iters), bench(tv_filter, dev, args.iters))
+    results["rpn_filter"] = bench(dk_filter, tv_filter, dev, args.iters)
 
     # --- multi-level RoIAlign of 512 RoIs per image
     rois, batch_idx = dk_filter()
@@ -131,18 +134,19 @@ def main(argv=None):
     tv_pool = MultiScaleRoIAlign(["p2", "p3", "p4", "p5"], 7, 2)
     per_image = [rois[batch_idx == i] for i in range(n)]
     shapes = [(h, w)] * n
-    results["roi_align"] = (
-        bench(lambda: dk_pool(features, rois, batch_idx), dev, args.iters),
-        bench(lambda: tv_pool(features, per_image, shapes), dev, args.iters),
+    results["roi_align"] = bench(
+        lambda: dk_pool(features, rois, batch_idx), lambda: tv_pool(features, per_image, shapes), dev, args.iters
     )
 
     # --- mask pasting: 100 masks of 28x28 per image into the image
     masks = torch.rand(100, 28, 28, generator=g).to(dev)
     boxes = per_image[0][:100]
     masks = masks[: boxes.shape[0]]
-    results["paste_masks"] = (
-        bench(lambda: paste_masks(masks, boxes, (h, w)), dev, args.iters),
-        bench(lambda: paste_masks_in_image(masks[:, None], boxes, (h, w)) > 0.5, dev, args.iters),
+    results["paste_masks"] = bench(
+        lambda: paste_masks(masks, boxes, (h, w)),
+        lambda: paste_masks_in_image(masks[:, None], boxes, (h, w)) > 0.5,
+        dev,
+        args.iters,
     )
 
     print(f"\nops on {dev}, batch {n}, {h}x{w}, torch {torch.__version__}")

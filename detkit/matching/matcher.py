@@ -70,7 +70,7 @@ class Matcher:
         if g == 0 or p == 0:
             return matched_idx, labels
 
-        if gt_valid is not None:
+        if gt_valid is not None and not bool(gt_valid.all()):
             iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
         best_iou, best_gt = iou.max(dim=1)  # [N, P]
 
@@ -78,8 +78,9 @@ class Matcher:
 
         if self.allow_low_quality_matches:
             gt_best = iou.max(dim=2, keepdim=True).values  # [N, G, 1]; -1 for padded slots
-            is_best = (iou == gt_best) & (gt_best > 0)  # [N, G, P]
-            low_quality = is_best.any(dim=1)  # [N, P]
+            # a gt that overlaps nothing (best <= 0) gets no low-quality match: 2 is no IoU
+            gt_best = gt_best.masked_fill(gt_best <= 0, 2.0)
+            low_quality = (iou == gt_best).any(dim=1)  # [N, P]
             labels = torch.where(low_quality, 1, labels)
 
         if gt_valid is not None:
