@@ -40,7 +40,9 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.conv2(self.conv1(x)) + identity)
+        out = self.conv2(self.conv1(x))
+        out += identity
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -59,7 +61,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(self.conv3(self.conv2(self.conv1(x))) + identity)
+        out = self.conv3(self.conv2(self.conv1(x)))
+        out += identity
+        return self.relu(out)
 
 
 def _shortcut(in_channels: int, out_channels: int, stride: int, norm: NormSpec) -> ConvNormAct | None:
