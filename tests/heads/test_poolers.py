@@ -1,4 +1,4 @@
-"""RoI pooling: the channel-parallel CPU RoIAlign and the multi-level RoIPooler."""
+"""RoI pooling: detkit's CPU RoIAlign (threaded forward, matrix-product backward) and RoIPooler."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 
-from detkit.heads import RoIPooler, assign_fpn_levels, poolers
+from detkit.heads import RoIPooler, assign_fpn_levels, roi_align_cpu
 from detkit.heads.poolers import roi_align
+from detkit.heads.roi_align_cpu import roi_align_backward_cpu
 
 
 def _rois(num, batch, size, seed=0):
@@ -30,7 +31,7 @@ def threads2():
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [2, 0, -1])
 @pytest.mark.parametrize("channels", [64, 37])  # 37: uneven channel slices
-def test_parallel_roi_align_is_bitwise_torchvision(threads2, aligned, sampling_ratio, channels):
+def test_cpu_roi_align_matches_torchvision(threads2, aligned, sampling_ratio, channels):
     x = torch.randn(2, channels, 24, 32, requires_grad=True)
     rois = _rois(600, 2, 120)
     grad = torch.randn(600, channels, 7, 7)
@@ -38,13 +39,13 @@ def test_parallel_roi_align_is_bitwise_torchvision(threads2, aligned, sampling_r
     (ref_grad,) = torch.autograd.grad(ref, x, grad)
     out = roi_align(x, rois, 7, 0.25, sampling_ratio, aligned)
     (out_grad,) = torch.autograd.grad(out, x, grad)
-    assert out.grad_fn is not None and "ChannelParallel" in type(out.grad_fn).__name__
-    assert torch.equal(out, ref)
-    assert torch.equal(out_grad, ref_grad)
+    assert out.grad_fn is not None and "CPURoIAlign" in type(out.grad_fn).__name__
+    assert torch.equal(out, ref)  # forward: the same kernel on channel slices
+    torch.testing.assert_close(out_grad, ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
 
 
-def test_parallel_roi_align_gradcheck(threads2, monkeypatch):
-    monkeypatch.setattr(poolers, "_MIN_PARALLEL_WORK", 1)
+def test_cpu_roi_align_gradcheck(threads2, monkeypatch):
+    monkeypatch.setattr(roi_align_cpu, "_MIN_WORK", 1)
     x = torch.randn(1, 4, 6, 7, dtype=torch.float64, requires_grad=True)
     rois = torch.tensor([[0, 0.5, 0.7, 5.2, 4.9], [0, 2.0, 1.0, 6.5, 5.5]], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, 3, 1.0, 2, True), (x,))
@@ -53,27 +54,53 @@ def test_parallel_roi_align_gradcheck(threads2, monkeypatch):
 def test_small_gpu_or_autocast_calls_use_torchvision(threads2):
     x = torch.randn(1, 8, 10, 10, requires_grad=True)
     rois = _rois(4, 1, 40)
-    assert "ChannelParallel" not in type(roi_align(x, rois, 7, 0.25, 2).grad_fn).__name__  # small
+    assert "CPURoIAlign" not in type(roi_align(x, rois, 7, 0.25, 2).grad_fn).__name__  # small
     big = torch.randn(1, 64, 10, 10, requires_grad=True)
     many = _rois(512, 1, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = roi_align(big, many, 7, 0.25, 2)
-    assert "ChannelParallel" not in type(out.grad_fn).__name__
-    torch.set_num_threads(1)
-    assert "ChannelParallel" not in type(roi_align(big, many, 7, 0.25, 2).grad_fn).__name__
+    assert "CPURoIAlign" not in type(out.grad_fn).__name__
+    torch.set_num_threads(1)  # one thread: no slicing, still the fast backward
+    out = roi_align(big, many, 7, 0.25, 2)
+    assert "CPURoIAlign" in type(out.grad_fn).__name__
+    assert torch.equal(out, tv_roi_align(big, many, (7, 7), 0.25, 2))
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 0])
+@pytest.mark.parametrize("stride,pooled", [(4, 7), (1, 3), (2, 14)])
+def test_backward_equals_torchvision_kernel_in_float64(monkeypatch, aligned, sampling_ratio, stride, pooled):
+    monkeypatch.setattr(roi_align_cpu, "_CHUNK_ELEMENTS", 2000)  # many chunks of mixed windows
+    g = torch.Generator().manual_seed(stride * 100 + pooled)
+    batch, channels, height, width = 3, 5, 11, 17
+    rois = _rois(40, batch, max(height, width) * stride, seed=stride).double()
+    rois[0, 3] = rois[0, 1]  # zero width
+    rois[1, 1:] = torch.tensor([-50.0, -50.0, -20.0, -30.0], dtype=torch.float64)  # wholly outside
+    grad = torch.randn(40, channels, pooled, pooled, generator=g, dtype=torch.float64)
+    args = (1.0 / stride, sampling_ratio, aligned)
+    ref = torch.ops.torchvision._roi_align_backward(
+        grad, rois, 1.0 / stride, pooled, pooled, batch, channels, height, width, sampling_ratio, aligned
+    )
+    out = roi_align_backward_cpu(grad, rois, *args, (batch, channels, height, width))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_backward_of_no_rois_is_zero():
+    out = roi_align_backward_cpu(torch.zeros(0, 4, 7, 7), torch.zeros(0, 5), 0.25, 2, False, (2, 4, 8, 9))
+    assert out.shape == (2, 4, 8, 9) and not out.any()
 
 
 def test_thread_pool_is_remade_in_a_forked_child(monkeypatch):
     # a forked child (DDP launcher, DataLoader worker) inherits the executor object but not
     # its threads: it must get a fresh one
-    parent = poolers._thread_pool(2)
-    assert poolers._thread_pool(2) is parent
-    monkeypatch.setattr(poolers.os, "getpid", lambda: -1)
-    child = poolers._thread_pool(2)
+    parent = roi_align_cpu._thread_pool(2)
+    assert roi_align_cpu._thread_pool(2) is parent
+    monkeypatch.setattr(roi_align_cpu.os, "getpid", lambda: -1)
+    child = roi_align_cpu._thread_pool(2)
     assert child is not parent
     assert child.submit(lambda: 7).result(timeout=10) == 7
     monkeypatch.undo()
-    assert poolers._thread_pool(2) is not child  # back in the "parent": remade once more
+    assert roi_align_cpu._thread_pool(2) is not child  # back in the "parent": remade once more
 
 
 def test_pooler_matches_torchvision_multiscale(threads2):

@@ -1,0 +1,223 @@
+"""RoIAlign that uses the whole CPU: threaded forward, matrix-product backward.
+
+`roi_align` is `torchvision.ops.roi_align` with two CPU changes for large float calls:
+
+- forward: torchvision's kernel (one core) on channel slices in threads; RoIAlign treats
+  every channel alone, so the output is bit-identical.
+- backward: :func:`roi_align_backward_cpu` below instead of torchvision's kernel.
+
+torchvision's CPU backward loops over RoI x channel x bin x sample in scalar code and
+recomputes the bilinear weights for every channel. RoIAlign's weights are separable: the
+gradient of RoI r is `Ay[r]^T @ grad_out[r, c] @ Ax[r]` on the window of feature rows and
+columns the RoI touches, where `Ay[r]` (pooled_h x window rows) and `Ax[r]` (pooled_w x window
+cols) hold the bilinear weights of the sampling points, validity and the 1 / samples average.
+The windows of a chunk of RoIs are computed with two batched matmuls in channels-last
+layout and added into the feature gradient with one `index_add_`.
+
+Same result as `torch.ops.torchvision._roi_align_backward` up to float summation order.
+Shape shorthand: R RoIs, C channels, P pooled bins per axis, K window length per axis.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor
+from torchvision.ops import roi_align as tv_roi_align
+
+# elements (RoIs x window rows x window cols x channels) per chunk: bounds the temporaries
+_CHUNK_ELEMENTS = 1 << 23
+# below this many output values (RoIs x channels x bins) torchvision's op is as fast
+_MIN_WORK = 1 << 19
+_pool_lock = threading.Lock()
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide executor with `workers` threads, re-made after fork or a size change."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)
+            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="detkit-roi-align"))
+        return _pool[2]
+
+
+class _CPURoIAlign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, rois, spatial_scale, output_size, sampling_ratio, aligned):
+        ctx.save_for_backward(rois)
+        ctx.args = (tuple(x.shape), spatial_scale, sampling_ratio, aligned)
+        height, width = output_size
+
+        def run(chunk):
+            return torch.ops.torchvision.roi_align(
+                chunk, rois, spatial_scale, height, width, sampling_ratio, aligned
+            )
+
+        parts = min(torch.get_num_threads(), x.shape[1])
+        if parts < 2:
+            return run(x)
+        chunks = [c.contiguous() for c in x.tensor_split(parts, dim=1)]
+        return torch.cat(list(_thread_pool(parts).map(run, chunks)), dim=1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (rois,) = ctx.saved_tensors
+        shape, spatial_scale, sampling_ratio, aligned = ctx.args
+        grad_x = roi_align_backward_cpu(grad_out, rois, spatial_scale, sampling_ratio, aligned, shape)
+        return grad_x, None, None, None, None, None
+
+
+def roi_align(
+    x: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+) -> Tensor:
+    """`torchvision.ops.roi_align` with `rois` Tensor[R, 5] (batch index, x1, y1, x2, y2).
+
+    Same results (the gradient up to float summation order). Large float32/float64 calls on
+    the CPU take the faster paths described above; everything else (GPU, small calls,
+    autocast, TorchScript, torch.compile) is torchvision's op.
+    """
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if (
+        x.device.type != "cpu"
+        or x.dim() != 4
+        or x.dtype not in (torch.float32, torch.float64)
+        or torch.is_autocast_enabled("cpu")
+        or rois.dim() != 2
+        or rois.shape[1] != 5
+        or rois.shape[0] * x.shape[1] * size[0] * size[1] < _MIN_WORK
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+    ):
+        return tv_roi_align(x, rois, size, spatial_scale, sampling_ratio, aligned)
+    rois = rois.to(x.dtype)
+    return _CPURoIAlign.apply(x, rois, float(spatial_scale), size, int(sampling_ratio), bool(aligned))
+
+
+def _axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int):
+    """Bilinear taps of one axis.
+
+    Args:
+        start, bin_size: Tensor[R] RoI start and bin length on this axis, in feature pixels.
+        grid: Tensor[R] int64 samples per bin on this axis (0 = none).
+        pooled: bins on this axis; size: feature map length on this axis.
+
+    Returns:
+        taps Tensor[R, P, 2S] int64 pixel indices, weights Tensor[R, P, 2S], with S the
+        largest grid: weight 0 for padded or out-of-map samples.
+    """
+    num = start.shape[0]
+    samples = max(int(grid.max()), 1) if num else 1
+    dtype = start.dtype
+    grid_f = grid.clamp(min=1).to(dtype)[:, None, None]
+    bins = torch.arange(pooled, dtype=dtype)[None, :, None]
+    offsets = torch.arange(samples, dtype=dtype)[None, None, :] + 0.5
+    # the evaluation order of torchvision's kernel: start + p * bin + (i + .5) * bin / grid
+    pos = start[:, None, None] + bins * bin_size[:, None, None] + offsets * bin_size[:, None, None] / grid_f
+    used = torch.arange(samples)[None, None, :] < grid[:, None, None]
+    valid = used & (pos >= -1.0) & (pos <= size)
+    pos = pos.clamp(min=0.0)
+    low = pos.floor().to(torch.int64)
+    at_end = low >= size - 1
+    low = torch.where(at_end, size - 1, low)
+    high = torch.where(at_end, size - 1, low + 1)
+    pos = torch.where(at_end, low.to(dtype), pos)
+    frac = pos - low.to(dtype)
+    share = valid.to(dtype) / grid_f
+    taps = torch.stack([low, high], dim=-1).reshape(num, pooled, 2 * samples)
+    weights = torch.stack([(1.0 - frac) * share, frac * share], dim=-1).reshape(num, pooled, 2 * samples)
+    return taps, weights
+
+
+def _windows(taps: Tensor, weights: Tensor):
+    """First pixel Tensor[R] and length Tensor[R] of the span of each RoI's weighted taps."""
+    used = weights != 0
+    big = torch.iinfo(torch.int64).max
+    first = torch.where(used, taps, big).flatten(1).amin(1)
+    last = torch.where(used, taps, -1).flatten(1).amax(1)
+    empty = last < 0
+    first = torch.where(empty, 0, first)
+    length = torch.where(empty, 1, last - first + 1)
+    return first, length
+
+
+def _window_matrix(taps: Tensor, weights: Tensor, first: Tensor, length: int) -> Tensor:
+    """Tensor[R, P, K]: the weights of each bin on the window's pixels (taps summed)."""
+    local = (taps - first[:, None, None]).clamp(0, length - 1)
+    out = weights.new_zeros((taps.shape[0], taps.shape[1], length))
+    return out.scatter_add_(2, local, weights)
+
+
+def roi_align_backward_cpu(
+    grad_out: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    input_shape: tuple[int, int, int, int],
+) -> Tensor:
+    """Gradient of RoIAlign w.r.t. its input: grad_out Tensor[R, C, Ph, Pw] -> Tensor[B, C, H, W]."""
+    batch, channels, height, width = input_shape
+    num, _, pooled_h, pooled_w = grad_out.shape
+    dtype = grad_out.dtype
+    grad_cl = grad_out.new_zeros((batch * height * width, channels))
+    if num == 0:
+        return grad_cl.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+
+    rois = rois.to(dtype)
+    offset = 0.5 if aligned else 0.0
+    x1, y1, x2, y2 = (rois[:, i] * spatial_scale - offset for i in range(1, 5))
+    roi_w, roi_h = x2 - x1, y2 - y1
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_w, bin_h = roi_w / pooled_w, roi_h / pooled_h
+    if sampling_ratio > 0:
+        grid_h = grid_w = torch.full((num,), sampling_ratio, dtype=torch.int64)
+    else:
+        grid_h = torch.ceil(roi_h / pooled_h).to(torch.int64)
+        grid_w = torch.ceil(roi_w / pooled_w).to(torch.int64)
+
+    taps_y, w_y = _axis_weights(y1, bin_h, grid_h, pooled_h, height)
+    taps_x, w_x = _axis_weights(x1, bin_w, grid_w, pooled_w, width)
+    first_y, len_y = _windows(taps_y, w_y)
+    first_x, len_x = _windows(taps_x, w_x)
+    image = rois[:, 0].to(torch.int64)
+
+    # sort by window size so that each chunk pads its windows to similar lengths
+    order = torch.argsort(torch.maximum(len_y, len_x), stable=True)
+    sizes = torch.maximum(len_y, len_x)[order].tolist()
+    # grad_out as [R, Pw, Ph * C]: the x-direction product runs over Pw first
+    g = grad_out.permute(0, 3, 2, 1)
+    start = 0
+    while start < num:
+        # grow the chunk while its largest window keeps the temporaries within budget
+        stop = start + 1
+        while stop < num and (stop + 1 - start) * sizes[stop] ** 2 * channels <= _CHUNK_ELEMENTS:
+            stop += 1
+        side = sizes[stop - 1]
+        idx = order[start:stop]
+        n = idx.numel()
+        ay = _window_matrix(taps_y[idx], w_y[idx], first_y[idx], side)  # [n, Ph, K]
+        ax = _window_matrix(taps_x[idx], w_x[idx], first_x[idx], side)  # [n, Pw, K]
+        g_chunk = g[idx].reshape(n, pooled_w, pooled_h * channels)
+        # T[r, kx, ph, c] = sum_pw Ax[r, pw, kx] g[r, c, ph, pw]
+        t = torch.bmm(ax.transpose(1, 2), g_chunk).view(n, side, pooled_h, channels)
+        # G[r, ky, kx, c] = sum_ph Ay[r, ph, ky] T[r, kx, ph, c]
+        t = t.permute(0, 2, 1, 3).reshape(n, pooled_h, side * channels)
+        window = torch.bmm(ay.transpose(1, 2), t)  # [n, K, K * C]
+        rows = (first_y[idx, None] + torch.arange(side)).clamp(max=height - 1)  # [n, K]
+        cols = (first_x[idx, None] + torch.arange(side)).clamp(max=width - 1)
+        flat = (image[idx, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+        grad_cl.index_add_(0, flat.reshape(-1), window.reshape(-1, channels))
+        start = stop
+    return grad_cl.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
