@@ -30,6 +30,10 @@ from torchvision.ops import roi_align as tv_roi_align
 
 # elements (RoIs x window rows x window cols x channels) per chunk: bounds the temporaries
 _CHUNK_ELEMENTS = 1 << 23
+# one RoI's window (side^2 x channels) above this, or adaptive grids above this many
+# samples per bin, go to torchvision's kernel
+_MAX_WINDOW_ELEMENTS = 1 << 26
+_MAX_ADAPTIVE_SAMPLES = 32
 # below this many output values (RoIs x channels x bins) torchvision's op is as fast
 _MIN_WORK = 1 << 19
 _pool_lock = threading.Lock()
@@ -187,10 +191,21 @@ def roi_align_backward_cpu(
         grid_h = torch.ceil(roi_h / pooled_h).to(torch.int64)
         grid_w = torch.ceil(roi_w / pooled_w).to(torch.int64)
 
+    def torchvision_kernel():
+        return torch.ops.torchvision._roi_align_backward(
+            grad_out, rois, spatial_scale, pooled_h, pooled_w, batch, channels, height, width,
+            sampling_ratio, aligned,
+        )  # fmt: skip
+
+    # huge sample grids or windows: the matrices would not pay (or fit); torchvision's kernel
+    if sampling_ratio <= 0 and max(int(grid_h.max()), int(grid_w.max())) > _MAX_ADAPTIVE_SAMPLES:
+        return torchvision_kernel()
     taps_y, w_y = _axis_weights(y1, bin_h, grid_h, pooled_h, height)
     taps_x, w_x = _axis_weights(x1, bin_w, grid_w, pooled_w, width)
     first_y, len_y = _windows(taps_y, w_y)
     first_x, len_x = _windows(taps_x, w_x)
+    if int(torch.maximum(len_y, len_x).max()) ** 2 * channels > _MAX_WINDOW_ELEMENTS:
+        return torchvision_kernel()
     image = rois[:, 0].to(torch.int64)
 
     # sort by window size so that each chunk pads its windows to similar lengths

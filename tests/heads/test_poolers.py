@@ -120,3 +120,17 @@ def test_pooler_matches_torchvision_multiscale(threads2):
 def test_fpn_levels_follow_the_paper():
     boxes = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 448, 448], [0, 0, 10, 10], [0, 0, 2000, 2000.0]])
     assert assign_fpn_levels(boxes, 2, 5).tolist() == [2, 1, 3, 0, 3]
+
+
+def test_huge_grids_or_windows_use_torchvision_kernel(monkeypatch):
+    grad = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    rois = torch.tensor([[0, 0, 0, 300.0, 300.0], [0, 5, 5, 40, 60]], dtype=torch.float64)
+    shape = (1, 3, 320, 320)
+
+    def reference(sampling_ratio):
+        return torch.ops.torchvision._roi_align_backward(grad, rois, 1.0, 7, 7, *shape, sampling_ratio, True)
+
+    # adaptive sampling: 300 px / 7 bins = 43 samples per bin, above the limit
+    assert torch.equal(roi_align_backward_cpu(grad, rois, 1.0, 0, True, shape), reference(0))
+    monkeypatch.setattr(roi_align_cpu, "_MAX_WINDOW_ELEMENTS", 100)
+    assert torch.equal(roi_align_backward_cpu(grad, rois, 1.0, 2, True, shape), reference(2))
