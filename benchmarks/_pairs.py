@@ -39,6 +39,12 @@ def build_pair(name: str, *, min_size: int, max_size: int, device: torch.device,
     return dk.to(device), tv.to(device)
 
 
+def to_channels_last(*models) -> None:
+    """Channels-last weights in place: convolutions then run NHWC (the batched images follow)."""
+    for model in models:
+        model.to(memory_format=torch.channels_last)
+
+
 def make_inputs(batch_size: int, height: int, width: int, *, device, with_masks: bool, seed: int = 0):
     """Random images and 1-8 random boxes per image (masks = filled boxes)."""
     g = torch.Generator().manual_seed(seed)
@@ -112,7 +118,11 @@ def report(kind: str, args, result: dict, batch_size: int) -> None:
         mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f}"
         rows.append(f"| {name} | {r['img_per_s']:.2f} | {r['seconds'] * 1000:.1f} | {mem} |")
     ratio = dk["img_per_s"] / tv["img_per_s"]
-    print(f"\n{kind}: {args.model}, batch {batch_size}, {args.precision}, {args.height}x{args.width}, {args.device}")
+    layout = ", channels-last" if getattr(args, "channels_last", False) else ""
+    print(
+        f"\n{kind}: {args.model}, batch {batch_size}, {args.precision}{layout}, "
+        f"{args.height}x{args.width}, {args.device}"
+    )
     print("| impl | img/s | ms/iter | peak GiB |\n|---|---|---|---|")
     print("\n".join(rows))
     print(f"detkit / torchvision img/s ratio: {ratio:.2f}")
@@ -121,6 +131,7 @@ def report(kind: str, args, result: dict, batch_size: int) -> None:
         "model": args.model,
         "batch_size": batch_size,
         "precision": args.precision,
+        "channels_last": getattr(args, "channels_last", False),
         "image_size": [args.height, args.width],
         "device": str(args.device),
         "torch": torch.__version__,
@@ -140,3 +151,6 @@ def add_common_args(parser, *, batch_size: int) -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--channels-last", action="store_true", help="both models with channels-last (NHWC) weights"
+    )

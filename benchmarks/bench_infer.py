@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _pairs import add_common_args, autocast, build_pair, make_inputs, report, time_alternating
+from _pairs import add_common_args, autocast, build_pair, make_inputs, report, time_alternating, to_channels_last
 
 
 def main(argv=None) -> None:
@@ -23,6 +23,8 @@ def main(argv=None) -> None:
     args.device = device
     size = min(args.height, args.width)
     dk, tv = build_pair(args.model, min_size=size, max_size=max(args.height, args.width), device=device)
+    if args.channels_last:
+        to_channels_last(dk, tv)
     with torch.no_grad():  # trained-like: one class dominates, ~100 detections per image
         for model in (dk, tv):
             model.roi_heads.box_predictor.cls_score.bias[1] += 4.0

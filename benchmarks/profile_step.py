@@ -19,7 +19,7 @@ import json
 import time
 
 import torch
-from _pairs import TORCHVISION_BUILDERS, autocast, build_pair, make_inputs, sync
+from _pairs import TORCHVISION_BUILDERS, autocast, build_pair, make_inputs, sync, to_channels_last
 from torch.profiler import ProfilerActivity, profile
 
 from detkit.models import build_model
@@ -105,10 +105,13 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--top", type=int, default=12, help="ops listed per implementation")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last (NHWC) weights")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
     models = build_models(args.model, min(args.height, args.width), max(args.height, args.width), device)
+    if args.channels_last:
+        to_channels_last(*models.values())
     images, targets = make_inputs(
         args.batch_size, args.height, args.width, device=device, with_masks=args.model.startswith("mask")
     )
@@ -121,6 +124,7 @@ def main(argv=None) -> None:
         "image_size": [args.height, args.width],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "channels_last": args.channels_last,
     }
     for name, model in models.items():
         step = make_step(model, images, targets, args.mode, device, args.precision)

@@ -58,3 +58,15 @@ def test_cli_help_and_override_parsing():
     out = subprocess.run([*run, *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "max_epochs: 2" in out.stdout and "batch_size: 8" in out.stdout
+
+
+def test_referenced_scripts_exist_and_accept_the_flags_shown():
+    commands = set(re.findall(r"python ((?:benchmarks|scripts)/\w+\.py)([^`\n]*)", README))
+    assert commands, "the README shows no script commands"
+    for script, flags in commands:
+        assert (ROOT / script).is_file(), script
+        help_text = subprocess.run(
+            [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300
+        ).stdout
+        for flag in re.findall(r"--[\w-]+", flags):
+            assert flag in help_text, f"{script} does not take {flag}"

@@ -282,3 +282,38 @@ def test_last_checkpoint_is_current_when_the_metric_stops_improving(tmp_path, sh
     last = load_checkpoint(tmp_path / "ckpt" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (2, 3)
     assert load_checkpoint(ckpt.best_model_path)["global_step"] == 1
+
+
+def test_channels_last_module_gives_the_same_losses_and_detections():
+    torch.manual_seed(0)
+    plain = DetectionModule(num_classes=3, model_kwargs=FAST)
+    nhwc = DetectionModule(num_classes=3, model_kwargs=FAST, channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    convs = [m.weight for m in nhwc.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 128, 112, generator=g)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[30.0, 20.0, 90.0, 100.0], [5.0, 5.0, 40.0, 30.0]]), "labels": torch.tensor([2, 3])},
+    ]
+    losses = []
+    for module in (plain, nhwc):
+        module.model.train()
+        torch.manual_seed(3)  # same anchor/RoI sampling
+        losses.append(module.model(images, targets))
+        loss = sum(losses[-1].values())
+        loss.backward()
+    for name in losses[0]:
+        torch.testing.assert_close(losses[1][name], losses[0][name], rtol=1e-4, atol=1e-5)
+    grads = [[p.grad for p in m.parameters() if p.grad is not None] for m in (plain, nhwc)]
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+    plain.eval()
+    nhwc.eval()
+    with torch.no_grad():
+        det_plain, det_nhwc = plain(images), nhwc(images)
+    for a, b in zip(det_plain, det_nhwc):
+        torch.testing.assert_close(b["scores"], a["scores"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b["boxes"], a["boxes"], rtol=1e-4, atol=1e-3)
