@@ -110,7 +110,7 @@ def time_alternating(steps: dict, *, iters: int, warmup: int, device: torch.devi
     return out
 
 
-def report(kind: str, args, result: dict, batch_size: int) -> None:
+def report(kind: str, args, result: dict, batch_size: int, checks: dict | None = None) -> None:
     dk, tv = result["detkit"], result["torchvision"]
     rows = []
     for name, r in (("detkit", dk), ("torchvision", tv)):
@@ -138,6 +138,7 @@ def report(kind: str, args, result: dict, batch_size: int) -> None:
         "detkit": dk,
         "torchvision": tv,
         "ratio": ratio,
+        "checks": checks or {},
     }
     print(json.dumps(payload))
 

@@ -66,3 +66,29 @@ def test_bench_selective_search(tmp_path):
     # full size gives OpenCV's own boxes: the same recall
     assert rows["detkit r=None"]["R@0.5"] == rows["opencv"]["R@0.5"]
     assert rows["detkit r=None"]["AR@1000"] == pytest.approx(rows["opencv"]["AR@1000"])
+
+
+def test_run_suite_quick_prints_one_table(tmp_path):
+    out = tmp_path / "suite.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run_suite.py"), "--device", "cpu", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [r["script"] for r in rows] == ["bench_train.py", "bench_infer.py", "bench_ops.py"]
+    assert all("report" in r for r in rows)
+    assert "| train | faster_rcnn_r50_fpn | 1 | fp32 |" in proc.stdout
+
+
+def test_run_suite_reports_a_failing_row_and_goes_on():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    row = run_suite.run_row("bench_train.py", ["--model", "no_such_model"], timeout=300)
+    assert "error" in row and "exit 2" in row["error"]
+    assert "error" in run_suite.summary_lines([row])[-1]

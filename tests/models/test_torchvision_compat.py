@@ -47,18 +47,25 @@ def _compare(tv_out, dk_out, with_masks):
         assert agree >= 0.999, agree
 
 
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+)
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize(
     "builder,name", [(fasterrcnn_resnet50_fpn, "faster_rcnn_r50_fpn"), (maskrcnn_resnet50_fpn, "mask_rcnn_r50_fpn")]
 )
-def test_same_detections_as_torchvision(tmp_path, builder, name):
+def test_same_detections_as_torchvision(tmp_path, builder, name, device):
     torch.manual_seed(0)
     tv = _randomise_and_bias(builder(weights=None, weights_backbone=None, num_classes=91, **SIZES))
     path = tmp_path / "tv.pth"
     torch.save(tv.state_dict(), path)
-    dk = build_model(name, num_classes=90, weights=str(path), **SIZES).eval()
+    dk = build_model(name, num_classes=90, weights=str(path), **SIZES).eval().to(device)
+    tv = tv.to(device)
     g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 240, 300, generator=g), torch.rand(3, 200, 180, generator=g)]
+    images = [torch.rand(3, 240, 300, generator=g).to(device), torch.rand(3, 200, 180, generator=g).to(device)]
     with torch.no_grad():
         tv_outs = tv(images)
     dk_outs = dk.predict(images)
