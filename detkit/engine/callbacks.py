@@ -151,8 +151,11 @@ class DetectionCheckpoint(ModelCheckpoint):
 
     Lightning 2.6 rewrites `last.ckpt` only together with a new top-k checkpoint, so when the
     monitored metric stops improving (or training stops at `max_steps` without a final
-    validation) `last.ckpt` would be stale. This subclass also writes it after every
-    validation / epoch-end save point and at the end of training when it is behind.
+    validation) `last.ckpt` would be stale; and it defers `every_n_train_steps` saves until
+    the monitored metric exists, so before the first validation (a whole COCO epoch) nothing
+    is saved. This subclass also writes `last.ckpt` at every step save point (before the
+    first validation too), after every validation / epoch-end save point and at the end of
+    training when it is behind.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -174,6 +177,16 @@ class DetectionCheckpoint(ModelCheckpoint):
         ):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and self._last_written_step != trainer.global_step:
+            # keep Lightning's "already saved at this step" marker: a validation that ends at
+            # this same step must still save its top-k checkpoint
+            marker = self._last_global_step_saved
+            self._refresh_last(trainer)
+            self._last_global_step_saved = marker
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

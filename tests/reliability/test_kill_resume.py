@@ -224,8 +224,8 @@ def test_sigkill_mid_epoch_then_resume_with_ckpt_path_last(workspace, reference)
     last = ckpt_dir / "last.ckpt"
     proc = _popen(_args(str(workspace / "shapes"), str(ckpt_dir)), str(cwd))
 
-    # kill as soon as last.ckpt holds a mid-epoch step (step 6: the step-2 checkpoint waits for
-    # val/AP, which exists only after the first validation)
+    # kill as soon as last.ckpt holds a mid-epoch step (DetectionCheckpoint writes it from the
+    # first step save point on, before val/AP exists)
     def mid_epoch_checkpoint():
         return last.exists() and load_checkpoint(last)["global_step"] % STEPS_PER_EPOCH != 0
 
@@ -356,3 +356,37 @@ def test_last_ckpt_is_the_latest_state_even_when_val_ap_gets_worse(tmp_path, mon
     assert len(best) == 1 and "epoch000" in best[0]  # the best checkpoint is the epoch-0 one
     last = load_checkpoint(tmp_path / "ckpts" / "last.ckpt")
     assert last["global_step"] == 6, f"last.ckpt is from step {last['global_step']}, training ended at step 6"
+
+
+@pytest.mark.parametrize("on_train_epoch_end", [True, False])
+def test_step_checkpoints_start_before_the_first_validation(tmp_path, monkeypatch, on_train_epoch_end):
+    """With `every_n_train_steps`, `last.ckpt` is written from the first save point on, not only
+    once `val/AP` exists (a COCO epoch is hours of work); the best checkpoint is still kept,
+    also when a validation ends at a step that was just saved (`save_on_train_epoch_end` false)."""
+    from detkit.engine.callbacks import DetectionCheckpoint
+    from detkit.engine.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    args = _args(str(tmp_path / "shapes"), str(tmp_path / "ckpts"))[1:]
+    drop = {"--trainer.max_steps", "--data.num_train", "--data.num_val"}
+    args = [a for i, a in enumerate(args) if a not in drop and (i == 0 or args[i - 1] not in drop)]
+    epochs = 2 if on_train_epoch_end else 1
+    args += ["--data.num_train", "16", "--data.num_val", "2", "--trainer.max_epochs", str(epochs)]
+    args += ["--checkpoint.save_on_train_epoch_end", str(on_train_epoch_end).lower()]
+    cli = cli_main(args, run=False)
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, DetectionCheckpoint))
+    seen = []
+    real_save = callback._save_last_checkpoint
+
+    def save_last(trainer, candidates):
+        seen.append((trainer.global_step, "val/AP" in candidates))
+        real_save(trainer, candidates)
+
+    monkeypatch.setattr(callback, "_save_last_checkpoint", save_last)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    steps = 4 * epochs  # 16 images, batch 4
+    assert cli.trainer.global_step == steps
+    assert seen[0] == (2, False), seen  # mid-epoch step 2, before val/AP exists
+    best = [f for f in os.listdir(tmp_path / "ckpts") if f.startswith("best")]
+    assert len(best) == 1, (best, seen)
+    assert load_checkpoint(tmp_path / "ckpts" / "last.ckpt")["global_step"] == steps
