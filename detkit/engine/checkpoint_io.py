@@ -57,10 +57,40 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temp_files(folder: str, name: str) -> None:
+    """Delete `.<name>.<pid>.*.tmp` left by writers that no longer run (killed mid-write)."""
+    prefix = f".{name}."
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".tmp")):
+            continue
+        pid = entry[len(prefix) :].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes through a temporary file in the target folder, then `os.replace`.
 
-    A crash while saving leaves the previous checkpoint untouched and no temporary file.
+    A crash while saving leaves the previous checkpoint untouched and no temporary file; a
+    process killed mid-write (SIGKILL, power loss) leaves its hidden `.<name>.<pid>.*.tmp`,
+    which the next successful save of the same file removes once that pid is gone.
     Loading uses `torch.load(weights_only=True)` and fails with a clear message (no unsafe
     fallback) when a checkpoint holds other objects. Remote (fsspec URL) paths are delegated
     to Lightning's own implementation.
@@ -74,7 +104,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = os.fspath(path).removeprefix("file://")
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        name = os.path.basename(path)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{os.getpid()}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
@@ -88,6 +119,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             except FileNotFoundError:
                 pass
             raise
+        _remove_stale_temp_files(folder, name)
         try:  # make the rename itself durable
             dir_fd = os.open(folder, os.O_RDONLY)
         except OSError:

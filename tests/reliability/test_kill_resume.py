@@ -324,9 +324,13 @@ def test_sigkill_inside_torch_save_keeps_the_previous_checkpoint(tmp_path):
     # this torn file is what a plain open(path, "wb") writer would have left as last.ckpt
     with pytest.raises(RuntimeError, match="not a readable torch checkpoint"):
         load_checkpoint(tmp)
-    # the next save still works and replaces last.ckpt atomically
+    assert f".{proc.pid}." in tmp.name  # named after its writer
+    # the next save still works, replaces last.ckpt atomically and removes the dead writer's file
+    live = tmp_path / f".last.ckpt.{os.getpid()}.other.tmp"  # a live writer's file stays
+    live.write_bytes(b"x")
     io_plugin.save_checkpoint({"global_step": 3, "w": torch.zeros(2)}, path)
     assert load_checkpoint(path)["global_step"] == 3
+    assert not tmp.exists() and live.exists()
 
 
 def test_last_ckpt_is_the_latest_state_even_when_val_ap_gets_worse(tmp_path, monkeypatch):
