@@ -71,9 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return predict_files_main(rest)
         if command in LIGHTNING_COMMANDS:
+            import torch
+
             from detkit.engine.cli import cli_main
 
-            cli_main(argv)
+            try:
+                cli_main(argv)
+            except torch.OutOfMemoryError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
+                raise MemoryError(
+                    f"{first}; use a smaller --data.batch_size, --trainer.precision bf16-mixed, "
+                    "or smaller images (--data.min_size / --data.max_size)"
+                ) from e
             return 0
     except SystemExit as e:  # argparse / jsonargparse already printed their message
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

@@ -242,3 +242,19 @@ def test_predict_files_with_a_mask_model(tmp_path, capsys):
     assert len(entry["masks"]) == len(entry["boxes"]) > 0  # an untrained head still scores above 0
     assert mask_utils.decode(entry["masks"][0]).shape == (96, 80)
     assert set(entry["class_names"]) <= {"cat", "dog"}
+
+
+def test_out_of_memory_in_fit_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from detkit.engine.module import DetectionModule
+
+    def oom(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(DetectionModule, "training_step", oom)
+    assert main(["fit", "--config", _shapes_config(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("detkit fit: error: CUDA out of memory. Tried to allocate 2.00 GiB; use a smaller")
+    assert "--data.batch_size" in err[-1] and "Traceback" not in "\n".join(err)
