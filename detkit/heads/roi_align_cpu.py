@@ -37,18 +37,21 @@ _MAX_ADAPTIVE_SAMPLES = 32
 # below this many output values (RoIs x channels x bins) torchvision's op is as fast
 _MIN_WORK = 1 << 19
 _pool_lock = threading.Lock()
-_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+_pools: dict[int, ThreadPoolExecutor] = {}  # threads -> executor, for the process in _pools_pid
+_pools_pid: int | None = None
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide executor with `workers` threads, re-made after fork or a size change."""
-    global _pool
+    """A process-wide executor with `workers` threads (one per size, never shut down while in
+    use by another caller), made afresh in a forked child, which inherits none of the threads."""
+    global _pools_pid
     with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1] != workers:
-            if _pool is not None and _pool[0] == os.getpid():
-                _pool[2].shutdown(wait=False)
-            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="detkit-roi-align"))
-        return _pool[2]
+        if _pools_pid != os.getpid():
+            _pools.clear()
+            _pools_pid = os.getpid()
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="detkit-roi-align")
+        return _pools[workers]
 
 
 class _CPURoIAlign(torch.autograd.Function):

@@ -103,6 +103,14 @@ def test_thread_pool_is_remade_in_a_forked_child(monkeypatch):
     assert roi_align_cpu._thread_pool(2) is not child  # back in the "parent": remade once more
 
 
+def test_thread_pools_of_other_sizes_do_not_disturb_each_other():
+    # a caller with another thread count must not shut down an executor that is in use
+    two = roi_align_cpu._thread_pool(2)
+    three = roi_align_cpu._thread_pool(3)
+    assert three is not two and roi_align_cpu._thread_pool(2) is two
+    assert list(two.map(lambda v: v + 1, [1, 2])) == [2, 3]
+
+
 def test_pooler_matches_torchvision_multiscale(threads2):
     g = torch.Generator().manual_seed(1)
     feats = {f"p{k}": torch.randn(2, 32, 256 // 2**k, 320 // 2**k, generator=g) for k in (2, 3, 4, 5)}
