@@ -222,19 +222,19 @@ def roi_align_backward_cpu(
         stop = start + 1
         while stop < num and (stop + 1 - start) * sizes[stop] ** 2 * channels <= _CHUNK_ELEMENTS:
             stop += 1
-        side = sizes[stop - 1]
         idx = order[start:stop]
         n = idx.numel()
-        ay = _window_matrix(taps_y[idx], w_y[idx], first_y[idx], side)  # [n, Ph, K]
-        ax = _window_matrix(taps_x[idx], w_x[idx], first_x[idx], side)  # [n, Pw, K]
+        side_y, side_x = int(len_y[idx].max()), int(len_x[idx].max())
+        ay = _window_matrix(taps_y[idx], w_y[idx], first_y[idx], side_y)  # [n, Ph, Ky]
+        ax = _window_matrix(taps_x[idx], w_x[idx], first_x[idx], side_x)  # [n, Pw, Kx]
         g_chunk = g[idx].reshape(n, pooled_w, pooled_h * channels)
         # T[r, kx, ph, c] = sum_pw Ax[r, pw, kx] g[r, c, ph, pw]
-        t = torch.bmm(ax.transpose(1, 2), g_chunk).view(n, side, pooled_h, channels)
+        t = torch.bmm(ax.transpose(1, 2), g_chunk).view(n, side_x, pooled_h, channels)
         # G[r, ky, kx, c] = sum_ph Ay[r, ph, ky] T[r, kx, ph, c]
-        t = t.permute(0, 2, 1, 3).reshape(n, pooled_h, side * channels)
-        window = torch.bmm(ay.transpose(1, 2), t)  # [n, K, K * C]
-        rows = (first_y[idx, None] + torch.arange(side)).clamp(max=height - 1)  # [n, K]
-        cols = (first_x[idx, None] + torch.arange(side)).clamp(max=width - 1)
+        t = t.permute(0, 2, 1, 3).reshape(n, pooled_h, side_x * channels)
+        window = torch.bmm(ay.transpose(1, 2), t)  # [n, Ky, Kx * C]
+        rows = (first_y[idx, None] + torch.arange(side_y)).clamp(max=height - 1)  # [n, Ky]
+        cols = (first_x[idx, None] + torch.arange(side_x)).clamp(max=width - 1)  # [n, Kx]
         flat = (image[idx, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
         grad_cl.index_add_(0, flat.reshape(-1), window.reshape(-1, channels))
         start = stop

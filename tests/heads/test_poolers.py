@@ -85,6 +85,21 @@ def test_backward_equals_torchvision_kernel_in_float64(monkeypatch, aligned, sam
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_backward_with_rectangular_bins_and_elongated_rois():
+    g = torch.Generator().manual_seed(5)
+    batch, channels, height, width = 2, 3, 20, 40
+    rois = _rois(30, batch, 120, seed=5).double()
+    rois[:10, 3] = rois[:10, 1] + 150  # long and thin
+    rois[:10, 4] = rois[:10, 2] + 4
+    grad = torch.randn(30, channels, 5, 9, generator=g, dtype=torch.float64)
+    for sampling_ratio in (2, 0):
+        ref = torch.ops.torchvision._roi_align_backward(
+            grad, rois, 0.25, 5, 9, batch, channels, height, width, sampling_ratio, False
+        )
+        out = roi_align_backward_cpu(grad, rois, 0.25, sampling_ratio, False, (batch, channels, height, width))
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
 def test_backward_of_no_rois_is_zero():
     out = roi_align_backward_cpu(torch.zeros(0, 4, 7, 7), torch.zeros(0, 5), 0.25, 2, False, (2, 4, 8, 9))
     assert out.shape == (2, 4, 8, 9) and not out.any()
