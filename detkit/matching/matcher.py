@@ -70,7 +70,7 @@ class Matcher:
         if g == 0 or p == 0:
             return matched_idx, labels
 
-        if gt_valid is not None and not bool(gt_valid.all()):
+        if gt_valid is not None:
             iou = iou.masked_fill(~gt_valid[:, :, None], -1.0)
         best_iou, best_gt = iou.max(dim=1)  # [N, P]
 

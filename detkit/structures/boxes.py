@@ -119,8 +119,9 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         inter_h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
         inter = inter_w.mul_(inter_h)  # [N, G, P]
         union = (area_a[:, :, None] + area_b[:, None, :]).sub_(inter)
-        # union == 0 implies inter == 0, so the clamp turns 0 / 0 into 0 / tiny = 0
-        return inter / union.clamp_(min=torch.finfo(torch.float32).tiny)
+        # union == 0 implies inter == 0, so the clamp turns 0 / 0 into 0 / tiny = 0; pairs
+        # with a NaN coordinate give 0, never NaN
+        return inter.div_(union.clamp_(min=torch.finfo(torch.float32).tiny)).nan_to_num_(nan=0.0)
 
 
 def validate_boxes(boxes: Tensor, name: str = "boxes", *, require_positive: bool = False) -> None:

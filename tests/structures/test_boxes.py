@@ -87,6 +87,13 @@ def test_batched_box_iou_zero_padding_gives_zero_not_nan():
         batched_box_iou(a[0], b[0])
 
 
+def test_batched_box_iou_of_a_nan_box_is_zero():
+    # a diverged model's NaN proposals must not turn the matcher's IoU into NaN
+    a = torch.tensor([[[0.0, 0.0, 2.0, 2.0], [0.0, math.nan, 2.0, 2.0]]])
+    b = torch.tensor([[[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]]])
+    assert torch.equal(batched_box_iou(a, b), torch.tensor([[[1.0, 1.0 / 7.0], [0.0, 0.0]]]))
+
+
 def test_validate_boxes():
     validate_boxes(torch.zeros(0, 4))
     validate_boxes(torch.tensor([[0.0, 0.0, 1.0, 1.0]]), require_positive=True)
