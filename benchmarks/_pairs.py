@@ -73,6 +73,21 @@ def autocast(device: torch.device, precision: str):
     raise SystemExit(f"--precision must be fp32 or bf16, got {precision!r}")
 
 
+def train_step(model, images, targets, device: torch.device, precision: str):
+    """A callable running one SGD step (forward with losses, backward, update) of `model`."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def step():
+        with autocast(device, precision):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

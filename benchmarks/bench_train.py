@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _pairs import add_common_args, autocast, build_pair, make_inputs, report, time_alternating, to_channels_last
+from _pairs import add_common_args, build_pair, make_inputs, report, time_alternating, to_channels_last, train_step
 
 
 def main(argv=None) -> None:
@@ -30,19 +30,6 @@ def main(argv=None) -> None:
     dk.train()
     tv.train()
 
-    def step_fn(model):
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-
-        def step():
-            with autocast(device, args.precision):
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
-
     # loss definitions match: same weights, inputs -> losses of the same size (sampling differs)
     with torch.no_grad():
         torch.manual_seed(0)
@@ -51,9 +38,9 @@ def main(argv=None) -> None:
         tv_losses = {k: round(float(v), 4) for k, v in tv(images, targets).items()}
     print("step-0 losses detkit:", dk_losses)
     print("step-0 losses torchvision:", tv_losses)
-    result = time_alternating(
-        {"detkit": step_fn(dk), "torchvision": step_fn(tv)}, iters=args.iters, warmup=args.warmup, device=device
-    )
+    pairs = (("detkit", dk), ("torchvision", tv))
+    steps = {name: train_step(model, images, targets, device, args.precision) for name, model in pairs}
+    result = time_alternating(steps, iters=args.iters, warmup=args.warmup, device=device)
     report("train", args, result, args.batch_size)
 
 

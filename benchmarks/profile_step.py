@@ -19,7 +19,7 @@ import json
 import time
 
 import torch
-from _pairs import TORCHVISION_BUILDERS, autocast, build_pair, make_inputs, sync, to_channels_last
+from _pairs import TORCHVISION_BUILDERS, autocast, build_pair, make_inputs, sync, to_channels_last, train_step
 from torch.profiler import ProfilerActivity, profile
 
 from detkit.models import build_model
@@ -44,17 +44,7 @@ def make_step(model, images, targets, mode: str, device, precision: str):
 
         return step
     model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
-
-    def step():
-        with autocast(device, precision):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    return train_step(model, images, targets, device, precision)
 
 
 def profile_steps(step, *, steps: int, warmup: int, device: torch.device, top: int) -> dict:
