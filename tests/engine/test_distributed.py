@@ -8,7 +8,7 @@ from detkit.engine import DetectionModule, ShapesDataModule
 
 
 @pytest.mark.slow
-def test_ddp_validation_matches_single_process(tmp_path):
+def test_ddp_validation_matches_single_process(tmp_path, release_process_group):
     torch.manual_seed(0)
     module = DetectionModule(
         num_classes=3, model_kwargs={"rpn_post_nms_top_n_test": 50}, num_visualize=0, compute_val_loss=False
@@ -24,6 +24,7 @@ def test_ddp_validation_matches_single_process(tmp_path):
         default_root_dir=str(tmp_path),
     )
     (single,) = Trainer(devices=1, **kwargs).validate(module, datamodule=ShapesDataModule(**data))
-    (ddp,) = Trainer(devices=2, strategy="ddp_spawn", **kwargs).validate(module, datamodule=ShapesDataModule(**data))
+    ddp_trainer = Trainer(devices=2, strategy="ddp_spawn", callbacks=[release_process_group], **kwargs)
+    (ddp,) = ddp_trainer.validate(module, datamodule=ShapesDataModule(**data))
     for name in ("val/AP", "val/AP50", "val/AR100"):
         assert ddp[name] == pytest.approx(single[name], abs=1e-6), name

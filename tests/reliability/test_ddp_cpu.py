@@ -148,7 +148,7 @@ def _ddp(timeout_s: int = 120) -> DDPStrategy:
 
 
 @pytest.mark.slow
-def test_ddp_fit_skips_a_nonfinite_step_on_every_rank_together(tmp_path):
+def test_ddp_fit_skips_a_nonfinite_step_on_every_rank_together(tmp_path, release_process_group):
     torch.manual_seed(0)
     module = NonFiniteOnRank1(num_classes=3, model_kwargs=FAST, warmup_steps=1, max_bad_steps=3, num_visualize=0)
     data = ShapesDataModule(root=str(tmp_path / "shapes"), num_train=8, num_val=3, batch_size=2)
@@ -162,7 +162,7 @@ def test_ddp_fit_skips_a_nonfinite_step_on_every_rank_together(tmp_path):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[RecordPerRank(str(tmp_path))],
+        callbacks=[RecordPerRank(str(tmp_path)), release_process_group],
         default_root_dir=str(tmp_path),
     )
     trainer.fit(module, datamodule=data)
@@ -178,7 +178,7 @@ def test_ddp_fit_skips_a_nonfinite_step_on_every_rank_together(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_fit_with_validation_matches_single_process_metrics(tmp_path):
+def test_ddp_fit_with_validation_matches_single_process_metrics(tmp_path, release_process_group):
     """Validation inside DDP `fit` (CSV logger, as the CLI runs it) over 7 images on 2 ranks."""
     torch.manual_seed(0)
     module = DetectionModule(num_classes=3, model_kwargs=FAST, warmup_steps=1, num_visualize=0, compute_val_loss=False)
@@ -191,7 +191,12 @@ def test_ddp_fit_with_validation_matches_single_process_metrics(tmp_path):
         default_root_dir=str(tmp_path),  # the single-process validate writes its eval/ folder here
     )
     trainer = Trainer(
-        devices=WORLD, strategy=_ddp(), max_steps=1, logger=CSVLogger(str(tmp_path), name="ddp"), **kwargs
+        devices=WORLD,
+        strategy=_ddp(),
+        max_steps=1,
+        logger=CSVLogger(str(tmp_path), name="ddp"),
+        callbacks=[release_process_group],
+        **kwargs,
     )
     trainer.fit(module, datamodule=ShapesDataModule(**data))
     ddp = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -203,7 +208,7 @@ def test_ddp_fit_with_validation_matches_single_process_metrics(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_predict_writes_deduplicated_coco_results(tmp_path):
+def test_ddp_predict_writes_deduplicated_coco_results(tmp_path, release_process_group):
     """`trainer.predict` under DDP with detkit's CocoPredictionWriter (what `detkit predict --config` runs)."""
     from detkit.engine import CocoPredictionWriter
 
@@ -215,7 +220,7 @@ def test_ddp_predict_writes_deduplicated_coco_results(tmp_path):
         devices=WORLD,
         strategy=_ddp(60),
         logger=CSVLogger(str(tmp_path), name="pred"),
-        callbacks=[CocoPredictionWriter()],
+        callbacks=[CocoPredictionWriter(), release_process_group],
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
