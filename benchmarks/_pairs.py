@@ -88,6 +88,16 @@ def train_step(model, images, targets, device: torch.device, precision: str):
     return step
 
 
+def predict_step(predict, images, device: torch.device, precision: str):
+    """A callable running `predict(images)` without gradients at `precision`."""
+
+    def step():
+        with torch.no_grad(), autocast(device, precision):
+            predict(images)
+
+    return step
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _pairs import add_common_args, autocast, build_pair, make_inputs, report, time_alternating, to_channels_last
+from _pairs import add_common_args, build_pair, make_inputs, predict_step, report, time_alternating, to_channels_last
 
 
 def compare_outputs(dk_out, tv_out) -> dict:
@@ -57,19 +57,9 @@ def main(argv=None) -> None:
     checks = compare_outputs(dk_out, tv_out)
     print(f"detections per image (detkit): {checks['detections_per_image']}; fp32 checks: {checks}")
 
-    def infer(model, fn):
-        def run():
-            with torch.no_grad(), autocast(device, args.precision):
-                fn(images)
-
-        return run
-
-    result = time_alternating(
-        {"detkit": infer(dk, dk.predict), "torchvision": infer(tv, tv)},
-        iters=args.iters,
-        warmup=args.warmup,
-        device=device,
-    )
+    predictors = (("detkit", dk.predict), ("torchvision", tv))
+    steps = {name: predict_step(fn, images, device, args.precision) for name, fn in predictors}
+    result = time_alternating(steps, iters=args.iters, warmup=args.warmup, device=device)
     report("infer", args, result, args.batch_size, checks)
 
 

@@ -19,7 +19,7 @@ import json
 import time
 
 import torch
-from _pairs import TORCHVISION_BUILDERS, autocast, build_pair, make_inputs, sync, to_channels_last, train_step
+from _pairs import TORCHVISION_BUILDERS, build_pair, make_inputs, predict_step, sync, to_channels_last, train_step
 from torch.profiler import ProfilerActivity, profile
 
 from detkit.models import build_model
@@ -37,12 +37,7 @@ def build_models(name: str, size: int, max_size: int, device: torch.device) -> d
 def make_step(model, images, targets, mode: str, device, precision: str):
     if mode == "predict":
         model.eval()
-
-        def step():
-            with torch.no_grad(), autocast(device, precision):
-                model(images)
-
-        return step
+        return predict_step(model, images, device, precision)
     model.train()
     return train_step(model, images, targets, device, precision)
 

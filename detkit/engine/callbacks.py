@@ -181,7 +181,7 @@ class DetectionCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         every = self._every_n_train_steps
-        if every >= 1 and trainer.global_step % every == 0 and self._last_written_step != trainer.global_step:
+        if every >= 1 and trainer.global_step % every == 0:
             # keep Lightning's "already saved at this step" marker: a validation that ends at
             # this same step must still save its top-k checkpoint
             marker = self._last_global_step_saved

@@ -207,13 +207,14 @@ def roi_align_backward_cpu(
     taps_x, w_x = _axis_weights(x1, bin_w, grid_w, pooled_w, width)
     first_y, len_y = _windows(taps_y, w_y)
     first_x, len_x = _windows(taps_x, w_x)
-    if int(torch.maximum(len_y, len_x).max()) ** 2 * channels > _MAX_WINDOW_ELEMENTS:
+    longest = torch.maximum(len_y, len_x)
+    if int(longest.max()) ** 2 * channels > _MAX_WINDOW_ELEMENTS:
         return torchvision_kernel()
     image = rois[:, 0].to(torch.int64)
 
     # sort by window size so that each chunk pads its windows to similar lengths
-    order = torch.argsort(torch.maximum(len_y, len_x), stable=True)
-    sizes = torch.maximum(len_y, len_x)[order].tolist()
+    order = torch.argsort(longest, stable=True)
+    sizes = longest[order].tolist()
     # grad_out as [R, Pw, Ph * C]: the x-direction product runs over Pw first
     g = grad_out.permute(0, 3, 2, 1)
     start = 0
