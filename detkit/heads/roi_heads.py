@@ -129,7 +129,7 @@ class RoIHeads(nn.Module):
             order = torch.sort(batch_idx, stable=True).indices
             proposals, batch_idx = proposals[order], batch_idx[order]
         padded, valid, slot = pack_to_padded(proposals, batch_idx, n)
-        gt_boxes, gt_labels, gt_valid = targets.padded()
+        gt_boxes, gt_labels, gt_valid = targets.padded(min_slots=1)  # G >= 1: batches without boxes
         iou = batched_box_iou(gt_boxes, padded)  # [N, G, P_max]
         matched_idx, labels = self.matcher(iou, gt_valid)
         labels = labels.masked_fill(~valid, -1)

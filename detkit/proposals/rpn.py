@@ -153,7 +153,7 @@ class RPN(nn.Module):
         Both are normalised by the number of sampled anchors, as in torchvision.
         """
         n = logits.shape[0]
-        gt_boxes, _, gt_valid = targets.padded()  # [N, G, 4], [N, G]
+        gt_boxes, _, gt_valid = targets.padded(min_slots=1)  # [N, G, 4], [N, G]; G >= 1 for the gather
         with torch.no_grad():
             iou = batched_box_iou(gt_boxes, anchors.expand(n, -1, -1))  # [N, G, A]
             matched_idx, labels = self.matcher(iou, gt_valid)

@@ -233,20 +233,22 @@ class PackedTargets:
         """Slot of every packed box in its image's padded row: `Tensor[G]` int64."""
         return _position_in_image(self.batch_idx, self.per_image_counts())
 
-    def _padded_layout(self) -> tuple[Tensor, int]:
+    def _padded_layout(self, min_slots: int = 0) -> tuple[Tensor, int]:
         counts = self.per_image_counts()
         gmax = int(counts.max()) if counts.numel() else 0
-        return _position_in_image(self.batch_idx, counts), gmax
+        return _position_in_image(self.batch_idx, counts), max(gmax, min_slots)
 
-    def padded(self) -> tuple[Tensor, Tensor, Tensor]:
+    def padded(self, min_slots: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Dense per-image layout for vectorised matching.
 
         Returns:
             boxes `Tensor[N, Gmax, 4]` (zeros in padding), labels `Tensor[N, Gmax]` (0 in
             padding), valid `Tensor[N, Gmax]` bool (False in padding). Box k of image i (in
-            packed order) sits at `[i, k]`. One host sync (Gmax).
+            packed order) sits at `[i, k]`. One host sync (Gmax). With `min_slots`, Gmax is
+            at least that (matching with `min_slots=1` keeps gathers by a matched index valid
+            when no image of the batch has a box).
         """
-        pos, gmax = self._padded_layout()
+        pos, gmax = self._padded_layout(min_slots)
         n = self.num_images
         boxes = self.boxes.new_zeros((n, gmax, 4))
         labels = self.labels.new_zeros((n, gmax))
