@@ -11,11 +11,10 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_pool
 
-from detkit.heads.roi_align_cpu import roi_align
+from detkit.heads.roi_align_cpu import roi_align, roi_pool
 
-__all__ = ["RoIPooler", "assign_fpn_levels", "roi_align"]
+__all__ = ["RoIPooler", "assign_fpn_levels", "roi_align", "roi_pool"]
 
 
 def assign_fpn_levels(
@@ -69,11 +68,18 @@ class RoIPooler(nn.Module):
         )
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
-        """boxes Tensor[R, 4], batch_idx Tensor[R] -> pooled Tensor[R, C, S, S]."""
+        """boxes Tensor[R, 4], batch_idx Tensor[R] -> pooled Tensor[R, C, S, S] in the features' dtype.
+
+        RoIs stay in float32 (float64 boxes stay float64) even for 16-bit features or under
+        autocast: `roi_align` / `roi_pool` compute in float32 there, as torchvision's autocast
+        path does.
+        """
         feats = [features[name] for name in self.in_features]
+        if boxes.dtype != torch.float64:
+            boxes = boxes.float()
         rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
         if len(feats) == 1:
-            return self._pool(feats[0], rois.to(feats[0].dtype), self.strides[0])
+            return self._pool(feats[0], rois, self.strides[0])
         levels = assign_fpn_levels(
             boxes, self.k_min, self.k_max, canonical_scale=self.canonical_scale, canonical_level=self.canonical_level
         )
@@ -82,5 +88,5 @@ class RoIPooler(nn.Module):
         for level, (x, stride) in enumerate(zip(feats, self.strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
             if idx.numel():
-                out[idx] = self._pool(x, rois[idx].to(x.dtype), stride).to(out.dtype)
+                out[idx] = self._pool(x, rois[idx], stride).to(out.dtype)
         return out

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
+from torchvision.ops import roi_pool as tv_roi_pool
 
 # elements (RoIs x window rows x window cols x channels) per chunk: bounds the temporaries
 _CHUNK_ELEMENTS = 1 << 23
@@ -39,6 +40,12 @@ _MIN_WORK = 1 << 19
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}  # threads -> executor, for the process in _pools_pid
 _pools_pid: int | None = None
+
+
+def cpu_kernels_enabled() -> bool:
+    """False when the environment sets DETKIT_CPU_KERNELS=0: CPU-only paths are skipped and
+    every call runs the code that also runs on CUDA (to count or test that path on a CPU)."""
+    return os.environ.get("DETKIT_CPU_KERNELS", "1") != "0"
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
@@ -80,35 +87,90 @@ class _CPURoIAlign(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
+def rois_from_boxes(boxes: Tensor | list[Tensor] | tuple[Tensor, ...], op: str = "roi_align") -> Tensor:
+    """RoIs as torchvision takes them: Tensor[R, 5] (batch index, x1, y1, x2, y2) as is, or a
+    list of per-image Tensor[R_i, 4] packed into one Tensor[R, 5]. ValueError for other shapes."""
+    if isinstance(boxes, Tensor):
+        if boxes.dim() != 2 or boxes.shape[1] != 5:
+            raise ValueError(
+                f"{op}: boxes must be a Tensor[R, 5] (batch index, x1, y1, x2, y2) or a list of "
+                f"per-image Tensor[R_i, 4], got a tensor of shape {tuple(boxes.shape)}"
+            )
+        return boxes
+    if not isinstance(boxes, (list, tuple)) or not all(isinstance(b, Tensor) for b in boxes):
+        raise ValueError(f"{op}: boxes must be a Tensor[R, 5] or a list of per-image Tensor[R_i, 4]")
+    for i, b in enumerate(boxes):
+        if b.dim() != 2 or b.shape[1] != 4:
+            raise ValueError(f"{op}: boxes[{i}] must be a Tensor[R_i, 4] (x1, y1, x2, y2), got {tuple(b.shape)}")
+    if not boxes:
+        return torch.zeros((0, 5))
+    packed = torch.cat(list(boxes))
+    idx = torch.repeat_interleave(
+        torch.arange(len(boxes), device=packed.device, dtype=packed.dtype),
+        torch.tensor([b.shape[0] for b in boxes], device=packed.device),
+    )
+    return torch.cat([idx[:, None], packed], dim=1)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype RoI ops compute in: float32 for 16-bit features (RoI coordinates in 16 bits
+    lose up to 4 px above 1024), else the features' own dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def roi_align(
     x: Tensor,
-    rois: Tensor,
+    rois: Tensor | list[Tensor],
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
-    """`torchvision.ops.roi_align` with `rois` Tensor[R, 5] (batch index, x1, y1, x2, y2).
+    """`torchvision.ops.roi_align` with `rois` Tensor[R, 5] (batch index, x1, y1, x2, y2) or a
+    list of per-image Tensor[R_i, 4].
 
-    Same results (the gradient up to float summation order). Large float32/float64 calls on
-    the CPU take the faster paths described above; everything else (GPU, small calls,
-    autocast, TorchScript, torch.compile) is torchvision's op.
+    dtype rule: the output has the dtype of `x`. The RoIs are used in the dtype the op computes
+    in: float32 for float16/bfloat16 features (as torchvision's autocast path: the features are
+    widened, the result narrowed back), the features' dtype otherwise (float64 features take
+    float64 RoIs). Autocast does not change this.
+
+    Same results as torchvision (the gradient up to float summation order). Large float calls
+    on the CPU take the faster paths described above; everything else (GPU, small calls,
+    TorchScript, torch.compile) is torchvision's op.
     """
+    rois = rois_from_boxes(rois)
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
-    if (
-        x.device.type != "cpu"
-        or x.dim() != 4
-        or x.dtype not in (torch.float32, torch.float64)
-        or torch.is_autocast_enabled("cpu")
-        or rois.dim() != 2
-        or rois.shape[1] != 5
-        or rois.shape[0] * x.shape[1] * size[0] * size[1] < _MIN_WORK
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-    ):
-        return tv_roi_align(x, rois, size, spatial_scale, sampling_ratio, aligned)
-    rois = rois.to(x.dtype)
-    return _CPURoIAlign.apply(x, rois, float(spatial_scale), size, int(sampling_ratio), bool(aligned))
+    out_dtype = x.dtype
+    work = compute_dtype(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.to(work)
+        rois = rois.to(device=x.device, dtype=work)
+        if (
+            x.device.type != "cpu"
+            or not cpu_kernels_enabled()
+            or x.dim() != 4
+            or x.dtype not in (torch.float32, torch.float64)
+            or rois.shape[0] * x.shape[1] * size[0] * size[1] < _MIN_WORK
+            or torch.jit.is_scripting()
+            or torch.compiler.is_compiling()
+        ):
+            out = tv_roi_align(x, rois, size, spatial_scale, sampling_ratio, aligned)
+        else:
+            out = _CPURoIAlign.apply(x, rois, float(spatial_scale), size, int(sampling_ratio), bool(aligned))
+    return out.to(out_dtype)
+
+
+def roi_pool(
+    x: Tensor, rois: Tensor | list[Tensor], output_size: int | tuple[int, int], spatial_scale: float = 1.0
+) -> Tensor:
+    """`torchvision.ops.roi_pool` with the dtype rule of :func:`roi_align` (exact RoI coordinates
+    under 16-bit features and autocast; output in the dtype of `x`)."""
+    rois = rois_from_boxes(rois, "roi_pool")
+    size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    work = compute_dtype(x.dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = tv_roi_pool(x.to(work), rois.to(device=x.device, dtype=work), size, spatial_scale)
+    return out.to(x.dtype)
 
 
 def _axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int):

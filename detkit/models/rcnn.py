@@ -123,7 +123,7 @@ def warp_regions(images: Tensor, boxes: Tensor, batch_idx: Tensor, crop_size: in
         `Tensor[R, C, S, S]`; samples outside the image (beyond its 1-px border) are 0.
     """
     padded = context_padded_boxes(boxes.float(), crop_size, padding) if padding else boxes.float()
-    rois = torch.cat([batch_idx[:, None].to(padded.dtype), padded], dim=1).to(images.dtype)
+    rois = torch.cat([batch_idx[:, None].to(padded.dtype), padded], dim=1)  # float32: see roi_align
     # sampling_ratio=0: ceil(box / S) samples per bin, i.e. area averaging when shrinking
     return roi_align(images, rois, (crop_size, crop_size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
 

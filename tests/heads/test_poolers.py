@@ -6,9 +6,10 @@ import pytest
 import torch
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
+from torchvision.ops import roi_pool as tv_roi_pool
 
 from detkit.heads import RoIPooler, assign_fpn_levels, roi_align_cpu
-from detkit.heads.poolers import roi_align
+from detkit.heads.poolers import roi_align, roi_pool
 from detkit.heads.roi_align_cpu import roi_align_backward_cpu
 
 
@@ -51,15 +52,16 @@ def test_cpu_roi_align_gradcheck(threads2, monkeypatch):
     assert torch.autograd.gradcheck(lambda t: roi_align(t, rois, 3, 1.0, 2, True), (x,))
 
 
-def test_small_gpu_or_autocast_calls_use_torchvision(threads2):
+def test_small_calls_use_torchvision_and_autocast_computes_in_float32(threads2):
     x = torch.randn(1, 8, 10, 10, requires_grad=True)
     rois = _rois(4, 1, 40)
     assert "CPURoIAlign" not in type(roi_align(x, rois, 7, 0.25, 2).grad_fn).__name__  # small
     big = torch.randn(1, 64, 10, 10, requires_grad=True)
     many = _rois(512, 1, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = roi_align(big, many, 7, 0.25, 2)
-    assert "CPURoIAlign" not in type(out.grad_fn).__name__
+        out = roi_align(big.bfloat16(), many, 7, 0.25, 2)
+        ref = tv_roi_align(big.bfloat16(), many, (7, 7), 0.25, 2)  # torchvision's autocast: float32 inside
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
     torch.set_num_threads(1)  # one thread: no slicing, still the fast backward
     out = roi_align(big, many, 7, 0.25, 2)
     assert "CPURoIAlign" in type(out.grad_fn).__name__
@@ -157,3 +159,63 @@ def test_huge_grids_or_windows_use_torchvision_kernel(monkeypatch):
     assert torch.equal(roi_align_backward_cpu(grad, rois, 1.0, 0, True, shape), reference(0))
     monkeypatch.setattr(roi_align_cpu, "_MAX_WINDOW_ELEMENTS", 100)
     assert torch.equal(roi_align_backward_cpu(grad, rois, 1.0, 2, True, shape), reference(2))
+
+
+def _big_rois(num, size, seed):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(num, 2, generator=g) * size
+    wh = torch.rand(num, 2, generator=g) * size / 3 + 8
+    return torch.cat([torch.zeros(num, 1), xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize("pool_type", ["align", "pool"])
+def test_bf16_autocast_keeps_roi_coordinates_exact(pool_type):
+    # RoIs above 1024 px: bfloat16 rounds them by up to 4 px; pooling must see float32 RoIs
+    g = torch.Generator().manual_seed(0)
+    feats = {"p4": torch.randn(1, 16, 96, 128, generator=g)}
+    rois = _big_rois(200, 1500, seed=1)
+    pooler = RoIPooler(["p4"], [16], pool_type=pool_type)
+    fp32 = pooler(feats, rois[:, 1:], rois[:, 0].long())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = {"p4": feats["p4"].bfloat16()}
+        out = pooler(half, rois[:, 1:], rois[:, 0].long())
+        if pool_type == "align":
+            ref = tv_roi_align(half["p4"], rois, (7, 7), 0.0625, 2)  # float32 inside (torchvision's autocast)
+        else:  # torchvision registers no CPU autocast for roi_pool: its rule done by hand
+            ref = tv_roi_pool(half["p4"].float(), rois, (7, 7), 0.0625).bfloat16()
+    assert out.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(out, ref)
+    assert (out.float() - fp32).abs().max() < 0.05  # only the features' own rounding
+
+
+def test_bf16_multiscale_pooler_matches_torchvision_autocast():
+    g = torch.Generator().manual_seed(2)
+    feats = {f"p{k}": torch.randn(1, 8, 1344 // 2**k, 1344 // 2**k, generator=g).bfloat16() for k in (2, 3, 4, 5)}
+    rois = _big_rois(300, 1300, seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = RoIPooler(list(feats), [4, 8, 16, 32])(feats, rois[:, 1:], rois[:, 0].long())
+        ref = MultiScaleRoIAlign(list(feats), 7, 2)(feats, [rois[:, 1:]], [(1344, 1344)])
+    assert out.dtype == ref.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num", [4, 2000])  # torchvision's op and the threaded CPU path
+def test_float64_features_give_float64_on_every_path(num):
+    x = torch.randn(1, 64, 20, 20, dtype=torch.float64)
+    rois = _rois(num, 1, 80)  # float32 RoIs
+    out = roi_align(x, rois, 7, 0.25, 2)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, tv_roi_align(x, rois.double(), (7, 7), 0.25, 2))
+    pooled = roi_pool(x, rois, 7, 0.25)
+    assert pooled.dtype == torch.float64 and torch.equal(pooled, tv_roi_pool(x, rois.double(), (7, 7), 0.25))
+
+
+def test_list_of_per_image_boxes_is_accepted_like_torchvision():
+    x = torch.randn(2, 4, 12, 12)
+    boxes = [torch.tensor([[1.0, 2.0, 9.0, 10.0]]), torch.tensor([[0.0, 0.0, 4.0, 4.0], [3.0, 1.0, 11.0, 7.0]])]
+    torch.testing.assert_close(roi_align(x, boxes, 3, 1.0, 2), tv_roi_align(x, boxes, (3, 3), 1.0, 2))
+    torch.testing.assert_close(roi_pool(x, boxes, 3), tv_roi_pool(x, boxes, (3, 3)))
+    with pytest.raises(ValueError, match=r"boxes\[1\] must be a Tensor\[R_i, 4\]"):
+        roi_align(x, [boxes[0], torch.zeros(2, 5)], 3)
+    with pytest.raises(ValueError, match=r"Tensor\[R, 5\]"):
+        roi_align(x, torch.zeros(3, 4), 3)
