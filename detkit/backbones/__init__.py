@@ -1,4 +1,4 @@
-"""Backbones: VGG, ResNet, MobileNet V1/V2, a small CPU net and FPN, behind one contract.
+"""Backbones: LeNet-5, AlexNet, VGG, GoogLeNet, ResNet, MobileNet V1/V2, a small CPU net and FPN, behind one contract.
 
 Every backbone maps ``Tensor[N, 3, H, W]`` to an OrderedDict of named feature maps and
 declares their channels and strides with ``feature_specs()`` (see `base.Backbone`).
@@ -8,11 +8,15 @@ declares their channels and strides with ``feature_specs()`` (see `base.Backbone
     >>> dict(backbone.feature_specs())["c5"]
     FeatureSpec(channels=2048, stride=32)
 
-Importing the architecture modules (fpn, mobilenet, resnet, simple, vgg) registers their variants.
+Importing the architecture modules (alexnet, fpn, googlenet, lenet, mobilenet, resnet, simple, vgg)
+registers their variants.
 """
 
+from detkit.backbones.alexnet import AlexNet
 from detkit.backbones.base import Backbone, FeatureSpec, StagedBackbone, make_divisible
 from detkit.backbones.fpn import FPN, build_fpn_backbone
+from detkit.backbones.googlenet import GoogLeNet
+from detkit.backbones.lenet import LeNet5
 from detkit.backbones.mobilenet import InvertedResidual, MobileNetV1, MobileNetV2
 from detkit.backbones.registry import (
     ENTRY_POINT_GROUP,
@@ -33,6 +37,9 @@ from detkit.backbones.weights import (
 )
 
 __all__ = [
+    "AlexNet",
+    "GoogLeNet",
+    "LeNet5",
     "DROPPED_KEYS",
     "ENTRY_POINT_GROUP",
     "FPN",

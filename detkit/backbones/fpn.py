@@ -153,3 +153,6 @@ def _fpn_variant(name: str, default_in_features: Sequence[str] | None = None):
 for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v1", "mobilenet_v2"):
     register_backbone(f"{_name}_fpn")(_fpn_variant(_name))
 register_backbone("simple_convnet_fpn")(_fpn_variant("simple_convnet", ("c2", "c3")))
+# GoogLeNet: its three inception-block outputs (c3-c5, strides 8-32). No FPN for AlexNet (one map
+# per stride, conv5 and its pool5 carry the same features) nor LeNet-5 (c2 and c3 share stride 4).
+register_backbone("googlenet_fpn")(_fpn_variant("googlenet"))

@@ -35,6 +35,8 @@ DROPPED_KEYS = {
     "resnet": ("fc.weight", "fc.bias"),
     "vgg": ("classifier.*",),
     "mobilenet_v2": ("classifier.*",),
+    "alexnet": ("classifier.*",),
+    "googlenet": ("aux1.*", "aux2.*", "fc.*"),
 }
 
 _NORM_PARAMS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
@@ -139,6 +141,37 @@ def mobilenet_v2_key_map(key: str) -> str | None:
     raise UnexpectedKey(key)
 
 
+def alexnet_key_map(key: str) -> str | None:
+    """torchvision AlexNet key -> detkit key: features.{0,3,6,8,10} -> c2.conv1, c3.conv2, c4.conv3-conv5."""
+    from detkit.backbones.alexnet import ALEXNET_CONVS
+
+    if key.startswith("classifier."):
+        return None
+    stages = ("c2", "c3", "c4", "c4", "c4")
+    table = {index: f"{stage}.{conv[0]}" for index, stage, conv in zip((0, 3, 6, 8, 10), stages, ALEXNET_CONVS)}
+    if (m := re.fullmatch(rf"features\.(\d+)\.{_CONV_PARAMS}", key)) and int(m[1]) in table:
+        return f"{table[int(m[1])]}.conv.{m[2]}"
+    raise UnexpectedKey(key)
+
+
+def googlenet_key_map(key: str) -> str | None:
+    """torchvision GoogLeNet key -> detkit key: conv1 -> c1.conv1, conv2 / conv3 -> c2.*,
+    inception{3,4,5}x -> c{3,4,5}.inception{..}; `.bn.` -> `.norm.`; aux1 / aux2 / fc dropped."""
+    if key.startswith(("aux1.", "aux2.", "fc.")):
+        return None
+    if m := re.fullmatch(rf"conv([1-3])\.(?:conv\.{_CONV_PARAMS}|bn\.{_NORM_PARAMS})", key):
+        stage = "c1" if m[1] == "1" else "c2"
+        return f"{stage}.conv{m[1]}." + (f"conv.{m[2]}" if m[2] else f"norm.{m[3]}")
+    branch = r"(branch1|branch[23]\.[01]|branch4\.1)"
+    if m := re.fullmatch(rf"inception([3-5][a-e])\.{branch}\.(?:conv\.{_CONV_PARAMS}|bn\.{_NORM_PARAMS})", key):
+        from detkit.backbones.googlenet import GOOGLENET_BLOCKS
+
+        stage = f"c{m[1][0]}"
+        if f"inception{m[1]}" in GOOGLENET_BLOCKS[stage]:
+            return f"{stage}.inception{m[1]}.{m[2]}." + (f"conv.{m[3]}" if m[3] else f"norm.{m[4]}")
+    raise UnexpectedKey(key)
+
+
 def fpn_key_map(body_map: KeyMap, in_features: tuple[str, ...]) -> KeyMap:
     """Key map for torchvision's BackboneWithFPN: body.* via `body_map`, fpn.* -> lateral / output / extra.
 
@@ -179,7 +212,12 @@ def get_key_map(arch: str, *, fpn_in_features: tuple[str, ...] | None = None) ->
         return vgg_key_map(int(m[1]), batch_norm=bool(m[2]))
     if arch == "mobilenet_v2":
         return mobilenet_v2_key_map
-    known = sorted(_RESNETS) + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")] + ["mobilenet_v2"]
+    if arch == "alexnet":
+        return alexnet_key_map
+    if arch == "googlenet":
+        return googlenet_key_map
+    known = sorted(_RESNETS) + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
+    known += ["mobilenet_v2", "alexnet", "googlenet"]
     raise ValueError(f"no torchvision key map for architecture {arch!r}; known: {known} (and '<arch>_fpn')")
 
 

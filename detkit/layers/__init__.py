@@ -10,6 +10,7 @@ from detkit.layers.conv import (
     conv_output_size,
     same_padding,
 )
+from detkit.layers.inception import Inception
 from detkit.layers.init import init_norms, kaiming_init, normal_init, prior_probability_bias, xavier_init
 from detkit.layers.norm import (
     NormSpec,
@@ -24,6 +25,7 @@ __all__ = [
     "ConvNormAct",
     "SeparableConv",
     "UpsampleConvTranspose",
+    "Inception",
     "channel_shuffle",
     "conv1x1",
     "conv1x1_norm_act",

@@ -23,6 +23,7 @@ _ACTIVATIONS = {
     "leaky_relu": lambda: nn.LeakyReLU(0.1, inplace=True),
     "hardswish": lambda: nn.Hardswish(inplace=True),
     "sigmoid": lambda: nn.Sigmoid(),
+    "tanh": lambda: nn.Tanh(),
     "none": lambda: nn.Identity(),
 }
 
