@@ -223,8 +223,10 @@ class CocoDetection(torch.utils.data.Dataset):
     raise :class:`AnnotationFormatError` (a ``ValueError``) naming the file and annotation id
     -- or, with ``skip_invalid=True``,
     are skipped and counted. Unreadable images are found when loaded: they raise
-    :class:`ImageReadError`, or with ``skip_invalid=True`` the next readable index is used
-    (deterministic; counts in ``stats`` are per process, i.e. per DataLoader worker).
+    :class:`ImageReadError`, or with ``skip_invalid=True`` they are skipped: ``__getitem__``
+    returns None, which :func:`collate_detection` drops, so evaluation never sees an image
+    twice; with ``substitute_unreadable=True`` (training) the next readable index is used
+    instead (deterministic; counts in ``stats`` are per process, i.e. per DataLoader worker).
 
     Args:
         image_root: folder that ``file_name`` entries are relative to.
@@ -235,6 +237,8 @@ class CocoDetection(torch.utils.data.Dataset):
         include_crowd: keep ``iscrowd=1`` annotations in the targets (flagged in ``iscrowd``).
         skip_invalid: skip bad annotations / images with a logged warning instead of raising.
         allow_outside_root: allow ``file_name`` entries outside ``image_root``.
+        substitute_unreadable: with ``skip_invalid``, return the next readable image in
+            place of an unreadable one (fixed batch sizes for training) instead of None.
     """
 
     def __init__(
@@ -248,8 +252,10 @@ class CocoDetection(torch.utils.data.Dataset):
         include_crowd: bool = False,
         skip_invalid: bool = False,
         allow_outside_root: bool = False,
+        substitute_unreadable: bool = False,
     ) -> None:
         self.image_root = os.fspath(image_root)
+        self.substitute_unreadable = substitute_unreadable
         self.ann_file = os.fspath(ann_file)
         self.transforms = transforms
         self.with_masks = with_masks
@@ -507,10 +513,11 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return img
 
-    def _load(self, index: int) -> tuple[_Record, np.ndarray]:
+    def _load(self, index: int) -> tuple[_Record, np.ndarray] | None:
         return load_first_readable(
             self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
             stats=self.stats, logger=log, source=str(self.ann_file), describe=lambda rec: f" (image id {rec.image_id})",
+            substitute=self.substitute_unreadable,
         )  # fmt: skip
 
     def _target(self, rec: _Record) -> dict[str, Any]:
@@ -537,7 +544,10 @@ class CocoDetection(torch.utils.data.Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        rec, img = self._load(index)
+        loaded = self._load(index)
+        if loaded is None:  # unreadable, skip_invalid: collate_detection drops the sample
+            return None
+        rec, img = loaded
         image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
         target = self._target(rec)
         if self.transforms is not None:

@@ -27,10 +27,14 @@ def collate_detection(
         ``targets``: list of dicts with plain tensors -- ``boxes`` ``Tensor[K_i, 4]`` float32
         XYXY, ``labels`` int64 ``[K_i]``, ``masks`` uint8 ``[K_i, H_i, W_i]`` when present,
         ``iscrowd``, ``image_id``, ``orig_size`` -- plus any other keys, unchanged.
+        Samples that are None (unreadable images skipped with ``skip_invalid``) are dropped.
     """
     images: list[torch.Tensor] = []
     targets: list[dict[str, Any]] = []
-    for image, target in batch:
+    for sample in batch:
+        if sample is None:
+            continue
+        image, target = sample
         image = _plain(image)
         if (
             not isinstance(image, torch.Tensor)

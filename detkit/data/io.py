@@ -105,15 +105,18 @@ def load_first_readable(
     logger: logging.Logger,
     source: str,
     describe: Callable[[Any], str] = lambda rec: "",
-) -> tuple[Any, np.ndarray]:
-    """`(records[i], read(records[i]))` for `index`, or, with `skip_invalid`, the next readable record.
+    substitute: bool = False,
+) -> tuple[Any, np.ndarray] | None:
+    """`(records[index], read(records[index]))`; with `skip_invalid`, None for an unreadable one.
 
-    An unreadable record raises its `ImageReadError`; with `skip_invalid` it is remembered in
-    `bad_indices`, counted in `stats["unreadable_images"]`, logged once, and the following
-    index is tried (wrapping around), so a loader keeps a fixed length.
+    An unreadable record raises its `ImageReadError`. With `skip_invalid` it is remembered in
+    `bad_indices`, counted in `stats["unreadable_images"]` and logged once; then None is
+    returned (the sample is skipped: `collate_detection` drops it, so evaluation never sees
+    an image twice). Only with `substitute=True` (training, where a batch must not shrink)
+    the following readable index is used instead (wrapping around).
     """
     n = len(records)
-    for step in range(n):
+    for step in range(n if substitute else 1):
         j = (index + step) % n
         if j in bad_indices:
             continue
@@ -125,5 +128,8 @@ def load_first_readable(
                 raise
             bad_indices.add(j)
             stats["unreadable_images"] += 1
-            logger.warning("%s%s; using the next image instead (skip_invalid=True)", e, describe(rec))
+            action = "using the next image instead" if substitute else "skipped"
+            logger.warning("%s%s; %s (skip_invalid=True)", e, describe(rec), action)
+    if not substitute:
+        return None
     raise RuntimeError(f"{source}: no readable image left")

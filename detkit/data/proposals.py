@@ -120,7 +120,10 @@ class WithProposals(Dataset):
         return torch.from_numpy(boxes.copy())
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        image, target = self.dataset[index]
+        sample = self.dataset[index]
+        if sample is None:  # an unreadable image skipped by the data set (skip_invalid)
+            return None
+        image, target = sample
         if "image_id" not in target:
             raise ValueError(f"{type(self.dataset).__name__} targets need an 'image_id' to look up their proposals")
         image_id = int(target["image_id"])

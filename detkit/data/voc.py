@@ -152,7 +152,9 @@ class VocDetection(torch.utils.data.Dataset):
     Malformed objects (unknown class, ``xmax < xmin``, box outside the image) raise
     ``ValueError`` naming the file -- or are skipped and counted with ``skip_invalid=True``
     (also whole files that cannot be parsed). Unreadable images raise :class:`ImageReadError`,
-    or with ``skip_invalid`` the next readable index is used.
+    or with ``skip_invalid`` are skipped and counted: ``__getitem__`` returns None, which
+    :func:`collate_detection` drops (an evaluation never sees an image twice); with
+    ``substitute_unreadable=True`` (training) the next readable index is used instead.
 
     Args:
         root: a VOC year folder (``.../VOCdevkit/VOC2007``).
@@ -161,6 +163,8 @@ class VocDetection(torch.utils.data.Dataset):
         class_names: class names; label ``i + 1`` is ``class_names[i]``.
         use_difficult: keep difficult objects in the targets.
         skip_invalid: skip bad objects / files with a logged warning instead of raising.
+        substitute_unreadable: with ``skip_invalid``, return the next readable image in
+            place of an unreadable one instead of None.
     """
 
     def __init__(
@@ -172,8 +176,10 @@ class VocDetection(torch.utils.data.Dataset):
         class_names: Sequence[str] = VOC_CLASSES,
         use_difficult: bool = False,
         skip_invalid: bool = False,
+        substitute_unreadable: bool = False,
     ) -> None:
         self.root = os.fspath(root)
+        self.substitute_unreadable = substitute_unreadable
         self.image_set = image_set
         self.transforms = transforms
         self.class_names = list(class_names)
@@ -306,10 +312,11 @@ class VocDetection(torch.utils.data.Dataset):
             )
         return img
 
-    def _load(self, index: int) -> tuple[_VocRecord, np.ndarray]:
+    def _load(self, index: int) -> tuple[_VocRecord, np.ndarray] | None:
         return load_first_readable(
             self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
             stats=self.stats, logger=log, source=f"{self.root} ({self.image_set})",
+            substitute=self.substitute_unreadable,
         )  # fmt: skip
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
@@ -318,7 +325,10 @@ class VocDetection(torch.utils.data.Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")
-        rec, img = self._load(index)
+        loaded = self._load(index)
+        if loaded is None:  # unreadable, skip_invalid: collate_detection drops the sample
+            return None
+        rec, img = loaded
         size = (rec.height, rec.width)
         image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
         keep = rec.keep

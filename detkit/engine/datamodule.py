@@ -276,6 +276,7 @@ class CocoDataModule(DetectionDataModule):
                 self.train_annotations,
                 with_masks=self.with_masks,
                 skip_invalid=self.skip_invalid,
+                substitute_unreadable=True,  # a training batch never shrinks (see README)
                 keep_empty=False,
                 transforms=build_transforms(
                     True, min_size=self.min_size, max_size=self.max_size, hflip_prob=self.hflip_prob
@@ -358,6 +359,7 @@ class VocDataModule(DetectionDataModule):
                 class_names=self._class_names,
                 use_difficult=self.use_difficult,
                 skip_invalid=self.skip_invalid,
+                substitute_unreadable=True,
                 transforms=build_transforms(
                     True, min_size=self.min_size, max_size=self.max_size, hflip_prob=self.hflip_prob
                 ),

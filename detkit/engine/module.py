@@ -314,6 +314,8 @@ class DetectionModule(LightningModule):
         images, targets = self._split_batch(batch)
         if targets is None:
             raise ValueError(f"{stage} batches must be (images, targets) with targets[i]['image_id']")
+        if not images:  # every image of the batch was unreadable and skipped (skip_invalid)
+            return
         n = len(images)
         extra = self._proposals(targets)
         if self.hparams.compute_val_loss:
@@ -435,6 +437,8 @@ class DetectionModule(LightningModule):
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:
         images, targets = self._split_batch(batch)
+        if not images:  # unreadable images skipped (skip_invalid)
+            return []
         detections = self.model.predict(images, **self._proposals(targets))
         return [{k: v.detach().cpu() for k, v in d.items()} for d in detections]
 

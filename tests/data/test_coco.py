@@ -259,12 +259,13 @@ def test_unreadable_image(tmp_path, caplog, kind):
     with pytest.raises(ImageReadError) as info:
         ds[0]
     assert info.value.path == os.path.join(root, "bad.png")
-    ds = CocoDetection(root, ann_file, skip_invalid=True)
+    ds = CocoDetection(root, ann_file, skip_invalid=True, substitute_unreadable=True)
     with caplog.at_level(logging.WARNING, logger="detkit.data.coco"):
-        assert ds[0][1]["image_id"] == 2  # deterministic fallback: next index
+        assert ds[0][1]["image_id"] == 2  # training: deterministic fallback, next index
         assert ds[0][1]["image_id"] == 2
     assert ds.stats["unreadable_images"] == 1
     assert sum("bad.png" in r.getMessage() for r in caplog.records) == 1
+    assert CocoDetection(root, ann_file, skip_invalid=True)[0] is None  # skipped (evaluation)
 
 
 def test_all_images_unreadable(tmp_path):
@@ -274,7 +275,7 @@ def test_all_images_unreadable(tmp_path):
         annotations=[],
     )
     with pytest.raises(RuntimeError, match="no readable image"):
-        CocoDetection(root, ann_file, skip_invalid=True)[0]
+        CocoDetection(root, ann_file, skip_invalid=True, substitute_unreadable=True)[0]
 
 
 @pytest.mark.parametrize("channels", ["gray", "rgba", "16bit"])

@@ -140,14 +140,39 @@ def test_malformed_xml(tmp_path, xml, message):
     assert len(ds) == 1 and ds.stats["invalid_images"] == 1
 
 
-def test_unreadable_image_and_fallback(tmp_path):
+def _truncated_jpeg(path, w=40, h=30):
+    """A JPEG whose header (size) is intact but whose data ends early: found only when decoded."""
+    ok, buf = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (h, w, 3), np.uint8))
+    path.write_bytes(buf.tobytes()[: len(buf) // 2])
+
+
+def test_unreadable_image_raises(tmp_path):
     root = make_voc(tmp_path, {"a": (40, 30, []), "b": (40, 30, [])})
-    (root / "JPEGImages" / "a.jpg").write_bytes(b"\xff\xd8 broken")
+    _truncated_jpeg(root / "JPEGImages" / "a.jpg")
     with pytest.raises(ImageReadError, match="a.jpg"):
         VocDetection(root)[0]
-    assert (
-        VocDetection(root, skip_invalid=True)[0][1]["image_id"] == 2
-    )  # "b" is the 2nd name
+
+
+@pytest.mark.parametrize("kind", ["voc", "coco"])
+def test_unreadable_image_is_skipped_and_counted_never_substituted(tmp_path, kind):
+    """An evaluation must see each readable image once: the next image standing in for an
+    unreadable one would put its detections into the evaluation twice."""
+    root = make_voc(tmp_path, {f"00000{i}": (40, 30, [("dog", (1, 1, 10, 20), False)]) for i in (1, 2, 3)})
+    _truncated_jpeg(root / "JPEGImages" / "000002.jpg")
+
+    def build(**kw):
+        if kind == "voc":
+            return VocDetection(root, skip_invalid=True, **kw)
+        gt = VocDetection(root).to_coco_json(tmp_path / "gt.json")
+        return CocoDetection(root / "JPEGImages", gt, skip_invalid=True, **kw)
+
+    ds = build()
+    assert len(ds) == 3 and ds[1] is None and ds.stats["unreadable_images"] == 1
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate_detection)
+    ids = [t["image_id"] for _, targets in loader for t in targets]
+    assert ids == [1, 3] and ds.stats["unreadable_images"] == 1  # counted once
+    # training keeps its batch size: the next readable image stands in
+    assert build(substitute_unreadable=True)[1][1]["image_id"] == 3
 
 
 def test_missing_image_set(tmp_path):
