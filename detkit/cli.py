@@ -23,7 +23,8 @@ commands:
   validate    evaluate a checkpoint:    detkit validate --config CONFIG --ckpt_path CKPT
   test        same on the test loader:  detkit test --config CONFIG --ckpt_path CKPT
   predict     image files:              detkit predict --checkpoint CKPT --input IMG_OR_DIR --output DIR
-              (without --input: LightningCLI predict on the config's data)
+              (COCO results json; --annotations GT.json for its image ids)
+              or the config's data:     detkit predict --config CONFIG --ckpt_path CKPT
   evaluate    COCO metrics of a json:   detkit evaluate --annotations GT.json --predictions RES.json
   proposals   selective-search cache:   detkit proposals --annotations A.json --image-root DIR --output CACHE
 
@@ -48,6 +49,14 @@ def _run_proposals(argv: list[str]) -> int:
     return int(precompute_main(argv, prog="detkit proposals") or 0)
 
 
+def _predicts_files(rest: list[str]) -> bool:
+    """`detkit predict` on image files (--checkpoint / --input; also --help without a config), else LightningCLI."""
+    flags = {a.split("=", 1)[0] for a in rest if a.startswith("--")}
+    if flags & {"--checkpoint", "--input"}:
+        return True
+    return not any(f in ("--config", "--ckpt_path") or "." in f for f in flags)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -66,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(evaluate_main(rest) or 0)
         if command == "proposals":
             return _run_proposals(rest)
-        if command == "predict" and any(a == "--input" or a.startswith("--input=") for a in rest):
+        if command == "predict" and _predicts_files(rest):
             from detkit.engine.cli import predict_files_main
 
             return predict_files_main(rest)

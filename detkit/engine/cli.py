@@ -22,6 +22,15 @@ from detkit.engine.module import STATS_KEY, DetectionModule
 
 __all__ = ["DetkitCLI", "build_model_from_checkpoint", "cli_main", "predict_files_main"]
 
+PREDICT_EPILOG = """two forms:
+  detkit predict --checkpoint CKPT --input DIR|FILE [...] --output OUT [--annotations GT.json] [--strict]
+      image files -> OUT/detections.json (COCO results, the data set's category ids; evaluate it with
+      `detkit evaluate --annotations GT.json --predictions OUT/detections.json`) and OUT/images.json
+  detkit predict --config CONFIG.yaml --ckpt_path CKPT [--key value ...]
+      LightningCLI on the config's validation split -> <log dir>/predictions.json (COCO results);
+      `detkit predict --config CONFIG.yaml --help` lists its options
+"""
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -132,6 +141,16 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> DetkitCLI:
     sys.argv = [saved[0] if saved else "detkit", *args]  # LightningCLI warns when args and sys.argv differ
     try:
         return DetkitCLI(run=run)
+    except Exception as e:
+        # DataLoader re-raises a worker's error as "Caught X in DataLoader worker process N" plus its
+        # traceback: give the worker's own one-line message, as with num_workers=0
+        text = str(e)
+        if "in DataLoader worker process" in text and "Original Traceback" in text:
+            from detkit.data.io import _worker_error_line
+
+            kind = OSError if isinstance(e, OSError) else ValueError
+            raise kind(_worker_error_line(text)) from e
+        raise
     finally:
         sys.argv = saved
 
@@ -141,6 +160,9 @@ def build_model_from_checkpoint(
     path: str | os.PathLike, map_location: str = "cpu"
 ) -> tuple[torch.nn.Module, list[str] | None]:
     """Detector and class names from a detkit Lightning checkpoint (loaded with weights_only=True).
+
+    The detector's `label_to_category_id` attribute holds the training data's `{label: category id}`
+    (None for checkpoints written before detkit stored it).
 
     `backbone_weights` in the saved model arguments is ignored: the checkpoint holds all weights.
     """
@@ -162,7 +184,51 @@ def build_model_from_checkpoint(
         raise ValueError(
             f"{path}: checkpoint does not match {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
+    model.label_to_category_id = _load_category_map(path, info, int(num_classes))  # type: ignore[assignment]
     return model.eval(), info.get("class_names")
+
+
+def _load_category_map(path: str | os.PathLike, info: dict, num_classes: int) -> dict[int, int] | None:
+    """`{label: category_id}` stored in a checkpoint (None for checkpoints written before it was stored)."""
+    stored = info.get("label_to_category_id")
+    if not stored:
+        return None
+    mapping = {int(k): int(v) for k, v in dict(stored).items()}
+    if sorted(mapping) != list(range(1, num_classes + 1)):
+        raise ValueError(f"{path}: label_to_category_id does not cover labels 1..{num_classes}: {mapping}")
+    return mapping
+
+
+def _ground_truth_ids(path: str, class_names: Sequence[str] | None) -> tuple[dict[str, int], dict[int, int]]:
+    """`{file_name: image_id}` and `{label: category_id}` (categories sorted by id) of a COCO json."""
+    from detkit.data import load_coco_json
+
+    data = load_coco_json(path)
+    by_name = {}
+    for img in data["images"]:
+        if isinstance(img, dict) and isinstance(img.get("file_name"), str) and type(img.get("id")) is int:
+            by_name[Path(img["file_name"]).as_posix()] = img["id"]
+    cats = sorted(
+        (c for c in data["categories"] if isinstance(c, dict) and type(c.get("id")) is int), key=lambda c: c["id"]
+    )
+    names = [c.get("name") for c in cats]
+    if class_names and names != list(class_names):
+        raise ValueError(f"{path}: categories {names} differ from the checkpoint's classes {list(class_names)}")
+    return by_name, {i + 1: c["id"] for i, c in enumerate(cats)}
+
+
+def _image_ids(files: Sequence[tuple[Path, str]], annotations: str | None, by_name: dict[str, int]) -> list[int]:
+    """The COCO image id of each file: from the annotations by relative file name, else 1..N in file order."""
+    if annotations is None:
+        return list(range(1, len(files) + 1))
+    unknown = [name for _, name in files if name not in by_name]
+    if unknown:
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise ValueError(
+            f"{len(unknown)} input file(s) have no images entry in {annotations} (file_name relative to the input "
+            f"folder): {', '.join(unknown[:3])}{more}"
+        )
+    return [by_name[name] for _, name in files]
 
 
 def _list_images(inputs: Sequence[str]) -> list[tuple[Path, str]]:
@@ -194,16 +260,6 @@ def _output_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def _mask_rles(masks: torch.Tensor) -> list[dict]:
-    """COCO compressed RLEs (str counts) of binary `Tensor[D, H, W]` masks."""
-    import numpy as np
-    from pycocotools import mask as mask_utils
-
-    arr = np.asfortranarray(masks.to(torch.uint8).permute(1, 2, 0).numpy())
-    rles = mask_utils.encode(arr) if arr.shape[2] else []
-    return [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -214,23 +270,41 @@ def _resolve_device(device: str) -> torch.device:
 
 
 def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit predict") -> int:
-    """`detkit predict --checkpoint CKPT --input IMG_OR_DIR --output DIR`: detections of image files.
+    """`detkit predict --checkpoint CKPT --input DIR|FILE --output OUT`: detections of image files.
 
-    Writes `DIR/detections.json` (per file: boxes XYXY, scores, labels, class names, and
-    COCO-RLE masks for mask models) and one PNG per image with the detections drawn.
+    Writes `OUT/detections.json`, a COCO results list (`image_id`, `category_id` -- the data set's
+    own ids --, `bbox` XYWH, `score`, and RLE `segmentation` for mask models) that
+    `detkit evaluate` reads as it is; `OUT/images.json` (`images`: id, file_name, width, height
+    of every predicted file; `categories`; `skipped`: unreadable files and why); and one PNG per
+    image with its detections drawn. Image ids come from `--annotations` (matched by `file_name`
+    relative to the input folder), else they are 1..N in sorted file order.
     """
     from detkit.data import ImageReadError, read_image_rgb
-    from detkit.engine.visualize import draw_detections, save_png
     from detkit.evaluation.results import save_results_json
 
-    parser = argparse.ArgumentParser(prog=prog, description="Detect objects in image files with a trained checkpoint.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Detect objects in image files with a trained checkpoint; writes a COCO results list.",
+        epilog=PREDICT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint written by `detkit fit`")
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    parser.add_argument(
+        "--annotations",
+        help="COCO json whose images entries give the image ids (file_name relative to the input folder)",
+    )
+    parser.add_argument(
+        "--score-threshold", type=float, default=0.0, help="keep detections scoring at least this (default: all)"
+    )
+    parser.add_argument("--draw-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on the first unreadable file instead of skipping it"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--no-draw", action="store_true", help="write the json only")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--no-draw", action="store_true", help="write the json files only")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -238,59 +312,102 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
     device = _resolve_device(args.device)
     files = _list_images(args.input)
     model, class_names = build_model_from_checkpoint(args.checkpoint)
+    label_map = getattr(model, "label_to_category_id", None)
+    by_name: dict[str, int] = {}
+    if args.annotations is not None:
+        if not os.path.isfile(args.annotations):
+            raise FileNotFoundError(f"annotations file not found: {args.annotations}")
+        by_name, gt_map = _ground_truth_ids(args.annotations, class_names)
+        if label_map is None:
+            label_map = gt_map
+        elif label_map != gt_map:
+            raise ValueError(
+                f"{args.annotations}: category ids {sorted(gt_map.values())} differ from the checkpoint's "
+                f"{sorted(label_map.values())}"
+            )
+    if label_map is None:  # a checkpoint from before category ids were stored
+        num_classes = int(getattr(model, "num_classes", 0) or len(class_names or ()))
+        label_map = {k: k for k in range(1, num_classes + 1)}
+        print(
+            f"{prog}: warning: {args.checkpoint} stores no category ids; category_id = label (1..{num_classes}); "
+            "pass --annotations to use the data set's ids",
+            file=sys.stderr,
+        )
+    image_ids = _image_ids(files, args.annotations, by_name)
     model.to(device)
     out_names = _output_names([name for _, name in files])
     os.makedirs(args.output, exist_ok=True)
 
-    entries = []
-    for start in range(0, len(files), args.batch_size):
-        chunk = files[start : start + args.batch_size]
-        arrays = []
-        for path, _ in chunk:
-            try:
-                arrays.append(read_image_rgb(path))
-            except ImageReadError as e:
-                raise FileNotFoundError(str(e)) from None
-        images = [torch.from_numpy(a).permute(2, 0, 1).to(device=device, dtype=torch.float32).div_(255) for a in arrays]
+    results: list[dict] = []
+    images_meta: list[dict] = []
+    skipped: list[dict] = []
+    readable = []
+    for (path, name), image_id, png in zip(files, image_ids, out_names):
         try:
-            with torch.inference_mode():
-                detections = model.predict(images)
-        except torch.OutOfMemoryError:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise MemoryError(
-                f"out of memory on {device} predicting {len(images)} image(s): use a smaller --batch-size "
-                f"(now {args.batch_size}), smaller images, or --device cpu"
-            ) from None
-        for (path, name), array, det, png in zip(chunk, arrays, detections, out_names[start:]):
-            keep = det["scores"] >= args.score_threshold
-            det = {k: v[keep].cpu() for k, v in det.items()}
-            labels = det["labels"].tolist()
-            entry: dict[str, Any] = {
-                "file": name,
-                "path": str(path),
-                "width": int(array.shape[1]),
-                "height": int(array.shape[0]),
-                "boxes": [[round(v, 2) for v in box] for box in det["boxes"].tolist()],
-                "scores": [round(s, 4) for s in det["scores"].tolist()],
-                "labels": labels,
-                "class_names": [
-                    class_names[k - 1] if class_names and 1 <= k <= len(class_names) else str(k) for k in labels
-                ],
-            }
-            if "masks" in det:
-                entry["masks"] = _mask_rles(det["masks"])
-            if not args.no_draw:
-                drawn = draw_detections(
-                    array, det["boxes"], det["labels"], det["scores"], det.get("masks"), class_names=class_names
-                )
-                save_png(os.path.join(args.output, png), drawn)
-                entry["drawing"] = png
-            entries.append(entry)
+            readable.append((name, image_id, png, read_image_rgb(path)))
+        except ImageReadError as e:
+            if args.strict:
+                raise
+            skipped.append({"file_name": name, "reason": e.reason})
+        if len(readable) == args.batch_size:
+            _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+            readable = []
+    if readable:
+        _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+
     out_json = os.path.join(args.output, "detections.json")
-    save_results_json(
-        {"checkpoint": os.fspath(args.checkpoint), "score_threshold": args.score_threshold, "images": entries}, out_json
-    )
-    total = sum(len(e["labels"]) for e in entries)
-    print(f"{len(entries)} images, {total} detections -> {out_json}")
+    save_results_json(results, out_json)
+    categories = [
+        {"id": cid, "name": class_names[label - 1] if class_names and label <= len(class_names) else str(label)}
+        for label, cid in sorted(label_map.items())
+    ]
+    meta = {
+        "checkpoint": os.fspath(args.checkpoint),
+        "images": images_meta,
+        "categories": categories,
+        "skipped": skipped,
+    }
+    save_results_json(meta, os.path.join(args.output, "images.json"))
+    print(f"{len(images_meta)} images, {len(results)} detections -> {out_json}")
+    if skipped:
+        names = ", ".join(f"{s['file_name']} ({s['reason']})" for s in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        print(f"{prog}: skipped {len(skipped)} unreadable file(s): {names}{more} (see images.json)", file=sys.stderr)
     return 0
+
+
+def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, class_names) -> None:
+    """Predict one batch of read images; append its COCO results and image entries."""
+    from detkit.engine.visualize import draw_detections, save_png
+    from detkit.evaluation.results import detections_to_coco_results
+
+    images = [torch.from_numpy(a).permute(2, 0, 1).to(device=device, dtype=torch.float32).div_(255) for *_, a in chunk]
+    try:
+        with torch.inference_mode():
+            detections = model.predict(images)
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise MemoryError(
+            f"out of memory on {device} predicting {len(images)} image(s): use a smaller --batch-size "
+            f"(now {args.batch_size}), smaller images, or --device cpu"
+        ) from None
+    for (name, image_id, png, array), det in zip(chunk, detections):
+        det = {k: v.cpu() for k, v in det.items()}
+        keep = det["scores"] >= args.score_threshold
+        det = {k: v[keep] for k, v in det.items()}
+        results.extend(detections_to_coco_results([image_id], [det], label_to_category_id=label_map))
+        entry = {"id": image_id, "file_name": name, "width": int(array.shape[1]), "height": int(array.shape[0])}
+        if not args.no_draw:
+            shown = det["scores"] >= args.draw_threshold
+            drawn = draw_detections(
+                array,
+                det["boxes"][shown],
+                det["labels"][shown],
+                det["scores"][shown],
+                det["masks"][shown] if "masks" in det else None,
+                class_names=class_names,
+            )
+            save_png(os.path.join(args.output, png), drawn)
+            entry["drawing"] = png
+        images_meta.append(entry)

@@ -451,8 +451,20 @@ class DetectionModule(LightningModule):
             "num_classes": int(hp.num_classes),
             "model_kwargs": dict(hp.model_kwargs or {}),
             "class_names": self._class_names(),
+            "label_to_category_id": self._category_ids(),
             "skipped_steps": self.skipped_steps,
         }
+
+    def _category_ids(self) -> dict[int, int] | None:
+        """`{label: data set category id}` of the training data (kept from a loaded checkpoint)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        try:
+            mapping = getattr(dm, "label_to_category_id", None)
+        except (OSError, ValueError):  # a data module whose files are gone
+            mapping = None
+        if mapping:
+            self.label_to_category_id = {int(k): int(v) for k, v in dict(mapping).items()}
+        return getattr(self, "label_to_category_id", None)
 
     def _eval_epoch(self) -> int:
         """The epoch being evaluated: the current one while fitting, else the loaded checkpoint's."""
@@ -465,4 +477,6 @@ class DetectionModule(LightningModule):
         info = checkpoint.get(STATS_KEY) or {}
         if info.get("class_names"):
             self.class_names = list(info["class_names"])
+        if info.get("label_to_category_id"):
+            self.label_to_category_id = {int(k): int(v) for k, v in info["label_to_category_id"].items()}
         self.skipped_steps = int(info.get("skipped_steps", 0))

@@ -109,16 +109,24 @@ def test_predict_on_image_files(trained, tmp_path, capsys):
     )
     assert code == 0
     with open(out / "detections.json") as f:
-        result = json.load(f)
-    assert [e["file"] for e in result["images"]] == ["a.png", "b.png"]
-    for entry in result["images"]:
-        n = len(entry["boxes"])
-        assert len(entry["scores"]) == len(entry["labels"]) == len(entry["class_names"]) == n
-        assert set(entry["class_names"]) <= {"circle", "rectangle", "triangle"}
-        assert all(0 <= b[0] <= b[2] <= 128 and 0 <= b[1] <= b[3] <= 128 for b in entry["boxes"])
+        results = json.load(f)  # a COCO results list
+    with open(out / "images.json") as f:
+        meta = json.load(f)
+    assert [(e["id"], e["file_name"], e["width"]) for e in meta["images"]] == [(1, "a.png", 128), (2, "b.png", 128)]
+    assert meta["categories"] == [
+        {"id": 1, "name": "circle"},
+        {"id": 2, "name": "rectangle"},
+        {"id": 3, "name": "triangle"},
+    ]
+    assert meta["skipped"] == [] and results
+    for r in results:
+        assert r["image_id"] in (1, 2) and r["category_id"] in (1, 2, 3) and 0 <= r["score"] <= 1
+        x, y, w, h = r["bbox"]
+        assert 0 <= x <= x + w <= 128 and 0 <= y <= y + h <= 128
+    for entry in meta["images"]:
         drawing = cv2.imread(str(out / entry["drawing"]))
         assert drawing is not None and drawing.shape == (512, 512, 3)  # 128 px enlarged x4 for legibility
-    assert sorted(os.listdir(out)) == ["a.png", "b.png", "detections.json"]
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "detections.json", "images.json"]
     # a high threshold keeps a subset
     assert (
         main(
@@ -137,7 +145,7 @@ def test_predict_on_image_files(trained, tmp_path, capsys):
         == 0
     )
     with open(tmp_path / "out2" / "detections.json") as f:
-        assert json.load(f)["images"][0]["boxes"] == []
+        assert json.load(f) == []
 
 
 def test_predict_errors_are_one_line(tmp_path, trained, capsys):
@@ -237,11 +245,13 @@ def test_predict_files_with_a_mask_model(tmp_path, capsys):
     args = ["predict", "--checkpoint", str(tmp_path / "mask.ckpt"), "--input", str(tmp_path / "img.jpg")]
     assert main([*args, "--output", str(tmp_path / "out"), "--score-threshold", "0"]) == 0
     with open(tmp_path / "out" / "detections.json") as f:
+        results = json.load(f)
+    with open(tmp_path / "out" / "images.json") as f:
         (entry,) = json.load(f)["images"]
     assert (entry["width"], entry["height"]) == (80, 96) and entry["drawing"] == "img.png"
-    assert len(entry["masks"]) == len(entry["boxes"]) > 0  # an untrained head still scores above 0
-    assert mask_utils.decode(entry["masks"][0]).shape == (96, 80)
-    assert set(entry["class_names"]) <= {"cat", "dog"}
+    assert len(results) > 0 and all("segmentation" in r for r in results)  # an untrained head still scores > 0
+    assert mask_utils.decode(results[0]["segmentation"]).shape == (96, 80)
+    assert {r["category_id"] for r in results} <= {1, 2}
 
 
 def test_out_of_memory_in_fit_is_a_one_line_error(tmp_path, monkeypatch, capsys):
