@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,6 +127,61 @@ def _describe_ids(ids: Iterable[Any], limit: int = 5) -> str:
     return text + (f" (and {len(ids) - limit} more)" if len(ids) > limit else "")
 
 
+def _annotation_area(ann: Mapping[str, Any], images: Mapping[int, Mapping[str, Any]]) -> tuple[float, str]:
+    """Area of a ground-truth annotation without one: from its segmentation, else its box."""
+    seg = ann.get("segmentation")
+    img = images.get(ann.get("image_id"), {})
+    if seg and isinstance(img.get("height"), int) and isinstance(img.get("width"), int):
+        from pycocotools import mask as mask_utils
+
+        try:
+            h, w = img["height"], img["width"]
+            if isinstance(seg, list):
+                rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+            elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
+                rle = mask_utils.frPyObjects(seg, h, w)
+            else:
+                rle = seg
+            return float(mask_utils.area(rle)), "segmentation"
+        except (TypeError, ValueError, KeyError, IndexError):
+            pass  # an unusable segmentation: fall back to the box
+    box = ann.get("bbox")
+    if isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_finite_number(v) for v in box):
+        return float(box[2]) * float(box[3]), "bbox"
+    raise ValueError(f"annotation id {ann.get('id')!r} has no area, and no usable segmentation or bbox to compute it")
+
+
+def _with_areas(
+    annotations: Sequence[Any], images: Sequence[Any]
+) -> tuple[list[Any], dict[str, int]]:
+    """Annotations with `area` filled in where missing (new dicts; the input is not changed), and how
+    many areas came from a segmentation / a box. Duplicate annotation ids are refused."""
+    seen: set = set()
+    for ann in annotations:
+        if not isinstance(ann, Mapping):
+            raise ValueError(f"annotation entry is not an object: {ann!r:.100}")
+        aid = ann.get("id")
+        if aid in seen:
+            raise ValueError(f"duplicate annotation id {aid!r}: annotation ids must be unique")
+        seen.add(aid)
+    counts = {"segmentation": 0, "bbox": 0}
+    if all(_is_finite_number(a.get("area")) for a in annotations):
+        return list(annotations), counts
+    out = []
+    by_id = {img.get("id"): img for img in images if isinstance(img, Mapping)}
+    for ann in annotations:
+        if not _is_finite_number(ann.get("area")):
+            area, source = _annotation_area(ann, by_id)
+            counts[source] += 1
+            ann = {**ann, "area": area}
+        out.append(ann)
+    return out, counts
+
+
+def _is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _load_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -165,6 +221,8 @@ class COCOEvaluator:
                 "ground truth must be a COCO dict with 'images' and 'categories'"
             )
         dataset.setdefault("annotations", [])
+        # `computed_areas`: how many missing `area` values came from a segmentation / a box
+        dataset["annotations"], self.computed_areas = _with_areas(dataset["annotations"], dataset["images"])
         self._dataset = dataset
         self.image_ids: frozenset[int] = frozenset(
             int(img["id"]) for img in dataset["images"]
@@ -228,6 +286,8 @@ class COCOEvaluator:
         clean = []
         image_ids, cat_ids = set(), set()
         for i, r in enumerate(results):
+            if not isinstance(r, Mapping):
+                raise ValueError(f"result #{i} is not an object: {r!r:.100}")
             try:
                 image_id, cat_id, geom, score = (
                     r["image_id"],
@@ -239,9 +299,18 @@ class COCOEvaluator:
                 raise ValueError(
                     f"result #{i} has no {e.args[0]!r} field (needed for iou_type={iou_type!r})"
                 ) from None
-            if geometry == "bbox" and len(geom) != 4:
+            if geometry == "bbox" and (not isinstance(geom, (list, tuple)) or len(geom) != 4):
                 raise ValueError(
                     f"result #{i}: bbox must be [x, y, w, h], got {geom!r}"
+                )
+            values = [("score", score)]
+            if isinstance(r.get("bbox"), (list, tuple)):
+                values += [("bbox", v) for v in r["bbox"]]
+            bad = [k for k, v in values if not _is_finite_number(v)]
+            if bad:
+                raise ValueError(
+                    f"result #{i} (image_id {image_id!r}): non-finite or non-numeric {bad[0]} "
+                    f"(bbox {r.get('bbox')!r}, score {score!r})"
                 )
             image_ids.add(image_id)
             cat_ids.add(cat_id)
@@ -289,7 +358,10 @@ class COCOEvaluator:
         if isinstance(results, (str, os.PathLike)):
             results = _load_json(results)
         if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
-            raise TypeError("results must be a list of COCO result dicts")
+            kind = "an object" if isinstance(results, Mapping) else type(results).__name__
+            raise ValueError(
+                f"predictions must be a list of COCO results ({{image_id, category_id, bbox, score}}), got {kind}"
+            )
         clean = self._sanitise(results, iou_type)
 
         if img_ids is None:
@@ -431,6 +503,14 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, KeyError) as e:
         _error(f"invalid annotations file {args.annotations}: {e}")
         return 2
+    areas = evaluator.computed_areas
+    if any(areas.values()):
+        print(
+            f"detkit evaluate: note: {sum(areas.values())} annotations of {args.annotations} have no 'area'; "
+            f"computed from their segmentation ({areas['segmentation']}) or box ({areas['bbox']}) "
+            "(small / medium / large use it)",
+            file=sys.stderr,
+        )
     try:
         result = evaluator.evaluate(
             loaded["predictions"], args.iou_type, backend=args.backend, verbose=True

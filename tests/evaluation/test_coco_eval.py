@@ -412,3 +412,44 @@ def test_segm_areas_come_from_masks(gt_path):
     ]
     out = COCOEvaluator(gt_path).evaluate(res, "segm", img_ids=[1], verbose=False)
     assert out.stats["APs"] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_missing_area_is_computed_from_segmentation_or_box(gt_path, results, backend, capsys):
+    data = _gt_dataset()
+    expected = COCOEvaluator(data).evaluate(results, backend=backend, verbose=False).stats
+    for k, ann in enumerate(data["annotations"]):
+        del ann["area"]
+        if k % 2 and not ann["iscrowd"]:
+            del ann["segmentation"]  # the box gives the area of these
+    ev = COCOEvaluator(data)
+    assert ev.computed_areas == {"segmentation": 5, "bbox": 4}
+    assert "area" not in data["annotations"][0]  # the caller's dicts are left alone
+    stats = ev.evaluate(results, backend=backend, verbose=False).stats
+    assert stats["APm"] > -1 and stats["APl"] > -1  # not all "small" any more
+    assert stats["AP"] == pytest.approx(expected["AP"], abs=0.02)  # box areas differ slightly from mask areas
+    path = gt_path.parent / "noarea.json"
+    path.write_text(json.dumps(data))
+    pred = gt_path.parent / "pred.json"
+    save_results_json(results, pred)
+    assert evaluate_main(["--annotations", str(path), "--predictions", str(pred), "--backend", backend]) == 0
+    assert "9 annotations" in capsys.readouterr().err
+
+
+def test_bad_ground_truth_and_predictions_are_refused(gt_path, results, tmp_path, capsys):
+    data = _gt_dataset()
+    data["annotations"][1]["id"] = data["annotations"][0]["id"]
+    with pytest.raises(ValueError, match="duplicate annotation id 1"):
+        COCOEvaluator(data)
+    ev = COCOEvaluator(gt_path)
+    for field, value in (("bbox", [1.0, float("nan"), 3.0, 4.0]), ("score", float("inf")), ("score", "0.5")):
+        bad = [*results[:5], dict(results[5], **{field: value})]
+        with pytest.raises(ValueError, match=rf"result #5 \(image_id {results[5]['image_id']}\).*{field}"):
+            ev.evaluate(bad, verbose=False)
+    with pytest.raises(ValueError, match="must be a list of COCO results.*got an object"):
+        ev.evaluate({"images": results}, verbose=False)
+    pred = tmp_path / "obj.json"
+    pred.write_text(json.dumps({"images": []}))
+    assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "got an object" in err[0]
