@@ -15,6 +15,11 @@ proposals are clipped to the image and boxes below 1 px dropped at the end.
 A data set without a `transforms` attribute must return images in the pixels the
 proposals were computed on (its `target["orig_size"]`, when present, is checked).
 
+At construction the cache is checked against the data set (see `ProposalCache.check_images`):
+it must have been made for these images (ids, file names, file sizes) and hold proposals for
+all of them, so a cache of another split or of regenerated data, or one with missing ids,
+fails with a one-line error before the first step, not with a KeyError mid-epoch.
+
 Shape shorthand: P proposals of one image.
 """
 
@@ -31,7 +36,16 @@ from torchvision.transforms import v2
 
 from detkit.proposals.cache import ProposalCache
 
-__all__ = ["WithProposals"]
+__all__ = ["WithProposals", "dataset_images"]
+
+
+def dataset_images(dataset) -> list[tuple[int, str]] | None:
+    """`(image_id, path)` of every image of a data set with `image_ids`, `image_root` and
+    `image_info(index)["file_name"]` (`CocoDetection`, `ShapesDataset`, `VocDetection`), else None."""
+    ids, root, info = (getattr(dataset, k, None) for k in ("image_ids", "image_root", "image_info"))
+    if ids is None or root is None or info is None:
+        return None
+    return [(int(i), os.path.join(root, info(k)["file_name"])) for k, i in enumerate(ids)]
 
 
 def _apply(transform, image, target):
@@ -59,7 +73,8 @@ class WithProposals(Dataset):
         max_proposals: keep the first (best-ranked) this many boxes per image; None keeps all.
 
     Other attributes (`num_classes`, `class_names`, `ann_file`, `aspect_ratios()`, ...) are
-    those of `dataset`. A missing cache entry raises KeyError naming the image id.
+    those of `dataset`. The cache is checked against the data set's images at construction
+    (ValueError); a data set without `image_ids` is checked when each image is read (KeyError).
     """
 
     def __init__(self, dataset, cache: ProposalCache | str | os.PathLike, *, max_proposals: int | None = 2000):
@@ -73,6 +88,7 @@ class WithProposals(Dataset):
             self.cache  # noqa: B018  (open now: a missing file fails here, not in a worker)
         else:
             raise TypeError(f"cache must be a ProposalCache or a path, got {type(cache).__name__}")
+        self._check(dataset)
         self.transforms = getattr(dataset, "transforms", None)
         if self.transforms is not None:
             dataset = copy.copy(dataset)
@@ -84,6 +100,25 @@ class WithProposals(Dataset):
         if self._cache is None:  # opened lazily in each DataLoader worker
             self._cache = ProposalCache(self.cache_path, readonly=True)
         return self._cache
+
+    def _hint(self, dataset) -> str:
+        ann = getattr(dataset, "ann_file", None) or "ANNOTATIONS.json"
+        root = getattr(dataset, "image_root", None) or "IMAGE_DIR"
+        return f"; compute them with `detkit proposals --annotations {ann} --image-root {root} --output CACHE`"
+
+    def _check(self, dataset) -> None:
+        images = dataset_images(dataset)
+        if images is not None:
+            self.cache.check_images(images, hint=self._hint(dataset))
+            return
+        ids = getattr(dataset, "image_ids", None)
+        missing = [] if ids is None else [int(i) for i in ids if int(i) not in self.cache]
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (f" ... ({len(missing)} in all)" if len(missing) > 20 else "")
+            raise ValueError(
+                f"proposal cache {self.cache_path} has no proposals for {len(missing)} of {len(ids)} images "
+                f"(image ids {shown}){self._hint(dataset)}"
+            )
 
     def __getattr__(self, name: str) -> Any:
         dataset = self.__dict__.get("dataset")
@@ -109,12 +144,8 @@ class WithProposals(Dataset):
         try:
             boxes = self.cache.get(image_id)
         except KeyError:
-            ann = getattr(self.dataset, "ann_file", None) or "ANNOTATIONS.json"
-            root = getattr(self.dataset, "image_root", None) or "IMAGE_DIR"
-            raise KeyError(
-                f"image id {image_id} has no proposals in {self.cache_path}; compute them with "
-                f"`detkit proposals --annotations {ann} --image-root {root} --output {self.cache_path}`"
-            ) from None
+            hint = self._hint(self.dataset)
+            raise KeyError(f"image id {image_id} has no proposals in {self.cache_path}{hint}") from None
         if self.max_proposals is not None:
             boxes = boxes[: self.max_proposals]
         return torch.from_numpy(boxes.copy())

@@ -214,6 +214,7 @@ class VocDetection(torch.utils.data.Dataset):
             if rec is not None:
                 self._records.append(rec)
         self.image_ids = [r.image_id for r in self._records]
+        self.image_root = os.path.join(self.root, "JPEGImages")
         self.stats["images"] = len(self._records)
         self.stats["objects"] = int(sum(r.keep.sum() for r in self._records))
         if self._skipped:
@@ -303,6 +304,11 @@ class VocDetection(torch.utils.data.Dataset):
         """Width / height of every image, from the XML (no decoding)."""
         return [r.width / r.height for r in self._records]
 
+    def image_info(self, index: int) -> dict[str, Any]:
+        """The COCO-style ``images`` entry of ``index`` (as :meth:`to_coco_json` writes it)."""
+        rec = self._records[index]
+        return {"id": rec.image_id, "file_name": f"{rec.name}.jpg", "width": rec.width, "height": rec.height}
+
     def _read(self, rec: _VocRecord) -> np.ndarray:
         img = read_image_rgb(rec.path)
         if img.shape[:2] != (rec.height, rec.width):
@@ -357,15 +363,8 @@ class VocDetection(torch.utils.data.Dataset):
         objects. Image ids equal the targets' ``image_id``. Sets and returns ``self.ann_file``.
         """
         images, annotations = [], []
-        for rec in self._records:
-            images.append(
-                {
-                    "id": rec.image_id,
-                    "file_name": f"{rec.name}.jpg",
-                    "width": rec.width,
-                    "height": rec.height,
-                }
-            )
+        for index, rec in enumerate(self._records):
+            images.append(self.image_info(index))
             for box, label, diff in zip(
                 rec.boxes.tolist(), rec.labels.tolist(), rec.difficult.tolist()
             ):

@@ -3,16 +3,22 @@
 File layout (little-endian):
 
     header   b"DKPROPS1" | uint32 json_len | uint32 crc32(json) | json
-             json = {"params": {...}, "info": {...}}; only "params" must match on open
+             json = {"params": {...}, "images": [[id, file name, bytes], ...] | null,
+                     "info": {...}}; "params" and "images" must match on open
     record*  b"\\xd7PRC" | int64 image_id | int32 n | uint32 crc | float32[n, 4] boxes
              crc = crc32(image_id, n, boxes)
 
 Records are only ever appended. On open every record is checked (magic, size, CRC).
 An incomplete record at the end (an interrupted run) is cut off; a damaged record
 elsewhere is dropped and the file rewritten without it. Either way a warning names
-the lost image ids and those images count as missing, so `compute_proposals`
-recomputes them. A damaged entry is never returned. If one image id is stored twice,
-the later record wins.
+the lost image ids (with an image list: the listed ids without a sound record) and
+those images count as missing, so `compute_proposals` recomputes them. A damaged entry
+is never returned. If one image id is stored twice, the later record wins.
+
+Provenance: `compute_proposals` records the images a cache is made for (id, file name,
+file size in bytes) next to the selective-search params; `check_images` compares a data
+set with that list (and checks that every image has proposals) before any training step.
+Caches of detkit versions before this record carry no image list (`images` is None).
 
 Shape shorthand: N proposals of one image.
 """
@@ -42,7 +48,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
 
 from detkit.proposals.selective_search import _check_args, selective_search_bgr
 
-__all__ = ["ProposalCache", "compute_proposals", "selective_search_params"]
+__all__ = ["ProposalCache", "compute_proposals", "image_records", "selective_search_params"]
 
 _FILE_MAGIC = b"DKPROPS1"
 _FILE_HEAD = struct.Struct("<8sII")
@@ -66,6 +72,49 @@ def _normalize_params(params) -> dict:
         raise ValueError(f"params must be JSON-serialisable: {e}") from None
 
 
+def image_records(images: Iterable[tuple[int, str | os.PathLike]]) -> list[list]:
+    """`[[image_id, file name, file size in bytes or None], ...]` (sorted, one per id) of `(id, path)` pairs.
+
+    What a cache records about the images it was made for: a regenerated data set or
+    another split changes a name or a size. Costs one `stat` per file, no decoding.
+    """
+    out: dict[int, list] = {}
+    for image_id, path in images:
+        image_id = int(image_id)
+        if image_id not in out:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = None
+            out[image_id] = [image_id, os.path.basename(os.fspath(path)), size]
+    return [out[k] for k in sorted(out)]
+
+
+def _normalize_images(images) -> list[list] | None:
+    if images is None:
+        return None
+    try:
+        return sorted([int(i), str(name), None if size is None else int(size)] for i, name, size in images)
+    except (TypeError, ValueError):
+        raise ValueError("images must be (image_id, file name, size in bytes or None) triples") from None
+
+
+def _images_mismatch(have: list[list], want: list[list]) -> str:
+    """One line on how two image lists differ (first differing id)."""
+    have_map, want_map = {r[0]: r[1:] for r in have}, {r[0]: r[1:] for r in want}
+    for image_id in sorted(set(have_map) | set(want_map)):
+        a, b = have_map.get(image_id), want_map.get(image_id)
+        if a != b:
+            fmt = lambda r: "absent" if r is None else f"{r[0]} ({r[1]} bytes)"  # noqa: E731
+            return f"first difference: image id {image_id}: cache {fmt(a)}, now {fmt(b)}"
+    return "same images"
+
+
+def _id_list(ids, limit: int = 20) -> str:
+    ids = sorted(ids)
+    return ", ".join(map(str, ids[:limit])) + (f" ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
 class ProposalCache:
     """Proposal boxes (`float32[N, 4]` XYXY) keyed by integer image id, in one file.
 
@@ -74,6 +123,10 @@ class ProposalCache:
         params: the settings that produced the boxes. Opening an existing file with
             different params raises ValueError naming the differences; None accepts
             whatever the file holds (for readers), but is needed to create a file.
+        images: the images the boxes are for, as `image_records` makes them. A new file
+            records them; an existing file must record the same list (ValueError naming
+            the first difference otherwise; an old file without a list is refused too).
+            None accepts the file's list (for readers).
         readonly: never modify the file (damaged records are skipped, not repaired);
             for readers while another process writes. A writable cache holds an
             exclusive lock on the file (POSIX) from opening to `close()`.
@@ -87,6 +140,7 @@ class ProposalCache:
         path: str | os.PathLike,
         params: dict | None = None,
         *,
+        images=None,
         readonly: bool = False,
         verify: bool = True,
         fsync_every: int = 64,
@@ -100,6 +154,8 @@ class ProposalCache:
         self._reader_pid = None
         self._unsynced = 0
         wanted = None if params is None else _normalize_params(params)
+        wanted_images = _normalize_images(images)
+        self.images: dict[int, tuple[str, int | None]] | None = None
 
         if readonly and not self.path.is_file():
             raise FileNotFoundError(f"proposal cache not found: {self.path}")
@@ -116,14 +172,26 @@ class ProposalCache:
                     )
                 if readonly:
                     raise ValueError(f"proposal cache {self.path} is empty")
-                self._create(wanted)
+                self._create(wanted, wanted_images)
                 return
-            self.params, self._data_start = self._read_header()
+            self.params, recorded, self._data_start = self._read_header()
+            self.images = None if recorded is None else {r[0]: (r[1], r[2]) for r in recorded}
             if wanted is not None and wanted != self.params:
                 raise ValueError(
                     f"proposal cache {self.path} was made with other parameters: "
                     f"{_describe_mismatch(self.params, wanted)}. Use another output file "
                     "or delete this one."
+                )
+            if wanted_images is not None and recorded is None:
+                raise ValueError(
+                    f"proposal cache {self.path} records no image list (made by an older detkit), so it "
+                    "cannot be checked against these images; delete it (or use another output file) to rebuild it"
+                )
+            if wanted_images is not None and wanted_images != recorded:
+                raise ValueError(
+                    f"proposal cache {self.path} was made for other images (another split, or the data "
+                    f"changed): {len(recorded)} images recorded, {len(wanted_images)} given; "
+                    f"{_images_mismatch(recorded, wanted_images)}. Use another output file or delete this one."
                 )
             self._scan(verify)
         except BaseException:
@@ -132,18 +200,19 @@ class ProposalCache:
 
     # -- file level ---------------------------------------------------------------------
 
-    def _create(self, params: dict) -> None:
+    def _create(self, params: dict, images: list[list] | None) -> None:
         from detkit import __version__
 
         self.params = params
+        self.images = None if images is None else {r[0]: (r[1], r[2]) for r in images}
         info = {"detkit": __version__, "opencv": cv2.__version__}
-        body = json.dumps({"params": params, "info": info}, sort_keys=True).encode()
+        body = json.dumps({"params": params, "images": images, "info": info}, sort_keys=True).encode()
         f = self._write_handle()
         f.write(_FILE_HEAD.pack(_FILE_MAGIC, len(body), zlib.crc32(body)) + body)
         self.sync()
         self._data_start = _FILE_HEAD.size + len(body)
 
-    def _read_header(self) -> tuple[dict, int]:
+    def _read_header(self) -> tuple[dict, list[list] | None, int]:
         with open(self.path, "rb") as f:
             head = f.read(_FILE_HEAD.size)
             if len(head) < _FILE_HEAD.size or head[:8] != _FILE_MAGIC:
@@ -153,7 +222,9 @@ class ProposalCache:
         try:
             if len(body) != length or zlib.crc32(body) != crc:
                 raise ValueError
-            params = json.loads(body)["params"]
+            header = json.loads(body)
+            params = header["params"]
+            images = _normalize_images(header.get("images"))
             if not isinstance(params, dict):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
@@ -161,7 +232,7 @@ class ProposalCache:
                 f"the header of proposal cache {self.path} is damaged; delete the file to "
                 "start over"
             ) from None
-        return params, _FILE_HEAD.size + length
+        return params, images, _FILE_HEAD.size + length
 
     def _parse(self, buf, pos: int, size: int, verify: bool):
         """(image_id, n, end) of a sound record at `pos`, else (image_id or None, None, None)."""
@@ -204,12 +275,15 @@ class ProposalCache:
         if not damaged:
             return
 
-        ids = [d[2] for d in damaged if d[2] is not None]
-        ids = [i for i in ids if i not in self._index]  # ids stored again later are safe
+        if self.images is not None:  # exact: listed ids without a sound record (a bad id field never shows)
+            ids = [i for i in self.images if i not in self._index]
+        else:  # old file: the ids readable in the damaged records
+            ids = [d[2] for d in damaged if d[2] is not None]
+            ids = [i for i in ids if i not in self._index]  # ids stored again later are safe
         tail_only = len(damaged) == 1 and damaged[0][1] == size
         what = "an incomplete record at the end" if tail_only else f"{len(damaged)} damaged region(s)"
         action = "ignored (read-only)" if self.readonly else "removed"
-        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+        shown = _id_list(ids)
         warnings.warn(
             f"proposal cache {self.path}: {what} {action}"
             + (f"; image ids to recompute: {shown}" if ids else "")
@@ -241,6 +315,35 @@ class ProposalCache:
         self._index = index
         self.close()  # the lock was on the replaced file: lock the new one
         self._write_handle()
+
+    def check_images(self, images: Iterable[tuple[int, str | os.PathLike]], *, hint: str = "") -> None:
+        """Refuse, with a one-line ValueError, to serve a data set's `(image_id, path)` images when
+        the cache was made for other images (names or byte sizes differ, ids unknown) or lacks
+        proposals for some of them (all missing ids are named). A cache without an image list
+        (an older detkit) gets the coverage check and a warning. `hint` ends the messages.
+        """
+        wanted = image_records(images)
+        if self.images is not None:
+            foreign = [r for r in wanted if self.images.get(r[0]) != (r[1], r[2])]
+            if foreign:
+                recorded = [[i, *v] for i, v in self.images.items() if i in {r[0] for r in foreign}]
+                raise ValueError(
+                    f"proposal cache {self.path} was made for other images (another split, or the data changed): "
+                    f"{len(foreign)} of {len(wanted)} images differ; {_images_mismatch(recorded, foreign)}{hint}"
+                )
+        else:
+            warnings.warn(
+                f"proposal cache {self.path} records no image list (made by an older detkit): it cannot be "
+                f"checked against the data set's images; rebuild it to get that check{hint}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        missing = [r[0] for r in wanted if r[0] not in self._index]
+        if missing:
+            raise ValueError(
+                f"proposal cache {self.path} has no proposals for {len(missing)} of {len(wanted)} images "
+                f"(image ids {_id_list(missing)}){hint}"
+            )
 
     # -- mapping API --------------------------------------------------------------------
 
@@ -444,7 +547,8 @@ def compute_proposals(
 
     Args:
         dataset_images: `(image_id, image_path)` pairs.
-        cache_path: cache file, created if missing; its params must match these.
+        cache_path: cache file, created if missing; its params and image list (ids, file
+            names, byte sizes: see `image_records`) must match these.
         workers: processes (default `os.cpu_count()`); 1 runs in this process.
         mode, max_proposals, resize_to, min_size, seed: see `selective_search`.
         progress: show a tqdm bar.
@@ -454,15 +558,15 @@ def compute_proposals(
     """
     params = selective_search_params(mode, max_proposals, min_size, resize_to, seed)
     ss_kwargs = {k: params[k] for k in ("mode", "max_proposals", "min_size", "resize_to", "seed")}
-    cache = ProposalCache(cache_path, params)
+    dataset_images = [(int(i), os.fspath(p)) for i, p in dataset_images]
+    cache = ProposalCache(cache_path, params, images=image_records(dataset_images))
 
     todo, seen = [], set()
     for image_id, path in dataset_images:
-        image_id = int(image_id)
         if image_id not in seen:
             seen.add(image_id)
             if image_id not in cache:
-                todo.append((image_id, str(path)))
+                todo.append((image_id, path))
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     workers = max(1, min(workers, len(todo)))
 

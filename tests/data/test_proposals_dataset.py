@@ -1,7 +1,9 @@
 """WithProposals: cached proposals attached to samples and moved with the image's transforms."""
 
+import os
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,8 +11,9 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from detkit.data import ShapesDataset, build_transforms, collate_detection
-from detkit.data.proposals import WithProposals
+from detkit.data.proposals import WithProposals, dataset_images
 from detkit.proposals import ProposalCache
+from detkit.proposals.cache import image_records
 
 PARAMS = {"method": "test"}
 
@@ -99,7 +102,7 @@ def test_shapes_with_standard_transforms_and_collate(tmp_path):
     train = build_transforms(True, min_size=96, max_size=None, hflip_prob=0.5)
     shapes = ShapesDataset(tmp_path / "shapes", "val", num_images=3, image_size=64, transforms=train)
     raw = ShapesDataset(tmp_path / "shapes", "val", num_images=3, image_size=64)
-    with ProposalCache(tmp_path / "gt.bin", PARAMS) as cache:
+    with ProposalCache(tmp_path / "gt.bin", PARAMS, images=image_records(dataset_images(raw))) as cache:
         for i in range(len(raw)):
             _, t = raw[i]
             cache.put(int(t["image_id"]), t["boxes"].numpy())
@@ -143,3 +146,44 @@ def test_pickles_for_dataloader_workers(tmp_path):
         clone = pickle.loads(pickle.dumps(ds))
         assert clone[1][1]["proposals"].tolist() == [[3, 3, 9, 9]]
         assert ds[0][1]["proposals"].tolist() == [[1, 2, 30, 40]]  # the original still reads
+
+
+def _shapes(root, split, n):
+    return ShapesDataset(root, split, num_images=n, image_size=64)
+
+
+def _gt_cache(path, dataset, *, skip=()):
+    """A cache recording `dataset`'s images, with its ground-truth boxes as proposals."""
+    with ProposalCache(path, PARAMS, images=image_records(dataset_images(dataset))) as cache:
+        for i in range(len(dataset)):
+            image_id = dataset.image_ids[i]
+            if image_id not in skip:
+                cache.put(image_id, dataset[i][1]["boxes"].numpy())
+    return path
+
+
+def test_a_cache_of_another_split_or_of_regenerated_data_is_refused(tmp_path):
+    """Train ids 1..4 cover val ids 1..2: only the recorded file sizes tell the splits apart."""
+    train, val = _shapes(tmp_path / "shapes", "train", 4), _shapes(tmp_path / "shapes", "val", 2)
+    cache = _gt_cache(tmp_path / "train.bin", train)
+    with pytest.raises(ValueError, match=r"made for other images .*2 of 2 images differ.*image id 1: cache 000000.png"):
+        WithProposals(val, cache)
+    assert len(WithProposals(val, _gt_cache(tmp_path / "val.bin", val))) == 2
+    path = os.path.join(val.image_root, val.image_info(1)["file_name"])  # regenerate one image
+    cv2.imwrite(path, np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"1 of 2 images differ.*image id 2"):
+        WithProposals(val, tmp_path / "val.bin")
+
+
+def test_missing_proposals_are_listed_at_set_up(tmp_path):
+    val = _shapes(tmp_path / "shapes", "val", 5)
+    cache = _gt_cache(tmp_path / "val.bin", val, skip={2, 4})
+    with pytest.raises(ValueError, match=r"no proposals for 2 of 5 images \(image ids 2, 4\); compute them with"):
+        WithProposals(val, cache)
+
+
+def test_a_cache_without_image_list_warns_and_still_checks_coverage(tmp_path):
+    val = _shapes(tmp_path / "shapes", "val", 2)
+    with pytest.warns(RuntimeWarning, match="records no image list"):
+        with pytest.raises(ValueError, match=r"image ids 2\)"):
+            WithProposals(val, _cache(tmp_path / "old.bin", {1: [[0, 0, 5, 5]]}))

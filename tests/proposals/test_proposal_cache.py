@@ -1,5 +1,7 @@
+import json
 import os
 import warnings
+import zlib
 
 import cv2
 import numpy as np
@@ -256,3 +258,79 @@ def test_precompute_script(tmp_path, image_files, capsys):
     assert main(base) == 2
     err = capsys.readouterr().err
     assert "image file not found" in err and "gone.png" in err and "Traceback" not in err
+
+
+IMAGES = [[i, f"{i:06d}.jpg", 1000 + i] for i in range(1, 11)]
+
+
+def _full_cache(path):
+    with ProposalCache(path, PARAMS, images=IMAGES) as c:
+        for i, *_ in IMAGES:
+            c.put(i, boxes(3, i))
+
+
+def test_damage_warning_names_exactly_the_lost_ids(tmp_path):
+    path = tmp_path / "p.bin"
+    _full_cache(path)
+    ends = record_end(path)
+    with open(path, "r+b") as f:  # zero from inside record 3 to inside record 9: 7 records lost
+        f.seek(ends[2] + 30)
+        f.write(bytes(ends[9] - 20 - (ends[2] + 30)))
+    with pytest.warns(RuntimeWarning, match=r"ids to recompute: 3, 4, 5, 6, 7, 8, 9 \("):
+        c = ProposalCache(path, PARAMS)
+    assert c.keys() == [1, 2, 10]
+    c.close()
+
+    _full_cache(path := tmp_path / "q.bin")
+    ends = record_end(path)
+    flip_byte(path, ends[4] + 4)  # the id field of record 5: the record reads as a bogus id
+    with pytest.warns(RuntimeWarning, match=r"ids to recompute: 5 \(") as record:
+        c = ProposalCache(path, PARAMS)
+    assert sorted(c.keys()) == [1, 2, 3, 4, 6, 7, 8, 9, 10] and len(record) == 1
+
+
+def _old_format(path, params):
+    """A cache as detkit wrote it before image lists: the header has no "images"."""
+    body = json.dumps({"params": params, "info": {}}, sort_keys=True).encode()
+    path.write_bytes(cache_mod._FILE_HEAD.pack(cache_mod._FILE_MAGIC, len(body), zlib.crc32(body)) + body)
+
+
+def test_image_list_is_recorded_and_must_match(tmp_path):
+    path = tmp_path / "p.bin"
+    _full_cache(path)
+    assert ProposalCache(path, readonly=True).images[3] == ("000003.jpg", 1003)
+    ProposalCache(path, PARAMS, images=IMAGES).close()  # same list: fine
+    changed = [r if r[0] != 4 else [4, "000004.jpg", 999] for r in IMAGES]
+    with pytest.raises(ValueError, match=r"made for other images.*image id 4: cache 000004.jpg \(1004 bytes\), now "):
+        ProposalCache(path, PARAMS, images=changed)
+    _old_format(old := tmp_path / "old.bin", PARAMS)
+    assert ProposalCache(old, readonly=True).images is None
+    with pytest.raises(ValueError, match="records no image list.*delete it"):
+        ProposalCache(old, PARAMS, images=IMAGES)
+
+
+def test_check_images(tmp_path):
+    files = []
+    for i in (1, 2, 3):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x" * (10 + i))
+        files.append((i, tmp_path / f"{i}.jpg"))
+    with ProposalCache(tmp_path / "p.bin", PARAMS, images=cache_mod.image_records(files)) as c:
+        c.put(1, boxes(2, 0))
+        c.put(3, boxes(2, 0))
+        c.check_images(files[:1])  # a subset with proposals: fine
+        with pytest.raises(ValueError, match=r"no proposals for 1 of 3 images \(image ids 2\); rebuild"):
+            c.check_images(files, hint="; rebuild")
+        (tmp_path / "3.jpg").write_bytes(b"regenerated")
+        with pytest.raises(ValueError, match="made for other images.*1 of 3 images differ.*image id 3"):
+            c.check_images(files)
+    _old_format(old := tmp_path / "old.bin", PARAMS)
+    with ProposalCache(old, PARAMS) as c, pytest.warns(RuntimeWarning, match="records no image list"):
+        with pytest.raises(ValueError, match=r"no proposals for 3 of 3 images \(image ids 1, 2, 3\)"):
+            c.check_images(files)
+
+
+def test_compute_proposals_refuses_a_cache_of_other_images(tmp_path, image_files):
+    out = tmp_path / "c.bin"
+    compute_proposals(image_files[:2], out, workers=1, progress=False, max_proposals=20)
+    with pytest.raises(ValueError, match="made for other images"):
+        compute_proposals(image_files, out, workers=1, progress=False, max_proposals=20)
