@@ -16,7 +16,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]' $(TORCH_PINS)
 	touch $(STAMP)
 
 # Train the default detector on the synthetic shapes data (generated on first use), then

@@ -8,7 +8,6 @@ from detkit.evaluation.coco_eval import (
     format_summary,
     gather_and_deduplicate,
 )
-from detkit.evaluation.pr_curve import plot_pr_curves
 from detkit.evaluation.proposal_recall import proposal_recall
 from detkit.evaluation.results import detections_to_coco_results, save_results_json
 
@@ -24,3 +23,11 @@ __all__ = [
     "proposal_recall",
     "save_results_json",
 ]
+
+
+def __getattr__(name: str):
+    if name == "plot_pr_curves":  # imported on use: it needs OpenCV
+        from detkit.evaluation.pr_curve import plot_pr_curves
+
+        return plot_pr_curves
+    raise AttributeError(f"module 'detkit.evaluation' has no attribute {name!r}")

@@ -6,10 +6,12 @@ Shape shorthand: N proposals of one image (ranked, best first); G ground-truth b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchvision.ops import box_iou
+
+if TYPE_CHECKING:  # torch is imported on use: `detkit evaluate` starts without it
+    import torch
 
 __all__ = ["AR_IOU_THRESHOLDS", "proposal_recall"]
 
@@ -18,6 +20,8 @@ AR_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
 def _as_boxes(x, what: str, i: int) -> torch.Tensor:
+    import torch
+
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     t = t.detach().to(device="cpu", dtype=torch.float64)
     if t.numel() == 0:
@@ -56,6 +60,9 @@ def proposal_recall(
     top_ks = [int(k) for k in top_ks]
     if any(k < 1 for k in top_ks):
         raise ValueError(f"top_ks must be positive, got {top_ks}")
+    import torch
+    from torchvision.ops import box_iou
+
     thresholds = sorted({float(t) for t in iou_thresholds} | set(AR_IOU_THRESHOLDS))
     thr = torch.tensor(thresholds, dtype=torch.float64)
 

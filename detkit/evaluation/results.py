@@ -9,11 +9,12 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pycocotools.mask as mask_utils
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported on use: `detkit evaluate` starts without it
+    from torch import Tensor
 
 __all__ = ["detections_to_coco_results", "label_lookup_table", "save_results_json"]
 
@@ -42,6 +43,9 @@ def label_lookup_table(
 
 def _encode_masks(masks: Tensor, mask_threshold: float) -> list[dict]:
     """Compressed RLEs (counts as str) of `Tensor[K, H, W]` (or `[K, 1, H, W]`) masks."""
+    import pycocotools.mask as mask_utils
+    import torch
+
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if masks.dim() != 3:
@@ -86,6 +90,8 @@ def detections_to_coco_results(
         raise ValueError(
             f"got {len(image_ids)} image ids for {len(detections)} detection dicts"
         )
+    import torch
+
     lut = label_lookup_table(label_to_category_id)
     results: list[dict] = []
     for image_id, det in zip(image_ids, detections):

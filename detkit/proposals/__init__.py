@@ -1,10 +1,20 @@
-"""Region proposals: selective search (offline, CPU) and proposal caches."""
+"""Region proposals: the RPN, selective search (offline, CPU) and proposal caches.
 
-from detkit.proposals.cache import (
-    ProposalCache,
-    compute_proposals,
-    selective_search_params,
-)
+Selective search and the caches need OpenCV (`pip install 'detkit[proposals]'`): the cache
+names are imported on first use and `selective_search` imports cv2 when called, so
+`detkit.proposals.rpn` (used by every detector) works without it.
+"""
+
+import importlib
+
 from detkit.proposals.selective_search import selective_search
 
+_LAZY = {"ProposalCache": "cache", "compute_proposals": "cache", "selective_search_params": "cache"}
+
 __all__ = ["ProposalCache", "compute_proposals", "selective_search", "selective_search_params"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"detkit.proposals.{_LAZY[name]}"), name)  # cache needs cv2
+    raise AttributeError(f"module 'detkit.proposals' has no attribute {name!r}")

@@ -37,9 +37,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Self
 
-import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 try:
     import fcntl
@@ -47,6 +45,10 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
 from detkit.proposals.selective_search import _check_args, selective_search_bgr
+from detkit.utils.optional import require
+
+cv2 = require("cv2", "proposals", "selective search")
+tqdm = require("tqdm.auto", "proposals", "detkit proposals").tqdm
 
 __all__ = ["ProposalCache", "compute_proposals", "image_records", "selective_search_params"]
 

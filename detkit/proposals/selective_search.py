@@ -13,8 +13,9 @@ import ctypes
 import ctypes.util
 import functools
 
-import cv2
 import numpy as np
+
+from detkit.utils.optional import require
 
 __all__ = ["SS_MODES", "default_min_size", "selective_search", "selective_search_bgr"]
 
@@ -38,6 +39,17 @@ def _libc_srand():
     fn.argtypes = [ctypes.c_uint]
     fn.restype = None
     return fn
+
+
+def _opencv_contrib():
+    """cv2 with the contrib module `ximgproc` (selective search), or a one-line ImportError."""
+    cv2 = require("cv2", "proposals", "selective search")
+    if not hasattr(cv2, "ximgproc"):
+        raise ImportError(
+            "selective search needs OpenCV's contrib modules (cv2.ximgproc): replace "
+            "opencv-python(-headless) with opencv-contrib-python-headless (pip install 'detkit[proposals]')"
+        )
+    return cv2
 
 
 def default_min_size(height: int, width: int) -> float:
@@ -76,6 +88,7 @@ def selective_search_bgr(
     seed: int | None = 0,
 ) -> np.ndarray:
     """Same as :func:`selective_search` for a BGR image (what `cv2.imread` returns)."""
+    cv2 = _opencv_contrib()
     _check_image(image_bgr)
     _check_args(mode, max_proposals, min_size, resize_to)
     height, width = image_bgr.shape[:2]
