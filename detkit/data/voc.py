@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
@@ -43,6 +44,26 @@ VOC_CLASSES = (
 )  # fmt: skip
 
 _MAX_XML_BYTES = 1 << 20
+_EXIF_ORIENTATION = 0x0112  # values 5..8 turn the image by 90 degrees
+
+
+def image_header_size(path: str) -> tuple[int, int]:
+    """``(width, height)`` of an image file as :func:`read_image_rgb` returns it (EXIF
+    orientation applied), from its header: PIL opens the file without decoding the pixels.
+
+    Raises:
+        ImageReadError: missing file or no recognisable image header.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.format == "JPEG" and im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except OSError as e:  # PIL.UnidentifiedImageError included
+        raise ImageReadError(path, f"no readable image header ({e})") from None
+    return width, height
 
 
 def _text(node: ET.Element, path: str, where: str) -> str:
@@ -151,7 +172,12 @@ class VocDetection(torch.utils.data.Dataset):
 
     Malformed objects (unknown class, ``xmax < xmin``, box outside the image) raise
     ``ValueError`` naming the file -- or are skipped and counted with ``skip_invalid=True``
-    (also whole files that cannot be parsed). Unreadable images raise :class:`ImageReadError`,
+    (also whole files that cannot be parsed). The XML ``<size>`` is compared with the image
+    file's header when the annotations are parsed (no decoding): a mismatch is a ValueError
+    naming both files, a missing image or unreadable header an :class:`ImageReadError`
+    -- with ``skip_invalid`` the image is left out and counted (``stats["invalid_images"]``
+    / ``stats["unreadable_images"]``). Images that fail to decode later raise
+    :class:`ImageReadError`,
     or with ``skip_invalid`` are skipped and counted: ``__getitem__`` returns None, which
     :func:`collate_detection` drops (an evaluation never sees an image twice); with
     ``substitute_unreadable=True`` (training) the next readable index is used instead.
@@ -219,9 +245,9 @@ class VocDetection(torch.utils.data.Dataset):
         self.stats["objects"] = int(sum(r.keep.sum() for r in self._records))
         if self._skipped:
             log.warning(
-                "%s (%s): skipped %d invalid objects and %d invalid files (skip_invalid=True); first: %s",
-                self.root, image_set, self.stats["invalid_annotations"], self.stats["invalid_images"],
-                "; ".join(self._skipped[:3]),
+                "%s (%s): skipped %d invalid objects, %d invalid files and %d unreadable images (skip_invalid=True); "
+                "first: %s", self.root, image_set, self.stats["invalid_annotations"], self.stats["invalid_images"],
+                self.stats["unreadable_images"], "; ".join(self._skipped[:3]),
             )  # fmt: skip
 
     @property
@@ -247,6 +273,20 @@ class VocDetection(torch.utils.data.Dataset):
             self._fail(str(e), "invalid_images")
             return None
         w, h = ann["width"], ann["height"]
+        try:
+            actual = image_header_size(image_path)
+        except ImageReadError as e:
+            if not self.skip_invalid:
+                raise
+            self.stats["unreadable_images"] += 1
+            self._skipped.append(str(e))
+            return None
+        if actual != (w, h):
+            self._fail(
+                f"{xml_path}: <size> {w}x{h} differs from the image {image_path} ({actual[0]}x{actual[1]})",
+                "invalid_images",
+            )
+            return None
         boxes, labels, difficult = [], [], []
         for k, obj in enumerate(ann["objects"]):
             where = f"{xml_path}: object {k} ({obj['name']!r})"

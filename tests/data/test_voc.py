@@ -175,6 +175,21 @@ def test_unreadable_image_is_skipped_and_counted_never_substituted(tmp_path, kin
     assert build(substitute_unreadable=True)[1][1]["image_id"] == 3
 
 
+def test_xml_size_is_checked_against_the_image_header_when_parsed(tmp_path):
+    root = make_voc(tmp_path, {"a": (40, 30, [("dog", (1, 1, 10, 20), False)]), "b": (40, 30, [])})
+    cv2.imwrite(str(root / "JPEGImages" / "a.jpg"), np.zeros((40, 30, 3), np.uint8))  # 30 wide, 40 high
+    with pytest.raises(ValueError, match=r"a\.xml: <size> 40x30 differs from the image .*a\.jpg \(30x40\)"):
+        VocDetection(root)  # at construction, before any image is decoded
+    ds = VocDetection(root, skip_invalid=True)
+    assert ds.image_ids == [2] and ds.stats["invalid_images"] == 1  # "b" only: nothing to substitute
+
+    (root / "JPEGImages" / "a.jpg").unlink()
+    with pytest.raises(ImageReadError, match=r"a\.jpg.*file not found"):
+        VocDetection(root)
+    ds = VocDetection(root, skip_invalid=True)
+    assert ds.image_ids == [2] and ds.stats["unreadable_images"] == 1
+
+
 def test_missing_image_set(tmp_path):
     make_voc(tmp_path, {"a": (40, 30, [])})
     with pytest.raises(FileNotFoundError, match="val.txt"):
