@@ -17,7 +17,7 @@ import math
 import operator
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,7 @@ from .io import ImageReadError, load_first_readable, read_image_rgb
 __all__ = [
     "AnnotationFormatError",
     "CocoDetection",
+    "missing_files",
     "decode_rles",
     "decode_segmentation",
     "load_coco_json",
@@ -113,6 +114,27 @@ def resolve_under_root(
             "(pass allow_outside_root=True to permit this)"
         )
     return path
+
+
+def missing_files(paths: Iterable[str]) -> list[str]:
+    """The `paths` that are not existing files, in their order.
+
+    One directory listing per folder instead of a stat per file (no image is opened), so
+    checking the 118k files of COCO train2017 takes well under a second.
+    """
+    by_folder: dict[str, set[str]] = {}
+    missing = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in by_folder:
+            try:
+                with os.scandir(folder or ".") as entries:
+                    by_folder[folder] = {e.name for e in entries if e.is_file()}
+            except OSError:  # missing folder, not a folder, no permission
+                by_folder[folder] = set()
+        if name not in by_folder[folder]:
+            missing.append(path)
+    return missing
 
 
 def _is_number(v: Any) -> bool:
@@ -237,6 +259,10 @@ class CocoDetection(torch.utils.data.Dataset):
         include_crowd: keep ``iscrowd=1`` annotations in the targets (flagged in ``iscrowd``).
         skip_invalid: skip bad annotations / images with a logged warning instead of raising.
         allow_outside_root: allow ``file_name`` entries outside ``image_root``.
+        check_files: at construction, check that every referenced image file exists (a
+            directory listing, no decoding): missing files raise ``FileNotFoundError`` naming
+            them, or with ``skip_invalid=True`` their images are dropped and counted
+            (``stats["missing_files"]``).
         substitute_unreadable: with ``skip_invalid``, return the next readable image in
             place of an unreadable one (fixed batch sizes for training) instead of None.
     """
@@ -252,6 +278,7 @@ class CocoDetection(torch.utils.data.Dataset):
         include_crowd: bool = False,
         skip_invalid: bool = False,
         allow_outside_root: bool = False,
+        check_files: bool = False,
         substitute_unreadable: bool = False,
     ) -> None:
         self.image_root = os.fspath(image_root)
@@ -274,6 +301,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 "invalid_images",
                 "empty_images_dropped",
                 "unreadable_images",
+                "missing_files",
             ),
             0,
         )
@@ -284,6 +312,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self._init_categories(data["categories"])
         self.coco = self._build_index(data)
         self._records = self._build_records()
+        if check_files:
+            self._drop_missing_files()
         self.image_ids = [r.image_id for r in self._records]
         self._report()
 
@@ -441,6 +471,24 @@ class CocoDetection(torch.utils.data.Dataset):
             segmentations=segs,
         )
 
+    def _drop_missing_files(self) -> None:
+        missing = set(missing_files(r.path for r in self._records))
+        if not missing:
+            return
+        names = [r.file_name for r in self._records if r.path in missing]
+        more = f" (and {len(names) - 3} more)" if len(names) > 3 else ""
+        message = (
+            f"{self.ann_file}: {len(names)} image file(s) not found under {self.image_root}: "
+            f"{', '.join(names[:3])}{more}"
+        )
+        if not self.skip_invalid:
+            raise FileNotFoundError(message)
+        log.warning("%s; their images are left out (skip_invalid=True)", message)
+        self.stats["missing_files"] = len(names)
+        self._records = [r for r in self._records if r.path not in missing]
+        self.stats["images"] = len(self._records)
+        self.stats["annotations"] = int(sum(len(r.labels) for r in self._records))
+
     def _check_annotation(
         self, ann: dict, height: int, width: int
     ) -> list[float] | None:
@@ -506,10 +554,12 @@ class CocoDetection(torch.utils.data.Dataset):
     def _read(self, rec: _Record) -> np.ndarray:
         img = read_image_rgb(rec.path)
         if img.shape[:2] != (rec.height, rec.width):
+            rotated = img.shape[:2] == (rec.width, rec.height)
             raise ImageReadError(
                 rec.path,
                 f"size {img.shape[1]}x{img.shape[0]} differs from {rec.width}x{rec.height} "
-                f"in {self.ann_file} (image id {rec.image_id})",
+                f"in {self.ann_file} (image id {rec.image_id})"
+                + ("; its EXIF orientation rotates it: annotate the rotated image or drop the tag" if rotated else ""),
             )
         return img
 

@@ -15,13 +15,27 @@ __all__ = ["ImageReadError", "read_image_rgb"]
 class ImageReadError(OSError):
     """An image file is missing, unreadable, truncated or of an unsupported kind."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:  # one argument: a whole message, as DataLoader re-raises worker errors
+            message = _worker_error_line(str(path))
+            self.path, self.reason = "", message
+            super().__init__(message)
+            return
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path!r}: {reason}")
 
     def __reduce__(self):  # keep picklable across DataLoader worker processes
-        return (type(self), (self.path, self.reason))
+        return (type(self), (self.path, self.reason) if self.path else (self.reason,))
+
+
+def _worker_error_line(message: str) -> str:
+    """The original one-line error inside a DataLoader "Caught X in DataLoader worker" message."""
+    if "Original Traceback" not in message:
+        return message
+    last = [line for line in message.strip().splitlines() if line.strip()][-1]
+    head, sep, tail = last.partition(": ")
+    return tail if sep and "Error" in head else last
 
 
 def _jpeg_is_truncated(data: bytes) -> bool:
@@ -52,8 +66,8 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as an RGB array.
 
     Grayscale is replicated to 3 channels, an alpha channel is dropped, 16-bit images are
-    scaled to 8 bits, float images are taken as 0..1. EXIF orientation is not applied (as
-    with COCO and most detection toolkits).
+    scaled to 8 bits, float images are taken as 0..1. A JPEG's EXIF orientation is applied
+    (the image is returned as viewers show it, before any size check).
 
     Returns:
         ``np.ndarray[H, W, 3]`` uint8, RGB, C-contiguous.
@@ -74,7 +88,9 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(path, "empty file")
     if data[:2] == b"\xff\xd8" and _jpeg_is_truncated(data):
         raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    # JPEGs (8-bit, no alpha): IMREAD_COLOR applies the EXIF orientation; other formats unchanged
+    flags = cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if img is None or img.size == 0:
         raise ImageReadError(
             path, "not a decodable image (corrupt, truncated or unknown format)"

@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from detkit.engine.visualize import plot_curves
 from detkit.evaluation import detections_to_coco_results
@@ -166,6 +166,17 @@ class DetectionCheckpoint(ModelCheckpoint):
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_written_step = trainer.global_step
+
+    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict) -> None:
+        # COCO reports -1 for an undefined metric (no ground truth objects): not a score to rank
+        value = monitor_candidates.get(self.monitor) if self.monitor else None
+        if value is not None and float(value) == -1.0 and str(self.monitor).split("/")[-1].startswith(("AP", "AR")):
+            rank_zero_warn(
+                f"{self.monitor} is -1 (undefined: the validation annotations have no objects); "
+                "no best checkpoint is written, only last.ckpt"
+            )
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
 
     def _refresh_last(self, trainer: Trainer) -> None:
         if (

@@ -83,19 +83,29 @@ class DetkitCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        # `model.num_classes` is a link target (it comes from the data); drop it from the
-        # checkpoint's hyper-parameters that LightningCLI merges into the config.
+        """Model hyper-parameters of a `--ckpt_path` checkpoint fill in what the command line and
+        config leave at their defaults; values given explicitly win (and are said to win), so the
+        saved config.yaml is what runs. `model.num_classes` comes from the data (a link target)."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            ckpt = load_checkpoint(ckpt_path)
-            hparams = {
-                k: v
-                for k, v in (ckpt.get("hyper_parameters") or {}).items()
-                if k not in ("_instantiator", "_class_path", "num_classes")
-            }
-            if hparams:
-                self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        ckpt = load_checkpoint(ckpt_path)
+        given = self.config[subcommand].get("model")
+        defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
+        hparams, kept = {}, []
+        for k, v in (ckpt.get("hyper_parameters") or {}).items():
+            if k in ("_instantiator", "_class_path", "num_classes"):
+                continue
+            mine = given.get(k) if given is not None else None
+            if given is not None and k in given and defaults is not None and mine != defaults.get(k) and mine != v:
+                kept.append(f"model.{k}={mine!r} (checkpoint: {v!r})")
+                continue
+            hparams[k] = v
+        if kept:
+            print(f"detkit {subcommand}: using the given {', '.join(kept)}", file=sys.stderr)
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def _resolve_last(self, subcommand: str) -> None:
         """`--ckpt_path last`: Lightning looks only in this run's new version folder; use the newest
@@ -217,18 +227,24 @@ def _ground_truth_ids(path: str, class_names: Sequence[str] | None) -> tuple[dic
     return by_name, {i + 1: c["id"] for i, c in enumerate(cats)}
 
 
-def _image_ids(files: Sequence[tuple[Path, str]], annotations: str | None, by_name: dict[str, int]) -> list[int]:
-    """The COCO image id of each file: from the annotations by relative file name, else 1..N in file order."""
-    if annotations is None:
-        return list(range(1, len(files) + 1))
-    unknown = [name for _, name in files if name not in by_name]
-    if unknown:
-        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+def _match_annotations(
+    files: list[tuple[Path, str]], annotations: str, by_name: dict[str, int], prog: str
+) -> tuple[list[tuple[Path, str]], list[int]]:
+    """The input files listed in the annotations (by file_name relative to the input folder) and their
+    image ids; other files are left out and said, images of the annotations not found are said."""
+    kept = [(p, n) for p, n in files if n in by_name]
+    if not kept:
         raise ValueError(
-            f"{len(unknown)} input file(s) have no images entry in {annotations} (file_name relative to the input "
-            f"folder): {', '.join(unknown[:3])}{more}"
+            f"none of the {len(files)} input files is an images entry of {annotations}: file_name must be relative "
+            f"to the --input folder (first input file: {files[0][1]!r}; first file_name: {next(iter(by_name), None)!r})"
         )
-    return [by_name[name] for _, name in files]
+    if len(kept) < len(files):
+        print(f"{prog}: {len(files) - len(kept)} input file(s) are not in {annotations}; left out", file=sys.stderr)
+    absent = len(by_name) - len({n for _, n in kept})
+    if absent:
+        print(f"{prog}: warning: {absent} image(s) of {annotations} are not under the input; they get no detections",
+              file=sys.stderr)  # fmt: skip
+    return kept, [by_name[n] for _, n in kept]
 
 
 def _list_images(inputs: Sequence[str]) -> list[tuple[Path, str]]:
@@ -325,15 +341,12 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
                 f"{args.annotations}: category ids {sorted(gt_map.values())} differ from the checkpoint's "
                 f"{sorted(label_map.values())}"
             )
-    if label_map is None:  # a checkpoint from before category ids were stored
-        num_classes = int(getattr(model, "num_classes", 0) or len(class_names or ()))
-        label_map = {k: k for k in range(1, num_classes + 1)}
-        print(
-            f"{prog}: warning: {args.checkpoint} stores no category ids; category_id = label (1..{num_classes}); "
-            "pass --annotations to use the data set's ids",
-            file=sys.stderr,
-        )
-    image_ids = _image_ids(files, args.annotations, by_name)
+    identity = label_map is None  # a checkpoint from before category ids were stored
+    if identity:
+        label_map = {k: k for k in range(1, int(getattr(model, "num_classes", 0) or len(class_names or ())) + 1)}
+    image_ids = list(range(1, len(files) + 1))  # without annotations: 1..N in sorted file order
+    if args.annotations is not None:
+        files, image_ids = _match_annotations(files, args.annotations, by_name, prog)
     model.to(device)
     out_names = _output_names([name for _, name in files])
     os.makedirs(args.output, exist_ok=True)
@@ -369,6 +382,12 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
     }
     save_results_json(meta, os.path.join(args.output, "images.json"))
     print(f"{len(images_meta)} images, {len(results)} detections -> {out_json}")
+    if identity:
+        print(
+            f"{prog}: warning: {args.checkpoint} stores no category ids; category_id = label (1..{len(label_map)}); "
+            "pass --annotations to use the data set's ids",
+            file=sys.stderr,
+        )
     if skipped:
         names = ", ".join(f"{s['file_name']} ({s['reason']})" for s in skipped[:3])
         more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, RandomSampler
 
 from detkit.data import (
@@ -95,6 +96,39 @@ class DetectionDataModule(LightningDataModule):
     @property
     def label_to_category_id(self) -> dict[int, int] | None:
         return None if self.val_dataset is None else dict(self.val_dataset.label_to_category_id)
+
+    def _check_resize(self, min_size: int | Sequence[int] | None, max_size: int | None) -> None:
+        """The detector's transform resizes every image (train, validation, test, predict); the data
+        pipeline never does. `min_size` / `max_size` given to the data module must agree with it."""
+        if min_size is None and max_size is None:
+            return
+        if min_size is not None and not isinstance(min_size, int):
+            raise ValueError(
+                f"data min_size={list(min_size)}: multi-scale resizing in the data module is not supported; the "
+                "model resizes every image to its model_kwargs.min_size / max_size"
+            )
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        transform = getattr(getattr(module, "model", None), "transform", None)
+        if transform is None:
+            return
+        given = {"min_size": min_size, "max_size": max_size}
+        wrong = {k: v for k, v in given.items() if v is not None and v != getattr(transform, k, v)}
+        if wrong:
+            have = ", ".join(f"{k}={getattr(transform, k)}" for k in wrong)
+            asked = ", ".join(f"{k}={v}" for k, v in wrong.items())
+            raise ValueError(
+                f"data {asked} differs from the model's {have}: the model resizes every image (training, "
+                "validation and prediction alike); set model.model_kwargs.min_size / max_size instead"
+            )
+
+    @staticmethod
+    def _require_images(dataset, ann_file: str, what: str) -> None:
+        """A one-line error for a split without any image (instead of the sampler's num_samples=0)."""
+        if len(dataset) == 0:
+            raise ValueError(
+                f"{ann_file}: no {what} image left (images without annotations are dropped unless data.keep_empty "
+                "is true; see stats in the log)"
+            )
 
     def _with_proposals(self, dataset, cache: str | None):
         """`dataset` whose targets carry `proposals` from a `detkit proposals` cache (R-CNN / Fast R-CNN)."""
@@ -205,14 +239,21 @@ class ShapesDataModule(DetectionDataModule):
 class CocoDataModule(DetectionDataModule):
     """COCO-format annotation files with their image folders.
 
-    Training images are resized so the shorter side is `min_size` (longer side <= `max_size`)
-    and flipped; validation images are passed at full size (the detector resizes them and
-    maps its predictions back to the original pixels that the annotations use).
+    Images reach the detector at their own size: its transform resizes them (its
+    `min_size` / `max_size`, set in `model.model_kwargs`) for training, validation and
+    prediction alike, and maps detections back to the original pixels. Training adds flips.
+
+    At `setup` both splits' annotations are validated and every referenced image file is
+    checked to exist (a directory listing, no decoding), so bad data fails before the first step.
 
     Args:
         num_classes: expected number of categories. Give it so that configs can be checked
             without the data; when None it is read from `val_annotations`.
-        min_size: shorter-side size for training, or a list for multi-scale training.
+        min_size, max_size: optional; when given they must equal the model's (checked at
+            setup). The data pipeline does not resize.
+        keep_empty: keep training images without (non-crowd) annotations as negatives
+            (default False: they are dropped, as in torchvision's and Detectron2's COCO recipes).
+        check_files: check at setup that every image file exists.
     """
 
     def __init__(
@@ -223,13 +264,15 @@ class CocoDataModule(DetectionDataModule):
         val_annotations: str,
         batch_size: int = 2,
         num_workers: int = 4,
-        min_size: int | list[int] = 800,
-        max_size: int = 1333,
+        min_size: int | list[int] | None = None,
+        max_size: int | None = None,
         with_masks: bool = False,
         skip_invalid: bool = False,
         aspect_ratio_grouping: bool = True,
         hflip_prob: float = 0.5,
         num_classes: int | None = None,
+        keep_empty: bool = False,
+        check_files: bool = True,
         val_batch_size: int | None = None,
         train_proposals: str | None = None,
         val_proposals: str | None = None,
@@ -241,6 +284,7 @@ class CocoDataModule(DetectionDataModule):
         self.val_images, self.val_annotations = val_images, val_annotations
         self.min_size, self.max_size = min_size, max_size
         self.with_masks, self.skip_invalid, self.hflip_prob = with_masks, skip_invalid, hflip_prob
+        self.keep_empty, self.check_files = keep_empty, check_files
         self._num_classes = num_classes
         self._class_names: list[str] | None = None
 
@@ -269,6 +313,7 @@ class CocoDataModule(DetectionDataModule):
                 raise FileNotFoundError(f"image folder not found: {images}")
 
     def setup(self, stage: str | None = None) -> None:
+        self._check_resize(self.min_size, self.max_size)
         if stage in (None, "fit") and self.train_dataset is None:
             self._check_paths((self.train_images, self.train_annotations))
             train = CocoDetection(
@@ -277,11 +322,11 @@ class CocoDataModule(DetectionDataModule):
                 with_masks=self.with_masks,
                 skip_invalid=self.skip_invalid,
                 substitute_unreadable=True,  # a training batch never shrinks (see README)
-                keep_empty=False,
-                transforms=build_transforms(
-                    True, min_size=self.min_size, max_size=self.max_size, hflip_prob=self.hflip_prob
-                ),
+                keep_empty=self.keep_empty,
+                check_files=self.check_files,
+                transforms=build_transforms(True, min_size=None, max_size=None, hflip_prob=self.hflip_prob),
             )
+            self._require_images(train, self.train_annotations, "training")
             self.train_dataset = self._with_proposals(train, self.train_proposals)
         if self.val_dataset is None:
             self._check_paths((self.val_images, self.val_annotations))
@@ -290,8 +335,15 @@ class CocoDataModule(DetectionDataModule):
                 self.val_annotations,
                 with_masks=self.with_masks,
                 skip_invalid=self.skip_invalid,
+                check_files=self.check_files,
                 transforms=build_transforms(False, min_size=None, max_size=None),
             )
+            self._require_images(val, self.val_annotations, "validation")
+            if val.stats["annotations"] == 0:
+                rank_zero_warn(
+                    f"{self.val_annotations} has no (non-crowd) annotations: COCO AP is undefined (-1) and no "
+                    "AP-named checkpoint is written; only last.ckpt is kept"
+                )
             self.val_dataset = self._with_proposals(val, self.val_proposals)
             self._class_names = list(self.val_dataset.class_names)
         if self.train_dataset is not None and list(self.train_dataset.class_names) != self.class_names:
@@ -307,6 +359,9 @@ class VocDataModule(DetectionDataModule):
 
     The evaluation split is written as COCO json by `VocDetection.to_coco_json` (difficult
     objects as crowd, i.e. ignored) under `gt_dir` (default: `<trainer root>/voc_gt`).
+    Every listed image is kept for training, also one whose objects are all difficult (a
+    negative). As with COCO, the model's transform resizes images; `min_size` / `max_size`,
+    when given, must equal the model's.
     """
 
     def __init__(
@@ -316,8 +371,8 @@ class VocDataModule(DetectionDataModule):
         val_set: str = "test",
         batch_size: int = 2,
         num_workers: int = 4,
-        min_size: int | list[int] = 600,
-        max_size: int = 1000,
+        min_size: int | list[int] | None = None,
+        max_size: int | None = None,
         use_difficult: bool = False,
         skip_invalid: bool = False,
         aspect_ratio_grouping: bool = True,
@@ -350,6 +405,7 @@ class VocDataModule(DetectionDataModule):
         return os.path.join(folder, f"{name}_{self.val_set}.json")
 
     def setup(self, stage: str | None = None) -> None:
+        self._check_resize(self.min_size, self.max_size)
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"VOC folder not found: {self.root}")
         if stage in (None, "fit") and self.train_dataset is None:
@@ -360,9 +416,7 @@ class VocDataModule(DetectionDataModule):
                 use_difficult=self.use_difficult,
                 skip_invalid=self.skip_invalid,
                 substitute_unreadable=True,
-                transforms=build_transforms(
-                    True, min_size=self.min_size, max_size=self.max_size, hflip_prob=self.hflip_prob
-                ),
+                transforms=build_transforms(True, min_size=None, max_size=None, hflip_prob=self.hflip_prob),
             )
             self.train_dataset = self._with_proposals(train, self.train_proposals)
         if self.val_dataset is None:

@@ -165,7 +165,10 @@ class DetectionModule(LightningModule):
         self.save_hyperparameters()
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
-        self.model = build_model(model_name, num_classes=num_classes, weights=weights, **(model_kwargs or {}))
+        try:
+            self.model = build_model(model_name, num_classes=num_classes, weights=weights, **(model_kwargs or {}))
+        except TypeError as e:  # a misspelt model_kwargs key: one line naming it
+            raise ValueError(f"model_kwargs of {model_name}: {e}") from e
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         has_mask = bool(getattr(getattr(self.model, "roi_heads", None), "has_mask", False))
@@ -466,6 +469,27 @@ class DetectionModule(LightningModule):
             self.label_to_category_id = {int(k): int(v) for k, v in dict(mapping).items()}
         return getattr(self, "label_to_category_id", None)
 
+    def _check_checkpoint_fits(self, state: dict[str, Any], info: dict[str, Any]) -> None:
+        """One-line error, before Lightning's strict load, when a checkpoint's weights do not fit this model."""
+        own = self.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if not (wrong or missing or unexpected):
+            return
+        hp = self.hparams
+        trained = f"model_name={info.get('model_name', '?')}, num_classes={info.get('num_classes', '?')}"
+        first = wrong[:1] or missing[:1] or unexpected[:1]
+        detail = (
+            f"{first[0]} has shape {tuple(state[first[0]].shape)}, the model {tuple(own[first[0]].shape)}"
+            if wrong
+            else f"{'missing' if missing else 'unexpected'} key {first[0]}"
+        )
+        raise ValueError(
+            f"the checkpoint ({trained}) does not fit model_name={hp.model_name}, num_classes={hp.num_classes} "
+            f"({detail}): use the data / model settings it was trained with, or start from it with --model.weights"
+        )
+
     def _eval_epoch(self) -> int:
         """The epoch being evaluated: the current one while fitting, else the loaded checkpoint's."""
         if self.trainer.state.fn != "fit" and self._loaded_epoch is not None:
@@ -475,6 +499,7 @@ class DetectionModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._loaded_epoch = checkpoint.get("epoch")
         info = checkpoint.get(STATS_KEY) or {}
+        self._check_checkpoint_fits(checkpoint.get("state_dict") or {}, info)
         if info.get("class_names"):
             self.class_names = list(info["class_names"])
         if info.get("label_to_category_id"):

@@ -221,8 +221,8 @@ def _tiny_detector(
     defaults = dict(
         anchor_sizes=((16, 32, 64),),
         representation_size=256,
-        min_size=None,
-        max_size=None,
+        min_size=128,  # the scale these from-scratch models are trained at (shapes images are 128x128)
+        max_size=213,  # 128 * 1333 / 800: the usual 5:3 cap on the longer side
         rpn_pre_nms_top_n_train=600,
         rpn_post_nms_top_n_train=300,
         rpn_pre_nms_top_n_test=300,
@@ -239,8 +239,9 @@ def _tiny_detector(
 def faster_rcnn_tiny(*, num_classes: int, **kwargs) -> TwoStageDetector:
     """A from-scratch Faster R-CNN that trains on a CPU in minutes (7-conv backbone, stride 8).
 
-    Images are used at their own size (no resizing); anchors 16-64 px. The default model of
-    the synthetic shapes data set.
+    Images are resized so the shorter side is 128 px (longer side at most 213; `min_size` /
+    `max_size` change it), the size of the synthetic shapes images; anchors 16-64 px. The
+    default model of the synthetic shapes data set.
     """
     return _tiny_detector(num_classes=num_classes, with_mask=False, **kwargs)
 

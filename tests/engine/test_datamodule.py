@@ -67,17 +67,15 @@ def test_coco_module_grouped_sampler_resizing_and_ddp_injection(shapes, tmp_path
         shapes.val_ann_file,
         batch_size=2,
         num_workers=0,
-        min_size=64,
-        max_size=200,
         num_classes=3,
     )
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.batch_sampler, _DatasetGroupedBatchSampler)
     images, _ = next(iter(loader))
-    assert min(images[0].shape[1:]) == 64  # resized for training
+    assert images[0].shape[1:] == (128, 128)  # the model's transform resizes, not the data pipeline
     val_images, _ = next(iter(dm.val_dataloader()))
-    assert val_images[0].shape[1:] == (128, 128)  # evaluation at the annotation's size
+    assert val_images[0].shape[1:] == (128, 128)
     # Lightning re-creates the batch sampler around a DistributedSampler under DDP
     dist_loader = _update_dataloader(loader, DistributedSampler(dm.train_dataset, num_replicas=2, rank=1, shuffle=True))
     assert isinstance(dist_loader.batch_sampler, _DatasetGroupedBatchSampler)
@@ -126,6 +124,21 @@ def test_voc_module_writes_coco_ground_truth(tmp_path):
     assert len(gt["images"]) == 2 and [a["iscrowd"] for a in gt["annotations"]] == [0, 0, 1]  # difficult -> crowd
     assert dm.label_to_category_id[12] == 12
     images, targets = next(iter(dm.train_dataloader()))
-    assert len(images) == 2 and min(images[0].shape[1:]) == 40
+    assert len(images) == 2 and images[0].shape[1:] == (80, 100)  # resized by the model, not here
     _, val_targets = next(iter(dm.val_dataloader()))
     assert [len(t["boxes"]) for t in val_targets] == [1, 1]  # difficult objects left out of the targets
+
+
+def test_data_resize_settings_must_agree_with_the_model(shapes):
+    from types import SimpleNamespace
+
+    from detkit.models import build_model
+
+    model = build_model("faster_rcnn_tiny", num_classes=3)
+    dm = CocoDataModule("i", "t.json", "v.json", "v.json", min_size=128, max_size=213)
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(model=model))
+    dm._check_resize(dm.min_size, dm.max_size)  # agrees: no error
+    with pytest.raises(ValueError, match=r"data min_size=800 differs from the model's min_size=128"):
+        dm._check_resize(800, None)
+    with pytest.raises(ValueError, match="multi-scale"):
+        dm._check_resize([96, 128], None)
