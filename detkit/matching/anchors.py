@@ -7,7 +7,9 @@ Shape shorthand:
 
 Anchors follow torchvision's `AnchorGenerator` exactly: zero-centred cell anchors rounded to
 integers, shifted by `arange(W) * stride` (no half-stride offset), location-major order
-(all A_l anchors of location (y, x) before those of (y, x + 1)).
+(all A_l anchors of location (y, x) before those of (y, x + 1)). Given the padded image size,
+each level's stride is (Hp // H_l, Wp // W_l) as in torchvision: at 800 x 1216, P6 is
+13 x 19 and its strides are (61, 64), not the nominal 64.
 """
 
 from __future__ import annotations
@@ -95,15 +97,31 @@ class AnchorGenerator(nn.Module):
         self._cache = {}
         return super()._apply(fn, *args, **kwargs)
 
-    def grid_anchors(self, feature_sizes: Sequence[tuple[int, int]], device: torch.device) -> list[Tensor]:
-        """Uncached float32 anchors: `list[Tensor[H_l * W_l * A_l, 4]]`."""
+    def level_strides(
+        self, feature_sizes: Sequence[tuple[int, int]], image_size: tuple[int, int] | None = None
+    ) -> list[tuple[int, int]]:
+        """(stride_y, stride_x) per level: `image_size` (padded Hp, Wp) // (H_l, W_l) as torchvision
+        computes them, or the configured strides when `image_size` is None."""
+        if image_size is None:
+            return [(s, s) for s in self.strides]
+        hp, wp = (int(v) for v in image_size)
+        return [(hp // max(int(h), 1), wp // max(int(w), 1)) for h, w in feature_sizes]
+
+    def grid_anchors(
+        self,
+        feature_sizes: Sequence[tuple[int, int]],
+        device: torch.device,
+        image_size: tuple[int, int] | None = None,
+    ) -> list[Tensor]:
+        """Uncached float32 anchors: `list[Tensor[H_l * W_l * A_l, 4]]` (strides: `level_strides`)."""
         if len(feature_sizes) != self.num_levels:
             raise ValueError(f"expected {self.num_levels} feature sizes, got {len(feature_sizes)}")
         out = []
-        for (h, w), stride, cell in zip(feature_sizes, self.strides, self.cell_anchors()):
+        strides = self.level_strides(feature_sizes, image_size)
+        for (h, w), (stride_y, stride_x), cell in zip(feature_sizes, strides, self.cell_anchors()):
             cell = cell.to(device)
-            shifts_x = torch.arange(w, dtype=torch.float32, device=device) * stride
-            shifts_y = torch.arange(h, dtype=torch.float32, device=device) * stride
+            shifts_x = torch.arange(w, dtype=torch.float32, device=device) * stride_x
+            shifts_y = torch.arange(h, dtype=torch.float32, device=device) * stride_y
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)  # [H*W, 1, 4]
             out.append((shifts + cell[None]).reshape(-1, 4))  # [H*W*A, 4]
@@ -115,18 +133,22 @@ class AnchorGenerator(nn.Module):
         *,
         device: torch.device | str,
         dtype: torch.dtype = torch.float32,
+        image_size: tuple[int, int] | None = None,
     ) -> list[Tensor]:
         """Anchors per level, XYXY image pixels: `list[Tensor[H_l * W_l * A_l, 4]]`.
 
-        Results are cached per (feature sizes, device, dtype); the cache is a plain dict (not
-        state) holding at most 16 entries and is cleared when the module is moved.
+        `image_size` (padded Hp, Wp) sets each level's stride to Hp // H_l, Wp // W_l as in
+        torchvision (the RPN passes it); without it the configured strides are used.
+        Results are cached per (feature sizes, strides, device, dtype); the cache is a plain
+        dict (not state) holding at most 16 entries and is cleared when the module is moved.
         """
         device = torch.device(device)
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
-        key = (sizes, str(device), dtype)
+        strides = tuple(self.level_strides(sizes, image_size))
+        key = (sizes, strides, str(device), dtype)
         anchors = self._cache.get(key)
         if anchors is None:
-            anchors = [a.to(dtype) for a in self.grid_anchors(sizes, device)]
+            anchors = [a.to(dtype) for a in self.grid_anchors(sizes, device, image_size)]
             if len(self._cache) >= _MAX_CACHE:
                 self._cache.clear()
             self._cache[key] = anchors

@@ -104,7 +104,9 @@ class RPN(nn.Module):
         """
         feats = [features[name] for name in self.in_features]
         logits, deltas, counts = self.head(feats)
-        anchor_levels = self.anchor_generator([f.shape[-2:] for f in feats], device=logits.device)
+        anchor_levels = self.anchor_generator(
+            [f.shape[-2:] for f in feats], device=logits.device, image_size=images.padded_size
+        )
         anchors = torch.cat(anchor_levels)  # [A, 4]
         proposals = self.box_coder.decode(deltas.detach(), anchors.expand(deltas.shape[0], -1, -1))  # [N, A, 4]
         boxes, batch_idx = self.filter_proposals(proposals, logits.detach(), counts, images.image_sizes)
