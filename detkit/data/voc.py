@@ -397,10 +397,13 @@ class VocDetection(torch.utils.data.Dataset):
     ) -> str:
         """Write the split's ground truth as a COCO json (for the COCO evaluator).
 
-        All valid objects are written, difficult ones included. With ``difficult_as_crowd``
-        they get ``iscrowd=1``, which COCO evaluation treats as "ignore" regions -- close to,
-        though not identical with, the VOC rule of ignoring detections matched to difficult
-        objects. Image ids equal the targets' ``image_id``. Sets and returns ``self.ann_file``.
+        All valid objects are written, difficult ones included, each with a ``difficult`` flag
+        (0/1) that the VOC metric (:mod:`detkit.evaluation.voc_eval`, ``--metric voc07``) reads.
+        With ``difficult_as_crowd`` (default) they also get ``iscrowd=1``, so that the COCO
+        metric treats them as ignore regions, as is common: a detection inside one is ignored
+        even at IoU <= 0.5, where the VOC rule counts it as a false positive. Without it the
+        COCO metric counts difficult objects as ordinary positives. Image ids equal the
+        targets' ``image_id``. Sets and returns ``self.ann_file``.
         """
         images, annotations = [], []
         for index, rec in enumerate(self._records):

@@ -10,18 +10,23 @@ from detkit.evaluation.coco_eval import (
 )
 from detkit.evaluation.proposal_recall import proposal_recall
 from detkit.evaluation.results import detections_to_coco_results, save_results_json
+from detkit.evaluation.voc_eval import VOCGroundTruth, VOCResult, evaluate_voc, voc_ap
 
 __all__ = [
     "STAT_NAMES",
     "COCOEvaluator",
     "EvalResult",
+    "VOCGroundTruth",
+    "VOCResult",
     "detections_to_coco_results",
     "evaluate_main",
+    "evaluate_voc",
     "format_summary",
     "gather_and_deduplicate",
     "plot_pr_curves",
     "proposal_recall",
     "save_results_json",
+    "voc_ap",
 ]
 
 

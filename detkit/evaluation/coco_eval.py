@@ -461,10 +461,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     1 when the predictions do not match the annotations (unknown image / category ids).
     """
     parser = argparse.ArgumentParser(
-        prog="detkit evaluate", description="COCO evaluation of a predictions json."
+        prog="detkit evaluate", description="COCO or Pascal VOC evaluation of a predictions json."
     )
     parser.add_argument(
-        "--annotations", required=True, help="COCO ground-truth annotation json"
+        "--annotations", help="COCO ground-truth annotation json (required unless --voc-root)"
     )
     parser.add_argument(
         "--predictions", required=True, help="COCO results json (list of detections)"
@@ -477,10 +477,24 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pr-curve", help="write a precision-recall plot (IoU=0.50) to this PNG"
     )
+    parser.add_argument(
+        "--metric", choices=("coco", "voc07", "voc2010"), default="coco",
+        help="coco (default), or Pascal VOC AP at IoU > 0.5: voc07 (11-point) / voc2010 (area under the envelope)",
+    )  # fmt: skip
+    parser.add_argument("--voc-root", help="VOC metrics: ground truth from a VOC year folder (.../VOC2007)")
+    parser.add_argument("--image-set", default="test", help="with --voc-root: ImageSets/Main/<image-set>.txt")
+    parser.add_argument("--class-names", help="with --voc-root: comma-separated classes (default: the 20 VOC ones)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help or a usage error; argparse already printed
         return int(e.code or 0)
+    if args.metric != "coco":
+        from detkit.evaluation.voc_eval import voc_evaluate_main
+
+        return voc_evaluate_main(args)
+    if args.annotations is None or args.voc_root:
+        _error("--metric coco needs --annotations GT.json (--voc-root goes with --metric voc07 / voc2010)")
+        return 2
 
     loaded = {}
     for label, path in (
