@@ -1,0 +1,283 @@
+"""The inference path of a detkit detector as one traceable graph (for ONNX and torch.export).
+
+Shape shorthand:
+    N images (one size per call)   H x W input size   Hr x Wr resized size   Hp x Wp padded size
+    A anchors   R proposals / RoIs (packed, with batch_idx)   K classes   D detections (packed)
+
+`ExportableDetector` wraps a built `TwoStageDetector` (Faster, Fast or Mask R-CNN) and reuses
+its modules (transform constants, backbone, RPN head and anchor generator, poolers, heads); it
+re-states the inference glue with operations that export with symbolic sizes:
+
+- anchors from the feature sizes of the call (no cache), per-level top-k bounded with `sym_min`;
+- NMS over groups with one `torchvision.ops.nms` call, groups shifted apart by a bound taken
+  from the image size (no data-dependent branch, no reduction over a possibly empty tensor);
+- top-k per image by a running count instead of a sort + searchsorted;
+- multi-level RoI pooling with `index_put` per level (no `if numel` branch).
+
+The result equals `model.predict` on the same images (same arithmetic; NMS IoUs can differ in
+the last float bits because of the group shift).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import nms, roi_align, roi_pool
+
+from detkit.heads.poolers import RoIPooler, assign_fpn_levels
+
+__all__ = ["ExportableDetector", "check_exportable"]
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raise ValueError (saying why) for detectors that have no export path."""
+    from detkit.models.two_stage import TwoStageDetector
+
+    if isinstance(model, TwoStageDetector):
+        return
+    name = type(model).__name__
+    if name == "RCNN":
+        raise ValueError(
+            "R-CNN cannot be exported: it warps every proposal to a fixed-size crop and runs the whole "
+            "CNN once per crop in Python chunks, with an optional per-class SVM; export the Fast R-CNN "
+            "of the same backbone instead (one backbone pass, RoIPool on the same proposals)"
+        )
+    raise ValueError(f"cannot export {name}: only detkit two-stage detectors (Faster / Fast / Mask R-CNN) export")
+
+
+def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, bound) -> Tensor:
+    """NMS inside each group in one call: boxes are shifted by group * (bound + 1).
+
+    `bound` is an upper bound of every coordinate (boxes are clipped to the image), so the
+    shift needs no reduction over `boxes`. Returns kept indices sorted by decreasing score.
+    """
+    offsets = groups.to(boxes.dtype) * (bound + 1)
+    kept = nms(boxes + offsets[:, None], scores, iou_threshold)
+    torch._check(kept.shape[0] <= boxes.shape[0])  # bounds the export's symbolic size (unbounded otherwise)
+    return kept
+
+
+def first_k_per_image(image_idx: Tensor, num_images, k: int) -> tuple[Tensor, Tensor]:
+    """Of rows sorted by decreasing score, keep the first `k` of each image, grouped by image.
+
+    Returns (row indices Tensor[M'], their image Tensor[M']); inside an image the score order stays.
+    """
+    images = torch.arange(num_images, device=image_idx.device)
+    onehot = (image_idx[:, None] == images[None, :]).to(torch.int64)  # [M, N]
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position among the rows of the same image
+    rows = torch.nonzero(rank < k).squeeze(1)
+    img = image_idx[rows]
+    # group by image, keep the score order inside: sort on a unique key
+    key = img * (image_idx.shape[0] + 1) + rows
+    order = torch.argsort(key)
+    return rows[order], img[order]
+
+
+def clip_boxes(boxes: Tensor, height, width) -> Tensor:
+    """Clip XYXY boxes Tensor[..., 4] to [0, width] x [0, height] (sizes may be symbolic)."""
+    x = boxes[..., 0::2].clamp(min=0.0)
+    y = boxes[..., 1::2].clamp(min=0.0)
+    x = torch.minimum(x, torch.full_like(x, 1.0) * width)
+    y = torch.minimum(y, torch.full_like(y, 1.0) * height)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def grid_anchors(generator, feats: list[Tensor], padded_size) -> list[Tensor]:
+    """`AnchorGenerator.grid_anchors` with symbolic sizes: Tensor[H_l * W_l * A_l, 4] per level.
+
+    Level strides are (Hp // H_l, Wp // W_l) when the generator derives them from the padded
+    size (`level_strides`, as torchvision), else its configured strides.
+    """
+    out = []
+    derive = hasattr(generator, "level_strides")
+    for x, stride, cell in zip(feats, generator.strides, generator.cell_anchors()):
+        h, w = x.shape[-2], x.shape[-1]
+        sy, sx = (padded_size[0] // h, padded_size[1] // w) if derive else (stride, stride)
+        shifts_x = torch.arange(w, dtype=torch.float32, device=x.device) * sx
+        shifts_y = torch.arange(h, dtype=torch.float32, device=x.device) * sy
+        shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+        shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=-1).reshape(-1, 1, 4)
+        out.append((shifts + cell.to(x.device)[None]).reshape(-1, 4))
+    return out
+
+
+def pool_rois(pooler: RoIPooler, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
+    """`RoIPooler.forward` with torchvision's ops and one `index_put` per level: Tensor[R, C, S, S]."""
+    feats = [features[name] for name in pooler.in_features]
+    rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
+    size = (pooler.output_size, pooler.output_size)
+
+    def pool(x: Tensor, r: Tensor, stride: int) -> Tensor:
+        if pooler.pool_type == "pool":
+            return roi_pool(x, r.to(x.dtype), size, spatial_scale=1.0 / stride)
+        return roi_align(
+            x,
+            r.to(x.dtype),
+            size,
+            spatial_scale=1.0 / stride,
+            sampling_ratio=pooler.sampling_ratio,
+            aligned=pooler.aligned,
+        )
+
+    if len(feats) == 1:
+        return pool(feats[0], rois, pooler.strides[0])
+    levels = assign_fpn_levels(
+        boxes,
+        pooler.k_min,
+        pooler.k_max,
+        canonical_scale=pooler.canonical_scale,
+        canonical_level=pooler.canonical_level,
+    )
+    first = feats[0]
+    out = first.new_zeros((rois.shape[0], first.shape[1], pooler.output_size, pooler.output_size))
+    for level, (x, stride) in enumerate(zip(feats, pooler.strides)):
+        idx = torch.nonzero(levels == level).squeeze(1)
+        out = out.index_put((idx,), pool(x, rois[idx], stride).to(out.dtype))
+    return out
+
+
+class ExportableDetector(nn.Module):
+    """`images` float32 Tensor[N, 3, H, W] in 0..1 (and, without RPN, `proposals` Tensor[P, 4] in input
+    pixels with `proposal_batch_idx` int64 Tensor[P]) -> packed detections in input pixels:
+
+    boxes Tensor[D, 4] XYXY, scores Tensor[D], labels int64 Tensor[D], batch_idx int64 Tensor[D]
+    (+ mask_probs Tensor[D, M, M] for Mask R-CNN, in the box's frame).
+
+    `labels` are the model's labels 1..K, or `category_ids[label - 1]` when `category_ids` is given.
+    `max_detections` overrides the model's detections per image.
+    """
+
+    def __init__(self, model: nn.Module, *, max_detections: int | None = None, category_ids=None):
+        super().__init__()
+        check_exportable(model)
+        if model.training:
+            raise ValueError("export needs a model in eval mode: call model.eval() first")
+        self.model = model
+        heads = model.roi_heads
+        self.max_detections = int(max_detections) if max_detections is not None else heads.detections_per_image
+        if self.max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1, got {max_detections}")
+        self.has_rpn = model.rpn is not None
+        self.has_mask = heads.has_mask
+        self.category_ids = None
+        if category_ids is not None:
+            ids = torch.as_tensor(list(category_ids), dtype=torch.int64)
+            if ids.numel() != model.num_classes:
+                raise ValueError(
+                    f"category_ids has {ids.numel()} entries but the model has {model.num_classes} classes"
+                )
+            self.register_buffer("category_ids", ids, persistent=False)
+
+    @property
+    def output_names(self) -> list[str]:
+        names = ["boxes", "scores", "labels", "batch_idx"]
+        return names + ["mask_probs"] if self.has_mask else names
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["images"] if self.has_rpn else ["images", "proposals", "proposal_batch_idx"]
+
+    # ------------------------------------------------------------------ stages
+    def preprocess(self, images: Tensor) -> tuple[Tensor, object, object]:
+        """Normalise, resize as the model's transform does, pad to the size divisor."""
+        t = self.model.transform
+        x = (images.float() - t.mean) / t.std
+        h, w = images.shape[-2], images.shape[-1]
+        rh, rw = h, w
+        if t.min_size is not None:
+            scale = t.min_size / torch.sym_min(h, w)
+            if t.max_size is not None:
+                scale = torch.sym_min(scale, t.max_size / torch.sym_max(h, w))
+            rh, rw = torch.sym_int(h * scale), torch.sym_int(w * scale)  # floor: sizes are positive
+            x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
+        d = t.size_divisible
+        x = F.pad(x, (0, (d - rw % d) % d, 0, (d - rh % d) % d))
+        return x, rh, rw
+
+    def rpn_proposals(self, features: dict[str, Tensor], height, width, padded_size) -> tuple[Tensor, Tensor]:
+        rpn = self.model.rpn
+        feats = [features[name] for name in rpn.in_features]
+        logits, deltas, counts = rpn.head(feats)
+        n = logits.shape[0]
+        anchors = torch.cat(grid_anchors(rpn.anchor_generator, feats, padded_size))
+        proposals = rpn.box_coder.decode(deltas, anchors.expand(n, -1, -1))  # [N, A, 4]
+        pre_nms = rpn.pre_nms_top_n[False]
+        top_idx, level_ids, offset = [], [], 0
+        for level, count in enumerate(counts):
+            k = torch.sym_min(pre_nms, count)
+            top_idx.append(logits[:, offset : offset + count].topk(k, dim=1).indices + offset)
+            level_ids.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
+            offset = offset + count
+        top_idx = torch.cat(top_idx, 1)  # [N, K']
+        levels = torch.cat(level_ids).expand(n, -1)
+        scores = torch.sigmoid(logits.gather(1, top_idx).float())
+        boxes = clip_boxes(proposals.gather(1, top_idx[..., None].expand(-1, -1, 4)), height, width)
+        wh = boxes[..., 2:] - boxes[..., :2]
+        keep = (wh >= rpn.min_size).all(-1) & (scores >= rpn.score_threshold)
+        image_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
+        boxes, scores, levels, image_idx = boxes[keep], scores[keep], levels[keep], image_idx[keep]
+        groups = image_idx * len(counts) + levels
+        kept = grouped_nms(boxes, scores, groups, rpn.nms_threshold, torch.sym_max(height, width))
+        rows, img = first_k_per_image(image_idx[kept], n, rpn.post_nms_top_n[False])
+        return boxes[kept[rows]], img
+
+    def detect(self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, num_images, height, width):
+        heads = self.model.roi_heads
+        x = heads.box_head(pool_rois(heads.box_pooler, features, proposals, batch_idx))
+        class_logits, box_deltas = heads.box_predictor(x)
+        k = heads.num_classes
+        scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
+        deltas = box_deltas.float().view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
+        boxes = heads.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))
+        boxes = boxes[:, 1:] if boxes.shape[1] == k + 1 else boxes.expand(-1, k, -1)
+        r = scores.shape[0]
+        boxes = clip_boxes(boxes, height, width)
+        labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
+        img = batch_idx[:, None].expand(r, k)
+        boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        keep = (scores > heads.score_threshold) & (wh >= heads.min_box_size).all(1)
+        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
+        bound = torch.sym_max(height, width)
+        kept = grouped_nms(boxes, scores, img * (k + 1) + labels, heads.nms_threshold, bound)
+        rows, det_img = first_k_per_image(img[kept], num_images, self.max_detections)
+        kept = kept[rows]
+        return boxes[kept], scores[kept], labels[kept], det_img
+
+    def mask_probs(self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor, batch_idx: Tensor) -> Tensor:
+        heads = self.model.roi_heads
+        logits = heads.mask_head(pool_rois(heads.mask_pooler, features, boxes, batch_idx))  # [D, K, M, M]
+        return logits[torch.arange(logits.shape[0], device=logits.device), labels - 1].float().sigmoid()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, proposals: Tensor | None = None, proposal_batch_idx: Tensor | None = None):
+        n, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+        x, rh, rw = self.preprocess(images)
+        features = self.model.backbone(x)
+        resized = self.model.transform.min_size is not None
+        if self.has_rpn:
+            boxes, batch_idx = self.rpn_proposals(features, rh, rw, x.shape[-2:])
+        else:
+            if proposals is None or proposal_batch_idx is None:
+                raise ValueError("a detector without RPN needs `proposals` Tensor[P, 4] and `proposal_batch_idx` [P]")
+            boxes = proposals.float().reshape(-1, 4)
+            if resized:
+                boxes = boxes * xyxy_factors((h, w), (rh, rw), images)
+            batch_idx = proposal_batch_idx.to(torch.int64).reshape(-1)
+        boxes, scores, labels, det_idx = self.detect(features, boxes, batch_idx, n, rh, rw)
+        out_boxes = boxes * xyxy_factors((rh, rw), (h, w), images) if resized else boxes
+        out_labels = labels if self.category_ids is None else self.category_ids[labels - 1]
+        outputs = [out_boxes, scores, out_labels, det_idx]
+        if self.has_mask:
+            outputs.append(self.mask_probs(features, boxes, labels, det_idx))
+        return tuple(outputs)
+
+
+def xyxy_factors(from_hw, to_hw, ref: Tensor) -> Tensor:
+    """(sx, sy, sx, sy) Tensor[4] mapping boxes between (possibly symbolic) sizes, float32 as
+    `detkit.models.transform.scale_factors` computes them."""
+    one = torch.ones((), dtype=torch.float32, device=ref.device)
+    ry = (one * to_hw[0]) / (one * from_hw[0])
+    rx = (one * to_hw[1]) / (one * from_hw[1])
+    return torch.stack((rx, ry, rx, ry))

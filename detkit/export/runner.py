@@ -1,0 +1,129 @@
+"""Run an exported detector with ONNX Runtime: numpy in, per-image detections out (no torch needed).
+
+    detector = OnnxDetector("model.onnx")
+    dets = detector.predict([img_a, img_b])  # float32 [3, H, W] in 0..1, any sizes
+    dets[0]["boxes"], dets[0]["scores"], dets[0]["labels"], dets[0].get("masks")
+
+Images of the same size run as one batch; the packed outputs are split per image with
+`batch_idx` and, for Mask R-CNN, the mask probabilities are pasted into image-sized uint8
+masks with `paste_masks_numpy`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from detkit.export.masks import paste_masks_numpy
+
+__all__ = ["OnnxDetector", "split_packed"]
+
+
+def split_packed(outputs: dict[str, np.ndarray], num_images: int) -> list[dict[str, np.ndarray]]:
+    """Packed outputs (rows with `batch_idx`) -> one dict per image, rows kept in order."""
+    idx = outputs["batch_idx"]
+    per_image = []
+    for i in range(num_images):
+        rows = np.nonzero(idx == i)[0]
+        per_image.append({k: v[rows] for k, v in outputs.items() if k != "batch_idx"})
+    return per_image
+
+
+class OnnxDetector:
+    """An exported detkit ONNX file in an ONNX Runtime session.
+
+    Args:
+        path: the .onnx file from `detkit export` / `export_onnx`.
+        providers: ONNX Runtime execution providers (default CPU).
+        threads: intra-op threads (default: ONNX Runtime's choice).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX file not found: {path}")
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        try:
+            self.session = ort.InferenceSession(
+                path, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+            )
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if self.input_names[0] != "images" or self.output_names[:4] != ["boxes", "scores", "labels", "batch_idx"]:
+            raise ValueError(
+                f"{path}: not a detkit export (inputs {self.input_names}, outputs {self.output_names}); "
+                "expected input 'images' and outputs boxes, scores, labels, batch_idx"
+            )
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.has_mask = "mask_probs" in self.output_names
+        self.requires_proposals = "proposals" in self.input_names
+        self.mask_threshold = float(self.metadata.get("detkit.mask_threshold") or 0.5)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        names = self.metadata.get("detkit.class_names")
+        return json.loads(names) if names else None
+
+    def run(
+        self, images: np.ndarray, proposals: np.ndarray | None = None, proposal_batch_idx: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """One call on a batch float32 [N, 3, H, W] -> the packed outputs by name."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be float32 [N, 3, H, W], got shape {images.shape}")
+        feed = {"images": images}
+        if self.requires_proposals:
+            if proposals is None or proposal_batch_idx is None:
+                raise ValueError("this model has no RPN: pass proposals [P, 4] and proposal_batch_idx [P]")
+            feed["proposals"] = np.ascontiguousarray(proposals, dtype=np.float32).reshape(-1, 4)
+            feed["proposal_batch_idx"] = np.ascontiguousarray(proposal_batch_idx, dtype=np.int64).reshape(-1)
+        return dict(zip(self.output_names, self.session.run(None, feed)))
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        proposals: Sequence[np.ndarray] | None = None,
+        batch_size: int = 4,
+        paste_masks: bool = True,
+    ) -> list[dict[str, np.ndarray]]:
+        """Per image (float32 [3, H, W] in 0..1, any sizes): `boxes` [D, 4], `scores`, `labels` and,
+        for Mask R-CNN, `masks` uint8 [D, H, W] (or `mask_probs` [D, 28, 28] without `paste_masks`).
+
+        Same-size images run together, at most `batch_size` per call. `proposals`: one [P_i, 4]
+        array per image (input pixels) for Fast R-CNN.
+        """
+        images = [np.asarray(img, dtype=np.float32) for img in images]
+        for i, img in enumerate(images):
+            if img.ndim != 3 or img.shape[0] != 3:
+                raise ValueError(f"images[{i}] must be float32 [3, H, W], got shape {img.shape}")
+        if self.requires_proposals and (proposals is None or len(proposals) != len(images)):
+            raise ValueError("this model has no RPN: pass one proposals array [P_i, 4] per image")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(img.shape[1:], []).append(i)
+        results: list[dict | None] = [None] * len(images)
+        for indices in groups.values():
+            for start in range(0, len(indices), max(1, batch_size)):
+                chunk = indices[start : start + batch_size]
+                props = idx = None
+                if self.requires_proposals:
+                    boxes = [np.asarray(proposals[i], dtype=np.float32).reshape(-1, 4) for i in chunk]
+                    props = np.concatenate(boxes)
+                    idx = np.concatenate([np.full(len(b), j, dtype=np.int64) for j, b in enumerate(boxes)])
+                out = self.run(np.stack([images[i] for i in chunk]), props, idx)
+                for i, det in zip(chunk, split_packed(out, len(chunk))):
+                    if self.has_mask and paste_masks:
+                        size = images[i].shape[1:]
+                        det["masks"] = paste_masks_numpy(det.pop("mask_probs"), det["boxes"], size, self.mask_threshold)
+                    results[i] = det
+        return results
