@@ -91,6 +91,7 @@ class DetkitCLI(LightningCLI):
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return
         ckpt = load_checkpoint(ckpt_path)
+        self._ckpt_epoch = ckpt.get("epoch")
         given = self.config[subcommand].get("model")
         defaults = self._subcommand_parsers[subcommand].get_defaults().get("model")
         hparams, kept = {}, []
@@ -127,6 +128,12 @@ class DetkitCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._resolve_last("fit")
+        epoch, max_epochs = getattr(self, "_ckpt_epoch", None), self.trainer.max_epochs
+        if isinstance(epoch, int) and max_epochs is not None and 0 <= max_epochs <= epoch:
+            raise ValueError(
+                f"the checkpoint is at epoch {epoch} (counted from 0) but --trainer.max_epochs is {max_epochs}: "
+                f"nothing would be trained; set --trainer.max_epochs above {epoch}"
+            )
 
     def before_validate(self) -> None:
         self._resolve_last("validate")

@@ -26,18 +26,14 @@ def _png(path, array):
     path.write_bytes(buf.tobytes())
 
 
-def make_coco(
-    tmp_path, *, images=None, annotations=None, categories=None, extra_files=None
-):
+def make_coco(tmp_path, *, images=None, annotations=None, categories=None, extra_files=None):
     """Tiny COCO set: two colour images 30x20 with one box each, categories 3 and 7."""
     root = tmp_path / "images"
     root.mkdir(exist_ok=True)
     for name in ("a.png", "b.png"):
         _png(root / name, np.full((H, W, 3), 100, np.uint8))
     for name, data in (extra_files or {}).items():
-        (root / name).write_bytes(data) if isinstance(data, bytes) else _png(
-            root / name, data
-        )
+        (root / name).write_bytes(data) if isinstance(data, bytes) else _png(root / name, data)
     coco = {
         "images": images
         if images is not None
@@ -65,9 +61,7 @@ def make_coco(
                 "segmentation": [[0, 0, 4, 0, 4, 4, 0, 4]],
             },
         ],
-        "categories": categories
-        if categories is not None
-        else [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
+        "categories": categories if categories is not None else [{"id": 7, "name": "dog"}, {"id": 3, "name": "cat"}],
     }
     ann_file = tmp_path / "ann.json"
     ann_file.write_text(json.dumps(coco))
@@ -95,9 +89,7 @@ def test_basic_target_and_category_mapping(tmp_path):
     image, target = ds[0]
     assert image.dtype == torch.float32 and image.shape == (3, H, W)
     assert torch.allclose(image, torch.full_like(image, 100 / 255))
-    assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and target[
-        "boxes"
-    ].canvas_size == (H, W)
+    assert isinstance(target["boxes"], tv_tensors.BoundingBoxes) and target["boxes"].canvas_size == (H, W)
     assert target["boxes"].tolist() == [[2, 3, 12, 8]]  # XYWH -> XYXY
     assert target["labels"].tolist() == [2] and target["labels"].dtype == torch.int64
     assert target["image_id"] == 10 and target["orig_size"] == (H, W)
@@ -130,20 +122,10 @@ def test_masks_polygon_rle_and_uncompressed_rle(tmp_path):
     ]
     ds = CocoDetection(*make_coco(tmp_path, annotations=anns), with_masks=True)
     masks = ds[0][1]["masks"]
-    assert (
-        isinstance(masks, tv_tensors.Mask)
-        and masks.dtype == torch.uint8
-        and masks.shape == (3, H, W)
-    )
-    assert torch.equal(masks[0], torch.from_numpy(m)) and torch.equal(
-        masks[1], torch.from_numpy(m)
-    )
+    assert isinstance(masks, tv_tensors.Mask) and masks.dtype == torch.uint8 and masks.shape == (3, H, W)
+    assert torch.equal(masks[0], torch.from_numpy(m)) and torch.equal(masks[1], torch.from_numpy(m))
     ys, xs = torch.nonzero(masks[2], as_tuple=True)
-    assert (
-        (xs.min(), ys.min()) == (2, 3)
-        and abs(xs.max().item() - 12) <= 1
-        and abs(ys.max().item() - 8) <= 1
-    )
+    assert (xs.min(), ys.min()) == (2, 3) and abs(xs.max().item() - 12) <= 1 and abs(ys.max().item() - 8) <= 1
     assert decode_segmentation(uncompressed, H, W).sum() == m.sum()
     assert len(ds[1][1]["masks"]) == 0  # image without annotations: [0, H, W]
     assert ds[1][1]["masks"].shape == (0, H, W)
@@ -160,9 +142,7 @@ def test_on_generated_shapes_boxes_match_masks(tmp_path):
         assert set(t["labels"].tolist()) <= {1, 2, 3}
         for box, mask in zip(t["boxes"], t["masks"]):
             ys, xs = torch.nonzero(mask, as_tuple=True)
-            extent = torch.tensor(
-                [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32
-            )
+            extent = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
             assert (box - extent).abs().max() <= 1
 
 
@@ -176,13 +156,7 @@ def test_clipping_and_zero_size_boxes(tmp_path, caplog):
         ds = CocoDetection(*make_coco(tmp_path, annotations=anns))
     assert ds[0][1]["boxes"].tolist() == [[0, 2, 7, H]]
     assert ds.stats["clipped_boxes"] == 1 and ds.stats["degenerate_boxes"] == 2
-    assert (
-        sum(
-            "2 boxes with zero width or height" in r.getMessage()
-            for r in caplog.records
-        )
-        == 1
-    )
+    assert sum("2 boxes with zero width or height" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_crowd_excluded_by_default(tmp_path):
@@ -216,9 +190,7 @@ def test_keep_empty_false_drops_images_without_non_crowd_annotations(tmp_path):
     ],
 )
 def test_malformed_annotation(tmp_path, caplog, bad, message):
-    root, ann_file = make_coco(
-        tmp_path, annotations=[ann(1, segmentation=[[1, 1, 5, 1, 5, 5]]), bad]
-    )
+    root, ann_file = make_coco(tmp_path, annotations=[ann(1, segmentation=[[1, 1, 5, 1, 5, 5]]), bad])
     with pytest.raises(ValueError, match=message) as info:
         CocoDetection(root, ann_file, with_masks=True)
     assert isinstance(info.value, AnnotationFormatError)
@@ -226,15 +198,11 @@ def test_malformed_annotation(tmp_path, caplog, bad, message):
     with caplog.at_level(logging.WARNING, logger="detkit.data.coco"):
         ds = CocoDetection(root, ann_file, with_masks=True, skip_invalid=True)
     assert ds.stats["invalid_annotations"] == 1 and ds[0][1]["labels"].tolist() == [1]
-    assert any(
-        "skipped 1 invalid annotations" in r.getMessage() for r in caplog.records
-    )
+    assert any("skipped 1 invalid annotations" in r.getMessage() for r in caplog.records)
 
 
 def test_polygon_not_checked_without_masks(tmp_path):
-    ds = CocoDetection(
-        *make_coco(tmp_path, annotations=[ann(1, segmentation=[[1, 1, 5, 1]])])
-    )
+    ds = CocoDetection(*make_coco(tmp_path, annotations=[ann(1, segmentation=[[1, 1, 5, 1]])]))
     assert len(ds[0][1]["boxes"]) == 1
 
 
@@ -252,9 +220,7 @@ def test_unreadable_image(tmp_path, caplog, kind):
         {"id": 1, "file_name": "bad.png", "width": W, "height": H},
         {"id": 2, "file_name": "a.png", "width": W, "height": H},
     ]
-    root, ann_file = make_coco(
-        tmp_path, images=images, annotations=[ann(1, image_id=2)], extra_files=files
-    )
+    root, ann_file = make_coco(tmp_path, images=images, annotations=[ann(1, image_id=2)], extra_files=files)
     ds = CocoDetection(root, ann_file)
     with pytest.raises(ImageReadError) as info:
         ds[0]
@@ -282,19 +248,13 @@ def test_all_images_unreadable(tmp_path):
 def test_image_kinds_give_rgb_float(tmp_path, channels):
     arr = {
         "gray": np.full((H, W), 200, np.uint8),
-        "rgba": np.dstack(
-            [np.full((H, W, 3), 200, np.uint8), np.zeros((H, W), np.uint8)]
-        ),
+        "rgba": np.dstack([np.full((H, W, 3), 200, np.uint8), np.zeros((H, W), np.uint8)]),
         "16bit": np.full((H, W, 3), 200 * 257, np.uint16),
     }[channels]
     images = [{"id": 1, "file_name": "x.png", "width": W, "height": H}]
-    root, ann_file = make_coco(
-        tmp_path, images=images, annotations=[], extra_files={"x.png": arr}
-    )
+    root, ann_file = make_coco(tmp_path, images=images, annotations=[], extra_files={"x.png": arr})
     image, _ = CocoDetection(root, ann_file)[0]
-    assert image.shape == (3, H, W) and torch.allclose(
-        image, torch.full_like(image, 200 / 255)
-    )
+    assert image.shape == (3, H, W) and torch.allclose(image, torch.full_like(image, 200 / 255))
 
 
 @pytest.mark.parametrize("name", ["../outside.png", "sub/../../outside.png", "ABS"])
@@ -327,9 +287,7 @@ def test_duplicate_image_ids(tmp_path):
             CocoDetection(root, ann_file, skip_invalid=skip)
 
 
-@pytest.mark.parametrize(
-    "content", ["{not json", '{"images": [], "annotations": []}', "[1, 2]"]
-)
+@pytest.mark.parametrize("content", ["{not json", '{"images": [], "annotations": []}', "[1, 2]"])
 def test_not_coco_json(tmp_path, content):
     root, _ = make_coco(tmp_path)
     bad = tmp_path / "bad.json"
@@ -349,8 +307,66 @@ def test_transforms_receive_uint8_image_and_tv_tensors(tmp_path):
 
     ds = CocoDetection(*make_coco(tmp_path), transforms=transforms, with_masks=True)
     ds[0]
-    assert (
-        isinstance(seen["image"], tv_tensors.Image)
-        and seen["image"].dtype == torch.uint8
-    )
+    assert isinstance(seen["image"], tv_tensors.Image) and seen["image"].dtype == torch.uint8
     assert isinstance(seen["target"]["masks"], tv_tensors.Mask)
+
+
+def test_check_files_names_missing_images_without_decoding(tmp_path):
+    images = [{"id": 10 + k, "file_name": f"sub/{k}.png", "width": W, "height": H} for k in range(5)]
+    root, ann_file = make_coco(tmp_path, images=images, annotations=[])
+    os.makedirs(os.path.join(root, "sub"))
+    for k in (0, 2):
+        _png(tmp_path / "images" / "sub" / f"{k}.png", np.zeros((H, W, 3), np.uint8))
+    assert len(CocoDetection(root, ann_file)) == 5  # not checked unless asked
+    with pytest.raises(
+        FileNotFoundError, match=r"3 image file\(s\) not found under .*: sub/1.png, sub/3.png, sub/4.png"
+    ):
+        CocoDetection(root, ann_file, check_files=True)
+    ds = CocoDetection(root, ann_file, check_files=True, skip_invalid=True)
+    assert ds.image_ids == [10, 12] and ds.stats["missing_files"] == 3
+
+
+def test_missing_files_is_fast_for_many_files(tmp_path):
+    from detkit.data.coco import missing_files
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(2000):
+        (folder / f"{k:06d}.jpg").touch()
+    paths = [str(folder / f"{k:06d}.jpg") for k in range(2010)]  # one listing, no stat per file
+    assert missing_files(paths) == paths[2000:]
+    assert missing_files([str(tmp_path / "nowhere" / "a.png")]) == [str(tmp_path / "nowhere" / "a.png")]
+
+
+def test_exif_orientation_is_applied_and_a_rotated_size_mismatch_says_so(tmp_path):
+    from PIL import Image
+
+    array = np.zeros((H, W, 3), np.uint8)
+    array[:, :5] = 255  # a white band on the left
+    exif = Image.Image().getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    root, ann_file = make_coco(
+        tmp_path, images=[{"id": 1, "file_name": "r.jpg", "width": W, "height": H}], annotations=[]
+    )
+    Image.fromarray(array).save(os.path.join(root, "r.jpg"), exif=exif.tobytes(), quality=95)
+    from detkit.data import read_image_rgb
+
+    shown = read_image_rgb(os.path.join(root, "r.jpg"))
+    assert shown.shape == (W, H, 3) and shown[:5].mean() > 200 and shown[-5:].mean() < 50  # band now on top
+    with pytest.raises(ImageReadError, match="EXIF orientation rotates it"):
+        CocoDetection(root, ann_file)[0]
+
+
+def test_worker_errors_are_the_same_one_line(tmp_path):
+    from detkit.data import collate_detection
+
+    root, ann_file = make_coco(tmp_path)
+    (tmp_path / "images" / "b.png").write_bytes(b"not an image")
+    ds = CocoDetection(root, ann_file)
+    messages = []
+    for workers in (0, 1):
+        loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate_detection)
+        with pytest.raises(ImageReadError) as info:
+            next(iter(loader))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and len(messages[1].splitlines()) == 1 and "b.png" in messages[1]

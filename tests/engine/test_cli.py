@@ -268,3 +268,29 @@ def test_out_of_memory_in_fit_is_a_one_line_error(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("detkit fit: error: CUDA out of memory. Tried to allocate 2.00 GiB; use a smaller")
     assert "--data.batch_size" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_checkpoint_and_config_mistakes_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from detkit.engine.module import DetectionModule
+
+    monkeypatch.chdir(trained["tmp"])
+    config = trained["config"]
+    ckpt = load_checkpoint(trained["last"])
+    other = DetectionModule(model_name="faster_rcnn_tiny", num_classes=5)
+    ckpt["state_dict"] = other.state_dict()
+    ckpt["detkit"]["num_classes"] = 5
+    torch.save(ckpt, tmp_path / "five.ckpt")
+    cases = [
+        (["validate", "--ckpt_path", str(tmp_path / "five.ckpt")], "the checkpoint (model_name=faster_rcnn_tiny, "
+         "num_classes=5) does not fit model_name=faster_rcnn_tiny, num_classes=3"),
+        (["fit", "--ckpt_path", str(tmp_path / "five.ckpt")], "does not fit"),
+        (["fit", "--ckpt_path", trained["last"], "--trainer.max_epochs", "0"], "--trainer.max_epochs is 0"),
+        (["fit", "--model.model_kwargs", '{"roi_batch_size_per_imag": 3}'], "roi_batch_size_per_imag"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        assert main([args[0], "--config", config, *args[1:]]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert expected in err[-1] and err[-1].startswith(f"detkit {args[0]}: error:"), err[-1]
+        assert not any("Traceback" in line for line in err)

@@ -155,3 +155,53 @@ def test_documented_workflow_on_a_custom_coco_data_set(tmp_path, monkeypatch, ca
         stats = json.load(f)["stats"]
     assert stats["AP"] == pytest.approx(val_stats["AP"], abs=1e-6) and stats["AP50"] == pytest.approx(val_stats["AP50"])
     assert stats["AP50"] > 0.05  # the model learnt something: the equality above is not 0 == 0
+
+
+def _config(tmp_path, train_json: str, val_json: str, images: str, **data) -> str:
+    with open(os.path.join(ROOT, "configs", "custom_coco_example.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["data"]["init_args"].update(
+        train_images=images, train_annotations=train_json, val_images=images, val_annotations=val_json,
+        batch_size=4, num_workers=0, **data,
+    )  # fmt: skip
+    cfg["model"].update(warmup_steps=1, num_visualize=0, compute_val_loss=False)
+    cfg["trainer"].update(max_epochs=-1, max_steps=2, val_check_interval=2, check_val_every_n_epoch=None,
+                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_negatives_empty_splits_and_missing_files(tmp_path, monkeypatch, capsys):
+    from detkit.engine.datamodule import CocoDataModule
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    root = tmp_path / "data"
+    images = str(root / "images")
+    train_json, train = _make_split(str(root), "train", 3, rng)  # 3 annotated images + 1 without objects
+    dm = CocoDataModule(images, train_json, images, train_json, num_workers=0)
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 3  # default: images without objects are dropped from training
+    dm = CocoDataModule(images, train_json, images, train_json, num_workers=0, keep_empty=True)
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 4 and min(len(dm.train_dataset[i][1]["boxes"]) for i in range(4)) == 0
+
+    no_objects = root / "no_objects.json"
+    no_objects.write_text(json.dumps({**train, "annotations": []}))
+    with pytest.raises(ValueError, match="no training image left"):
+        CocoDataModule(images, str(no_objects), images, train_json, num_workers=0).setup("fit")
+
+    # a validation set without objects: a warning, and no AP-named checkpoint from AP = -1
+    with pytest.warns(UserWarning) as record:
+        assert main(["fit", "--config", _config(tmp_path, train_json, str(no_objects), images)]) == 0
+    said = " ".join(str(w.message) for w in record)
+    assert "has no (non-crowd) annotations" in said and "val/AP is -1" in said
+    assert sorted(os.listdir(tmp_path / "runs" / "custom_coco" / "version_0" / "checkpoints")) == ["last.ckpt"]
+
+    # a missing image file is named at setup, before the first training step
+    os.remove(os.path.join(images, train["images"][0]["file_name"]))
+    assert main(["fit", "--config", _config(tmp_path, train_json, train_json, images)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "1 image file(s) not found" in err[-1] and train["images"][0]["file_name"] in err[-1]
+    assert not (tmp_path / "runs" / "custom_coco" / "version_1" / "checkpoints").exists()
