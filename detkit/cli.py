@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else "out of memory"
                 raise MemoryError(
                     f"{first}; use a smaller --data.batch_size, --trainer.precision bf16-mixed, "
-                    "or smaller images (--data.min_size / --data.max_size)"
+                    "or smaller images (min_size / max_size in --model.model_kwargs)"
                 ) from e
             return 0
     except SystemExit as e:  # argparse / jsonargparse already printed their message
