@@ -128,15 +128,14 @@ def _run_configs(argv: list[str]) -> int:
 
 def _missing_extra(command: str, exc: ImportError) -> int:
     """One line naming the extra that installs a missing optional dependency."""
-    from detkit.utils.optional import EXTRAS, MissingExtraError, extra_for, missing_message
+    from detkit.utils.optional import MissingExtraError, extra_for, missing_message
 
     if isinstance(exc, MissingExtraError):
         return _fail(command, exc)
     name = getattr(exc, "name", None) or ""
     if os.environ.get("DETKIT_DEBUG") or extra_for(name) is None:
         raise exc  # not an optional dependency: a real error
-    extra = EXTRAS.get(command) or extra_for(name)
-    print(f"detkit {command}: error: {missing_message(name, extra)}", file=sys.stderr)
+    print(f"detkit {command}: error: {missing_message(name, extra_for(name, command))}", file=sys.stderr)
     return 2
 
 

@@ -33,9 +33,9 @@ def _shell_lines() -> list[str]:
 
 
 def test_shell_examples_use_existing_commands_configs_and_targets():
-    from detkit.cli import LIGHTNING_COMMANDS
+    from detkit.cli import LIGHTNING_COMMANDS, resolve_config
 
-    known = set(LIGHTNING_COMMANDS) | {"evaluate", "proposals"}
+    known = set(LIGHTNING_COMMANDS) | {"evaluate", "proposals", "configs"}
     for line in _shell_lines():
         words = shlex.split(line)
         if words[0] == "make":
@@ -46,6 +46,9 @@ def test_shell_examples_use_existing_commands_configs_and_targets():
             for word in words:
                 if word.startswith("configs/"):
                     assert (ROOT / word).is_file(), f"{line}: {word} does not exist"
+            for flag, value in zip(words, words[1:]):
+                if flag == "--config":
+                    assert Path(resolve_config(value)).is_file(), f"{line}: no config {value}"
 
 
 def test_cli_help_and_override_parsing():

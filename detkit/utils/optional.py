@@ -11,18 +11,19 @@ from types import ModuleType
 
 __all__ = ["EXTRAS", "MissingExtraError", "extra_for", "missing_message", "require"]
 
-# Top-level import name -> (pip distribution, the extra that installs it for training).
+# Top-level import name -> (pip distribution, the extras that install it; as in setup.cfg,
+# which a test checks).
 _DISTRIBUTIONS = {
-    "lightning": ("lightning", "train"),
-    "jsonargparse": ("jsonargparse[signatures]", "train"),
-    "tqdm": ("tqdm", "train"),
-    "yaml": ("pyyaml", "train"),
-    "pycocotools": ("pycocotools", "eval"),
-    "faster_coco_eval": ("faster-coco-eval", "eval"),
-    "cv2": ("opencv-contrib-python-headless", "proposals"),
-    "onnx": ("onnx", "export"),
-    "onnxruntime": ("onnxruntime", "export"),
-    "onnxscript": ("onnxscript", "export"),
+    "lightning": ("lightning", ("train",)),
+    "jsonargparse": ("jsonargparse[signatures]", ("train",)),
+    "yaml": ("pyyaml", ("train",)),
+    "tqdm": ("tqdm", ("proposals", "train")),
+    "pycocotools": ("pycocotools", ("eval", "train")),
+    "faster_coco_eval": ("faster-coco-eval", ("eval", "train")),
+    "cv2": ("opencv-contrib-python-headless", ("proposals", "train")),
+    "onnx": ("onnx", ("export",)),
+    "onnxruntime": ("onnxruntime", ("export",)),
+    "onnxscript": ("onnxscript", ("export",)),
 }
 
 # Which extra each `detkit` command needs.
@@ -41,15 +42,17 @@ class MissingExtraError(ModuleNotFoundError):
     """An optional dependency is not installed; the message says which extra installs it."""
 
 
-def extra_for(module: str) -> str | None:
-    """The extra that installs top-level module `module` (None for a core dependency)."""
+def extra_for(module: str, command: str = "") -> str | None:
+    """The extra that installs `module`: the command's own extra where that has it (None: not optional)."""
     entry = _DISTRIBUTIONS.get(module.partition(".")[0])
-    return entry[1] if entry else None
+    if entry is None:
+        return None
+    return EXTRAS[command] if EXTRAS.get(command) in entry[1] else entry[1][0]
 
 
 def missing_message(module: str, extra: str, feature: str = "") -> str:
     """`<distribution> is not installed (<feature> needs it): pip install 'detkit[<extra>]'`."""
-    dist = _DISTRIBUTIONS.get(module.partition(".")[0], (module, extra))[0]
+    dist = _DISTRIBUTIONS.get(module.partition(".")[0], (module,))[0]
     needs = f" ({feature} needs it)" if feature else ""
     return f"{dist} is not installed{needs}: pip install 'detkit[{extra}]'"
 

@@ -1,0 +1,237 @@
+"""Packaging: the lean core, start-up imports, extras messages, packaged configs, the wheel.
+
+Each check runs in a subprocess so that what it imports (or blocks) cannot leak between
+tests. The wheel test (slow) installs the built wheel into a fresh virtual environment.
+"""
+
+import configparser
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import detkit
+from detkit.cli import _resolve_config_args, config_dir, list_configs, main, resolve_config
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the core (`pip install detkit`) does not install: every optional dependency.
+OPTIONAL = ["lightning", "jsonargparse", "pycocotools", "faster_coco_eval", "cv2", "onnx", "onnxruntime",
+            "onnxscript", "tqdm", "yaml"]
+TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]  # as the Makefile: these install from local disk
+
+
+def _python(code: str, *, cwd=ROOT, python=sys.executable, timeout=300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(python), "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
+                          timeout=timeout, env=env)
+
+
+def _block(modules) -> str:
+    return f"import sys\nfor _m in {list(modules)!r}:\n    sys.modules[_m] = None  # import fails\n"
+
+
+LEAN_CORE = """
+import torch
+import detkit, detkit.backbones, detkit.layers, detkit.losses, detkit.matching, detkit.heads, detkit.models
+import detkit.proposals, detkit.structures
+from detkit.backbones import build_backbone
+from detkit.models import build_model
+
+torch.manual_seed(0)
+backbone = build_backbone("resnet18").eval()
+with torch.no_grad():
+    feats = backbone(torch.rand(1, 3, 64, 96))
+specs = backbone.feature_specs()
+assert {k: tuple(v.shape) for k, v in feats.items()} == {
+    k: (1, s.channels, 64 // s.stride, 96 // s.stride) for k, s in specs.items()}, feats.keys()
+for name in ("faster_rcnn_tiny", "mask_rcnn_tiny"):
+    model = build_model(name, num_classes=3)
+    losses = model([torch.rand(3, 96, 128)], [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]),
+                    "labels": torch.tensor([1]), "masks": torch.ones(1, 96, 128, dtype=torch.uint8)}])
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    with torch.no_grad():
+        det = model.eval().predict([torch.rand(3, 96, 128)])[0]
+    assert det["boxes"].shape[1] == 4 and len(det["scores"]) == len(det["labels"]) == len(det["boxes"])
+    assert ("masks" in det) == (name == "mask_rcnn_tiny")
+print("LEAN OK")
+"""
+
+
+def test_core_works_without_optional_dependencies():
+    """`pip install detkit` (no extra) gives backbones, layers, losses and detectors that train and predict."""
+    out = _python(_block(OPTIONAL) + LEAN_CORE)
+    assert out.returncode == 0 and "LEAN OK" in out.stdout, out.stderr[-3000:]
+
+
+def _tiny_coco(tmp_path: Path) -> tuple[Path, Path]:
+    gt = {"images": [{"id": 1, "width": 64, "height": 48}, {"id": 2, "width": 64, "height": 48}],
+          "categories": [{"id": 7, "name": "thing"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 10], "area": 200,
+                           "iscrowd": 0},
+                          {"id": 2, "image_id": 2, "category_id": 7, "bbox": [30, 20, 16, 16], "area": 256,
+                           "iscrowd": 0}]}
+    dt = [{"image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 10], "score": 0.9},
+          {"image_id": 2, "category_id": 7, "bbox": [0, 0, 10, 10], "score": 0.8}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(dt))
+    return tmp_path / "gt.json", tmp_path / "dt.json"
+
+
+def test_help_and_evaluate_start_without_torch_or_lightning(tmp_path):
+    gt, dt = _tiny_coco(tmp_path)
+    out = _python(f"""
+        import io, contextlib, json, sys
+        from detkit.cli import main
+        with contextlib.redirect_stdout(io.StringIO()):
+            help_rc = main(["--help"])
+        help_mods = sorted(m for m in ("torch", "torchvision", "lightning") if m in sys.modules)
+        rc = main(["evaluate", "--annotations", {str(gt)!r}, "--predictions", {str(dt)!r},
+                   "--output", {str(tmp_path / "m.json")!r}])
+        mods = sorted(m for m in ("torch", "torchvision", "lightning") if m in sys.modules)
+        print(json.dumps({{"help_rc": help_rc, "help_mods": help_mods, "rc": rc, "mods": mods}}))
+    """)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"help_rc": 0, "help_mods": [], "rc": 0, "mods": []}, report
+    stats = json.loads((tmp_path / "m.json").read_text())["stats"]
+    assert stats["AP50"] == pytest.approx(51 / 101, abs=1e-9)  # one of two objects: precision 1 up to recall 0.5
+
+
+def test_python_m_detkit_is_the_detkit_command(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "detkit", "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0 and run.stdout.strip() == f"detkit {detkit.__version__}"
+    run = subprocess.run([sys.executable, "-m", "detkit", "configs"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0 and "shapes_faster_rcnn_tiny" in run.stdout
+    run = subprocess.run([sys.executable, "-m", "detkit", "nonsense"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2 and "unknown command" in run.stderr
+
+
+def test_version_has_one_source():
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", detkit.__version__)
+    cfg = (ROOT / "setup.cfg").read_text()
+    assert re.search(r"^version = attr: detkit\.__version__$", cfg, flags=re.M)
+    assert not re.search(r"^__version__|version\s*=\s*['\"]\d", cfg, flags=re.M)
+
+
+@pytest.mark.parametrize(
+    "command, blocked, extra",
+    [
+        (["fit", "--config", "shapes_faster_rcnn_tiny"], ["lightning"], "train"),
+        (["evaluate", "--annotations", "GT", "--predictions", "DT"], ["pycocotools", "faster_coco_eval"], "eval"),
+        (["proposals", "--annotations", "A", "--image-root", ".", "--output", "C"], ["cv2"], "proposals"),
+        (["evaluate", "--annotations", "GT", "--predictions", "DT", "--pr-curve", "pr.png"], ["cv2"], "proposals"),
+    ],
+    ids=["fit", "evaluate", "proposals", "evaluate-pr-curve"],
+)
+def test_missing_extra_is_one_line_naming_it(command, blocked, extra, tmp_path):
+    gt, dt = _tiny_coco(tmp_path)
+    command = [str(gt) if a == "GT" else str(dt) if a == "DT" else a for a in command]
+    out = _python(_block(blocked) + f"from detkit.cli import main\nsys.exit(main({command!r}))", cwd=tmp_path)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert lines[0].startswith(f"detkit {command[0]}: error: ") and f"pip install 'detkit[{extra}]'" in lines[0]
+
+
+def test_extras_table_matches_setup_cfg():
+    """detkit.utils.optional names the extras that setup.cfg declares for each optional module."""
+    from detkit.utils.optional import _DISTRIBUTIONS, EXTRAS
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = {name: {re.split(r"[<>=!~\[ ;]", line.strip())[0].lower() for line in value.splitlines() if line.strip()}
+              for name, value in cfg["options.extras_require"].items()}
+    assert extras["all"] == {"detkit"} and set(EXTRAS.values()) <= set(extras)
+    for module, (dist, declared) in _DISTRIBUTIONS.items():
+        name = dist.split("[")[0].lower()
+        assert set(declared) == {e for e, dists in extras.items() if name in dists}, module
+    covered = {dist.split("[")[0].lower() for dist, _ in _DISTRIBUTIONS.values()}
+    assert set().union(*(extras[e] for e in ("train", "eval", "proposals", "export"))) == covered
+
+
+def test_packaged_configs_resolve_by_name(tmp_path, monkeypatch):
+    configs = list_configs()
+    assert set(configs) == {p.stem for p in (ROOT / "configs").glob("*.yaml")}  # the package ships configs/
+    assert config_dir().resolve() == (ROOT / "configs").resolve()
+    monkeypatch.chdir(tmp_path)  # an empty folder: no configs/ here
+    packaged = str(configs["shapes_faster_rcnn_tiny"])
+    for value in ("shapes_faster_rcnn_tiny", "shapes_faster_rcnn_tiny.yaml", "configs/shapes_faster_rcnn_tiny.yaml"):
+        assert resolve_config(value) == packaged
+    mine = tmp_path / "configs" / "shapes_faster_rcnn_tiny.yaml"  # a local file of that path wins
+    mine.parent.mkdir()
+    mine.write_text("seed_everything: 1\n")
+    assert resolve_config("configs/shapes_faster_rcnn_tiny.yaml") == "configs/shapes_faster_rcnn_tiny.yaml"
+    assert _resolve_config_args(["fit", "-c", "shapes_mask_rcnn_tiny", "--config=fast_rcnn_tiny_shapes"]) == [
+        "fit", "-c", str(configs["shapes_mask_rcnn_tiny"]), "--config=" + str(configs["fast_rcnn_tiny_shapes"])]
+    assert resolve_config("elsewhere/x.yaml") == "elsewhere/x.yaml"  # jsonargparse reports a missing path
+    with pytest.raises(FileNotFoundError, match="detkit configs"):
+        resolve_config("no_such_config")
+
+
+def test_detkit_configs_lists_and_prints(capsys):
+    assert main(["configs"]) == 0
+    listing = capsys.readouterr().out
+    for name in list_configs():
+        assert re.search(rf"^{name}\s+\S", listing, flags=re.M), name
+    assert main(["configs", "shapes_faster_rcnn_tiny"]) == 0
+    assert capsys.readouterr().out == (ROOT / "configs" / "shapes_faster_rcnn_tiny.yaml").read_text()
+    assert main(["configs", "nope"]) == 2
+    assert "no config named 'nope'" in capsys.readouterr().err
+
+
+def _run(args, **kwargs) -> subprocess.CompletedProcess:
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kwargs)
+    assert out.returncode == 0, f"{' '.join(map(str, args))}\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_outside_the_repository(tmp_path):
+    """Build the wheel, install the core then `[train]` into a fresh venv, train and evaluate from an empty folder."""
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", ROOT], cwd=tmp_path,
+         timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("detkit-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert {f"detkit/configs/{n}.yaml" for n in list_configs()} <= set(names)
+    assert re.search(rf"^Version: {re.escape(detkit.__version__)}$", meta, flags=re.M)
+    core = [line.split(":", 1)[1].strip() for line in meta.splitlines()
+            if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    assert sorted(re.split(r"[<>=\[ ]", r)[0] for r in core) == ["numpy", "torch", "torchvision"], core
+
+    venv.create(tmp_path / "venv", with_pip=True)
+    py = tmp_path / "venv" / "bin" / "python"
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{py.parent}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1")
+
+    _run([*pip, wheel, *TORCH_PINS], cwd=work, env=env, timeout=900)  # the core only
+    _run([py, "-c", LEAN_CORE], cwd=work, env=env, timeout=300)  # none of OPTIONAL is installed
+    missing = subprocess.run([py.parent / "detkit", "fit", "--config", "shapes_faster_rcnn_tiny"],
+                             capture_output=True, text=True, cwd=work, env=env)
+    assert missing.returncode == 2 and "pip install 'detkit[train]'" in missing.stderr, missing.stderr
+
+    _run([*pip, f"{wheel}[train]", *TORCH_PINS], cwd=work, env=env, timeout=900)
+    detkit_cmd = py.parent / "detkit"
+    version = _run([py, "-m", "detkit", "--version"], cwd=work, env=env).stdout.strip()
+    dist_version = _run([py, "-c", "import importlib.metadata as m; print(m.version('detkit'))"], cwd=work, env=env)
+    assert version == f"detkit {detkit.__version__}" and dist_version.stdout.strip() == detkit.__version__
+    _run([detkit_cmd, "fit", "--config", "shapes_faster_rcnn_tiny", "--trainer.max_steps", "2",
+          "--data.num_train", "4", "--data.num_val", "2", "--data.batch_size", "2", "--model.num_visualize", "0",
+          "--trainer.enable_progress_bar", "false"], cwd=work, env=env, timeout=600)
+    (run_dir,) = (work / "runs" / "shapes_faster_rcnn_tiny").glob("version_*")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    predictions = run_dir / "eval" / "epoch_000" / "predictions.json"
+    _run([detkit_cmd, "evaluate", "--annotations", work / "data" / "shapes" / "val" / "annotations.json",
+          "--predictions", predictions, "--output", work / "metrics.json"], cwd=work, env=env, timeout=300)
+    fit_stats = json.loads((run_dir / "eval" / "epoch_000" / "metrics.json").read_text())
+    cli_stats = json.loads((work / "metrics.json").read_text())["stats"]
+    assert cli_stats == pytest.approx(fit_stats["bbox"]["stats"], abs=1e-12)  # the command = the validation
