@@ -177,3 +177,52 @@ def test_faster_rcnn_checkpoint_of_torchvision_builder(tmp_path, device):
         tv_outs = tv(images)
     for tv_out, dk_out in zip(tv_outs, dk.predict(images)):
         _compare({k: v.cpu() for k, v in tv_out.items()}, {k: v.cpu() for k, v in dk_out.items()}, False)
+
+
+@pytest.mark.slow
+def test_bf16_autocast_matches_torchvision_layer_by_layer(checkpoints):
+    """Under CPU bfloat16 autocast every network layer gives torchvision's bf16 values; box
+    coordinates stay float32 in detkit (torchvision rounds anchors, proposals and decoded
+    boxes to bf16), so whole-pipeline detections are compared stage by stage on equal inputs."""
+    from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+    tv, root = checkpoints
+    tv.transform.min_size, tv.transform.max_size = (288,), 352
+    dk = build_model("mask_rcnn_r50_fpn", num_classes=90, weights=str(root / "mask.pth"), min_size=288, max_size=352)
+    dk.eval()
+    images = _images([(288, 352)])
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            tv_list, _ = tv.transform(images)
+            tv_feats = tv.backbone(tv_list.tensors)
+            batch, _ = dk.prepare(images)
+            dk_feats = dk.backbone(batch.tensor)
+            # backbone + FPN
+            assert [v.dtype for v in dk_feats.values()] == [torch.bfloat16] * 5
+            for tv_f, dk_f in zip(tv_feats.values(), dk_feats.values()):
+                assert torch.equal(tv_f, dk_f)
+            # RPN head: objectness and deltas in the same (y, x, anchor) order
+            tv_obj, tv_deltas = concat_box_prediction_layers(*tv.rpn.head(list(tv_feats.values())))
+            dk_obj, dk_deltas, _ = dk.rpn.head(list(dk_feats.values()))
+            assert torch.equal(tv_obj.flatten(), dk_obj[0]) and torch.equal(tv_deltas, dk_deltas[0])
+            # detkit's proposals: float32, the float32 decoding of the bf16 head outputs
+            dk_props, dk_idx, _ = dk.rpn(dk_feats, batch)
+            assert dk_props.dtype == torch.float32
+            # box branch on the same float32 RoIs
+            rois, idx = dk_props, dk_idx
+            tv_x = tv.roi_heads.box_head(tv.roi_heads.box_roi_pool(tv_feats, [rois], tv_list.image_sizes))
+            tv_logits, tv_reg = tv.roi_heads.box_predictor(tv_x)
+            dk_x = dk.roi_heads.box_head(dk.roi_heads.box_pooler(dk_feats, rois, idx))
+            dk_logits, dk_reg = dk.roi_heads.box_predictor(dk_x)
+            assert torch.equal(tv_logits, dk_logits) and torch.equal(tv_reg, dk_reg)
+            # mask branch on the same boxes (torchvision keeps a background channel first)
+            boxes = rois[:20]
+            tv_masks = tv.roi_heads.mask_predictor(
+                tv.roi_heads.mask_head(tv.roi_heads.mask_roi_pool(tv_feats, [boxes], tv_list.image_sizes))
+            )
+            dk_masks = dk.roi_heads.mask_head(dk.roi_heads.mask_pooler(dk_feats, boxes, idx[:20]))
+            assert torch.equal(tv_masks[:, 1:], dk_masks)
+            # end to end: well-formed float32 detections
+            dets = dk.predict(images)[0]
+    assert dets["boxes"].dtype == torch.float32 and dets["masks"].dtype == torch.uint8
+    assert dets["boxes"].shape[0] > 0
