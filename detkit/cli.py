@@ -35,6 +35,7 @@ commands:
   evaluate    COCO metrics of a json:   detkit evaluate --annotations GT.json --predictions RES.json
   proposals   selective-search cache:   detkit proposals --annotations A.json --image-root DIR --output CACHE
   configs     the packaged configs:     detkit configs            (one: detkit configs NAME > my.yaml)
+  export      ONNX / torch.export file: detkit export --checkpoint CKPT --format onnx|pt2 --output PATH
 
 --config takes a packaged config's name or a YAML path. `detkit <command> --help` lists a
 command's options; --version prints the version.
@@ -174,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_proposals(rest)
         if command == "configs":
             return _run_configs(rest)
+        if command == "export":
+            from detkit.export.cli import export_main
+
+            return export_main(rest)
         if command == "predict" and _predicts_files(rest):
             from detkit.engine.cli import predict_files_main
 
