@@ -1,7 +1,7 @@
 """`detkit export`: write a detector as an ONNX file or a torch.export program (.pt2).
 
-    detkit export --checkpoint last.ckpt --format onnx --output model.onnx
-    detkit export --model faster_rcnn_r50_fpn --num-classes 90 --weights tv.pth --format pt2 --output model.pt2
+detkit export --checkpoint last.ckpt --format onnx --output model.onnx
+detkit export --model faster_rcnn_r50_fpn --num-classes 90 --weights tv.pth --format pt2 --output model.pt2
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def export_main(argv: Sequence[str] | None = None, prog: str = "detkit export") 
     source.add_argument("--checkpoint", help="Lightning checkpoint written by `detkit fit`")
     source.add_argument("--model", help="registered model name (see detkit.models.list_models())")
     parser.add_argument("--weights", help="with --model: weights file (detkit or torchvision checkpoint)")
-    parser.add_argument("--num-classes", type=int, help="with --model: classes without background (default 90, as COCO checkpoints)")
+    parser.add_argument(
+        "--num-classes", type=int, help="with --model: classes without background (default 90, as COCO checkpoints)"
+    )
     parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
     parser.add_argument("--output", required=True, help="output file (.onnx or .pt2)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18, at least 16)")
