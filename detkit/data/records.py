@@ -1,0 +1,229 @@
+"""Compact per-image records of a detection data set: a few numpy arrays, no per-image objects.
+
+Shape shorthand: N images, M annotations over all images, K annotations of one image.
+
+A list of per-image Python objects (dicts, dataclasses, small arrays) costs ~1 KB per image
+plus the objects of every annotation, and every DataLoader worker that reads them touches
+their reference counts, so copy-on-write copies those pages into each worker: memory grows
+with the number of workers and the length of the epoch. :class:`RecordStore` keeps the same
+information in flat arrays (annotations packed with per-image offsets, strings and other
+variable-size data in one byte buffer each): reading a record touches no shared page, and
+workers keep sharing the parent's memory. Records are rebuilt on access as :class:`Record`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ByteBuffer", "Record", "RecordStore"]
+
+
+@dataclass(slots=True)
+class Record:
+    """One image's record: what :class:`RecordStore` stores, rebuilt on access."""
+
+    image_id: int
+    file_name: str
+    path: str
+    height: int
+    width: int
+    boxes: np.ndarray  # [K, 4] float32 XYXY
+    labels: np.ndarray  # [K] int64
+    iscrowd: np.ndarray  # [K] uint8
+    segmentations: list = field(default_factory=list)  # K COCO segmentations (with masks only)
+
+
+class ByteBuffer:
+    """N byte strings in one uint8 array with int64 offsets: item i is `data[offsets[i]:offsets[i + 1]]`."""
+
+    def __init__(self, items: Iterable[bytes]):
+        items = list(items)
+        lengths = np.fromiter((len(b) for b in items), dtype=np.int64, count=len(items))
+        self.offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        self.data = np.frombuffer(b"".join(items), dtype=np.uint8)
+
+    @classmethod
+    def from_strings(cls, strings: Iterable[str]) -> ByteBuffer:
+        return cls(s.encode("utf-8", "surrogatepass") for s in strings)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> bytes:
+        return self.data[self.offsets[index] : self.offsets[index + 1]].tobytes()
+
+    def string(self, index: int) -> str:
+        return self[index].decode("utf-8", "surrogatepass")
+
+    def take(self, indices: np.ndarray) -> ByteBuffer:
+        return ByteBuffer(self[int(i)] for i in indices)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.offsets.nbytes
+
+
+class RecordStore(Sequence):
+    """Records of N images in flat numpy arrays (see the module docstring).
+
+    `store[i]` is a :class:`Record` (fresh arrays, safe to modify); `len(store)` is N.
+    Arrays: `image_ids`, `heights`, `widths` `[N]`; `starts` `[N + 1]` offsets of each image's
+    annotations in `boxes` `[M, 4]` float32, `labels` `[M]` int64, `iscrowd` `[M]` uint8.
+    Strings (`file_name`, `path`), the segmentations of each image (pickled, only when
+    stored) and the image's json entry (when given) live in one :class:`ByteBuffer` each.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_ids: np.ndarray,
+        heights: np.ndarray,
+        widths: np.ndarray,
+        starts: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        iscrowd: np.ndarray,
+        file_names: ByteBuffer,
+        paths: ByteBuffer,
+        segmentations: ByteBuffer | None = None,
+        image_entries: ByteBuffer | None = None,
+    ):
+        n = len(image_ids)
+        if not (len(heights) == len(widths) == len(file_names) == len(paths) == n and len(starts) == n + 1):
+            raise ValueError("RecordStore: per-image arrays differ in length")
+        if not (len(boxes) == len(labels) == len(iscrowd) == int(starts[-1])):
+            raise ValueError("RecordStore: per-annotation arrays differ in length")
+        for extra in (segmentations, image_entries):
+            if extra is not None and len(extra) != n:
+                raise ValueError("RecordStore: per-image buffers differ in length")
+        self.image_ids, self.heights, self.widths, self.starts = image_ids, heights, widths, starts
+        self.boxes, self.labels, self.iscrowd = boxes, labels, iscrowd
+        self.file_names, self.paths = file_names, paths
+        self.segmentations, self.image_entries = segmentations, image_entries
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[Any],
+        *,
+        with_segmentations: bool = False,
+        image_entries: Mapping[int, dict] | None = None,
+    ) -> RecordStore:
+        """Pack objects with the fields of :class:`Record` (e.g. a list of them).
+
+        `with_segmentations` stores each record's `segmentations`; `image_entries` maps image
+        ids to json-serialisable entries kept for :meth:`image_entry`.
+        """
+        n = len(records)
+        counts = np.fromiter((len(r.labels) for r in records), dtype=np.int64, count=n)
+        starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+
+        def packed(name: str, dtype, shape: tuple) -> np.ndarray:
+            parts = [np.asarray(getattr(r, name), dtype=dtype).reshape(-1, *shape) for r in records]
+            return np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
+
+        return cls(
+            image_ids=np.fromiter((r.image_id for r in records), dtype=np.int64, count=n),
+            heights=np.fromiter((r.height for r in records), dtype=np.int32, count=n),
+            widths=np.fromiter((r.width for r in records), dtype=np.int32, count=n),
+            starts=starts,
+            boxes=packed("boxes", np.float32, (4,)),
+            labels=packed("labels", np.int64, ()),
+            iscrowd=packed("iscrowd", np.uint8, ()),
+            file_names=ByteBuffer.from_strings(r.file_name for r in records),
+            paths=ByteBuffer.from_strings(r.path for r in records),
+            segmentations=(
+                ByteBuffer(pickle.dumps(r.segmentations, protocol=pickle.HIGHEST_PROTOCOL) for r in records)
+                if with_segmentations
+                else None
+            ),
+            image_entries=(
+                None
+                if image_entries is None
+                else ByteBuffer.from_strings(json.dumps(image_entries[r.image_id]) for r in records)
+            ),
+        )
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _index(self, index: int) -> int:
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"record index {index} out of range for {n} records")
+        return index
+
+    def __getitem__(self, index: int) -> Record:  # type: ignore[override]
+        i = self._index(int(index))
+        lo, hi = int(self.starts[i]), int(self.starts[i + 1])
+        segs = pickle.loads(self.segmentations[i]) if self.segmentations is not None else []
+        return Record(
+            image_id=int(self.image_ids[i]),
+            file_name=self.file_names.string(i),
+            path=self.paths.string(i),
+            height=int(self.heights[i]),
+            width=int(self.widths[i]),
+            boxes=self.boxes[lo:hi].copy(),
+            labels=self.labels[lo:hi].copy(),
+            iscrowd=self.iscrowd[lo:hi].copy(),
+            segmentations=segs,
+        )
+
+    def __iter__(self) -> Iterator[Record]:
+        return (self[i] for i in range(len(self)))
+
+    def image_entry(self, index: int) -> dict:
+        """The json entry of the image at `index` (a fresh dict); KeyError when none was stored."""
+        if self.image_entries is None:
+            raise KeyError("RecordStore was built without image entries")
+        return json.loads(self.image_entries.string(self._index(int(index))))
+
+    def num_annotations(self) -> np.ndarray:
+        """Annotations per image: `[N]` int64."""
+        return np.diff(self.starts)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every image."""
+        return (self.widths / self.heights).tolist()
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> RecordStore:
+        """A store with the records at `indices`, in that order."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        counts = self.num_annotations()[idx]
+        starts = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        ann = (
+            np.concatenate([np.arange(self.starts[i], self.starts[i + 1]) for i in idx])
+            if len(idx)
+            else np.zeros(0, dtype=np.int64)
+        )
+        return RecordStore(
+            image_ids=self.image_ids[idx],
+            heights=self.heights[idx],
+            widths=self.widths[idx],
+            starts=starts,
+            boxes=self.boxes[ann],
+            labels=self.labels[ann],
+            iscrowd=self.iscrowd[ann],
+            file_names=self.file_names.take(idx),
+            paths=self.paths.take(idx),
+            segmentations=None if self.segmentations is None else self.segmentations.take(idx),
+            image_entries=None if self.image_entries is None else self.image_entries.take(idx),
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays and buffers."""
+        arrays = (self.image_ids, self.heights, self.widths, self.starts, self.boxes, self.labels, self.iscrowd)
+        buffers = (self.file_names, self.paths, self.segmentations, self.image_entries)
+        return sum(a.nbytes for a in arrays) + sum(b.nbytes for b in buffers if b is not None)

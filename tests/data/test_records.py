@@ -1,0 +1,128 @@
+"""Compact record storage (RecordStore) and CocoDetection built on it, against pycocotools."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from detkit.data import CocoDetection
+from detkit.data.records import ByteBuffer, Record, RecordStore
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import bench_data  # noqa: E402
+
+
+def _records():
+    return [
+        Record(
+            image_id=7, file_name="a.jpg", path="/r/a.jpg", height=4, width=6,
+            boxes=np.array([[0, 0, 2, 2], [1, 1, 3, 4]], np.float32), labels=np.array([1, 3]),
+            iscrowd=np.array([0, 1], np.uint8), segmentations=[[[0, 0, 2, 0, 2, 2]], {"size": [4, 6], "counts": b"x"}],
+        ),
+        Record(
+            image_id=3, file_name="ü b.png", path="/r/ü b.png", height=5, width=5,
+            boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, np.int64), iscrowd=np.zeros(0, np.uint8),
+        ),
+        Record(
+            image_id=9, file_name="c.jpg", path="/r/c.jpg", height=2, width=8,
+            boxes=np.array([[1, 0, 5, 2]], np.float32), labels=np.array([2]), iscrowd=np.array([0], np.uint8),
+            segmentations=[[[1, 0, 5, 0, 5, 2]]],
+        ),
+    ]  # fmt: skip
+
+
+def _assert_same(a: Record, b: Record) -> None:
+    assert (a.image_id, a.file_name, a.path, a.height, a.width) == (b.image_id, b.file_name, b.path, b.height, b.width)
+    for name, dtype in (("boxes", np.float32), ("labels", np.int64), ("iscrowd", np.uint8)):
+        got = getattr(a, name)
+        assert got.dtype == dtype and np.array_equal(got, getattr(b, name))
+    assert a.segmentations == b.segmentations
+
+
+def test_round_trip_select_and_entries():
+    records = _records()
+    entries = {7: {"id": 7, "file_name": "a.jpg", "x": [1]}, 3: {"id": 3}, 9: {"id": 9, "w": 8}}
+    store = RecordStore.from_records(records, with_segmentations=True, image_entries=entries)
+    assert len(store) == 3 and store.starts.tolist() == [0, 2, 2, 3]
+    for got, want in zip(store, records):
+        _assert_same(got, want)
+    _assert_same(store[-1], records[2])
+    assert store.image_entry(0) == entries[7] and store.aspect_ratios() == [6 / 4, 1.0, 8 / 2]
+    picked = store.select([2, 0])
+    _assert_same(picked[0], records[2])
+    _assert_same(picked[1], records[0])
+    assert picked.image_entry(1) == entries[7]
+    with pytest.raises(IndexError, match="out of range"):
+        store[3]
+    # records are copies: editing one leaves the store alone
+    store[0].boxes[:] = -1
+    assert store[0].boxes.min() == 0
+    # no segmentations / entries stored; empty store
+    bare = RecordStore.from_records(records)
+    assert bare[0].segmentations == [] and bare.segmentations is None
+    with pytest.raises(KeyError):
+        bare.image_entry(0)
+    empty = RecordStore.from_records([])
+    assert len(empty) == 0 and empty.boxes.shape == (0, 4) and empty.aspect_ratios() == []
+
+
+def test_storage_is_flat_arrays():
+    """A handful of numpy arrays and buffers, however many images: nothing per image."""
+    store = RecordStore.from_records(_records() * 1000, with_segmentations=True)
+    containers = [v for v in vars(store).values() if v is not None]
+    assert len(containers) == 10
+    for value in containers:
+        if isinstance(value, ByteBuffer):
+            value = [value.data, value.offsets]
+        for array in value if isinstance(value, list) else [value]:
+            assert isinstance(array, np.ndarray) and array.dtype != object
+    assert store.nbytes < 150 * len(store)  # ~125 bytes per image here, pickled polygons included
+    again = pickle.loads(pickle.dumps(store))  # spawned DataLoader workers receive a pickle
+    _assert_same(again[1500], store[1500])
+
+
+def test_coco_detection_matches_pycocotools(tmp_path):
+    """detkit's targets on a generated COCO-like file equal the annotations pycocotools indexes."""
+    ann_file = tmp_path / "coco.json"
+    counts = bench_data.generate(str(ann_file), scale=0.0005, seed=1)
+    ds = CocoDetection(tmp_path, ann_file, with_masks=True)
+    assert not hasattr(ds, "coco") and isinstance(ds._records, RecordStore)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = COCO(str(ann_file))
+    assert len(ds) == counts["images"] == len(ref.imgs) and ds.image_ids == sorted(ref.imgs)
+    assert ds.stats["annotations"] == counts["annotations"] == len(ref.anns)
+    cat_ids = sorted(ref.cats)
+    for index, image_id in enumerate(ds.image_ids):
+        rec = ds._records[index]
+        anns = ref.imgToAnns[image_id]
+        xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
+        assert np.allclose(rec.boxes, np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
+        assert rec.labels.tolist() == [cat_ids.index(a["category_id"]) + 1 for a in anns]
+        assert rec.segmentations == [a["segmentation"] for a in anns]
+        assert ds.image_info(index) == ref.imgs[image_id]
+    json.loads(ann_file.read_text())  # valid JSON
+
+
+@pytest.mark.slow
+def test_bench_data_runs_at_one_percent(tmp_path):
+    """The COCO-scale benchmark end to end at 1% size (the full run is in RESULTS.md)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_data.py"), "--scale", "0.01", "--workers", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["images"] == round(bench_data.COCO_TRAIN_IMAGES * 0.01)
+    for r in report["results"].values():
+        assert r["images"] == report["images"] and len(r["worker_pss_mib"]) == 2
+        assert r["build_s"] > 0 and r["total_pss_mib"] > 0
