@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 from detkit.utils.rle import compressed_rle_problem
 
 from .io import ImageReadError, load_first_readable, read_image_rgb
+from .records import RecordStore
 
 __all__ = [
     "AnnotationFormatError",
@@ -314,7 +315,13 @@ class CocoDetection(torch.utils.data.Dataset):
         self._records = self._build_records()
         if check_files:
             self._drop_missing_files()
-        self.image_ids = [r.image_id for r in self._records]
+        # compact storage: flat arrays, no per-image objects for DataLoader workers to copy;
+        # the pycocotools index and the json are released
+        self._records = RecordStore.from_records(
+            self._records, with_segmentations=with_masks, image_entries=self.coco.imgs
+        )
+        del self.coco
+        self.image_ids = self._records.image_ids.tolist()
         self._report()
 
     # ------------------------------------------------------------------ construction
@@ -545,11 +552,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def aspect_ratios(self) -> list[float]:
         """Width / height of every image, from the annotation file (no decoding)."""
-        return [r.width / r.height for r in self._records]
+        return self._records.aspect_ratios()
 
     def image_info(self, index: int) -> dict[str, Any]:
         """The json ``images`` entry of ``index``."""
-        return self.coco.imgs[self._records[index].image_id]
+        return self._records.image_entry(index)
 
     def _read(self, rec: _Record) -> np.ndarray:
         img = read_image_rgb(rec.path)
