@@ -1,6 +1,7 @@
 """Detectors of the R-CNN family as plain nn.Modules, built by name."""
 
-from detkit.models import fast_rcnn as _fast_rcnn  # noqa: F401  (registers the variants)
+from detkit.models import classic as _classic  # noqa: F401  (registers the variants)
+from detkit.models import fast_rcnn as _fast_rcnn  # noqa: F401
 from detkit.models import rcnn as _rcnn  # noqa: F401
 from detkit.models import zoo as _zoo  # noqa: F401
 from detkit.models.fast_rcnn import FastRCNN

@@ -17,7 +17,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from detkit.backbones import build_backbone
-from detkit.heads.box_head import TwoFCHead
 from detkit.heads.roi_heads import RoIHeads
 from detkit.matching import Matcher
 from detkit.models.rcnn import validate_proposals
@@ -114,6 +113,7 @@ def build_fast_rcnn(
         anchor_sizes=(),
         with_rpn=False,
         representation_size=representation_size,
+        dropout=dropout,
         roi_batch_size_per_image=roi_batch_size_per_image,
         roi_positive_fraction=roi_positive_fraction,
         roi_fg_iou_threshold=roi_fg_iou_threshold,
@@ -124,10 +124,6 @@ def build_fast_rcnn(
         **kwargs,
     )
     heads = base.roi_heads
-    if dropout > 0:  # the paper's VGG-16 keeps fc6/fc7 dropout
-        heads.box_head = TwoFCHead(
-            specs[feature].channels, heads.box_pooler.output_size, representation_size, dropout=dropout
-        )
     heads.matcher = BackgroundBandMatcher(roi_fg_iou_threshold, roi_bg_iou_threshold, roi_bg_iou_low)
     heads.smooth_l1_beta = float(smooth_l1_beta)
     return FastRCNN(base.backbone, heads, transform=base.transform, num_classes=num_classes)

@@ -17,8 +17,9 @@ a class-specific box regressor.
 
 Differences from the paper, on purpose: everything trains jointly and online (no feature
 cache, no separate SVM / ridge-regression stages); hard negatives are mined inside each
-mini-batch; box regression reads the fc7 features (the paper: pool5) with smooth L1 on
-normalised deltas (`bbox_reg_weights`) instead of ridge regression.
+mini-batch; box regression reads the fc7 features by default (the paper: pool5, which
+`box_features="pool5"` selects) with smooth L1 on normalised deltas (`bbox_reg_weights`)
+instead of ridge regression.
 
 Shape shorthand:
     N images   P proposals per image (padded to P_max)   G gt boxes (Gmax per image)
@@ -155,6 +156,7 @@ class CropFeatureHead(nn.Module):
     """Feature map of a crop `Tensor[R, C, h, w]` -> adaptive max pool to `pool_size` -> fc6 -> fc7 -> `Tensor[R, D]`.
 
     For VGG-16 at S = 224, conv5_3 is 14 x 14 and the pool is the network's own pool5.
+    `forward(x, return_pooled=True)` also returns the flattened pool5 `Tensor[R, pooled_dim]`.
     """
 
     def __init__(self, in_channels: int, pool_size: int, fc_dim: int, *, dropout: float = 0.0):
@@ -162,9 +164,12 @@ class CropFeatureHead(nn.Module):
         self.pool = nn.AdaptiveMaxPool2d(pool_size)
         self.fcs = TwoFCHead(in_channels, pool_size, fc_dim, dropout=dropout)
         self.out_channels = fc_dim
+        self.pooled_dim = in_channels * pool_size * pool_size
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fcs(self.pool(x))
+    def forward(self, x: Tensor, *, return_pooled: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        pooled = self.pool(x)
+        out = self.fcs(pooled)
+        return (out, pooled.flatten(1)) if return_pooled else out
 
 
 # --------------------------------------------------------------------------- model
@@ -194,6 +199,8 @@ class RCNN(nn.Module):
         svm_hard_negatives: negatives per class kept by hard negative mining, per mini-batch.
         svm_margin: hinge margin.
         bbox_reg_weights: (wx, wy, ww, wh) of the box coder (delta normalisation).
+        box_features: what the box regressor reads: "fc7" (default) or "pool5", the paper's
+            choice (needs a head with `return_pooled`, e.g. `CropFeatureHead`).
         smooth_l1_beta: smooth L1 switch point of the box loss.
         score_threshold: detections below are dropped; None = 0.05 (softmax) or -1.0 (svm scores).
         nms_threshold: per-class NMS IoU (0.3 in the paper).
@@ -225,6 +232,7 @@ class RCNN(nn.Module):
         svm_hard_negatives: int = 32,
         svm_margin: float = 1.0,
         bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
+        box_features: str = "fc7",
         smooth_l1_beta: float = 1.0,
         score_threshold: float | None = None,
         nms_threshold: float = 0.3,
@@ -235,6 +243,10 @@ class RCNN(nn.Module):
         super().__init__()
         if classifier not in CLASSIFIERS:
             raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+        if box_features not in ("fc7", "pool5"):
+            raise ValueError(f"box_features must be 'fc7' or 'pool5', got {box_features!r}")
+        if box_features == "pool5" and not hasattr(head, "pooled_dim"):
+            raise ValueError(f"box_features='pool5' needs a head with `pooled_dim`, got {type(head).__name__}")
         if bg_iou_threshold > fg_iou_threshold:
             raise ValueError(f"bg_iou_threshold ({bg_iou_threshold}) must be <= fg_iou_threshold ({fg_iou_threshold})")
         specs = backbone.feature_specs()
@@ -249,7 +261,8 @@ class RCNN(nn.Module):
         self.num_classes, self.classifier = num_classes, classifier
         dim = head.out_channels
         self.cls_score = nn.Linear(dim, num_classes + 1 if classifier == "softmax" else num_classes)
-        self.bbox_pred = nn.Linear(dim, num_classes * 4)
+        self.box_features = box_features
+        self.bbox_pred = nn.Linear(head.pooled_dim if box_features == "pool5" else dim, num_classes * 4)
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
@@ -288,10 +301,17 @@ class RCNN(nn.Module):
         return resize_boxes(packed, batch_idx, batch.original_sizes, batch.image_sizes), batch_idx
 
     # ------------------------------------------------------------------ network
-    def region_features(self, images: Tensor, boxes: Tensor, batch_idx: Tensor) -> Tensor:
-        """Warp regions `Tensor[R, 4]` of the batch `Tensor[N, 3, Hp, Wp]` and embed them: `Tensor[R, D]`."""
+    def region_features(self, images: Tensor, boxes: Tensor, batch_idx: Tensor) -> tuple[Tensor, Tensor]:
+        """Warp regions `Tensor[R, 4]` of the batch `Tensor[N, 3, Hp, Wp]` and embed them.
+
+        Returns the classifier's input `Tensor[R, D]` and the box regressor's (the same, or pool5).
+        """
         crops = warp_regions(images, boxes, batch_idx, self.crop_size, self.context_padding)
-        return self.head(self.backbone(crops)[self.feature])
+        feature_map = self.backbone(crops)[self.feature]
+        if self.box_features == "pool5":
+            return self.head(feature_map, return_pooled=True)
+        x = self.head(feature_map)
+        return x, x
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
@@ -393,8 +413,8 @@ class RCNN(nn.Module):
         batch, packed = self.prepare(images, targets)
         boxes, batch_idx = self.pack_proposals(proposals, batch)
         sampled = self.sample_regions(boxes, batch_idx, packed)
-        x = self.region_features(batch.tensor, sampled["boxes"], sampled["batch_idx"])
-        scores, box_deltas = self.cls_score(x), self.bbox_pred(x)
+        x, x_box = self.region_features(batch.tensor, sampled["boxes"], sampled["batch_idx"])
+        scores, box_deltas = self.cls_score(x), self.bbox_pred(x_box)
         return {
             "loss_classifier": self.classifier_loss(scores, sampled),
             "loss_box_reg": self.box_loss(box_deltas, sampled),
@@ -411,13 +431,13 @@ class RCNN(nn.Module):
         k = self.num_classes
         scores, deltas = [], []
         for start in range(0, boxes.shape[0], self.test_batch_size):
-            x = self.region_features(
+            x, x_box = self.region_features(
                 batch.tensor,
                 boxes[start : start + self.test_batch_size],
                 batch_idx[start : start + self.test_batch_size],
             )
             scores.append(self.cls_score(x).float())
-            deltas.append(self.bbox_pred(x).float())
+            deltas.append(self.bbox_pred(x_box).float())
         width = k + 1 if self.classifier == "softmax" else k
         scores = torch.cat(scores) if scores else boxes.new_zeros((0, width))
         deltas = torch.cat(deltas) if deltas else boxes.new_zeros((0, 4 * k))

@@ -34,6 +34,7 @@ def build_two_stage(
     box_resolution: int = 7,
     mask_resolution: int = 14,
     representation_size: int = 1024,
+    dropout: float = 0.0,
     mask_conv_dims: Sequence[int] = (256, 256, 256, 256),
     min_size: int | None = 800,
     max_size: int | None = 1333,
@@ -56,7 +57,10 @@ def build_two_stage(
     detections_per_image: int = 100,
     mask_threshold: float = 0.5,
 ) -> TwoStageDetector:
-    """Assemble RPN (optional), RoI heads and transform around `backbone`, sized from its feature specs."""
+    """Assemble RPN (optional), RoI heads and transform around `backbone`, sized from its feature specs.
+
+    `dropout`: after fc6 and fc7 of the box head (0 as torchvision; the VGG / AlexNet papers: 0.5).
+    """
     specs = backbone.feature_specs()
     rpn_features = list(rpn_features or specs)
     roi_features = list(roi_features or specs)
@@ -95,7 +99,7 @@ def build_two_stage(
     roi_strides = [specs[n].stride for n in roi_features]
     roi_channels = specs[roi_features[0]].channels
     box_pooler = RoIPooler(roi_features, roi_strides, output_size=box_resolution, pool_type=pool_type)
-    box_head = TwoFCHead(roi_channels, box_resolution, representation_size)
+    box_head = TwoFCHead(roi_channels, box_resolution, representation_size, dropout=dropout)
     mask_pooler = mask_head = None
     if with_mask:
         mask_pooler = RoIPooler(roi_features, roi_strides, output_size=mask_resolution, pool_type="align")
@@ -134,12 +138,18 @@ def _fpn_detector(
     fpn_channels: int = 256,
     in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
     anchor_sizes: Sequence[Sequence[float]] | None = None,
+    backbone_kwargs: dict | None = None,
     **kwargs,
 ) -> TwoStageDetector:
     if freeze_at is None:  # as torchvision: stem + first stage frozen when starting from ImageNet weights
         freeze_at = 2 if backbone_weights else 0
     body = build_backbone(
-        backbone_name, weights=backbone_weights, out_features=in_features, freeze_at=freeze_at, norm=norm
+        backbone_name,
+        weights=backbone_weights,
+        out_features=in_features,
+        freeze_at=freeze_at,
+        norm=norm,
+        **(backbone_kwargs or {}),
     )
     backbone = FPN(body, out_channels=fpn_channels, extra_block="maxpool")
     names = list(backbone.feature_specs())
@@ -194,11 +204,12 @@ def faster_rcnn_vgg16(
     freeze_at: int | None = None,
     anchor_sizes: Sequence[Sequence[float]] = ((128, 256, 512),),
     representation_size: int = 4096,
+    dropout: float = 0.5,
     min_size: int | None = 600,
     max_size: int | None = 1000,
     **kwargs,
 ) -> TwoStageDetector:
-    """The Faster R-CNN paper's model: VGG-16 conv5_3 (stride 16), one-level RPN, RoIPool 7x7, fc6/fc7."""
+    """The Faster R-CNN paper's model: VGG-16 conv5_3 (stride 16), one-level RPN, RoIPool 7x7, fc6/fc7 (dropout 0.5)."""
     if freeze_at is None:  # the paper fine-tunes from conv3_1 on
         freeze_at = 2 if backbone_weights else 0
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
@@ -208,6 +219,7 @@ def faster_rcnn_vgg16(
         anchor_sizes=anchor_sizes,
         pool_type="pool",
         representation_size=representation_size,
+        dropout=dropout,
         min_size=min_size,
         max_size=max_size,
         **kwargs,

@@ -44,6 +44,8 @@ def _overrides(name):
         return {}
     if name.startswith("rcnn_"):  # 224 px warps of 128 regions through VGG-16 take minutes on a CPU
         return {"crop_size": 64, "context_padding": 4.0, "batch_size": 16, "representation_size": 256}
+    if "alexnet" in name:  # fc6 / fc7 of 4096 take long to initialise
+        return dict(SMALL, norm="bn", representation_size=256)
     return dict(SMALL, norm="bn") if "vgg" not in name else dict(SMALL, representation_size=256)
 
 
