@@ -358,7 +358,10 @@ class VocDataModule(DetectionDataModule):
     """Pascal VOC (`root` = a `VOCdevkit/VOC20xx` folder), evaluated with COCO metrics.
 
     The evaluation split is written as COCO json by `VocDetection.to_coco_json` (difficult
-    objects as crowd, i.e. ignored) under `gt_dir` (default: `<trainer root>/voc_gt`).
+    objects as crowd for the COCO metric, plus a `difficult` flag for the VOC metric) under
+    `gt_dir` (default: `<run log folder>/voc_gt`, e.g. `runs/NAME/version_0/voc_gt`).
+    With `skip_invalid`, unreadable training images are replaced by the next readable one (a
+    batch never shrinks); unreadable validation images are skipped and counted.
     Every listed image is kept for training, also one whose objects are all difficult (a
     negative). As with COCO, the model's transform resizes images; `min_size` / `max_size`,
     when given, must equal the model's.
@@ -400,7 +403,9 @@ class VocDataModule(DetectionDataModule):
         folder = self.gt_dir
         if folder is None:
             trainer = self.trainer
-            folder = os.path.join(trainer.default_root_dir if trainer is not None else ".", "voc_gt")
+            # under the run's log folder (runs/<name>/version_N/voc_gt), next to its eval/ results
+            root = (trainer.log_dir or trainer.default_root_dir) if trainer is not None else "."
+            folder = os.path.join(root, "voc_gt")
         name = os.path.basename(os.path.normpath(self.root)) or "voc"
         return os.path.join(folder, f"{name}_{self.val_set}.json")
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from detkit import __version__
 from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate, plot_pr_curves
 from detkit.evaluation.results import save_results_json
+from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
 from detkit.layers import is_norm
 from detkit.models import build_model
 
@@ -127,6 +128,10 @@ class DetectionModule(LightningModule):
             (`trainer.estimated_stepping_batches`) or absolute step numbers (> 1).
         lr_gamma: step-decay factor.
         eval_iou_types: COCO evaluation types; default "bbox", plus "segm" for mask models.
+        eval_metric: "coco" (COCO metrics only), or "voc07" / "voc2010": also the Pascal VOC
+            mAP (IoU > 0.5, difficult objects ignored) of the same detections, logged as
+            `val/voc07_mAP` (`val/voc2010_mAP`), per-class AP in metrics.json. The COCO
+            metrics stay logged, so `val/AP` monitors keep working.
         max_bad_steps: consecutive steps with a non-finite loss tolerated (each is skipped)
             before training stops with an error.
         num_visualize: validation images drawn with their detections per evaluation.
@@ -154,6 +159,7 @@ class DetectionModule(LightningModule):
         lr_milestones: list[float] = [0.67, 0.89],  # noqa: B006  (list default: shown as-is by the CLI)
         lr_gamma: float = 0.1,
         eval_iou_types: list[Literal["bbox", "segm"]] | None = None,
+        eval_metric: Literal["coco", "voc07", "voc2010"] = "coco",
         max_bad_steps: int = 20,
         num_visualize: int = 8,
         compute_val_loss: bool = True,
@@ -165,6 +171,8 @@ class DetectionModule(LightningModule):
         self.save_hyperparameters()
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        if eval_metric not in ("coco", *VOC_METRICS):
+            raise ValueError(f"eval_metric must be coco, voc07 or voc2010, got {eval_metric!r}")
         try:
             self.model = build_model(model_name, num_classes=num_classes, weights=weights, **(model_kwargs or {}))
         except TypeError as e:  # a misspelt model_kwargs key: one line naming it
@@ -182,6 +190,7 @@ class DetectionModule(LightningModule):
         self._bad_streak = 0
         self._bad_losses: dict[str, str] = {}
         self._evaluators: dict[str, COCOEvaluator] = {}
+        self._voc_gt: dict[str, VOCGroundTruth] = {}
         self._eval = self._new_eval_state()
         self.last_eval_dir: str | None = None
         self._loaded_epoch: int | None = None
@@ -399,6 +408,14 @@ class DetectionModule(LightningModule):
             prefix = f"{stage}/" if iou_type == "bbox" else f"{stage}/{iou_type}_"
             metrics.update({f"{prefix}{k}": float(v) for k, v in result.stats.items()})
             reports[iou_type] = result
+        metric = self.hparams.get("eval_metric", "coco")
+        if metric in VOC_METRICS:
+            path = os.fspath(ann_file)
+            if path not in self._voc_gt:
+                self._voc_gt[path] = VOCGroundTruth.from_coco(path)
+            voc = evaluate_voc(self._voc_gt[path], results, metric, img_ids=image_ids)
+            metrics[f"{stage}/{metric}_mAP"] = -1.0 if voc.mAP is None else voc.mAP
+            reports[metric] = voc
         if self.trainer.sanity_checking:
             return metrics
         header = f"{stage} epoch {self._eval_epoch()} ({len(set(image_ids))} images, {len(results)} detections)"
@@ -425,7 +442,7 @@ class DetectionModule(LightningModule):
         if self.hparams.save_predictions:
             save_results_json(results, os.path.join(out, "predictions.json"))
         for iou_type, r in reports.items():
-            if r.precision.size and r.precision.ndim == 5:
+            if hasattr(r, "precision") and r.precision.size and r.precision.ndim == 5:  # COCO reports
                 plot_pr_curves(r.precision, r.category_names, os.path.join(out, f"pr_curve_{iou_type}.png"))
         from detkit.engine.visualize import draw_detections, save_png
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import cv2
 import numpy as np
@@ -208,3 +209,20 @@ def test_voc_with_transforms_and_collate(tmp_path):
         [0, 5, 36, 30],
     ]  # x -> 40 - x
     assert targets[0]["difficult"].tolist() == [False, True]
+
+
+def test_voc_data_module_writes_the_validation_ground_truth_under_the_run_folder(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from detkit.engine import VocDataModule
+
+    root = make_voc(tmp_path / "VOC2007", {"000001": (40, 30, [("dog", (1, 1, 10, 20), True)])}, image_set="test")
+    trainer = Trainer(accelerator="cpu", logger=CSVLogger(str(tmp_path / "runs"), name="voc"))
+    dm = VocDataModule(root=str(root), num_workers=0)
+    dm.trainer = trainer
+    dm.setup("validate")
+    assert dm.val_ann_file == os.path.join(trainer.log_dir, "voc_gt", "VOC2007_test.json")
+    with open(dm.val_ann_file) as f:
+        ann = json.load(f)["annotations"][0]
+    assert ann["difficult"] == 1 and ann["iscrowd"] == 1  # VOC metric: difficult; COCO metric: ignore region

@@ -1,6 +1,7 @@
 """Pascal VOC AP: hand-computed cases, the devkit's definitions re-written plainly, the CLI."""
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -261,3 +262,40 @@ def test_cli_voc_metrics_and_duplicated_image_detections(tmp_path, capsys):
     pred_path.write_text(json.dumps([_det(99, 1, (0, 0, 5, 5), 0.5)]))
     assert evaluate_main(args) == 1
     assert "image ids not in" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- DetectionModule(eval_metric="voc07")
+
+
+def test_detection_module_logs_voc_map_and_a_checkpoint_can_monitor_it(tmp_path):
+    import torch
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from detkit.engine import DetectionCheckpoint, DetectionModule, ShapesDataModule
+
+    torch.manual_seed(0)
+    fast = {"rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50, "roi_batch_size_per_image": 32}
+    module = DetectionModule(num_classes=3, model_kwargs=fast, eval_metric="voc07", num_visualize=0, warmup_steps=1)
+    ckpt = DetectionCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/voc07_mAP", mode="max",
+                               filename="best-{val/voc07_mAP:.4f}", auto_insert_metric_name=False)  # fmt: skip
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=2, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=0,
+        logger=CSVLogger(str(tmp_path), name="t"), callbacks=[ckpt], enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    data = ShapesDataModule(root=str(tmp_path / "shapes"), num_train=8, num_val=8, batch_size=4, image_size=128)
+    trainer.fit(module, datamodule=data)
+    logged = float(trainer.callback_metrics["val/voc07_mAP"])
+    assert "val/AP" in trainer.callback_metrics  # COCO metrics stay: default monitors keep working
+
+    with open(os.path.join(module.last_eval_dir, "metrics.json")) as f:
+        saved = json.load(f)["voc07"]
+    with open(os.path.join(module.last_eval_dir, "predictions.json")) as f:
+        predictions = json.load(f)
+    again = evaluate_voc(VOCGroundTruth.from_coco(data.val_ann_file), predictions, "voc07")
+    assert saved["mAP"] == pytest.approx(again.mAP) and logged == pytest.approx(again.mAP, abs=1e-6)
+    assert set(saved["per_class_ap"]) == set(data.class_names)
+    assert os.path.basename(ckpt.best_model_path) == f"best-{logged:.4f}.ckpt"
+    with pytest.raises(ValueError, match="eval_metric"):
+        DetectionModule(num_classes=3, eval_metric="voc12")
