@@ -16,9 +16,12 @@ the same weights and inputs, on the code path that runs on CUDA:
 Host-synchronising on CUDA ("syncs"): `.item()` / `int()` / `bool()` (`_local_scalar_dense`),
 `.tolist()`, `nonzero`, indexing with a boolean mask, `masked_select`, `bincount`, `unique`,
 `repeat_interleave` without `output_size`, `masked_fill` with a tensor value, `nms` (its mask
-is read on the host) and tensors made from Python data (`torch.tensor(...)`, an upload that
-waits for the stream). Counts are of one call after a warm-up call; they depend on the data
-where the number of boxes picks a path (per-image loops count once per image).
+is read on the host) and tensors made from Python data (`torch.tensor([...])`, an upload that
+waits for the stream; 0-dim ones are not counted: `x[i] = value` makes its scalar that way).
+The emulation cannot tell a tensor the CUDA code keeps on the host from one on the GPU, so an
+op on a host tensor counts as if it were on the GPU. Counts are of one call after a warm-up
+call; they depend on the data where the number of boxes picks a path (per-image loops count
+once per image).
 Prints a table per model and mode, the detkit / torchvision ratios, and JSON at the end.
 """
 
@@ -58,6 +61,8 @@ _CUDA_BATCHED_NMS_LOOP_NUMEL = 100_000
 
 def sync_kind(name: str, args, kwargs) -> str | None:
     """Why the op `name` ("aten.nonzero") with these arguments waits for the GPU, or None."""
+    if name == "aten.lift_fresh" and args[0].dim() == 0:
+        return None  # `x[i] = value` makes its scalar on the device (no upload); `torch.tensor(1)` uncounted
     if name in _SYNC_OPS:
         return _SYNC_OPS[name]
     if name in _INDEX_OPS:
