@@ -103,6 +103,26 @@ def model_metadata(wrapped: ExportableDetector, extra: dict | None = None) -> di
     return meta
 
 
+def _double_precision_size_ops() -> dict:
+    """ONNX translations computing the resize arithmetic (`sym_float`, `/` on sizes) in float64.
+
+    The exporter's defaults cast sizes to float32, so floor(h * min_size / short_side) could
+    come out one pixel off the eager transform's Python (float64) arithmetic for ~5% of sizes.
+    """
+    import operator
+
+    from onnxscript import DOUBLE
+    from onnxscript import opset18 as op
+
+    def sym_float(x):
+        return op.Cast(x, to=DOUBLE.dtype)
+
+    def truediv(a, b):
+        return op.Div(op.Cast(a, to=DOUBLE.dtype), op.Cast(b, to=DOUBLE.dtype))
+
+    return {torch.sym_float: sym_float, operator.truediv: truediv}
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -137,6 +157,7 @@ def export_onnx(
             opset_version=opset,
             dynamo=True,
             optimize=True,
+            custom_translation_table=_double_precision_size_ops(),
             external_data=False,
             verbose=False,
         )
