@@ -4,7 +4,10 @@
         --image-root images/train --output proposals_train.bin --workers 8
 
 Resumable: rerun the same command after an interruption and only missing images are
-computed. Also `python scripts/precompute_proposals.py ...` from a source checkout.
+computed. The cache records the images it is for (ids, file names, file sizes) and the
+selective-search settings; a rerun with other images or settings is refused, and training
+refuses a cache made for other images. Also `python scripts/precompute_proposals.py ...`
+from a source checkout.
 """
 
 from __future__ import annotations

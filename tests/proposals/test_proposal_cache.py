@@ -252,6 +252,10 @@ def test_precompute_script(tmp_path, image_files, capsys):
 
     assert main(base + ["--max-proposals", "40", "--quiet"]) == 2  # params differ
     assert "'max_proposals': file has 30, requested 40" in capsys.readouterr().err
+    ann.write_text(json.dumps({"images": [{"id": i, "file_name": p.name} for i, p in image_files[:2]]}))
+    assert main(base + ["--max-proposals", "30", "--quiet"]) == 2  # other images
+    err = capsys.readouterr().err
+    assert "made for other images" in err and len(err.strip().splitlines()) == 1
     assert main(["--annotations", str(tmp_path / "nope.json")] + base[2:]) == 2
     assert "annotations file not found" in capsys.readouterr().err
     ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "gone.png"}]}))
