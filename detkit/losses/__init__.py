@@ -3,6 +3,9 @@
 Each takes ``reduction`` (``"none"`` | ``"mean"`` | ``"sum"``, default ``"mean"``) and an
 optional elementwise ``weight`` applied before the reduction. ``"mean"`` over zero
 elements returns 0, not NaN, since detection batches can hold no positives.
+
+The detector heads pick theirs by name (`box_regression_loss`, `classification_loss`,
+`objectness_loss`; see `selection`).
 """
 
 from .classification import (
@@ -22,8 +25,24 @@ from .regression import (
     mse_loss,
     smooth_l1_loss,
 )
+from .selection import (
+    BOX_LOSSES,
+    CLS_LOSSES,
+    box_regression_loss,
+    classification_loss,
+    objectness_loss,
+    softmax_focal_loss,
+    uses_decoded_boxes,
+)
 
 __all__ = [
+    "BOX_LOSSES",
+    "CLS_LOSSES",
+    "box_regression_loss",
+    "classification_loss",
+    "objectness_loss",
+    "softmax_focal_loss",
+    "uses_decoded_boxes",
     "binary_cross_entropy_with_logits",
     "ciou_loss",
     "cross_entropy",
