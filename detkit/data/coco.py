@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 from detkit.utils.rle import compressed_rle_problem
 
 from .io import ImageReadError, load_first_readable, read_image_rgb
-from .records import RecordStore
+from .records import RecordStore, clean_coco_store, paused_gc
 
 __all__ = [
     "AnnotationFormatError",
@@ -69,7 +69,7 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f, paused_gc():
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AnnotationFormatError(
@@ -311,16 +311,27 @@ class CocoDetection(torch.utils.data.Dataset):
 
         data = load_coco_json(self.ann_file)
         self._init_categories(data["categories"])
-        self.coco = self._build_index(data)
-        self._records = self._build_records()
-        if check_files:
-            self._drop_missing_files()
-        # compact storage: flat arrays, no per-image objects for DataLoader workers to copy;
-        # the pycocotools index and the json are released
-        self._records = RecordStore.from_records(
-            self._records, with_segmentations=with_masks, image_entries=self.coco.imgs
-        )
-        del self.coco
+        # a file without problems (boxes only): vectorised checks straight into compact records
+        clean = None if with_masks else clean_coco_store(
+            data, image_root=self.image_root, category_id_to_label=self.category_id_to_label,
+            keep_empty=keep_empty, include_crowd=include_crowd,
+        )  # fmt: skip
+        if clean is not None and check_files and missing_files(map(clean[0].paths.string, range(len(clean[0])))):
+            clean = None  # the checks below name the missing files
+        if clean is not None:
+            self._records = clean[0]
+            self.stats.update(clean[1], images=len(self._records), annotations=int(self._records.starts[-1]))
+        else:
+            self.coco = self._build_index(data)
+            self._records = self._build_records()
+            if check_files:
+                self._drop_missing_files()
+            # compact storage: flat arrays, no per-image objects for DataLoader workers to copy;
+            # the pycocotools index and the json are released
+            self._records = RecordStore.from_records(
+                self._records, with_segmentations=with_masks, image_entries=self.coco.imgs
+            )
+            del self.coco
         self.image_ids = self._records.image_ids.tolist()
         self._report()
 

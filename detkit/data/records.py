@@ -13,7 +13,10 @@ workers keep sharing the parent's memory. Records are rebuilt on access as :clas
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
+import os
 import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ByteBuffer", "Record", "RecordStore"]
+__all__ = ["ByteBuffer", "Record", "RecordStore", "clean_coco_store", "paused_gc"]
 
 
 @dataclass(slots=True)
@@ -227,3 +230,136 @@ class RecordStore(Sequence):
         arrays = (self.image_ids, self.heights, self.widths, self.starts, self.boxes, self.labels, self.iscrowd)
         buffers = (self.file_names, self.paths, self.segmentations, self.image_entries)
         return sum(a.nbytes for a in arrays) + sum(b.nbytes for b in buffers if b is not None)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """No cyclic garbage collection inside the block: reading a large json makes millions of
+    containers, and each automatic collection walks all of them again (COCO train2017's file
+    reads ~1.7x faster without); the previous state is restored after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _ints(values: Sequence[Any]) -> np.ndarray | None:
+    """`values` as int64 when every one is a Python int (not a bool), else None."""
+    if not set(map(type, values)) <= {int}:
+        return None
+    return np.array(values, dtype=np.int64)
+
+
+def _simple_relative(name: Any) -> bool:
+    """A file name that joins to `root/name` unchanged: relative, no empty, '.' or '..' parts."""
+    return type(name) is str and "\x00" not in name and all(p not in ("", ".", "..") for p in name.split("/"))
+
+
+def clean_coco_store(
+    data: Mapping[str, Any],
+    *,
+    image_root: str,
+    category_id_to_label: Mapping[int, int],
+    keep_empty: bool,
+    include_crowd: bool,
+) -> tuple[RecordStore, dict[str, int]] | None:
+    """Records of a COCO json (boxes only) with vectorised checks, or None when any entry needs
+    the per-annotation checks (then the caller's slow path raises or skips with its messages).
+
+    For a file without problems the records and counts equal `CocoDetection`'s own: images
+    sorted by id, annotations in file order, zero-size boxes dropped (counted in
+    `degenerate_boxes`), boxes partly outside clipped (`clipped_boxes`), crowd annotations
+    dropped unless `include_crowd` (`crowd_excluded`), empty images dropped unless
+    `keep_empty` (`empty_images_dropped`).
+    """
+    with paused_gc():
+        return _clean_coco_store(data, image_root, category_id_to_label, keep_empty, include_crowd)
+
+
+def _clean_coco_store(data, image_root, category_id_to_label, keep_empty, include_crowd):
+    images, anns = data["images"], data["annotations"]
+    try:
+        img_rows = [(img["id"], img["height"], img["width"], img["file_name"]) for img in images]
+        ann_rows = [(a["id"], a["image_id"], a["category_id"], a.get("iscrowd", 0), a["bbox"]) for a in anns]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    img_cols = list(zip(*img_rows)) or [(), (), (), ()]
+    ann_cols = list(zip(*ann_rows)) or [(), (), (), (), ()]
+    image_ids, heights, widths = (_ints(c) for c in img_cols[:3])
+    ann_ids, ann_images, ann_cats, crowd = (_ints(c) for c in ann_cols[:4])
+    if any(a is None for a in (image_ids, heights, widths, ann_ids, ann_images, ann_cats, crowd)):
+        return None
+    names, bboxes = img_cols[3], ann_cols[4]
+    if len(np.unique(image_ids)) != len(image_ids) or len(np.unique(ann_ids)) != len(ann_ids):
+        return None
+    if (heights <= 0).any() or (widths <= 0).any() or ((crowd != 0) & (crowd != 1)).any():
+        return None
+    if not all(map(_simple_relative, names)):
+        return None
+    if not all(type(b) is list and len(b) == 4 for b in bboxes):
+        return None
+    if not set(map(type, (v for b in bboxes for v in b))) <= {int, float}:
+        return None
+    xywh = np.array(bboxes, dtype=np.float64).reshape(-1, 4)
+    if not np.isfinite(xywh).all() or (xywh[:, 2:] < 0).any():
+        return None
+    cat_ids = np.array(sorted(category_id_to_label), dtype=np.int64)
+    cat_pos = np.searchsorted(cat_ids, ann_cats).clip(max=max(len(cat_ids) - 1, 0))
+    order_ids = np.argsort(image_ids, kind="stable")
+    sorted_ids = image_ids[order_ids]
+    img_pos = np.searchsorted(sorted_ids, ann_images).clip(max=max(len(sorted_ids) - 1, 0))
+    if len(anns) and (
+        not len(cat_ids)
+        or not len(sorted_ids)
+        or (cat_ids[cat_pos] != ann_cats).any()
+        or (sorted_ids[img_pos] != ann_images).any()
+    ):
+        return None
+
+    stats = dict.fromkeys(("degenerate_boxes", "clipped_boxes", "crowd_excluded", "empty_images_dropped"), 0)
+    excluded = (crowd == 1) & (not include_crowd)
+    stats["crowd_excluded"] = int(excluded.sum())
+    degenerate = ~excluded & ((xywh[:, 2] == 0) | (xywh[:, 3] == 0))
+    stats["degenerate_boxes"] = int(degenerate.sum())
+    kept = ~excluded & ~degenerate
+    h = heights[order_ids][img_pos].astype(np.float64)
+    w = widths[order_ids][img_pos].astype(np.float64)
+    x, y = xywh[:, 0], xywh[:, 1]
+    x2, y2 = x + xywh[:, 2], y + xywh[:, 3]
+    clipped = np.stack([x.clip(0, None), y.clip(0, None), x2.clip(0, None), y2.clip(0, None)], 1)
+    clipped = np.minimum(clipped, np.stack([w, h, w, h], 1))
+    if ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))[kept].any():
+        return None  # a box outside its image: an error the slow path reports
+    stats["clipped_boxes"] = int((kept & (clipped != np.stack([x, y, x2, y2], 1)).any(1)).sum())
+
+    keep_idx = np.flatnonzero(kept)
+    by_image = keep_idx[np.argsort(img_pos[keep_idx], kind="stable")]  # image order, file order inside
+    counts = np.bincount(img_pos[by_image], minlength=len(sorted_ids))
+    image_sel = np.arange(len(sorted_ids))
+    if not keep_empty:
+        non_crowd = np.bincount(img_pos[by_image], weights=crowd[by_image] == 0, minlength=len(sorted_ids))
+        image_sel = np.flatnonzero(non_crowd > 0)
+        stats["empty_images_dropped"] = len(sorted_ids) - len(image_sel)
+        by_image = by_image[np.isin(img_pos[by_image], image_sel)]
+        counts = counts[image_sel]
+    starts = np.zeros(len(image_sel) + 1, dtype=np.int64)
+    np.cumsum(counts, out=starts[1:])
+    labels = np.array([category_id_to_label[int(c)] for c in cat_ids], dtype=np.int64)[cat_pos[by_image]]
+    src = order_ids[image_sel]  # json index of each kept image, by id
+    root = os.path.abspath(image_root)
+    store = RecordStore(
+        image_ids=image_ids[src],
+        heights=heights[src].astype(np.int32),
+        widths=widths[src].astype(np.int32),
+        starts=starts,
+        boxes=clipped[by_image].astype(np.float32),
+        labels=labels,
+        iscrowd=crowd[by_image].astype(np.uint8),
+        file_names=ByteBuffer.from_strings(names[i] for i in src.tolist()),
+        paths=ByteBuffer.from_strings(os.path.join(root, names[i]) for i in src.tolist()),
+        image_entries=ByteBuffer.from_strings(map(json.dumps, (images[i] for i in src.tolist()))),
+    )
+    return store, stats

@@ -15,7 +15,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from detkit.data import CocoDetection
-from detkit.data.records import ByteBuffer, Record, RecordStore
+from detkit.data.records import ByteBuffer, Record, RecordStore, clean_coco_store
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -126,3 +126,66 @@ def test_bench_data_runs_at_one_percent(tmp_path):
     for r in report["results"].values():
         assert r["images"] == report["images"] and len(r["worker_pss_mib"]) == 2
         assert r["build_s"] > 0 and r["total_pss_mib"] > 0
+
+
+def _edge_case_file(tmp_path) -> Path:
+    """Generated file plus zero-size, partly outside and crowd boxes and images without boxes."""
+    ann_file = tmp_path / "coco.json"
+    bench_data.generate(str(ann_file), scale=0.0005, seed=2)
+    data = json.loads(ann_file.read_text())
+    images = data["images"]
+    anns = data["annotations"] = [a for a in data["annotations"] if a["image_id"] != images[-1]["id"]]
+    for ann in anns:  # first image: only crowd boxes; last image: nothing
+        if ann["image_id"] == images[0]["id"]:
+            ann["iscrowd"] = 1
+    rest = [a for a in anns if a["image_id"] != images[0]["id"]]
+    rest[0]["bbox"][2] = 0  # zero width: dropped
+    rest[1]["bbox"][0] = -3.5  # partly outside: clipped
+    rest[2]["bbox"] = [1, 2, 1e4, 5]  # clipped at the right edge
+    rest[3]["iscrowd"] = 1
+    rest[4]["bbox"] = [0, 0, 0, 0]
+    rest[4]["iscrowd"] = 1  # crowd and zero size: excluded first
+    images.append({"id": 5, "file_name": "sub/x.jpg", "height": 10, "width": 20, "extra": [1, "y"]})
+    ann_file.write_text(json.dumps(data))
+    return ann_file
+
+
+@pytest.mark.parametrize("keep_empty,include_crowd", [(True, False), (False, False), (False, True), (True, True)])
+def test_vectorised_build_equals_per_annotation_checks(tmp_path, monkeypatch, keep_empty, include_crowd):
+    ann_file = _edge_case_file(tmp_path)
+    kwargs = dict(keep_empty=keep_empty, include_crowd=include_crowd)
+    fast = CocoDetection(tmp_path, ann_file, **kwargs)
+    data = json.loads(ann_file.read_text())
+    labels = fast.category_id_to_label
+    assert clean_coco_store(data, image_root=str(tmp_path), category_id_to_label=labels, **kwargs) is not None
+    monkeypatch.setattr("detkit.data.coco.clean_coco_store", lambda *a, **k: None)
+    slow = CocoDetection(tmp_path, ann_file, **kwargs)
+    assert fast.stats == slow.stats and fast.image_ids == slow.image_ids
+    assert fast.stats["degenerate_boxes"] == 1 + include_crowd and fast.stats["clipped_boxes"] >= 2
+    assert (fast.stats["crowd_excluded"] == 0) == include_crowd
+    assert (fast.stats["empty_images_dropped"] > 0) == (not keep_empty)
+    for i in range(len(fast)):
+        _assert_same(fast._records[i], slow._records[i])
+        assert fast.image_info(i) == slow.image_info(i)
+    assert fast.aspect_ratios() == slow.aspect_ratios()
+
+
+def test_files_with_problems_take_the_checking_path(tmp_path):
+    """Anything the vectorised checks do not accept is left to the per-annotation checks and
+    their messages (here: a bool category id, a box outside the image, a missing file)."""
+    ann_file = tmp_path / "coco.json"
+    bench_data.generate(str(ann_file), scale=0.0003, seed=3)
+    data = json.loads(ann_file.read_text())
+    data["annotations"][0]["category_id"] = True
+    ann_file.write_text(json.dumps(data))
+    ds = CocoDetection(tmp_path, ann_file, skip_invalid=True)
+    assert ds.stats["invalid_annotations"] == 1 and ds.stats["annotations"] == len(data["annotations"]) - 1
+    data["annotations"][0]["category_id"] = 1
+    data["annotations"][1]["bbox"] = [5000, 5000, 3, 3]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"annotation id {data['annotations'][1]['id']}: box .* lies outside"):
+        CocoDetection(tmp_path, ann_file)
+    data["annotations"][1]["bbox"] = [5, 5, 3, 3]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(FileNotFoundError, match="not found"):
+        CocoDetection(tmp_path, ann_file, check_files=True)
