@@ -34,6 +34,17 @@ PREDICT_EPILOG = """two forms:
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+OPTIMIZER_HELP = (
+    "Optimiser and LR schedule: any torch.optim class through --optimizer and --lr_scheduler, e.g. "
+    "--optimizer RMSprop --optimizer.lr 0.001 --optimizer.momentum 0.9 --lr_scheduler MultiStepLR "
+    "--lr_scheduler.milestones [6000,8000] (or optimizer: / lr_scheduler: with class_path and init_args "
+    "in the YAML). detkit keeps its parameter groups (optimizer.weight_decay only on weights, never on "
+    "norms and biases) and its linear warm-up (--model.warmup_steps, --model.warmup_factor), after which "
+    "the scheduler starts, stepped per optimizer step. Without these keys --model.optimizer sgd|adamw, "
+    "--model.lr, --model.lr_schedule step|cosine|constant and --model.lr_milestones apply."
+)
+
+
 class DetkitCLI(LightningCLI):
     """LightningCLI with detkit defaults.
 
@@ -44,6 +55,9 @@ class DetkitCLI(LightningCLI):
     - CSV logging under `runs/`; loss curves plotted at the end of `fit`; `predict` writes
       the COCO results json `<log dir>/predictions.json`.
     - `seed_everything` defaults to 0; the resolved config is saved as `<log dir>/config.yaml`.
+    - LightningCLI's `optimizer:` / `lr_scheduler:` keys take any `torch.optim` optimiser and
+      scheduler (`--optimizer RMSprop --optimizer.lr 0.001`); `DetectionModule` builds them on its
+      parameter groups (no weight decay on norms and biases) behind its warm-up.
     """
 
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any):
@@ -69,6 +83,7 @@ class DetkitCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.epilog = OPTIMIZER_HELP
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(DetectionCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -140,6 +155,17 @@ class DetkitCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._resolve_last("test")
+
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """Hand the `optimizer:` / `lr_scheduler:` specs to the module instead of LightningCLI's plain
+        `configure_optimizers` (which would give the optimiser `model.parameters()`, one group, and drop
+        detkit's warm-up)."""
+        if not self.auto_configure_optimizers:
+            return
+        optimizer = self._get(self.config_init, "optimizer")
+        scheduler = self._get(self.config_init, "lr_scheduler")
+        if optimizer or scheduler:
+            self.model.use_optimizer(optimizer or None, scheduler or None)
 
     def instantiate_trainer(self, **kwargs: Any):
         plugins = kwargs.get("plugins", self._get(self.config_init, "trainer", default={}).get("plugins"))

@@ -11,13 +11,16 @@ from __future__ import annotations
 import bisect
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import instantiate_class
 from torch import Tensor, nn
+from torch.optim import lr_scheduler
 
 from detkit import __version__
 from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate, plot_pr_curves
@@ -26,7 +29,14 @@ from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
 from detkit.layers import is_norm
 from detkit.models import build_model
 
-__all__ = ["DetectionModule", "WarmupSchedule", "parameter_groups", "resolve_milestones"]
+__all__ = [
+    "DetectionModule",
+    "WarmupSchedule",
+    "build_warmup_schedule",
+    "parameter_groups",
+    "resolve_milestones",
+    "with_warmup",
+]
 
 STATS_KEY = "detkit"  # extra checkpoint entry: class names and how to rebuild the detector
 
@@ -46,6 +56,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
             (no_decay if norm or name == "bias" else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse Namespace (as LightningCLI hands over) -> plain dicts and lists."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def resolve_milestones(milestones: Sequence[float], total_steps: float) -> list[int]:
@@ -109,15 +130,76 @@ class WarmupSchedule:
         return factor
 
 
+def build_warmup_schedule(optimizer: torch.optim.Optimizer, schedule: WarmupSchedule) -> lr_scheduler.LRScheduler:
+    """The curve of `schedule` built from `torch.optim.lr_scheduler`, stepped per optimizer step.
+
+    LinearLR (warm-up) and MultiStepLR / CosineAnnealingLR run side by side in a ChainedScheduler,
+    so their factors multiply and milestones count from step 0, as before: existing configs and
+    runs keep their learning-rate curves (`schedule(step)` is the closed form of the same curve).
+    """
+    parts: list[lr_scheduler.LRScheduler] = []
+    if schedule.warmup_steps > 0:  # LinearLR needs a start factor > 0
+        start = max(schedule.warmup_factor, 1e-8)
+        parts.append(lr_scheduler.LinearLR(optimizer, start, 1.0, total_iters=schedule.warmup_steps))
+    if schedule.schedule == "step" and schedule.milestones:
+        parts.append(lr_scheduler.MultiStepLR(optimizer, schedule.milestones, gamma=schedule.gamma))
+    elif schedule.schedule == "cosine":
+        parts.append(lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(int(schedule.total_steps), 1)))
+    if not parts:
+        return lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return parts[0] if len(parts) == 1 else CountingChainedScheduler(parts, optimizer=optimizer)
+
+
+class CountingChainedScheduler(lr_scheduler.ChainedScheduler):
+    """ChainedScheduler that counts its steps in `last_epoch` (checkpointed), as every other scheduler does."""
+
+    def __init__(self, schedulers: Sequence[lr_scheduler.LRScheduler], optimizer: torch.optim.Optimizer):
+        super().__init__(schedulers, optimizer=optimizer)
+        self.last_epoch = 0
+
+    def step(self) -> None:  # type: ignore[override]
+        super().step()
+        self.last_epoch += 1
+
+
+def with_warmup(
+    main: lr_scheduler.LRScheduler, *, warmup_steps: int, warmup_factor: float
+) -> lr_scheduler.LRScheduler:
+    """Linear warm-up (LinearLR, `warmup_factor` -> 1 over `warmup_steps`), followed by `main` (SequentialLR).
+
+    `main` starts when the warm-up ends: its own step count (MultiStepLR milestones, CosineAnnealingLR
+    T_max) begins there, as in torchvision's reference scripts.
+    """
+    if isinstance(main, lr_scheduler.ReduceLROnPlateau):
+        raise ValueError("lr_scheduler: ReduceLROnPlateau needs a monitored metric; use a step-based scheduler")
+    if warmup_steps <= 0:
+        return main
+    optimizer = main.optimizer
+    warmup = lr_scheduler.LinearLR(optimizer, max(warmup_factor, 1e-8), 1.0, total_iters=int(warmup_steps))
+    return lr_scheduler.SequentialLR(optimizer, [warmup, main], milestones=[int(warmup_steps)])
+
+
 class DetectionModule(LightningModule):
     """Train / validate / test / predict a registered detkit detector.
+
+    Optimiser and LR schedule: any `torch.optim` optimiser and `torch.optim.lr_scheduler` scheduler
+    through LightningCLI's own top-level keys, e.g. `detkit fit --optimizer RMSprop
+    --optimizer.lr 0.001 --lr_scheduler CosineAnnealingLR --lr_scheduler.T_max 5000`, or in YAML
+    `optimizer: {class_path: torch.optim.SGD, init_args: {lr: 0.02, momentum: 0.9, nesterov: true,
+    weight_decay: 1e-4}}`. detkit still builds the optimiser on its two parameter groups (its
+    `weight_decay` only on weights, never on norms and biases) and puts its linear warm-up
+    (`warmup_steps`, `warmup_factor`) in front of the scheduler (SequentialLR: the scheduler's
+    steps count from the end of the warm-up); they replace `optimizer` / `lr` / `momentum` /
+    `weight_decay` / `lr_schedule` / `lr_milestones` / `lr_gamma` below, which remain the shorthand
+    used when the keys are absent.
 
     Args:
         model_name: a name from `detkit.models.list_models()`.
         num_classes: object classes, background excluded (the CLI links it from the data).
         model_kwargs: keyword arguments of the model builder (anchors, sizes, backbone_weights...).
         weights: detector checkpoint to start from (see `build_model`).
-        optimizer: "sgd" (momentum) or "adamw".
+        optimizer: shorthand "sgd" (momentum) or "adamw"; any other optimiser: the top-level
+            `optimizer:` key (see above).
         lr: base learning rate.
         momentum: SGD momentum (AdamW: beta1).
         weight_decay: L2 / decoupled decay; never applied to norm parameters and biases.
@@ -194,6 +276,9 @@ class DetectionModule(LightningModule):
         self._eval = self._new_eval_state()
         self.last_eval_dir: str | None = None
         self._loaded_epoch: int | None = None
+        self._optimizer_init: dict[str, Any] | None = None
+        self._lr_scheduler_init: dict[str, Any] | None = None
+        self._resume_scheduler_steps = 0
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -293,26 +378,52 @@ class DetectionModule(LightningModule):
                     p.grad = None
             self._skip_update = False
 
+    def use_optimizer(self, optimizer: Mapping[str, Any] | None, scheduler: Mapping[str, Any] | None = None) -> None:
+        """Train with `{"class_path": ..., "init_args": {...}}` specs of an optimiser and / or a scheduler
+        (what LightningCLI's `optimizer:` / `lr_scheduler:` keys hold; `DetkitCLI` calls this).
+
+        `configure_optimizers` builds them on detkit's parameter groups and warm-up; None keeps the shorthand.
+        """
+        optimizer, scheduler = _plain(optimizer), _plain(scheduler)
+        for name, spec in (("optimizer", optimizer), ("lr_scheduler", scheduler)):
+            if spec is not None and not (isinstance(spec, Mapping) and isinstance(spec.get("class_path"), str)):
+                raise ValueError(f"{name} must be a mapping with a 'class_path' (and 'init_args'), got {spec!r}")
+        self._optimizer_init, self._lr_scheduler_init = optimizer, scheduler
+
     def configure_optimizers(self):
         hp = self.hparams
-        groups = parameter_groups(self.model, hp.weight_decay)
-        if hp.optimizer == "sgd":
-            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum)
+        if self._optimizer_init is not None:
+            init_args = dict(self._optimizer_init.get("init_args") or {})
+            groups = parameter_groups(self.model, init_args.pop("weight_decay", hp.weight_decay))
+            opt = instantiate_class(groups, {"class_path": self._optimizer_init["class_path"], "init_args": init_args})
+        elif hp.optimizer == "sgd":
+            opt = torch.optim.SGD(parameter_groups(self.model, hp.weight_decay), lr=hp.lr, momentum=hp.momentum)
         elif hp.optimizer == "adamw":
+            groups = parameter_groups(self.model, hp.weight_decay)
             opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(hp.momentum, 0.999))
         else:
             raise ValueError(f"unknown optimizer {hp.optimizer!r}")
-        total = float(self.trainer.estimated_stepping_batches)
-        milestones = resolve_milestones(hp.lr_milestones, total) if hp.lr_schedule == "step" else []
-        schedule = WarmupSchedule(
-            warmup_steps=hp.warmup_steps,
-            warmup_factor=hp.warmup_factor,
-            schedule=hp.lr_schedule,
-            milestones=milestones,
-            gamma=hp.lr_gamma,
-            total_steps=total,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        if self._lr_scheduler_init is not None:
+            main = instantiate_class(opt, self._lr_scheduler_init)
+            scheduler = with_warmup(main, warmup_steps=hp.warmup_steps, warmup_factor=hp.warmup_factor)
+        else:
+            total = float(self.trainer.estimated_stepping_batches)
+            milestones = resolve_milestones(hp.lr_milestones, total) if hp.lr_schedule == "step" else []
+            schedule = WarmupSchedule(
+                warmup_steps=hp.warmup_steps,
+                warmup_factor=hp.warmup_factor,
+                schedule=hp.lr_schedule,
+                milestones=milestones,
+                gamma=hp.lr_gamma,
+                total_steps=total,
+            )
+            scheduler = build_warmup_schedule(opt, schedule)
+        if self._resume_scheduler_steps:  # a checkpoint of the former LambdaLR schedule: catch up
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "lr_scheduler.step() before optimizer.step()"
+                for _ in range(self._resume_scheduler_steps):
+                    scheduler.step()
+            self._resume_scheduler_steps = 0
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ evaluation
@@ -515,6 +626,11 @@ class DetectionModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._loaded_epoch = checkpoint.get("epoch")
+        schedulers = checkpoint.get("lr_schedulers") or []
+        if len(schedulers) == 1 and "lr_lambdas" in schedulers[0]:
+            # the LambdaLR of earlier detkit versions: advance the new scheduler to its step instead
+            self._resume_scheduler_steps = int(schedulers[0].get("last_epoch", 0))
+            checkpoint["lr_schedulers"] = []
         info = checkpoint.get(STATS_KEY) or {}
         self._check_checkpoint_fits(checkpoint.get("state_dict") or {}, info)
         if info.get("class_names"):
