@@ -44,8 +44,8 @@ def _dotted(func: ast.expr) -> str:
     while isinstance(func, ast.Attribute):
         parts.append(func.attr)
         func = func.value
-    if isinstance(func, ast.Name):
-        parts.append(func.id)
+    # `f(x).eval()` is a method call, not the builtin: mark a non-name root so it cannot match.
+    parts.append(func.id if isinstance(func, ast.Name) else "<expr>")
     return ".".join(reversed(parts))
 
 
