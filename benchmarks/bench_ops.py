@@ -5,9 +5,9 @@
 
 Ops: anchor labelling + sampling + box encoding for a batch (RPN targets), RPN proposal
 filtering, NMS of 20,000 boxes per image in 5 level groups (detkit: one call for the batch with
-(image, level) groups; torchvision's RPN: one call per image), multi-level RoIAlign, mask
-pasting. Prints a table of ms per call and ratios (torchvision time / detkit time: > 1 means
-detkit is faster) and JSON.
+(image, level) groups; torchvision's RPN: one call per image), multi-level RoIAlign, the CPU
+RoIAlign backward (large RoIs on fine maps and FPN-like RoIs), mask pasting. Prints a table
+of ms per call and ratios (torchvision time / detkit time: > 1 means detkit is faster) and JSON.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou
 
 from detkit.heads import RoIPooler, paste_masks
+from detkit.heads.roi_align_cpu import roi_align_backward_cpu
 from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
 from detkit.proposals.rpn import RPN
 from detkit.proposals.rpn import RPNHead as DKHead
@@ -156,6 +157,31 @@ def main(argv=None):
     results["roi_align"] = bench(
         lambda: dk_pool(features, rois, batch_idx), lambda: tv_pool(features, per_image, shapes), dev, args.iters
     )
+
+    # --- CPU RoIAlign backward: detkit's (cost model: matmuls or torchvision's kernel) vs
+    # torchvision's kernel; RoI sizes as fractions of an 800 px image side
+    if dev.type == "cpu":
+        for name, stride, num, (lo, hi) in (
+            ("s4_large", 4, 128, (200, 500)),
+            ("s8_large", 8, 128, (300, 800)),
+            ("s8_fpn", 8, 512, (32, 128)),
+            ("s16_fpn", 16, 512, (64, 256)),
+        ):
+            fh, fw = -(-h // stride), -(-w // stride)
+            side = torch.tensor([lo, hi]) * min(h, w) / 800
+            wh = side[0] + torch.rand(num, 2, generator=g) * (side[1] - side[0])
+            xy = torch.rand(num, 2, generator=g) * (torch.tensor([w, h]) - wh).clamp(min=1)
+            bw_rois = torch.cat([torch.zeros(num, 1), xy, xy + wh], 1)
+            grad = torch.randn(num, 256, 7, 7, generator=g)
+            shape = (1, 256, fh, fw)
+            results[f"roi_align_backward_{name}"] = bench(
+                lambda r=bw_rois, gr=grad, sc=1.0 / stride, sh=shape: roi_align_backward_cpu(gr, r, sc, 2, False, sh),
+                lambda r=bw_rois, gr=grad, sc=1.0 / stride, sh=shape: torch.ops.torchvision._roi_align_backward(
+                    gr, r, sc, 7, 7, *sh, 2, False
+                ),
+                dev,
+                args.iters,
+            )
 
     # --- mask pasting: 100 masks of 28x28 per image into the image
     masks = torch.rand(100, 28, 28, generator=g).to(dev)

@@ -14,7 +14,10 @@ cols) hold the bilinear weights of the sampling points, validity and the 1 / sam
 The windows of a chunk of RoIs are computed with two batched matmuls in channels-last
 layout and added into the feature gradient with one `index_add_`.
 
-Same result as `torch.ops.torchvision._roi_align_backward` up to float summation order.
+Same result as `torch.ops.torchvision._roi_align_backward` up to float summation order. A cost
+model (:func:`matmul_backward_pays`) sends calls where the matrices would cost more (large
+RoIs on fine maps: big windows, few samples) to torchvision's kernel, so the backward is never
+slower than the kernel it replaces.
 Shape shorthand: R RoIs, C channels, P pooled bins per axis, K window length per axis.
 """
 
@@ -37,6 +40,15 @@ _MAX_WINDOW_ELEMENTS = 1 << 26
 _MAX_ADAPTIVE_SAMPLES = 32
 # below this many output values (RoIs x channels x bins) torchvision's op is as fast
 _MIN_WORK = 1 << 19
+# Backward cost model, seconds per unit, fitted on one thread (both paths single-threaded;
+# the matmul path only gains from more threads) over 14 cases from FPN-like RoIs to 800 px
+# RoIs on stride-4 maps (benchmarks/bench_ops.py times both on its roi_align_backward rows):
+#   matmul path  = MACs of the two products + window elements added + feature map elements
+#   torchvision  = bilinear samples (RoIs x channels x bins x samples per bin) + map elements
+_MM_PER_MAC, _MM_PER_WINDOW, _MM_PER_MAP, _MM_FIXED = 0.72e-9, 1.75e-9, 32e-9, 12e-3
+_TV_PER_SAMPLE, _TV_PER_MAP, _TV_FIXED = 50e-9, 22.5e-9, -47e-3
+# the matmul path is taken only when predicted this much faster (the fit's error margin)
+_MM_MARGIN = 0.8
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}  # threads -> executor, for the process in _pools_pid
 _pools_pid: int | None = None
@@ -227,6 +239,32 @@ def _window_matrix(taps: Tensor, weights: Tensor, first: Tensor, length: int) ->
     return out.scatter_add_(2, local, weights)
 
 
+def matmul_backward_pays(
+    len_y: Tensor,
+    len_x: Tensor,
+    grid_h: Tensor,
+    grid_w: Tensor,
+    pooled_h: int,
+    pooled_w: int,
+    input_shape: tuple[int, int, int, int],
+) -> bool:
+    """Cost model: True when the matmul backward is predicted faster than torchvision's kernel.
+
+    len_y, len_x Tensor[R]: window rows / cols of each RoI; grid_h, grid_w Tensor[R]: samples
+    per bin. Large RoIs on fine maps have big windows (many matmul MACs and added elements)
+    but few samples per bin, where torchvision's scalar loop wins.
+    """
+    batch, channels, height, width = input_shape
+    ly, lx = len_y.double(), len_x.double()
+    macs = channels * float((lx * pooled_w * pooled_h + ly * pooled_h * lx).sum())
+    window = channels * float((ly * lx).sum())
+    samples = channels * pooled_h * pooled_w * float((grid_h.clamp(min=1) * grid_w.clamp(min=1)).double().sum())
+    feature_map = batch * channels * height * width
+    matmul = _MM_PER_MAC * macs + _MM_PER_WINDOW * window + _MM_PER_MAP * feature_map + _MM_FIXED
+    kernel = _TV_PER_SAMPLE * samples + _TV_PER_MAP * feature_map + _TV_FIXED
+    return matmul < _MM_MARGIN * kernel
+
+
 def roi_align_backward_cpu(
     grad_out: Tensor,
     rois: Tensor,
@@ -239,9 +277,8 @@ def roi_align_backward_cpu(
     batch, channels, height, width = input_shape
     num, _, pooled_h, pooled_w = grad_out.shape
     dtype = grad_out.dtype
-    grad_cl = grad_out.new_zeros((batch * height * width, channels))
     if num == 0:
-        return grad_cl.view(batch, height, width, channels).permute(0, 3, 1, 2).contiguous()
+        return grad_out.new_zeros(input_shape)
 
     rois = rois.to(dtype)
     offset = 0.5 if aligned else 0.0
@@ -272,7 +309,10 @@ def roi_align_backward_cpu(
     longest = torch.maximum(len_y, len_x)
     if int(longest.max()) ** 2 * channels > _MAX_WINDOW_ELEMENTS:
         return torchvision_kernel()
+    if not matmul_backward_pays(len_y, len_x, grid_h, grid_w, pooled_h, pooled_w, input_shape):
+        return torchvision_kernel()
     image = rois[:, 0].to(torch.int64)
+    grad_cl = grad_out.new_zeros((batch * height * width, channels))
 
     # sort by window size so that each chunk pads its windows to similar lengths
     order = torch.argsort(longest, stable=True)

@@ -21,6 +21,13 @@ def _rois(num, batch, size, seed=0):
     return torch.cat([idx, xy, xy + wh], dim=1)
 
 
+@pytest.fixture(autouse=True)
+def matmul_backward(monkeypatch):
+    """Tests of the matmul backward take it whatever the cost model says (tests of the model
+    itself undo this)."""
+    monkeypatch.setattr(roi_align_cpu, "matmul_backward_pays", lambda *args: True)
+
+
 @pytest.fixture
 def threads2():
     old = torch.get_num_threads()
@@ -219,3 +226,41 @@ def test_list_of_per_image_boxes_is_accepted_like_torchvision():
         roi_align(x, [boxes[0], torch.zeros(2, 5)], 3)
     with pytest.raises(ValueError, match=r"Tensor\[R, 5\]"):
         roi_align(x, torch.zeros(3, 4), 3)
+
+
+class _Decided(Exception):
+    pass
+
+
+def _plan(monkeypatch, rois, stride, shape):
+    """What the cost model decides for these RoIs (True: matmuls); stops before the work."""
+    monkeypatch.undo()
+    real = roi_align_cpu.matmul_backward_pays
+
+    def spy(*args):
+        raise _Decided(real(*args))
+
+    monkeypatch.setattr(roi_align_cpu, "matmul_backward_pays", spy)
+    grad = torch.zeros(rois.shape[0], shape[1], 7, 7)
+    with pytest.raises(_Decided) as decided:
+        roi_align_backward_cpu(grad, rois, 1.0 / stride, 2, False, shape)
+    return decided.value.args[0]
+
+
+def _sized_rois(num, lo, hi, image_hw, seed):
+    g = torch.Generator().manual_seed(seed)
+    wh = lo + torch.rand(num, 2, generator=g) * (hi - lo)
+    xy = torch.rand(num, 2, generator=g) * (torch.tensor(image_hw[::-1]) - wh).clamp(min=1)
+    return torch.cat([torch.zeros(num, 1), xy, xy + wh], 1)
+
+
+@pytest.mark.parametrize(
+    "stride,lo,hi,expect_matmul",
+    [(4, 200, 500, False), (8, 300, 800, False), (8, 32, 128, True), (16, 64, 256, True)],
+)
+def test_backward_cost_model_picks_the_cheaper_path(monkeypatch, stride, lo, hi, expect_matmul):
+    # the issue's cases at 800 x 1216: large RoIs on fine maps went 0.39x / 0.52x with matmuls;
+    # FPN-like RoIs 1.2-3.4x faster with them (benchmarks/bench_ops.py roi_align_backward_*)
+    shape = (1, 256, 800 // stride, 1216 // stride)
+    num = 128 if not expect_matmul else 512
+    assert _plan(monkeypatch, _sized_rois(num, lo, hi, (800, 1216), seed=stride), stride, shape) is expect_matmul
