@@ -294,3 +294,23 @@ def test_checkpoint_and_config_mistakes_are_one_line_errors(trained, tmp_path, m
         err = capsys.readouterr().err.strip().splitlines()
         assert expected in err[-1] and err[-1].startswith(f"detkit {args[0]}: error:"), err[-1]
         assert not any("Traceback" in line for line in err)
+
+
+def test_predict_skips_unreadable_files_unless_strict(trained, tmp_path, capsys):
+    images = tmp_path / "in"
+    (images / "sub").mkdir(parents=True)
+    shutil.copy(trained["tmp"] / "shapes" / "val" / "images" / "000000.png", images / "sub" / "a.png")
+    (images / "b.jpg").write_bytes(b"\xff\xd8 truncated")
+    args = ["predict", "--checkpoint", trained["last"], "--input", str(images), "--no-draw"]
+    assert main([*args, "--output", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s): b.jpg (truncated JPEG" in err
+    with open(tmp_path / "out" / "images.json") as f:
+        meta = json.load(f)
+    assert [e["file_name"] for e in meta["images"]] == ["sub/a.png"] and meta["skipped"][0]["file_name"] == "b.jpg"
+    with open(tmp_path / "out" / "detections.json") as f:
+        assert {r["image_id"] for r in json.load(f)} == {2}  # ids 1..N in sorted file order: b.jpg 1, sub/a.png 2
+    assert main([*args, "--output", str(tmp_path / "strict"), "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("detkit predict: error: cannot read image") and "b.jpg" in err[0]
+    assert not (tmp_path / "strict" / "detections.json").exists()

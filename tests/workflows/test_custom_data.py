@@ -162,7 +162,7 @@ def _config(tmp_path, train_json: str, val_json: str, images: str, **data) -> st
         cfg = yaml.safe_load(f)
     cfg["data"]["init_args"].update(
         train_images=images, train_annotations=train_json, val_images=images, val_annotations=val_json,
-        batch_size=4, num_workers=0, **data,
+        **{"batch_size": 4, "num_workers": 0, **data},
     )  # fmt: skip
     cfg["model"].update(warmup_steps=1, num_visualize=0, compute_val_loss=False)
     cfg["trainer"].update(max_epochs=-1, max_steps=2, val_check_interval=2, check_val_every_n_epoch=None,
@@ -205,3 +205,34 @@ def test_negatives_empty_splits_and_missing_files(tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert "1 image file(s) not found" in err[-1] and train["images"][0]["file_name"] in err[-1]
     assert not (tmp_path / "runs" / "custom_coco" / "version_1" / "checkpoints").exists()
+
+
+def test_errors_in_dataloader_workers_are_the_same_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    images = str(root / "images")
+    train_json, train = _make_split(str(root), "train", 3, np.random.default_rng(2))
+    with open(os.path.join(images, train["images"][1]["file_name"]), "wb") as f:
+        f.write(b"\x89PNG corrupt")
+    lines = []
+    for workers in (0, 1):
+        config = _config(tmp_path, train_json, train_json, images, num_workers=workers)
+        assert main(["fit", "--config", config]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert not any("Traceback" in line for line in err)
+        lines.append(err[-1])
+    assert lines[0] == lines[1] and lines[0].startswith("detkit fit: error: cannot read image")
+    assert train["images"][1]["file_name"] in lines[0]
+
+
+def test_tiny_models_keep_the_shapes_scale_and_resize_large_images():
+    import torch
+
+    from detkit.models import build_model
+
+    transform = build_model("faster_rcnn_tiny", num_classes=3).transform
+    image = torch.rand(3, 128, 128)
+    batch = transform([image])
+    assert batch.image_sizes.tolist() == [[128, 128]]  # the shapes images (make train) pass unchanged
+    torch.testing.assert_close(batch.tensor[0], (image - transform.mean[0]) / transform.std[0])
+    assert transform([torch.rand(3, 1500, 2000)]).image_sizes.tolist() == [[128, 170]]
