@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detkit.layers import NormSpec
+from detkit.structures.boxes import box_math_dtype
 
 
 class MaskHead(nn.Module):
@@ -65,20 +66,20 @@ def _expand_boxes(boxes: Tensor, scale: float) -> Tensor:
     return torch.cat([centre - half, centre + half], dim=1)
 
 
-def _axis_weights(start: Tensor, length: Tensor, size: int, src: int) -> Tensor:
+def _axis_weights(start: Tensor, length: Tensor, size: int, src: int, dtype: torch.dtype) -> Tensor:
     """Bilinear weights Tensor[R, size, src] that resize a length-`src` axis to `length` pixels at `start`.
 
     Same sampling as F.interpolate(mode="bilinear", align_corners=False); zero outside the box.
     """
-    pos = torch.arange(size, device=start.device, dtype=torch.float32)[None, :]  # [1, size]
-    j = pos - start[:, None].float()  # position inside the resized mask
+    pos = torch.arange(size, device=start.device, dtype=dtype)[None, :]  # [1, size]
+    j = pos - start[:, None].to(dtype)  # position inside the resized mask
     inside = (j >= 0) & (j < length[:, None])
-    coord = ((j + 0.5) * (src / length[:, None].float()) - 0.5).clamp(min=0)
+    coord = ((j + 0.5) * (src / length[:, None].to(dtype)) - 0.5).clamp(min=0)
     lo = coord.floor().clamp(max=src - 1)
     frac = coord - lo
     lo = lo.long()
     hi = (lo + 1).clamp(max=src - 1)
-    w = torch.zeros(start.shape[0], size, src, device=start.device)
+    w = torch.zeros(start.shape[0], size, src, device=start.device, dtype=dtype)
     w.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
     w.scatter_add_(2, hi[..., None], frac[..., None])
     return w * inside[..., None]
@@ -90,7 +91,8 @@ def paste_masks(
     """Paste M x M mask probabilities into the full image, batched over masks.
 
     mask_probs Tensor[D, M, M], boxes Tensor[D, 4] (image pixels) -> Tensor[D, H, W]: uint8 0/1
-    after `threshold`, or the float probabilities when `threshold` is None.
+    after `threshold`, or the probabilities when `threshold` is None (float32, float64 for
+    float64 input: the box dtype rule of `detkit.structures.boxes`).
 
     Like torchvision, the mask is padded by one pixel and the box expanded to match, then the
     mask is bilinearly resized to the integer box and placed in the image. Bilinear resizing is
@@ -99,19 +101,20 @@ def paste_masks(
     """
     h, w = image_size
     d, m = mask_probs.shape[0], mask_probs.shape[-1]
-    dtype = torch.uint8 if threshold is not None else torch.float32
+    work = box_math_dtype(mask_probs)
+    dtype = torch.uint8 if threshold is not None else work
     out = torch.zeros((d, h, w), dtype=dtype, device=mask_probs.device)
     if d == 0:
         return out
-    padded = F.pad(mask_probs.float(), (1, 1, 1, 1))
+    padded = F.pad(mask_probs.to(work), (1, 1, 1, 1))
     src = m + 2
-    ext = _expand_boxes(boxes.float(), src / m).to(torch.int64)  # truncation as torchvision
+    ext = _expand_boxes(boxes.to(box_math_dtype(boxes)), src / m).to(torch.int64)  # truncation as torchvision
     widths = (ext[:, 2] - ext[:, 0] + 1).clamp(min=1)
     heights = (ext[:, 3] - ext[:, 1] + 1).clamp(min=1)
     for s in range(0, d, chunk):
         sl = slice(s, s + chunk)
-        wy = _axis_weights(ext[sl, 1], heights[sl], h, src)  # [r, H, src]
-        wx = _axis_weights(ext[sl, 0], widths[sl], w, src)  # [r, W, src]
+        wy = _axis_weights(ext[sl, 1], heights[sl], h, src, work)  # [r, H, src]
+        wx = _axis_weights(ext[sl, 0], widths[sl], w, src, work)  # [r, W, src]
         pasted = wy @ padded[sl] @ wx.transpose(1, 2)  # [r, H, W]
         out[sl] = (pasted >= threshold).to(dtype) if threshold is not None else pasted
     return out

@@ -7,7 +7,8 @@ Shape shorthand:
 
 Deltas are (dx, dy, dw, dh) = (wx * (gx - rx) / rw, wy * (gy - ry) / rh,
 ww * log(gw / rw), wh * log(gh / rh)) with centres (x, y) and sizes w = x2 - x1 (no +1),
-the R-CNN parametrisation used by torchvision. All math runs in float32, also under autocast.
+the R-CNN parametrisation used by torchvision. All math runs in float32, also under autocast,
+or in float64 when an input is float64 (the box dtype rule of `detkit.structures.boxes`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from detkit.structures.boxes import box_math_dtype
 
 __all__ = ["BoxCoder"]
 
@@ -52,12 +55,13 @@ class BoxCoder:
             gt_boxes: `Tensor[..., 4]` XYXY targets.
             ref_boxes: `Tensor[..., 4]` XYXY references (broadcast against `gt_boxes`).
         Returns:
-            `Tensor[..., 4]` float32 deltas.
+            `Tensor[..., 4]` deltas, float32 (float64 when an input is float64).
         """
         wx, wy, ww, wh = self.weights
+        dtype = box_math_dtype(gt_boxes, ref_boxes)
         with torch.autocast(device_type=gt_boxes.device.type, enabled=False):
-            gx, gy, gw, gh = _centres_sizes(gt_boxes.float())
-            rx, ry, rw, rh = _centres_sizes(ref_boxes.float())
+            gx, gy, gw, gh = _centres_sizes(gt_boxes.to(dtype))
+            rx, ry, rw, rh = _centres_sizes(ref_boxes.to(dtype))
             dx = wx * (gx - rx) / rw
             dy = wy * (gy - ry) / rh
             dw = ww * torch.log(gw / rw)
@@ -73,16 +77,18 @@ class BoxCoder:
             ref_boxes: `Tensor[..., 4]` XYXY references (broadcast against the deltas'
                 leading dimensions).
         Returns:
-            `Tensor[..., 4]` float32 boxes for `[..., 4]` deltas; `Tensor[..., K, 4]` (e.g.
-            `Tensor[R, K, 4]`) for `[..., K*4]` deltas with K > 1.
+            `Tensor[..., 4]` boxes for `[..., 4]` deltas; `Tensor[..., K, 4]` (e.g.
+            `Tensor[R, K, 4]`) for `[..., K*4]` deltas with K > 1. float32, float64 when an
+            input is float64.
         """
         if deltas.shape[-1] % 4 != 0 or deltas.shape[-1] == 0:
             raise ValueError(f"deltas must have a last dimension of 4*K, got {tuple(deltas.shape)}")
         wx, wy, ww, wh = self.weights
         per_class = deltas.shape[-1] > 4
+        dtype = box_math_dtype(deltas, ref_boxes)
         with torch.autocast(device_type=deltas.device.type, enabled=False):
-            deltas = deltas.float()
-            ref_boxes = ref_boxes.float()
+            deltas = deltas.to(dtype)
+            ref_boxes = ref_boxes.to(dtype)
             if per_class:
                 deltas = deltas.unflatten(-1, (-1, 4))  # [..., K, 4]
                 ref_boxes = ref_boxes.unsqueeze(-2)  # [..., 1, 4]

@@ -1,5 +1,10 @@
 """Box helpers. Boxes are XYXY in absolute pixels; IoU runs in float32 even under autocast.
 
+dtype rule of all box math in detkit (IoU, box coding, mask pasting, RoI ops): it runs in
+float64 when an input is float64 and in float32 otherwise (float16 / bfloat16 / integer
+inputs and autocast included), and returns that dtype; `box_math_dtype` gives it. The rule
+holds on every code path (small and large inputs, CPU and GPU).
+
 Shape shorthand:
     N  images in a batch
     M, G, P  numbers of boxes (generic, ground truth, predictions/proposals)
@@ -14,6 +19,7 @@ from torchvision.ops import box_iou as _tv_box_iou
 
 __all__ = [
     "batched_box_iou",
+    "box_math_dtype",
     "box_area",
     "box_iou",
     "clip_boxes",
@@ -88,18 +94,25 @@ def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     return (w >= min_size) & (h >= min_size)
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise IoU `Tensor[M, 4]` x `Tensor[N, 4]` -> `Tensor[M, N]` float32.
+def box_math_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 when any of `tensors` is float64, else float32 (the module's dtype rule)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
-    Uses `torchvision.ops.box_iou` with autocast disabled and float32 inputs. As there,
-    a pair of two zero-area boxes gives NaN (0 / 0).
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU `Tensor[M, 4]` x `Tensor[N, 4]` -> `Tensor[M, N]` (float32, float64 for float64 input).
+
+    Uses `torchvision.ops.box_iou` with autocast disabled. As there, a pair of two zero-area
+    boxes gives NaN (0 / 0).
     """
+    dtype = box_math_dtype(boxes1, boxes2)
     with torch.autocast(device_type=boxes1.device.type, enabled=False):
-        return _tv_box_iou(boxes1.float(), boxes2.float())
+        return _tv_box_iou(boxes1.to(dtype), boxes2.to(dtype))
 
 
 def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Per-image pairwise IoU `Tensor[N, G, 4]` x `Tensor[N, P, 4]` -> `Tensor[N, G, P]` float32.
+    """Per-image pairwise IoU `Tensor[N, G, 4]` x `Tensor[N, P, 4]` -> `Tensor[N, G, P]` (float32,
+    float64 for float64 input).
 
     Vectorised over the batch by broadcasting. Pairs whose union is zero (e.g. zero padding
     against zero padding) get IoU 0 instead of NaN, so padded rows are harmless.
@@ -109,8 +122,9 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
             f"batched_box_iou expects [N, G, 4] and [N, P, 4], got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
         )
     with torch.autocast(device_type=boxes1.device.type, enabled=False):
-        a = boxes1.float()
-        b = boxes2.float()
+        dtype = box_math_dtype(boxes1, boxes2)
+        a = boxes1.to(dtype)
+        b = boxes2.to(dtype)
         area_a = box_area(a)  # [N, G]
         area_b = box_area(b)  # [N, P]
         ax1, ay1, ax2, ay2 = (c[:, :, None] for c in a.unbind(-1))  # [N, G, 1] each
@@ -121,7 +135,7 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         union = (area_a[:, :, None] + area_b[:, None, :]).sub_(inter)
         # union == 0 implies inter == 0, so the clamp turns 0 / 0 into 0 / tiny = 0; pairs
         # with a NaN coordinate give 0, never NaN
-        return inter.div_(union.clamp_(min=torch.finfo(torch.float32).tiny)).nan_to_num_(nan=0.0)
+        return inter.div_(union.clamp_(min=torch.finfo(dtype).tiny)).nan_to_num_(nan=0.0)
 
 
 def validate_boxes(boxes: Tensor, name: str = "boxes", *, require_positive: bool = False) -> None:
