@@ -34,11 +34,9 @@ import os
 import sys
 from collections import Counter
 
-os.environ.setdefault("DETKIT_CPU_KERNELS", "0")
-
-import torch  # noqa: E402
-import torchvision.ops.boxes as tv_boxes  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+import torchvision.ops.boxes as tv_boxes
+from torch.utils._python_dispatch import TorchDispatchMode
 
 _SYNC_OPS = {
     "aten._local_scalar_dense": "item",
@@ -178,8 +176,7 @@ def main(argv=None) -> None:
     parser.add_argument("--top", type=int, default=0, help="also list the N most dispatched ops")
     parser.add_argument("--cpu-kernels", action="store_true", help="keep detkit's CPU-only kernels on")
     args = parser.parse_args(argv)
-    if args.cpu_kernels:
-        os.environ["DETKIT_CPU_KERNELS"] = "1"
+    os.environ["DETKIT_CPU_KERNELS"] = "1" if args.cpu_kernels else "0"  # read by detkit at each call
     device = torch.device("cpu")
     size = min(args.height, args.width)
     report = {
