@@ -376,6 +376,8 @@ def voc_evaluate_main(args) -> int:
         print(f"detkit evaluate: error: {message}", file=sys.stderr)
         return code
 
+    if getattr(args, "iou_type", "bbox") != "bbox" or getattr(args, "pr_curve", None):
+        return error("--metric voc07 / voc2010 evaluates boxes only (no --iou-type segm, no --pr-curve)", 2)
     try:
         if args.voc_root:
             names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None

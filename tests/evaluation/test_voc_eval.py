@@ -259,6 +259,7 @@ def test_cli_voc_metrics_and_duplicated_image_detections(tmp_path, capsys):
     assert evaluate_main(["--metric", "voc07", "--predictions", str(pred_path)]) == 2
     assert "--voc-root" in capsys.readouterr().err
     assert evaluate_main(["--voc-root", str(root), "--predictions", str(pred_path)]) == 2  # coco + voc root
+    assert evaluate_main([*args, "--iou-type", "segm"]) == 2
     pred_path.write_text(json.dumps([_det(99, 1, (0, 0, 5, 5), 0.5)]))
     assert evaluate_main(args) == 1
     assert "image ids not in" in capsys.readouterr().err
