@@ -1,4 +1,4 @@
-"""COCO json conversion, COCO evaluation, proposal recall and precision-recall plots."""
+"""COCO json conversion, COCO evaluation, Pascal VOC AP, proposal recall and precision-recall plots."""
 
 from detkit.evaluation.coco_eval import (
     STAT_NAMES,
