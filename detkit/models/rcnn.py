@@ -44,7 +44,7 @@ from detkit.losses import multiclass_hinge_loss, smooth_l1_loss
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform, resize_boxes
-from detkit.models.two_stage import prepare_inputs
+from detkit.models.two_stage import evaluation_mode, prepare_inputs, targets_required
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
 
 __all__ = [
@@ -404,8 +404,13 @@ class RCNN(nn.Module):
 
     # ------------------------------------------------------------------ API
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None, *, proposals=None):
-        """Losses when `targets` is given (training or validation loss), else `predict(images, proposals=...)`."""
+        """Losses when `targets` is given (training or validation loss), else `predict(images, proposals=...)`.
+
+        In training mode `targets` are required (ValueError), as in torchvision.
+        """
         if targets is None:
+            if self.training:
+                raise targets_required(self)
             return self.predict(images, proposals=proposals)
         return self.compute_losses(images, targets, proposals=proposals)
 
@@ -425,7 +430,12 @@ class RCNN(nn.Module):
         """Score every proposal (in chunks of `test_batch_size` crops): one dict per image, original pixels.
 
         `boxes` Tensor[E_i, 4], `scores` [E_i] (softmax probability or SVM score), `labels` int64 [E_i].
+        Runs in eval mode whatever the model's mode, and leaves the mode as it was.
         """
+        with evaluation_mode(self):
+            return self._predict(images, proposals=proposals)
+
+    def _predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
         batch, _ = self.prepare(images)
         boxes, batch_idx = self.pack_proposals(proposals, batch)
         k = self.num_classes

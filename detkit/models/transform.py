@@ -21,6 +21,8 @@ from detkit.structures import ImageBatch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# accepted input values: 0..1 with room for augmentation overshoot; far outside is refused
+IMAGE_RANGE = (-1.0, 2.0)
 
 
 def resized_size(height: int, width: int, min_size: int | None, max_size: int | None) -> tuple[int, int]:
@@ -56,6 +58,14 @@ def validate_images(images: Sequence[Tensor]) -> None:
             raise ValueError(f"images[{i}] must be a float tensor with values in 0..1, got dtype {img.dtype}")
         if img.shape[1] < 1 or img.shape[2] < 1:
             raise ValueError(f"images[{i}] has an empty spatial size {tuple(img.shape)}")
+    # values far outside 0..1 (e.g. 0..255 images) would silently give no detections; one sync
+    ranges = torch.stack([torch.stack(torch.aminmax(img.detach())).float() for img in images]).cpu()
+    for i, (low, high) in enumerate(ranges.tolist()):
+        if not (low >= IMAGE_RANGE[0] and high <= IMAGE_RANGE[1]):
+            raise ValueError(
+                f"images[{i}] has values in [{low:g}, {high:g}]: detkit takes float RGB images with values "
+                "in 0..1 (divide 0..255 images by 255)"
+            )
 
 
 class DetectionTransform(nn.Module):

@@ -11,6 +11,8 @@ R-CNN, `masks` uint8 Tensor[K, H, W]. Images without boxes are valid.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Sequence
 
 import torch
@@ -43,6 +45,30 @@ def prepare_inputs(
         raise ValueError(f"target labels must be in 1..{num_classes} (0 is background), got {bad}")
     packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
     return batch, packed
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Run a block with `model` in eval mode and give every submodule its own mode back after.
+
+    `predict` uses it so that predicting never changes the model (a model in training mode
+    would otherwise update BatchNorm statistics and apply dropout).
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def targets_required(model: nn.Module) -> ValueError:
+    """The error of `model(images)` without targets in training mode (torchvision raises too)."""
+    return ValueError(
+        f"{type(model).__name__} is in training mode and got no targets: pass targets (one dict per "
+        "image) for the losses, or call model.eval() / model.predict(images) for detections"
+    )
 
 
 class TwoStageDetector(nn.Module):
@@ -90,8 +116,13 @@ class TwoStageDetector(nn.Module):
 
     # ----------------------------------------------------------------- API
     def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None, *, proposals=None):
-        """Losses when `targets` is given (training or validation loss), else `predict(images)`."""
+        """Losses when `targets` is given (training or validation loss), else `predict(images)`.
+
+        In training mode `targets` are required (ValueError), as in torchvision.
+        """
         if targets is None:
+            if self.training:
+                raise targets_required(self)
             return self.predict(images, proposals=proposals)
         return self.compute_losses(images, targets, proposals=proposals)
 
@@ -104,7 +135,14 @@ class TwoStageDetector(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
-        """One dict per image: `boxes` Tensor[D, 4], `scores` [D], `labels` int64 [D] (and `masks` uint8 [D, H, W])."""
+        """One dict per image: `boxes` Tensor[D, 4], `scores` [D], `labels` int64 [D] (and `masks` uint8 [D, H, W]).
+
+        Runs in eval mode whatever the model's mode, and leaves the mode as it was.
+        """
+        with evaluation_mode(self):
+            return self._predict(images, proposals=proposals)
+
+    def _predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
         batch, _ = self.prepare(images)
         features = self.backbone(batch.tensor)
         boxes, batch_idx, _ = self._proposals(features, batch, None, proposals)
