@@ -255,6 +255,12 @@ class DetectionModule(LightningModule):
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         if eval_metric not in ("coco", *VOC_METRICS):
             raise ValueError(f"eval_metric must be coco, voc07 or voc2010, got {eval_metric!r}")
+        backbone_weights = (model_kwargs or {}).get("backbone_weights")
+        for key, path in (("weights", weights), ("model_kwargs.backbone_weights", backbone_weights)):
+            if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):  # name the key, not only the file
+                raise FileNotFoundError(
+                    f"model.{key}: file not found: {os.fspath(path)} (null starts without these weights)"
+                )
         try:
             self.model = build_model(model_name, num_classes=num_classes, weights=weights, **(model_kwargs or {}))
         except TypeError as e:  # a misspelt model_kwargs key: one line naming it

@@ -300,3 +300,14 @@ def test_detection_module_logs_voc_map_and_a_checkpoint_can_monitor_it(tmp_path)
     assert os.path.basename(ckpt.best_model_path) == f"best-{logged:.4f}.ckpt"
     with pytest.raises(ValueError, match="eval_metric"):
         DetectionModule(num_classes=3, eval_metric="voc12")
+
+
+def test_missing_weights_files_name_the_config_key(tmp_path):
+    """The VOC configs point at ImageNet weights users download; without them the error names the key to set."""
+    from detkit.engine import DetectionModule
+
+    missing = str(tmp_path / "vgg16.pth")
+    with pytest.raises(FileNotFoundError, match=r"model\.model_kwargs\.backbone_weights: file not found: .*null"):
+        DetectionModule(model_name="fast_rcnn_tiny", num_classes=20, model_kwargs={"backbone_weights": missing})
+    with pytest.raises(FileNotFoundError, match=r"model\.weights: file not found"):
+        DetectionModule(model_name="fast_rcnn_tiny", num_classes=20, weights=missing)
