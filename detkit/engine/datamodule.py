@@ -271,12 +271,12 @@ class CocoDataModule(DetectionDataModule):
         aspect_ratio_grouping: bool = True,
         hflip_prob: float = 0.5,
         num_classes: int | None = None,
-        keep_empty: bool = False,
-        check_files: bool = True,
         val_batch_size: int | None = None,
         train_proposals: str | None = None,
         val_proposals: str | None = None,
         max_proposals: int = 2000,
+        keep_empty: bool = False,
+        check_files: bool = True,
     ):
         super().__init__(batch_size, num_workers, aspect_ratio_grouping, val_batch_size)
         self.train_proposals, self.val_proposals, self.max_proposals = train_proposals, val_proposals, max_proposals
