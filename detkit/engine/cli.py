@@ -22,6 +22,12 @@ from detkit.engine.module import STATS_KEY, DetectionModule
 
 __all__ = ["DetkitCLI", "build_model_from_checkpoint", "cli_main", "predict_files_main"]
 
+PREDICT_CONFIG_HELP = (
+    "Predict the config's validation split with a checkpoint (--ckpt_path); writes <log dir>/predictions.json "
+    "(COCO results). The other form, on image files: detkit predict --checkpoint CKPT --input DIR|FILE --output OUT "
+    "[--annotations GT.json] (detkit predict --help)."
+)
+
 PREDICT_EPILOG = """two forms:
   detkit predict --checkpoint CKPT --input DIR|FILE [...] --output OUT [--annotations GT.json] [--strict]
       image files -> OUT/detections.json (COCO results, the data set's category ids; evaluate it with
@@ -63,6 +69,8 @@ class DetkitCLI(LightningCLI):
     def __init__(self, args: Any = None, run: bool = True, **kwargs: Any):
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        parser_kwargs = kwargs["parser_kwargs"] = dict(kwargs.get("parser_kwargs") or {})
+        parser_kwargs["predict"] = {"description": PREDICT_CONFIG_HELP, **(parser_kwargs.get("predict") or {})}
         defaults = kwargs.pop("trainer_defaults", {}) or {}
         defaults = {
             "logger": {

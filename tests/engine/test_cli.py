@@ -314,3 +314,12 @@ def test_predict_skips_unreadable_files_unless_strict(trained, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("detkit predict: error: cannot read image") and "b.jpg" in err[0]
     assert not (tmp_path / "strict" / "detections.json").exists()
+
+
+def test_predict_help_shows_both_forms(trained, capsys):
+    assert main(["predict", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--checkpoint" in out and "--annotations" in out and "detkit predict --config CONFIG.yaml --ckpt_path" in out
+    assert main(["predict", "--config", trained["config"], "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--ckpt_path" in out and "detkit predict --checkpoint CKPT --input DIR|FILE" in out
