@@ -3,7 +3,7 @@
 Mirrors torchvision `test/test_models_detection_negative_samples.py`:
 `test_targets_to_anchors`, `test_assign_targets_to_proposals`,
 `test_forward_negative_sample_frcnn`, `test_forward_negative_sample_mrcnn`
-(detkit's own cases, plus a batch of two negatives and a mixed batch, and Fast R-CNN).
+(detkit's own cases, plus a batch of two negatives and a mixed batch, and Fast R-CNN / R-CNN).
 """
 
 import pytest
@@ -57,7 +57,7 @@ def test_targets_to_anchors_all_negative():
     assert (matched == 0).all()
 
 
-@pytest.mark.parametrize("name", ["faster_rcnn_tiny", "mask_rcnn_tiny", "fast_rcnn_tiny"])
+@pytest.mark.parametrize("name", ["faster_rcnn_tiny", "mask_rcnn_tiny", "fast_rcnn_tiny", "rcnn_tiny"])
 @pytest.mark.parametrize("layout", ["one_negative", "two_negatives", "mixed"])
 def test_forward_negative_samples(name, layout):
     torch.manual_seed(0)
@@ -81,6 +81,7 @@ def test_forward_negative_samples(name, layout):
         assert losses["loss_mask"] == 0
     assert losses["loss_classifier"] > 0
     sum(losses.values()).backward()  # a usable graph
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_validation_loss_on_negative_batch_in_eval_mode():
