@@ -19,7 +19,7 @@ import numpy as np
 
 from detkit.export.masks import paste_masks_numpy
 
-__all__ = ["OnnxDetector", "split_packed"]
+__all__ = ["OnnxDetector", "OnnxPredictor", "split_packed"]
 
 
 def split_packed(outputs: dict[str, np.ndarray], num_images: int) -> list[dict[str, np.ndarray]]:
@@ -127,3 +127,58 @@ class OnnxDetector:
                         det["masks"] = paste_masks_numpy(det.pop("mask_probs"), det["boxes"], size, self.mask_threshold)
                     results[i] = det
         return results
+
+
+class OnnxPredictor:
+    """An `OnnxDetector` behind the eager detector's calling convention, for `detkit predict --onnx`.
+
+    `predict(list of float Tensor[3, H, W])` returns one dict of tensors per image (`boxes`,
+    `scores`, `labels` 1..num_classes, `masks` uint8 [D, H, W] for Mask R-CNN), like
+    `model.predict`. `label_to_category_id` and `class_names` come from the file's metadata
+    (written by `detkit export --checkpoint`); labels exported as category ids are mapped back.
+    ONNX Runtime runs on the CPU: `to()` is a no-op.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, batch_size: int = 4):
+        self.detector = OnnxDetector(path)
+        self.batch_size = batch_size
+        if self.detector.requires_proposals:
+            raise ValueError(
+                f"{os.fspath(path)}: a Fast R-CNN export needs proposals; predicting image files needs an RPN"
+            )
+        meta = self.detector.metadata
+        self.num_classes = int(meta.get("detkit.num_classes", 0))
+        mapping = json.loads(meta["detkit.label_to_category_id"]) if meta.get("detkit.label_to_category_id") else None
+        self.label_to_category_id = {int(k): int(v) for k, v in mapping.items()} if mapping else None
+        self._to_label = None
+        if meta.get("detkit.labels") == "category_ids" and self.label_to_category_id:
+            self._to_label = {cid: label for label, cid in self.label_to_category_id.items()}
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.detector.class_names
+
+    def to(self, device) -> OnnxPredictor:
+        return self
+
+    def eval(self) -> OnnxPredictor:
+        return self
+
+    def predict(self, images) -> list[dict]:
+        import torch
+
+        arrays = [img.detach().cpu().float().numpy() for img in images]
+        out = []
+        for det in self.detector.predict(arrays, batch_size=self.batch_size):
+            labels = det["labels"]
+            if self._to_label is not None:
+                labels = np.array([self._to_label[int(c)] for c in labels], dtype=np.int64)
+            item = {
+                "boxes": torch.from_numpy(det["boxes"]),
+                "scores": torch.from_numpy(det["scores"]),
+                "labels": torch.from_numpy(labels.astype(np.int64)),
+            }
+            if "masks" in det:
+                item["masks"] = torch.from_numpy(det["masks"])
+            out.append(item)
+        return out
