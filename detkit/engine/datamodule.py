@@ -104,8 +104,8 @@ class DetectionDataModule(LightningDataModule):
             return
         if min_size is not None and not isinstance(min_size, int):
             raise ValueError(
-                f"data min_size={list(min_size)}: multi-scale resizing in the data module is not supported; the "
-                "model resizes every image to its model_kwargs.min_size / max_size"
+                f"data min_size={list(min_size)}: the model resizes every image; for multi-scale training set "
+                f"model.model_kwargs.min_size: {list(min_size)} (one drawn per training image, the largest in eval)"
             )
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         transform = getattr(getattr(module, "model", None), "transform", None)

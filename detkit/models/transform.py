@@ -69,12 +69,16 @@ def validate_images(images: Sequence[Tensor]) -> None:
 
 
 class DetectionTransform(nn.Module):
-    """Resize, normalise and pad a list of images into an `ImageBatch`."""
+    """Resize, normalise and pad a list of images into an `ImageBatch`.
+
+    `min_size` may be a list of sizes (multi-scale training): in training mode each image
+    draws one (torch's global RNG), in evaluation mode the largest is used.
+    """
 
     def __init__(
         self,
         *,
-        min_size: int | None = 800,
+        min_size: int | Sequence[int] | None = 800,
         max_size: int | None = 1333,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -89,9 +93,10 @@ class DetectionTransform(nn.Module):
         validate_images(images)
         images = [img.to(self.mean.dtype) for img in images]  # float64 / half inputs: compute in float32
         original = [(int(img.shape[1]), int(img.shape[2])) for img in images]
-        target = [resized_size(h, w, self.min_size, self.max_size) for h, w in original]
+        sizes = self._min_sizes(len(images))
+        target = [resized_size(h, w, m, self.max_size) for (h, w), m in zip(original, sizes)]
         mean, std = self.mean.to(images[0].device), self.std.to(images[0].device)
-        if len(set(original)) == 1:  # one size: resize and normalise the whole batch at once
+        if len(set(original)) == 1 and len(set(target)) == 1:  # one size: the whole batch at once
             batch = (torch.stack(images) - mean) / std
             if target[0] != original[0]:
                 batch = F.interpolate(batch, size=target[0], mode="bilinear", align_corners=False)
@@ -110,6 +115,15 @@ class DetectionTransform(nn.Module):
             image_sizes=torch.tensor(target, dtype=torch.int64, device=device),
             original_sizes=torch.tensor(original, dtype=torch.int64, device=device),
         )
+
+    def _min_sizes(self, n: int) -> list[int | None]:
+        """The shorter-side size of each of `n` images (multi-scale: drawn in training, the largest in eval)."""
+        if self.min_size is None or isinstance(self.min_size, int):
+            return [self.min_size] * n
+        choices = [int(v) for v in self.min_size]
+        if not self.training:
+            return [max(choices)] * n
+        return [choices[i] for i in torch.randint(len(choices), (n,)).tolist()]
 
     def _pad(self, images: list[Tensor]) -> Tensor:
         max_h = max(img.shape[1] for img in images)

@@ -140,7 +140,7 @@ def test_data_resize_settings_must_agree_with_the_model(shapes):
     dm._check_resize(dm.min_size, dm.max_size)  # agrees: no error
     with pytest.raises(ValueError, match=r"data min_size=800 differs from the model's min_size=128"):
         dm._check_resize(800, None)
-    with pytest.raises(ValueError, match="multi-scale"):
+    with pytest.raises(ValueError, match=r"multi-scale training set model.model_kwargs.min_size: \[96, 128\]"):
         dm._check_resize([96, 128], None)
 
 

@@ -236,3 +236,8 @@ def test_tiny_models_keep_the_shapes_scale_and_resize_large_images():
     assert batch.image_sizes.tolist() == [[128, 128]]  # the shapes images (make train) pass unchanged
     torch.testing.assert_close(batch.tensor[0], (image - transform.mean[0]) / transform.std[0])
     assert transform([torch.rand(3, 1500, 2000)]).image_sizes.tolist() == [[128, 170]]
+    multi = build_model("faster_rcnn_tiny", num_classes=3, min_size=[96, 112, 128]).transform  # multi-scale
+    torch.manual_seed(0)
+    drawn = {tuple(s) for s in multi.train()([torch.rand(3, 64, 64) for _ in range(12)]).image_sizes.tolist()}
+    assert drawn == {(96, 96), (112, 112), (128, 128)}
+    assert multi.eval()([torch.rand(3, 64, 80)]).image_sizes.tolist() == [[128, 160]]
