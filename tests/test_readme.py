@@ -25,7 +25,7 @@ def test_python_examples_run(index):
 def _shell_lines() -> list[str]:
     lines = []
     for block in _blocks("bash"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # join continued lines
             line = line.split("  #")[0].strip()
             if line:
                 lines.append(line)
