@@ -8,7 +8,8 @@ process each run, so that their time per image is measured). Every model gets th
 plain PyTorch loop (SGD with momentum, linear warm-up, step decay at 80%), the same data
 (horizontal flips) and the same number of steps. Test time is measured on single images;
 for R-CNN and Fast R-CNN the selective-search time per image is reported on its own and
-added to the test time. Prints a markdown table (COCO AP / AP50 from detkit.evaluation).
+added to the test time. Prints a markdown table (COCO AP / AP50 and the VOC07 11-point mAP,
+the papers' metric, from detkit.evaluation).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from detkit.data import ShapesDataset, build_transforms, collate_detection
 from detkit.data.proposals import WithProposals
-from detkit.evaluation import COCOEvaluator, detections_to_coco_results
+from detkit.evaluation import COCOEvaluator, VOCGroundTruth, detections_to_coco_results, evaluate_voc
 from detkit.models import build_model, fast_rcnn, rcnn  # noqa: F401  (register the proposal-based models)
 from detkit.proposals import compute_proposals
 
@@ -119,7 +120,8 @@ def evaluate(model, dataset, *, needs_proposals: bool) -> tuple[dict[str, float]
         results += detections_to_coco_results(
             [int(target["image_id"])], detections, label_to_category_id=dataset.label_to_category_id
         )
-    stats = COCOEvaluator(dataset.ann_file).evaluate(results, verbose=False).stats
+    stats = dict(COCOEvaluator(dataset.ann_file).evaluate(results, verbose=False).stats)
+    stats["VOC07_mAP"] = evaluate_voc(VOCGroundTruth.from_coco(dataset.ann_file), results, "voc07").mAP
     return stats, elapsed / len(dataset)
 
 
@@ -179,6 +181,7 @@ def main(argv=None) -> int:
                 "model": name,
                 "AP": stats["AP"],
                 "AP50": stats["AP50"],
+                "VOC07_mAP": stats["VOC07_mAP"],
                 "train_s_per_iter": train_s,
                 "test_s_per_image": test_s + prop_s,
                 "model_s_per_image": test_s,
@@ -186,19 +189,22 @@ def main(argv=None) -> int:
             }
         )
         print(
-            f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}  train {train_s:.3f} s/iter  "
+            f"  AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}  VOC07 mAP {stats['VOC07_mAP']:.3f}  "
+            f"train {train_s:.3f} s/iter  "
             f"test {test_s + prop_s:.4f} s/image",
             flush=True,
         )
 
     table = [
-        "| model | AP | AP50 | train s/iter | test s/image (incl. proposals) | of which proposals s/image |",
-        "|---|---|---|---|---|---|",
+        "| model | AP | AP50 | VOC07 mAP | train s/iter | test s/image (incl. proposals) "
+        "| of which proposals s/image |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         prop = f"{r['proposal_s_per_image']:.4f}" if r["proposal_s_per_image"] else "- (RPN, in the model)"
         table.append(
-            f"| {r['model']} | {100 * r['AP']:.1f} | {100 * r['AP50']:.1f} | {r['train_s_per_iter']:.3f} | "
+            f"| {r['model']} | {100 * r['AP']:.1f} | {100 * r['AP50']:.1f} | {100 * r['VOC07_mAP']:.1f} | "
+            f"{r['train_s_per_iter']:.3f} | "
             f"{r['test_s_per_image']:.4f} | {prop} |"
         )
     setup = (
