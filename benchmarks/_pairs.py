@@ -73,9 +73,11 @@ def autocast(device: torch.device, precision: str):
     raise SystemExit(f"--precision must be fp32 or bf16, got {precision!r}")
 
 
-def train_step(model, images, targets, device: torch.device, precision: str):
-    """A callable running one SGD step (forward with losses, backward, update) of `model`."""
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+def train_step(model, images, targets, device: torch.device, precision: str, *, foreach: bool | None = None):
+    """A callable running one SGD step (forward with losses, backward, update) of `model`;
+    `foreach` as torch.optim.SGD takes it (None: torch's default for the device)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=foreach)
 
     def step():
         with autocast(device, precision):

@@ -11,7 +11,8 @@ the same weights and inputs, on the code path that runs on CUDA:
 - `DETKIT_CPU_KERNELS=0` (set by this script unless `--cpu-kernels`) turns off detkit's
   CPU-only kernels (the threaded RoIAlign), so RoIAlign is torchvision's op as on a GPU;
 - `torchvision.ops.batched_nms` picks its per-class loop or one offset NMS by the number of
-  boxes with a device-dependent threshold; the CUDA threshold is used for both libraries.
+  boxes with a device-dependent threshold; the CUDA threshold is used for both libraries;
+- the SGD step is torch.optim's multi-tensor (foreach) update, its default for CUDA tensors.
 
 Host-synchronising on CUDA ("syncs"): `.item()` / `int()` / `bool()` (`_local_scalar_dense`),
 `.tolist()`, `nonzero`, indexing with a boolean mask, `masked_select`, `bincount`, `unique`,
@@ -199,9 +200,9 @@ def main(argv=None) -> None:
             if mode == "train":
                 dk.train()
                 tv.train()
-                steps = {
-                    "detkit": train_step(dk, images, targets, device, "fp32"),
-                    "torchvision": train_step(tv, images, targets, device, "fp32"),
+                steps = {  # the multi-tensor SGD update: torch.optim's default for CUDA parameters
+                    "detkit": train_step(dk, images, targets, device, "fp32", foreach=True),
+                    "torchvision": train_step(tv, images, targets, device, "fp32", foreach=True),
                 }
             else:
                 with torch.no_grad():  # trained-like: about 100 detections per image, as bench_infer
