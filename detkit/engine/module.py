@@ -535,11 +535,25 @@ class DetectionModule(LightningModule):
             reports[metric] = voc
         if self.trainer.sanity_checking:
             return metrics
-        header = f"{stage} epoch {self._eval_epoch()} ({len(set(image_ids))} images, {len(results)} detections)"
+        self._eval["skipped"] = skipped = self._skipped_images(stage, image_ids)
+        note = f", {skipped} unreadable skipped" if skipped else ""
+        header = f"{stage} epoch {self._eval_epoch()} ({len(set(image_ids))} images{note}, {len(results)} detections)"
         for iou_type, result in reports.items():
             print(f"\n[{header}] {iou_type}\n{result.summary}", flush=True)
         self._write_artifacts(stage, results, reports, root)
         return metrics
+
+    def _skipped_images(self, stage: str, image_ids: list[int]) -> int:
+        """Images of the evaluated split that never reached the model (unreadable, skipped with
+        skip_invalid): the data set's length minus the images evaluated, on a full pass only."""
+        limit = self.trainer.limit_test_batches if stage == "test" else self.trainer.limit_val_batches
+        loaders = self.trainer.test_dataloaders if stage == "test" else self.trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        dataset = getattr(loaders, "dataset", None)
+        if limit != 1.0 or dataset is None or not hasattr(dataset, "__len__"):
+            return 0
+        return max(0, len(dataset) - len(set(image_ids)))
 
     def _write_artifacts(self, stage: str, results: list[dict], reports: dict, root: str) -> None:
         fitting = self.trainer.state.fn == "fit"
@@ -553,6 +567,7 @@ class DetectionModule(LightningModule):
             "epoch": self._eval_epoch(),
             "global_step": self.global_step,
             "num_detections": len(results),
+            "skipped_images": self._eval.get("skipped", 0),
         }
         payload.update({iou_type: r.to_dict() for iou_type, r in reports.items()})
         save_results_json(payload, os.path.join(out, "metrics.json"))

@@ -311,3 +311,35 @@ def test_missing_weights_files_name_the_config_key(tmp_path):
         DetectionModule(model_name="fast_rcnn_tiny", num_classes=20, model_kwargs={"backbone_weights": missing})
     with pytest.raises(FileNotFoundError, match=r"model\.weights: file not found"):
         DetectionModule(model_name="fast_rcnn_tiny", num_classes=20, weights=missing)
+
+
+def test_validation_skips_and_counts_an_unreadable_image(tmp_path):
+    """skip_invalid: the unreadable image is left out of the evaluation (not replaced by its
+    neighbour, whose detections would count twice) and the count is reported."""
+    import torch
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.loggers import CSVLogger
+
+    from detkit.engine import DetectionModule, VocDataModule
+
+    anns = [(img, 1, (10, 10, 60, 70), False) for img in range(1, 6)]
+    root = _voc_root(tmp_path, anns, 5)
+    noise = np.random.default_rng(0).integers(0, 255, (100, 100, 3), np.uint8)
+    data = cv2.imencode(".jpg", noise)[1].tobytes()
+    (root / "JPEGImages" / "000003.jpg").write_bytes(data[: len(data) // 2])  # header intact, data cut
+    torch.manual_seed(0)
+    module = DetectionModule(num_classes=4, eval_metric="voc07", num_visualize=0, compute_val_loss=False)
+    dm = VocDataModule(root=str(root), val_set="test", class_names=["a", "b", "c", "d"], skip_invalid=True,
+                       batch_size=2, num_workers=0)  # fmt: skip
+    trainer = Trainer(accelerator="cpu", logger=CSVLogger(str(tmp_path), name="v"), enable_progress_bar=False,
+                      enable_model_summary=False)  # fmt: skip
+    predicted, real_predict = [], module.model.predict
+    module.model.predict = lambda images, **kw: predicted.append(len(images)) or real_predict(images, **kw)
+    trainer.validate(module, datamodule=dm)
+    assert sum(predicted) == 4  # a stand-in for the unreadable image would make it 5
+    with open(os.path.join(module.last_eval_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    with open(os.path.join(module.last_eval_dir, "predictions.json")) as f:
+        seen = {p["image_id"] for p in json.load(f)}
+    assert metrics["skipped_images"] == 1 and seen <= {1, 2, 4, 5}
+    assert "val/voc07_mAP" in trainer.callback_metrics
