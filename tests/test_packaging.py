@@ -189,10 +189,21 @@ def _run(args, **kwargs) -> subprocess.CompletedProcess:
     return out
 
 
+def _not_source(folder, names):
+    """copytree filter: caches, outputs and build folders (data/ only at the top: detkit/data is code)."""
+    top = {".git", ".venv", ".hypothesis", "data", "runs", "build", "dist", "lightning_logs", "outputs", "weights"}
+    return [n for n in names if (Path(folder) == ROOT and n in top) or n == "__pycache__" or n.endswith(".egg-info")
+            or (n.startswith(".") and n.endswith("_cache"))]
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
     """Build the wheel, install the core then `[train]` into a fresh venv, train and evaluate from an empty folder."""
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", ROOT], cwd=tmp_path,
+    # pip builds in the source folder (build/, *.egg-info): build in a copy, so the checkout stays clean
+    # and no stale build/lib of an earlier build ends up in the wheel.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=_not_source)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", src], cwd=tmp_path,
          timeout=600)
     (wheel,) = (tmp_path / "dist").glob("detkit-*.whl")
     with zipfile.ZipFile(wheel) as zf:
