@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Union
 
-from torch import nn
+from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NormSpec = Union[str, tuple, Callable[[int], nn.Module], None]
@@ -28,6 +28,17 @@ _ACTIVATIONS = {
 }
 
 
+class LeanFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """torchvision's FrozenBatchNorm2d (same buffers, state dict and results, bit for bit) with
+    a forward of 9 dispatched ops instead of 11: each is a kernel launch on a GPU, and a
+    ResNet-50 has 53 of these layers. Inputs `Tensor[N, C, H, W]`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(-1, 1, 1) + shift.view(-1, 1, 1)
+
+
 def build_norm(norm: NormSpec, channels: int) -> nn.Module:
     """Return a 2-D normalisation layer for `channels` channels (Identity for "none")."""
     if norm is None:
@@ -40,7 +51,7 @@ def build_norm(norm: NormSpec, channels: int) -> nn.Module:
     if norm == "bn":
         return nn.BatchNorm2d(channels, **kwargs)
     if norm == "frozen_bn":
-        return FrozenBatchNorm2d(channels, **kwargs)
+        return LeanFrozenBatchNorm2d(channels, **kwargs)
     if norm == "gn":
         num_groups = kwargs.pop("num_groups", 32)
         num_groups = _largest_divisor_at_most(channels, num_groups)
