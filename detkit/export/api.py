@@ -103,15 +103,17 @@ def model_metadata(wrapped: ExportableDetector, extra: dict | None = None) -> di
     return meta
 
 
-def _double_precision_size_ops() -> dict:
-    """ONNX translations computing the resize arithmetic (`sym_float`, `/` on sizes) in float64.
+def _onnx_translations() -> dict:
+    """ONNX translations replacing two of the exporter's defaults.
 
-    The exporter's defaults cast sizes to float32, so floor(h * min_size / short_side) could
-    come out one pixel off the eager transform's Python (float64) arithmetic for ~5% of sizes.
+    - the resize arithmetic (`sym_float`, `/` on sizes) in float64: the defaults cast sizes to
+      float32, so floor(h * min_size / short_side) came out one pixel off the eager transform's
+      Python (float64) arithmetic for ~5% of sizes;
+    - `torchvision::roi_pool` as `MaxRoiPool`: onnxscript's translation takes another signature.
     """
     import operator
 
-    from onnxscript import DOUBLE
+    from onnxscript import DOUBLE, INT64
     from onnxscript import opset18 as op
 
     def sym_float(x):
@@ -120,7 +122,15 @@ def _double_precision_size_ops() -> dict:
     def truediv(a, b):
         return op.Div(op.Cast(a, to=DOUBLE.dtype), op.Cast(b, to=DOUBLE.dtype))
 
-    return {torch.sym_float: sym_float, operator.truediv: truediv}
+    def roi_pool(x, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        out = op.MaxRoiPool(x, rois, pooled_shape=[pooled_height, pooled_width], spatial_scale=spatial_scale)
+        return out, op.Cast(out, to=INT64.dtype)  # (output, argmax): only the output is used
+
+    return {
+        torch.sym_float: sym_float,
+        operator.truediv: truediv,
+        torch.ops.torchvision.roi_pool.default: roi_pool,
+    }
 
 
 def export_onnx(
@@ -157,7 +167,7 @@ def export_onnx(
             opset_version=opset,
             dynamo=True,
             optimize=True,
-            custom_translation_table=_double_precision_size_ops(),
+            custom_translation_table=_onnx_translations(),
             external_data=False,
             verbose=False,
         )

@@ -192,7 +192,8 @@ class ExportableDetector(nn.Module):
             rh, rw = torch.sym_int(h * scale), torch.sym_int(w * scale)  # floor: sizes are positive
             x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False)
         d = t.size_divisible
-        x = F.pad(x, (0, (d - rw % d) % d, 0, (d - rh % d) % d))
+        # padded size as a rounded-up multiple: export's range analysis sees it is >= d
+        x = F.pad(x, (0, (rw + d - 1) // d * d - rw, 0, (rh + d - 1) // d * d - rh))
         return x, rh, rw
 
     def rpn_proposals(self, features: dict[str, Tensor], height, width, padded_size) -> tuple[Tensor, Tensor]:

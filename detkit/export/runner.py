@@ -39,9 +39,17 @@ class OnnxDetector:
         path: the .onnx file from `detkit export` / `export_onnx`.
         providers: ONNX Runtime execution providers (default CPU).
         threads: intra-op threads (default: ONNX Runtime's choice).
+        config: ONNX Runtime session config entries.
     """
 
-    def __init__(self, path: str | os.PathLike, *, providers: Sequence[str] | None = None, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        config: dict[str, str] | None = None,
+    ):
         import onnxruntime as ort
 
         path = os.fspath(path)
@@ -50,6 +58,8 @@ class OnnxDetector:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        for key, value in (config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+            options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(
                 path, sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
