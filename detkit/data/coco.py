@@ -311,10 +311,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
         data = load_coco_json(self.ann_file)
         self._init_categories(data["categories"])
-        # a file without problems (boxes only): vectorised checks straight into compact records
-        clean = None if with_masks else clean_coco_store(
+        # a file without problems: vectorised checks straight into compact records
+        clean = clean_coco_store(
             data, image_root=self.image_root, category_id_to_label=self.category_id_to_label,
-            keep_empty=keep_empty, include_crowd=include_crowd,
+            keep_empty=keep_empty, include_crowd=include_crowd, with_masks=with_masks,
         )  # fmt: skip
         if clean is not None and check_files and missing_files(map(clean[0].paths.string, range(len(clean[0])))):
             clean = None  # the checks below name the missing files

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import os
 import pickle
@@ -265,9 +266,11 @@ def clean_coco_store(
     category_id_to_label: Mapping[int, int],
     keep_empty: bool,
     include_crowd: bool,
+    with_masks: bool = False,
 ) -> tuple[RecordStore, dict[str, int]] | None:
-    """Records of a COCO json (boxes only) with vectorised checks, or None when any entry needs
-    the per-annotation checks (then the caller's slow path raises or skips with its messages).
+    """Records of a COCO json with vectorised checks, or None when any entry needs the
+    per-annotation checks (then the caller's slow path raises or skips with its messages).
+    With `with_masks`, polygon segmentations are checked and stored (RLE: None).
 
     For a file without problems the records and counts equal `CocoDetection`'s own: images
     sorted by id, annotations in file order, zero-size boxes dropped (counted in
@@ -276,10 +279,34 @@ def clean_coco_store(
     `keep_empty` (`empty_images_dropped`).
     """
     with paused_gc():
-        return _clean_coco_store(data, image_root, category_id_to_label, keep_empty, include_crowd)
+        return _clean_coco_store(data, image_root, category_id_to_label, keep_empty, include_crowd, with_masks)
 
 
-def _clean_coco_store(data, image_root, category_id_to_label, keep_empty, include_crowd):
+def _checked_polygons(segs: list, widths: np.ndarray, heights: np.ndarray) -> bool:
+    """Whether every entry of `segs` is a valid COCO polygon list for an image of that size
+    (the rules of the per-annotation check: >= 3 points, numbers, not far outside)."""
+    if not all(type(seg) is list and seg for seg in segs):
+        return False
+    polys = list(itertools.chain.from_iterable(segs))
+    if not all(type(p) is list for p in polys):
+        return False
+    lengths = np.fromiter(map(len, polys), dtype=np.int64, count=len(polys))
+    if (lengths % 2).any() or (lengths < 6).any():
+        return False
+    values = list(itertools.chain.from_iterable(polys))
+    if not set(map(type, values)) <= {int, float}:
+        return False
+    coords = np.array(values, dtype=np.float64)
+    if not np.isfinite(coords).all():
+        return False
+    per_ann = np.fromiter(map(len, segs), dtype=np.int64, count=len(segs))
+    owner = np.repeat(np.repeat(np.arange(len(segs)), per_ann), lengths)  # annotation of each value
+    w, h = widths[owner[0::2]], heights[owner[1::2]]  # every polygon has even length: x, y alternate
+    xs, ys = coords[0::2], coords[1::2]
+    return not ((xs < -w).any() or (xs > 2 * w).any() or (ys < -h).any() or (ys > 2 * h).any())
+
+
+def _clean_coco_store(data, image_root, category_id_to_label, keep_empty, include_crowd, with_masks):
     images, anns = data["images"], data["annotations"]
     try:
         img_rows = [(img["id"], img["height"], img["width"], img["file_name"]) for img in images]
@@ -337,6 +364,14 @@ def _clean_coco_store(data, image_root, category_id_to_label, keep_empty, includ
 
     keep_idx = np.flatnonzero(kept)
     by_image = keep_idx[np.argsort(img_pos[keep_idx], kind="stable")]  # image order, file order inside
+    if with_masks:
+        try:
+            segs = [anns[i]["segmentation"] for i in by_image.tolist()]
+        except KeyError:
+            return None
+        if not _checked_polygons(segs, w[by_image], h[by_image]):
+            return None
+        segs_of = dict(zip(by_image.tolist(), segs))
     counts = np.bincount(img_pos[by_image], minlength=len(sorted_ids))
     image_sel = np.arange(len(sorted_ids))
     if not keep_empty:
@@ -361,5 +396,13 @@ def _clean_coco_store(data, image_root, category_id_to_label, keep_empty, includ
         file_names=ByteBuffer.from_strings(names[i] for i in src.tolist()),
         paths=ByteBuffer.from_strings(os.path.join(root, names[i]) for i in src.tolist()),
         image_entries=ByteBuffer.from_strings(map(json.dumps, (images[i] for i in src.tolist()))),
+        segmentations=(
+            ByteBuffer(
+                pickle.dumps([segs_of[j] for j in by_image[lo:hi].tolist()], protocol=pickle.HIGHEST_PROTOCOL)
+                for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist())
+            )
+            if with_masks
+            else None
+        ),
     )
     return store, stats

@@ -150,10 +150,13 @@ def _edge_case_file(tmp_path) -> Path:
     return ann_file
 
 
-@pytest.mark.parametrize("keep_empty,include_crowd", [(True, False), (False, False), (False, True), (True, True)])
-def test_vectorised_build_equals_per_annotation_checks(tmp_path, monkeypatch, keep_empty, include_crowd):
+@pytest.mark.parametrize(
+    "keep_empty,include_crowd,with_masks",
+    [(True, False, False), (False, False, True), (False, True, False), (True, True, True)],
+)
+def test_vectorised_build_equals_per_annotation_checks(tmp_path, monkeypatch, keep_empty, include_crowd, with_masks):
     ann_file = _edge_case_file(tmp_path)
-    kwargs = dict(keep_empty=keep_empty, include_crowd=include_crowd)
+    kwargs = dict(keep_empty=keep_empty, include_crowd=include_crowd, with_masks=with_masks)
     fast = CocoDetection(tmp_path, ann_file, **kwargs)
     data = json.loads(ann_file.read_text())
     labels = fast.category_id_to_label
@@ -168,6 +171,25 @@ def test_vectorised_build_equals_per_annotation_checks(tmp_path, monkeypatch, ke
         _assert_same(fast._records[i], slow._records[i])
         assert fast.image_info(i) == slow.image_info(i)
     assert fast.aspect_ratios() == slow.aspect_ratios()
+    assert (fast._records.segmentations is not None) == with_masks
+
+
+def test_rle_masks_take_the_checking_path(tmp_path):
+    ann_file = tmp_path / "coco.json"
+    bench_data.generate(str(ann_file), scale=0.0002, seed=4)
+    data = json.loads(ann_file.read_text())
+    image = next(i for i in data["images"] if i["id"] == data["annotations"][0]["image_id"])
+    rle = {"size": [image["height"], image["width"]], "counts": [5, 10, image["height"] * image["width"] - 15]}
+    data["annotations"][0]["segmentation"] = rle
+    ann_file.write_text(json.dumps(data))
+    labels = CocoDetection(tmp_path, ann_file).category_id_to_label
+    kwargs = dict(image_root=str(tmp_path), category_id_to_label=labels, keep_empty=True, include_crowd=False)
+    assert clean_coco_store(data, **kwargs, with_masks=True) is None
+    assert clean_coco_store(data, **kwargs, with_masks=False) is not None
+    ds = CocoDetection(tmp_path, ann_file, with_masks=True)
+    index = ds.image_ids.index(image["id"])
+    assert ds._records[index].segmentations[0] == rle
+    assert ds._target(ds._records[index])["masks"][0].sum() == 10  # (no image file to read)
 
 
 def test_files_with_problems_take_the_checking_path(tmp_path):
