@@ -14,7 +14,8 @@ the same weights and inputs, on the code path that runs on CUDA:
   boxes with a device-dependent threshold; the CUDA threshold is used for both libraries;
 - the SGD step is torch.optim's multi-tensor (foreach) update, its default for CUDA tensors.
 
-Host-synchronising on CUDA ("syncs"): `.item()` / `int()` / `bool()` (`_local_scalar_dense`),
+"non-view ops" leave out the ops that only make a view (`view`, `select`, `detach`, ...: no
+kernel on a GPU). Host-synchronising on CUDA ("syncs"): `.item()` / `int()` / `bool()` (`_local_scalar_dense`),
 `.tolist()`, `nonzero`, indexing with a boolean mask, `masked_select`, `bincount`, `unique`,
 `repeat_interleave` without `output_size`, `masked_fill` with a tensor value, `nms` (its mask
 is read on the host) and tensors made from Python data (`torch.tensor([...])`, an upload that
@@ -83,11 +84,13 @@ class DispatchCounter(TorchDispatchMode):
         super().__init__()
         self.ops: Counter = Counter()
         self.syncs: Counter = Counter()
+        self.views = 0  # ops that only make a view (no kernel on a GPU)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = str(func.overloadpacket)
         self.ops[name] += 1
+        self.views += bool(func.is_view)
         kind = sync_kind(name, args, kwargs)
         if kind is not None:
             self.syncs[kind] += 1
@@ -158,6 +161,7 @@ def count_call(fn, *, warmup: int = 1) -> DispatchCounter:
 def _summary(counter: DispatchCounter, top: int) -> dict:
     return {
         "ops": counter.num_ops,
+        "non_view_ops": counter.num_ops - counter.views,
         "syncs": counter.num_syncs,
         "sync_kinds": dict(counter.syncs.most_common()),
         "top_ops": dict(counter.ops.most_common(top)),
@@ -222,15 +226,19 @@ def main(argv=None) -> None:
                 "mode": mode,
                 **counts,
                 "ops_ratio": dk_c["ops"] / tv_c["ops"],
+                "non_view_ops_ratio": dk_c["non_view_ops"] / tv_c["non_view_ops"],
                 "syncs_ratio": dk_c["syncs"] / max(tv_c["syncs"], 1),
             }
             report["results"].append(row)
             print(f"\n{name} {mode}")
-            print("| impl | ops | syncs | syncs by kind |\n|---|---|---|---|")
+            print("| impl | ops | non-view ops | syncs | syncs by kind |\n|---|---|---|---|---|")
             for impl, c in counts.items():
                 kinds = ", ".join(f"{k} {v}" for k, v in c["sync_kinds"].items())
-                print(f"| {impl} | {c['ops']} | {c['syncs']} | {kinds} |")
-            print(f"detkit / torchvision: ops {row['ops_ratio']:.2f}x, syncs {row['syncs_ratio']:.2f}x")
+                print(f"| {impl} | {c['ops']} | {c['non_view_ops']} | {c['syncs']} | {kinds} |")
+            print(
+                f"detkit / torchvision: ops {row['ops_ratio']:.2f}x (non-view {row['non_view_ops_ratio']:.2f}x), "
+                f"syncs {row['syncs_ratio']:.2f}x"
+            )
             if args.top:
                 for impl, c in counts.items():
                     print(f"top ops {impl}: " + ", ".join(f"{k} {v}" for k, v in c["top_ops"].items()))
