@@ -16,6 +16,8 @@ from torchvision.ops import batched_nms
 
 from detkit.heads.mask_head import mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler
+from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, classification_loss, uses_decoded_boxes
+from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder, Matcher
 from detkit.proposals.rpn import top_k_per_image
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
@@ -94,6 +96,8 @@ class RoIHeads(nn.Module):
         detections_per_image: int = 100,
         min_box_size: float = 1e-2,
         smooth_l1_beta: float = 1.0 / 9,
+        box_loss: str = "smooth_l1",
+        cls_loss: str = "ce",
         add_gt_as_proposals: bool = True,
         mask_pooler: RoIPooler | None = None,
         mask_head: nn.Module | None = None,
@@ -109,6 +113,9 @@ class RoIHeads(nn.Module):
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
         self.detections_per_image, self.min_box_size = detections_per_image, min_box_size
         self.smooth_l1_beta, self.add_gt_as_proposals = smooth_l1_beta, add_gt_as_proposals
+        # the losses, by name (detkit.losses.selection): "smooth_l1" / "l1" / "giou" / "diou" / "ciou", "ce" / "focal"
+        self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
+        self.cls_loss_type = check_loss_name(cls_loss, CLS_LOSSES, "cls_loss")
         self.mask_threshold = mask_threshold
 
     @property
@@ -150,21 +157,28 @@ class RoIHeads(nn.Module):
             "batch_idx": roi_batch,
             "labels": cls,
             "regression_targets": reg,
+            "matched_boxes": matched_boxes,
             "matched_in_image": roi_matched,
             "matched_packed": gt_start[roi_batch] + roi_matched,
         }
 
     def box_loss(self, class_logits: Tensor, box_deltas: Tensor, sampled: dict[str, Tensor]) -> dict[str, Tensor]:
         labels = sampled["labels"]
-        loss_cls = F.cross_entropy(class_logits.float(), labels) if labels.numel() else class_logits.sum() * 0
+        if labels.numel():
+            loss_cls = classification_loss(self.cls_loss_type, class_logits.float(), labels)
+        else:
+            loss_cls = class_logits.sum() * 0
         pos = torch.nonzero(labels > 0).squeeze(1)
         deltas = box_deltas.view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
         if deltas.shape[1] > 1:
             pred = deltas[pos, labels[pos]]
         else:
             pred = deltas[pos, 0]
-        loss_box = F.smooth_l1_loss(
-            pred.float(), sampled["regression_targets"][pos], beta=self.smooth_l1_beta, reduction="sum"
+        target = sampled["regression_targets"][pos]
+        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
+            pred, target = self.box_coder.decode(pred.float(), sampled["boxes"][pos]), sampled["matched_boxes"][pos]
+        loss_box = box_regression_loss(
+            self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
         )
         loss_box = loss_box / max(labels.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}

@@ -40,7 +40,8 @@ from detkit.backbones import build_backbone
 from detkit.heads.box_head import TwoFCHead
 from detkit.heads.poolers import roi_align
 from detkit.heads.roi_heads import pack_to_padded, select_detections
-from detkit.losses import multiclass_hinge_loss, smooth_l1_loss
+from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
+from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform, resize_boxes
@@ -201,6 +202,7 @@ class RCNN(nn.Module):
         bbox_reg_weights: (wx, wy, ww, wh) of the box coder (delta normalisation).
         box_features: what the box regressor reads: "fc7" (default) or "pool5", the paper's
             choice (needs a head with `return_pooled`, e.g. `CropFeatureHead`).
+        box_loss: "smooth_l1" (default), "l1", or "giou" / "diou" / "ciou" on decoded boxes.
         smooth_l1_beta: smooth L1 switch point of the box loss.
         score_threshold: detections below are dropped; None = 0.05 (softmax) or -1.0 (svm scores).
         nms_threshold: per-class NMS IoU (0.3 in the paper).
@@ -233,6 +235,7 @@ class RCNN(nn.Module):
         svm_margin: float = 1.0,
         bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0),
         box_features: str = "fc7",
+        box_loss: str = "smooth_l1",
         smooth_l1_beta: float = 1.0,
         score_threshold: float | None = None,
         nms_threshold: float = 0.3,
@@ -277,6 +280,7 @@ class RCNN(nn.Module):
         self.svm_hard_negatives, self.svm_margin = int(svm_hard_negatives), float(svm_margin)
         self.box_coder = BoxCoder(weights=bbox_reg_weights)
         self.smooth_l1_beta = float(smooth_l1_beta)
+        self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
         if score_threshold is None:
             score_threshold = 0.05 if classifier == "softmax" else -1.0
         self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
@@ -398,8 +402,11 @@ class RCNN(nn.Module):
         """Smooth L1 on the matched class's deltas of regions with IoU >= reg_iou_threshold, / R."""
         idx = torch.nonzero(sampled["reg_mask"]).squeeze(1)
         deltas = box_deltas.view(box_deltas.shape[0], self.num_classes, 4)
-        pred = deltas[idx, sampled["reg_labels"][idx] - 1]
-        loss = smooth_l1_loss(pred.float(), sampled["reg_targets"][idx], beta=self.smooth_l1_beta, reduction="sum")
+        pred, target = deltas[idx, sampled["reg_labels"][idx] - 1].float(), sampled["reg_targets"][idx]
+        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode both against the regions
+            regions = sampled["boxes"][idx]
+            pred, target = self.box_coder.decode(pred, regions), self.box_coder.decode(target, regions)
+        loss = box_regression_loss(self.box_loss_type, pred, target, beta=self.smooth_l1_beta, reduction="sum")
         return loss / max(sampled["labels"].numel(), 1)
 
     # ------------------------------------------------------------------ API

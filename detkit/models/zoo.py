@@ -35,6 +35,10 @@ def build_two_stage(
     mask_resolution: int = 14,
     representation_size: int = 1024,
     dropout: float = 0.0,
+    box_loss: str = "smooth_l1",
+    cls_loss: str = "ce",
+    rpn_box_loss: str | None = None,
+    rpn_cls_loss: str | None = None,
     mask_conv_dims: Sequence[int] = (256, 256, 256, 256),
     min_size: int | None = 800,
     max_size: int | None = 1333,
@@ -60,6 +64,8 @@ def build_two_stage(
     """Assemble RPN (optional), RoI heads and transform around `backbone`, sized from its feature specs.
 
     `dropout`: after fc6 and fc7 of the box head (0 as torchvision; the VGG / AlexNet papers: 0.5).
+    `box_loss` ("smooth_l1", "l1", "giou", "diou", "ciou") and `cls_loss` ("ce", "focal") of the
+    RoI heads and the RPN; `rpn_box_loss` / `rpn_cls_loss` set the RPN's apart (see detkit.losses.selection).
     """
     specs = backbone.feature_specs()
     rpn_features = list(rpn_features or specs)
@@ -95,6 +101,8 @@ def build_two_stage(
             pre_nms_top_n_test=rpn_pre_nms_top_n_test,
             post_nms_top_n_test=rpn_post_nms_top_n_test,
             nms_threshold=rpn_nms_threshold,
+            box_loss=rpn_box_loss or box_loss,
+            cls_loss=rpn_cls_loss or cls_loss,
         )
     roi_strides = [specs[n].stride for n in roi_features]
     roi_channels = specs[roi_features[0]].channels
@@ -119,6 +127,8 @@ def build_two_stage(
         mask_pooler=mask_pooler,
         mask_head=mask_head,
         mask_threshold=mask_threshold,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
     )
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=size_divisible)
     return TwoStageDetector(backbone, roi_heads, rpn=rpn, transform=transform, num_classes=num_classes)

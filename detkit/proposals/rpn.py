@@ -15,10 +15,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, objectness_loss, uses_decoded_boxes
+from detkit.losses.selection import check_loss_name
 from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
 from detkit.structures import ImageBatch, PackedTargets, batched_box_iou
 
@@ -81,6 +82,8 @@ class RPN(nn.Module):
         score_threshold: float = 0.0,
         min_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9,
+        box_loss: str = "smooth_l1",
+        cls_loss: str = "ce",
     ):
         super().__init__()
         self.head = head
@@ -94,6 +97,9 @@ class RPN(nn.Module):
         self.post_nms_top_n = {True: post_nms_top_n_train, False: post_nms_top_n_test}
         self.nms_threshold, self.score_threshold, self.min_size = nms_threshold, score_threshold, min_size
         self.smooth_l1_beta = smooth_l1_beta
+        # the losses, by name (detkit.losses.selection): "smooth_l1" / "l1" / "giou" / "diou" / "ciou", "ce" / "focal"
+        self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
+        self.cls_loss_type = check_loss_name(cls_loss, CLS_LOSSES, "cls_loss")
 
     def forward(
         self, features: dict[str, Tensor], images: ImageBatch, targets: PackedTargets | None = None
@@ -165,12 +171,16 @@ class RPN(nn.Module):
         sampled = pos | neg
         num_sampled = sampled.sum().clamp(min=1)
         objectness = (
-            F.binary_cross_entropy_with_logits(logits[sampled].float(), pos[sampled].float(), reduction="sum")
+            objectness_loss(self.cls_loss_type, logits[sampled].float(), pos[sampled].float(), reduction="sum")
             / num_sampled
         )
-        target_deltas = self.box_coder.encode(matched[pos], anchors.expand(n, -1, -1)[pos])
+        pos_anchors = anchors.expand(n, -1, -1)[pos]
+        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the anchors
+            pred, target = self.box_coder.decode(deltas[pos].float(), pos_anchors), matched[pos]
+        else:
+            pred, target = deltas[pos].float(), self.box_coder.encode(matched[pos], pos_anchors)
         box = (
-            F.smooth_l1_loss(deltas[pos].float(), target_deltas, beta=self.smooth_l1_beta, reduction="sum")
+            box_regression_loss(self.box_loss_type, pred, target.float(), beta=self.smooth_l1_beta, reduction="sum")
             / num_sampled
         )
         return {"loss_rpn_objectness": objectness, "loss_rpn_box": box}
