@@ -30,6 +30,7 @@ PREDICT_CONFIG_HELP = (
 
 PREDICT_EPILOG = """two forms:
   detkit predict --checkpoint CKPT --input DIR|FILE [...] --output OUT [--annotations GT.json] [--strict]
+      (or --onnx MODEL.onnx from `detkit export` instead of --checkpoint: ONNX Runtime, same outputs)
       image files -> OUT/detections.json (COCO results, the data set's category ids; evaluate it with
       `detkit evaluate --annotations GT.json --predictions OUT/detections.json`) and OUT/images.json
   detkit predict --config CONFIG.yaml --ckpt_path CKPT [--key value ...]
@@ -345,7 +346,9 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
         epilog=PREDICT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, help="Lightning checkpoint written by `detkit fit`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="Lightning checkpoint written by `detkit fit`")
+    source.add_argument("--onnx", help="ONNX file written by `detkit export` (run with ONNX Runtime on the CPU)")
     parser.add_argument("--input", required=True, nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument(
@@ -368,7 +371,13 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
 
     device = _resolve_device(args.device)
     files = _list_images(args.input)
-    model, class_names = build_model_from_checkpoint(args.checkpoint)
+    if args.onnx:
+        from detkit.export.runner import OnnxPredictor
+
+        model = OnnxPredictor(args.onnx)
+        class_names = model.class_names
+    else:
+        model, class_names = build_model_from_checkpoint(args.checkpoint)
     label_map = getattr(model, "label_to_category_id", None)
     by_name: dict[str, int] = {}
     if args.annotations is not None:
@@ -416,7 +425,7 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
         for label, cid in sorted(label_map.items())
     ]
     meta = {
-        "checkpoint": os.fspath(args.checkpoint),
+        "checkpoint": os.fspath(args.checkpoint or args.onnx),
         "images": images_meta,
         "categories": categories,
         "skipped": skipped,
@@ -425,8 +434,8 @@ def predict_files_main(argv: Sequence[str] | None = None, prog: str = "detkit pr
     print(f"{len(images_meta)} images, {len(results)} detections -> {out_json}")
     if identity:
         print(
-            f"{prog}: warning: {args.checkpoint} stores no category ids; category_id = label (1..{len(label_map)}); "
-            "pass --annotations to use the data set's ids",
+            f"{prog}: warning: {args.checkpoint or args.onnx} stores no category ids; "
+            f"category_id = label (1..{len(label_map)}); pass --annotations to use the data set's ids",
             file=sys.stderr,
         )
     if skipped:
