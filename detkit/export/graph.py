@@ -12,7 +12,7 @@ re-states the inference glue with operations that export with symbolic sizes:
 - NMS over groups with one `torchvision.ops.nms` call, groups shifted apart by a bound taken
   from the image size (no data-dependent branch, no reduction over a possibly empty tensor);
 - top-k per image by a running count instead of a sort + searchsorted;
-- multi-level RoI pooling with `index_put` per level (no `if numel` branch).
+- multi-level RoI pooling per level and one gather back to RoI order (no `if numel` branch).
 
 The result equals `model.predict` on the same images (same arithmetic; NMS IoUs can differ in
 the last float bits because of the group shift).
@@ -103,7 +103,7 @@ def grid_anchors(generator, feats: list[Tensor], padded_size) -> list[Tensor]:
 
 
 def pool_rois(pooler: RoIPooler, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
-    """`RoIPooler.forward` with torchvision's ops and one `index_put` per level: Tensor[R, C, S, S]."""
+    """`RoIPooler.forward` with torchvision's ops, level by level: Tensor[R, C, S, S]."""
     feats = [features[name] for name in pooler.in_features]
     rois = torch.cat([batch_idx[:, None].to(boxes.dtype), boxes], dim=1)
     size = (pooler.output_size, pooler.output_size)
@@ -129,12 +129,14 @@ def pool_rois(pooler: RoIPooler, features: dict[str, Tensor], boxes: Tensor, bat
         canonical_scale=pooler.canonical_scale,
         canonical_level=pooler.canonical_level,
     )
-    first = feats[0]
-    out = first.new_zeros((rois.shape[0], first.shape[1], pooler.output_size, pooler.output_size))
+    # pool each level's RoIs, then one gather puts the rows back in RoI order (ONNX has no
+    # in-place index_put: a ScatterND per level would copy the whole output each time)
+    indices, pooled = [], []
     for level, (x, stride) in enumerate(zip(feats, pooler.strides)):
         idx = torch.nonzero(levels == level).squeeze(1)
-        out = out.index_put((idx,), pool(x, rois[idx], stride).to(out.dtype))
-    return out
+        indices.append(idx)
+        pooled.append(pool(x, rois[idx], stride).to(feats[0].dtype))
+    return torch.cat(pooled)[torch.argsort(torch.cat(indices))]
 
 
 class ExportableDetector(nn.Module):
