@@ -41,23 +41,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--only", choices=("optimizers", "losses"), default=None)
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     p.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    p.add_argument("--rpn-box-loss", default=None, choices=LOSSES, help="loss runs: the RPN's box loss apart")
     p.add_argument("--output", default=None, help="json with every run (updated after each)")
     return p.parse_args(argv)
 
 
-def settings(only: str | None, losses=LOSSES, optimizers=tuple(OPTIMIZERS)) -> list[tuple[str, str, list[str]]]:
+def settings(
+    only: str | None, losses=LOSSES, optimizers=tuple(OPTIMIZERS), rpn_box_loss: str | None = None
+) -> list[tuple[str, str, list[str]]]:
     out = []
     if only in (None, "optimizers"):
         wd = ["--optimizer.weight_decay", "0.0001"]
         out += [("optimizer", name, OPTIMIZERS[name] + wd) for name in optimizers]
     if only in (None, "losses"):
         adamw = OPTIMIZERS["AdamW"] + ["--optimizer.weight_decay", "0.0001"]
-        out += [("box loss", loss, adamw + ["--model.model_kwargs.box_loss", loss]) for loss in losses]
+        rpn = ["--model.model_kwargs.rpn_box_loss", rpn_box_loss] if rpn_box_loss else []
+        suffix = f" (RPN {rpn_box_loss})" if rpn_box_loss else ""
+        out += [("box loss", loss + suffix, adamw + ["--model.model_kwargs.box_loss", loss, *rpn]) for loss in losses]
     return out
 
 
 def run_one(args, group: str, name: str, extra: list[str], seed: int) -> dict:
-    tag = f"{group.replace(' ', '_')}-{name.replace(' ', '_')}-seed{seed}"
+    tag = f"{group}-{name}-seed{seed}".replace(" ", "_").replace("(", "").replace(")", "")
     cmd = [
         sys.executable, "-m", "detkit", "fit", "--config", "configs/shapes_faster_rcnn_tiny.yaml",
         "--seed_everything", str(seed), "--trainer.max_epochs", str(args.epochs),
@@ -98,7 +103,7 @@ def main(argv=None) -> int:
     if args.output and os.path.isfile(args.output):  # resume: keep the runs already done
         with open(args.output, encoding="utf-8") as f:
             results = json.load(f)
-    for group, name, extra in settings(args.only, args.losses, args.optimizers):
+    for group, name, extra in settings(args.only, args.losses, args.optimizers, args.rpn_box_loss):
         for seed in args.seeds:
             if any((r["group"], r["name"], r["seed"]) == (group, name, seed) for r in results):
                 continue
