@@ -12,6 +12,7 @@ from torchvision.ops import roi_align
 
 from detkit.layers import NormSpec
 from detkit.structures.boxes import box_math_dtype
+from detkit.structures.containers import count_per_image
 
 
 class MaskHead(nn.Module):
@@ -51,8 +52,9 @@ def mask_targets(
     Masks differ in size per image, so RoIAlign runs once per image.
     """
     out = boxes.new_zeros((boxes.shape[0], resolution, resolution))
-    for i, masks in enumerate(gt_masks):
-        idx = torch.nonzero(batch_idx == i).squeeze(1)
+    order = torch.argsort(batch_idx, stable=True)
+    counts = count_per_image(batch_idx, len(gt_masks)).tolist()  # one host sync
+    for masks, idx in zip(gt_masks, order.split(counts)):
         if idx.numel() == 0:
             continue
         rois = torch.cat([matched_gt[idx, None].to(boxes.dtype), boxes[idx]], dim=1)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.heads.roi_align_cpu import roi_align, roi_pool
+from detkit.structures.containers import count_per_image
 
 __all__ = ["RoIPooler", "assign_fpn_levels", "roi_align", "roi_pool"]
 
@@ -85,8 +86,9 @@ class RoIPooler(nn.Module):
         )
         first = feats[0]
         out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
-        for level, (x, stride) in enumerate(zip(feats, self.strides)):
-            idx = torch.nonzero(levels == level).squeeze(1)
+        order = torch.argsort(levels, stable=True)
+        counts = count_per_image(levels, len(feats)).tolist()  # one host sync for all levels
+        for x, stride, idx in zip(feats, self.strides, order.split(counts)):
             if idx.numel():
                 out[idx] = self._pool(x, rois[idx], stride).to(out.dtype)
         return out

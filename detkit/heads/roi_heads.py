@@ -21,6 +21,7 @@ from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder, Matcher
 from detkit.proposals.rpn import top_k_per_image
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
+from detkit.structures.containers import avoid_host_syncs, count_per_image
 
 
 def pack_to_padded(boxes: Tensor, batch_idx: Tensor, num_images: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -28,7 +29,7 @@ def pack_to_padded(boxes: Tensor, batch_idx: Tensor, num_images: int) -> tuple[T
 
     `slot` is each box's position inside its image; boxes must be grouped by image.
     """
-    counts = torch.bincount(batch_idx, minlength=num_images)
+    counts = count_per_image(batch_idx, num_images)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(batch_idx.numel(), device=boxes.device) - starts[batch_idx]
     p_max = int(counts.max()) if num_images else 0
@@ -64,7 +65,8 @@ def select_detections(
     boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
     wh = boxes[:, 2:] - boxes[:, :2]
     keep = (scores > score_threshold) & (wh >= min_box_size).all(1)
-    boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
+    sel = torch.nonzero(keep).squeeze(1)  # one host sync for the four selections
+    boxes, scores, labels, img = boxes[sel], scores[sel], labels[sel], img[sel]
     kept = batched_nms(boxes, scores, img * (k + 1) + labels, nms_threshold)
     kept = top_k_per_image(kept, img[kept], detections_per_image)
     return Detections(
@@ -141,7 +143,7 @@ class RoIHeads(nn.Module):
         matched_idx, labels = self.matcher(iou, gt_valid)
         labels = labels.masked_fill(~valid, -1)
         pos, neg = self.sampler(labels, valid=valid)
-        keep = (pos | neg)[batch_idx, slot]  # packed view
+        keep = torch.nonzero((pos | neg)[batch_idx, slot]).squeeze(1)  # packed view; one host sync
         rois, roi_batch = proposals[keep], batch_idx[keep]
         roi_slot = slot[keep]
         roi_matched = matched_idx[roi_batch, roi_slot]
@@ -150,7 +152,7 @@ class RoIHeads(nn.Module):
         matched_boxes = gt_boxes[roi_batch, roi_matched]
         reg = self.box_coder.encode(matched_boxes, rois)
         # index of the matched gt in the packed targets, for mask targets
-        counts = torch.bincount(targets.batch_idx, minlength=n)
+        counts = targets.per_image_counts()
         gt_start = torch.cumsum(counts, 0) - counts
         return {
             "boxes": rois,
@@ -168,18 +170,29 @@ class RoIHeads(nn.Module):
             loss_cls = classification_loss(self.cls_loss_type, class_logits.float(), labels)
         else:
             loss_cls = class_logits.sum() * 0
-        pos = torch.nonzero(labels > 0).squeeze(1)
         deltas = box_deltas.view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
-        if deltas.shape[1] > 1:
-            pred = deltas[pos, labels[pos]]
+        if avoid_host_syncs(labels) and not uses_decoded_boxes(self.box_loss_type):
+            # every RoI, the negatives contribute 0: no boolean masks (host syncs on a GPU)
+            is_pos = (labels > 0)[:, None]
+            column = labels if deltas.shape[1] > 1 else torch.zeros_like(labels)
+            pred = deltas.gather(1, column[:, None, None].expand(-1, 1, 4))[:, 0].float()
+            target = torch.where(is_pos, sampled["regression_targets"].float(), pred.detach())
+            per_coord = box_regression_loss(
+                self.box_loss_type, pred, target, beta=self.smooth_l1_beta, reduction="none"
+            )
+            loss_box = torch.where(is_pos, per_coord, 0.0).sum()
         else:
-            pred = deltas[pos, 0]
-        target = sampled["regression_targets"][pos]
-        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
-            pred, target = self.box_coder.decode(pred.float(), sampled["boxes"][pos]), sampled["matched_boxes"][pos]
-        loss_box = box_regression_loss(
-            self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
-        )
+            pos = torch.nonzero(labels > 0).squeeze(1)
+            if deltas.shape[1] > 1:
+                pred = deltas[pos, labels[pos]]
+            else:
+                pred = deltas[pos, 0]
+            target = sampled["regression_targets"][pos]
+            if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
+                pred, target = self.box_coder.decode(pred.float(), sampled["boxes"][pos]), sampled["matched_boxes"][pos]
+            loss_box = box_regression_loss(
+                self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
+            )
         loss_box = loss_box / max(labels.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
@@ -260,8 +273,11 @@ class RoIHeads(nn.Module):
 
     def paste_masks(self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor) -> list[Tensor]:
         """Per-image uint8 masks Tensor[D_i, H_i, W_i] in original pixels (boxes in original pixels)."""
-        out = []
-        for i, (h, w) in enumerate(original_sizes.tolist()):
-            idx = torch.nonzero(batch_idx == i).squeeze(1)
-            out.append(paste_masks(mask_probs[idx], boxes[idx], (h, w), threshold=self.mask_threshold))
-        return out
+        n = original_sizes.shape[0]
+        order = torch.argsort(batch_idx, stable=True)
+        host = torch.cat([original_sizes.flatten(), count_per_image(batch_idx, n)]).tolist()  # one host sync
+        sizes, counts = zip(host[: 2 * n : 2], host[1 : 2 * n : 2]), host[2 * n :]
+        return [
+            paste_masks(mask_probs[idx], boxes[idx], (h, w), threshold=self.mask_threshold)
+            for (h, w), idx in zip(sizes, order.split(counts))
+        ]

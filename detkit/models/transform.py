@@ -110,11 +110,8 @@ class DetectionTransform(nn.Module):
                 resized.append(img[0])
         tensor = self._pad(resized)
         device = tensor.device
-        return ImageBatch(
-            tensor=tensor,
-            image_sizes=torch.tensor(target, dtype=torch.int64, device=device),
-            original_sizes=torch.tensor(original, dtype=torch.int64, device=device),
-        )
+        sizes = torch.tensor([target, original], dtype=torch.int64, device=device)  # one upload
+        return ImageBatch(tensor=tensor, image_sizes=sizes[0], original_sizes=sizes[1])
 
     def _min_sizes(self, n: int) -> list[int | None]:
         """The shorter-side size of each of `n` images (multi-scale: drawn in training, the largest in eval)."""

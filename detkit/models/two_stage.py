@@ -40,8 +40,9 @@ def prepare_inputs(
         )
     packed = PackedTargets.from_list(list(targets), device=batch.tensor.device)
     labels = packed.labels
-    if labels.numel() and (labels.min() < 1 or labels.max() > num_classes):
-        bad = labels[(labels < 1) | (labels > num_classes)][0].item()
+    out_of_range = (labels < 1) | (labels > num_classes)
+    if labels.numel() and bool(out_of_range.any()):  # one host sync
+        bad = labels[out_of_range][0].item()
         raise ValueError(f"target labels must be in 1..{num_classes} (0 is background), got {bad}")
     packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
     return batch, packed

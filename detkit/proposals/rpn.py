@@ -22,6 +22,7 @@ from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, objectnes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
 from detkit.structures import ImageBatch, PackedTargets, batched_box_iou
+from detkit.structures.containers import avoid_host_syncs
 
 
 class RPNHead(nn.Module):
@@ -149,7 +150,9 @@ class RPN(nn.Module):
         wh = boxes[..., 2:] - boxes[..., :2]
         keep = (wh >= self.min_size).all(-1) & (scores >= self.score_threshold)
         image_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
-        boxes, scores, levels, image_idx = boxes[keep], scores[keep], levels[keep], image_idx[keep]
+        sel = torch.nonzero(keep.flatten()).squeeze(1)  # one host sync for the four selections
+        boxes, scores = boxes.flatten(0, 1)[sel], scores.flatten()[sel]
+        levels, image_idx = levels.flatten()[sel], image_idx.flatten()[sel]
         groups = image_idx * len(counts) + levels
         kept = batched_nms(boxes.float(), scores, groups, self.nms_threshold)  # sorted by score
         kept = top_k_per_image(kept, image_idx[kept], self.post_nms_top_n[self.training])
@@ -170,20 +173,30 @@ class RPN(nn.Module):
             matched = gt_boxes.gather(1, matched_idx[..., None].expand(-1, -1, 4))  # [N, A, 4]
         sampled = pos | neg
         num_sampled = sampled.sum().clamp(min=1)
-        objectness = (
-            objectness_loss(self.cls_loss_type, logits[sampled].float(), pos[sampled].float(), reduction="sum")
-            / num_sampled
-        )
-        pos_anchors = anchors.expand(n, -1, -1)[pos]
-        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the anchors
-            pred, target = self.box_coder.decode(deltas[pos].float(), pos_anchors), matched[pos]
+        anchors = anchors.expand(n, -1, -1)
+        if avoid_host_syncs(logits) and not uses_decoded_boxes(self.box_loss_type):
+            # every anchor, the unsampled ones contribute 0: no boolean masks (host syncs on a GPU)
+            with torch.no_grad():
+                target = self.box_coder.encode(torch.where(pos[..., None], matched, anchors), anchors)
+            per_anchor = objectness_loss(self.cls_loss_type, logits.float(), pos.float(), reduction="none")
+            objectness = torch.where(sampled, per_anchor, 0.0).sum()
+            per_coord = box_regression_loss(
+                self.box_loss_type, deltas.float(), target, beta=self.smooth_l1_beta, reduction="none"
+            )
+            box = torch.where(pos[..., None], per_coord, 0.0).sum()
         else:
-            pred, target = deltas[pos].float(), self.box_coder.encode(matched[pos], pos_anchors)
-        box = (
-            box_regression_loss(self.box_loss_type, pred, target.float(), beta=self.smooth_l1_beta, reduction="sum")
-            / num_sampled
-        )
-        return {"loss_rpn_objectness": objectness, "loss_rpn_box": box}
+            objectness = objectness_loss(
+                self.cls_loss_type, logits[sampled].float(), pos[sampled].float(), reduction="sum"
+            )
+            pos_anchors = anchors[pos]
+            if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the anchors
+                pred, target = self.box_coder.decode(deltas[pos].float(), pos_anchors), matched[pos]
+            else:
+                pred, target = deltas[pos].float(), self.box_coder.encode(matched[pos], pos_anchors)
+            box = box_regression_loss(
+                self.box_loss_type, pred, target.float(), beta=self.smooth_l1_beta, reduction="sum"
+            )
+        return {"loss_rpn_objectness": objectness / num_sampled, "loss_rpn_box": box / num_sampled}
 
 
 def top_k_per_image(order: Tensor, image_idx: Tensor, k: int) -> Tensor:

@@ -16,13 +16,14 @@ Shape shorthand:
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["Detections", "ImageBatch", "PackedTargets"]
+__all__ = ["Detections", "ImageBatch", "PackedTargets", "avoid_host_syncs", "count_per_image"]
 
 
 def _move(x, device, non_blocking: bool):
@@ -31,6 +32,19 @@ def _move(x, device, non_blocking: bool):
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=non_blocking)
     return [t.to(device, non_blocking=non_blocking) for t in x]
+
+
+def avoid_host_syncs(x: Tensor) -> bool:
+    """Whether code on `x` should prefer fixed-shape ops to data-dependent ones (boolean masks):
+    on a GPU each of those waits for the device; on the CPU they wait for nothing and select
+    less, so the CPU keeps them unless DETKIT_CPU_KERNELS=0 (to run the GPU's code on a CPU)."""
+    return x.device.type != "cpu" or os.environ.get("DETKIT_CPU_KERNELS", "1") == "0"
+
+
+def count_per_image(batch_idx: Tensor, num_images: int) -> Tensor:
+    """Rows per image `Tensor[N]` int64 of `batch_idx` values in 0..N-1, without a host sync
+    (`torch.bincount` reads its maximum on the host on CUDA)."""
+    return (batch_idx == torch.arange(num_images, device=batch_idx.device)[:, None]).sum(1)
 
 
 def _position_in_image(batch_idx: Tensor, counts: Tensor) -> Tensor:
@@ -132,6 +146,8 @@ class PackedTargets:
         masks: per-image masks `list[Tensor[K_i, H_i, W_i]]` uint8 (mask sizes may differ per
             image, so they are not packed), or None. Row k of `masks[i]` belongs to the k-th
             box of image i, i.e. packed row `padded_index()[i, k]`.
+        max_per_image: the largest number of boxes of one image when known on the host (set by
+            `from_list`), so that `padded()` needs no host sync; None to count it.
     """
 
     boxes: Tensor
@@ -139,6 +155,7 @@ class PackedTargets:
     batch_idx: Tensor
     num_images: int
     masks: list[Tensor] | None = None
+    max_per_image: int | None = None
 
     def __post_init__(self) -> None:
         g = self.boxes.shape[0]
@@ -181,8 +198,6 @@ class PackedTargets:
                     f"and dtype {boxes.dtype}"
                 )
             k = boxes.shape[0]
-            if k and not bool(torch.isfinite(boxes).all()):
-                raise ValueError(f"targets[{i}]['boxes'] contains non-finite values")
             if labels.shape != (k,) or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
                 raise ValueError(
                     f"targets[{i}]['labels'] must be an integer Tensor[{k}], got shape {tuple(labels.shape)} "
@@ -205,16 +220,30 @@ class PackedTargets:
         if device is None:
             device = boxes_list[0].device if boxes_list else torch.device("cpu")
         n = len(boxes_list)
-        counts = torch.tensor([b.shape[0] for b in boxes_list], dtype=torch.int64)
+        counts = [b.shape[0] for b in boxes_list]
+        # made on the device (an upload from the host would wait for the GPU)
+        batch_idx = torch.cat(
+            [torch.full((k,), i, dtype=torch.int64, device=device) for i, k in enumerate(counts)]
+            or [torch.zeros((0,), dtype=torch.int64, device=device)]
+        )
         if n:
             boxes = torch.cat([b.to(device=device, dtype=torch.float32) for b in boxes_list])
             labels = torch.cat([lab.to(device=device, dtype=torch.int64) for lab in labels_list])
         else:
             boxes = torch.zeros((0, 4), dtype=torch.float32, device=device)
             labels = torch.zeros((0,), dtype=torch.int64, device=device)
-        batch_idx = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), counts).to(device)
+        finite = torch.isfinite(boxes).all(1)
+        if boxes.numel() and not bool(finite.all()):  # one host sync for the whole batch
+            raise ValueError(f"targets[{int(batch_idx[~finite][0])}]['boxes'] contains non-finite values")
         masks = [m.to(device=device, dtype=torch.uint8) for m in masks_list] if has_masks else None
-        return cls(boxes=boxes, labels=labels, batch_idx=batch_idx, num_images=n, masks=masks)
+        return cls(
+            boxes=boxes,
+            labels=labels,
+            batch_idx=batch_idx,
+            num_images=n,
+            masks=masks,
+            max_per_image=max(counts, default=0),
+        )
 
     def to(self, device, non_blocking: bool = False) -> PackedTargets:
         return dataclasses.replace(
@@ -227,7 +256,7 @@ class PackedTargets:
 
     def per_image_counts(self) -> Tensor:
         """Number of boxes per image: `Tensor[N]` int64."""
-        return torch.bincount(self.batch_idx, minlength=self.num_images)
+        return count_per_image(self.batch_idx, self.num_images)
 
     def position_in_image(self) -> Tensor:
         """Slot of every packed box in its image's padded row: `Tensor[G]` int64."""
@@ -235,7 +264,10 @@ class PackedTargets:
 
     def _padded_layout(self, min_slots: int = 0) -> tuple[Tensor, int]:
         counts = self.per_image_counts()
-        gmax = int(counts.max()) if counts.numel() else 0
+        if self.max_per_image is not None:  # known on the host: no sync
+            gmax = self.max_per_image
+        else:
+            gmax = int(counts.max()) if counts.numel() else 0
         return _position_in_image(self.batch_idx, counts), max(gmax, min_slots)
 
     def padded(self, min_slots: int = 0) -> tuple[Tensor, Tensor, Tensor]:
@@ -244,9 +276,9 @@ class PackedTargets:
         Returns:
             boxes `Tensor[N, Gmax, 4]` (zeros in padding), labels `Tensor[N, Gmax]` (0 in
             padding), valid `Tensor[N, Gmax]` bool (False in padding). Box k of image i (in
-            packed order) sits at `[i, k]`. One host sync (Gmax). With `min_slots`, Gmax is
-            at least that (matching with `min_slots=1` keeps gathers by a matched index valid
-            when no image of the batch has a box).
+            packed order) sits at `[i, k]`. One host sync (Gmax) unless `max_per_image` is
+            set. With `min_slots`, Gmax is at least that (matching with `min_slots=1` keeps
+            gathers by a matched index valid when no image of the batch has a box).
         """
         pos, gmax = self._padded_layout(min_slots)
         n = self.num_images
@@ -320,7 +352,7 @@ class Detections:
         Within an image detections keep their packed order. One host sync (the counts).
         """
         order = torch.argsort(self.batch_idx, stable=True)
-        counts = torch.bincount(self.batch_idx, minlength=self.num_images).tolist()
+        counts = count_per_image(self.batch_idx, self.num_images).tolist()
         fields = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
         if isinstance(self.masks, Tensor):
             fields["masks"] = self.masks
