@@ -18,7 +18,6 @@ import gc
 import itertools
 import json
 import os
-import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,25 @@ class Record:
     labels: np.ndarray  # [K] int64
     iscrowd: np.ndarray  # [K] uint8
     segmentations: list = field(default_factory=list)  # K COCO segmentations (with masks only)
+
+
+def _bytes_to_json(value: Any) -> dict:
+    if isinstance(value, bytes):  # compressed RLE counts
+        return {"__bytes__": value.decode("latin-1")}
+    raise TypeError(f"segmentation value of type {type(value).__name__} cannot be stored")
+
+
+def _json_to_bytes(obj: dict) -> Any:
+    return obj["__bytes__"].encode("latin-1") if obj.keys() == {"__bytes__"} else obj
+
+
+def _dump_segmentations(segs: list) -> bytes:
+    """COCO segmentations (polygons, RLE with str or bytes counts) as JSON bytes: safe to read back."""
+    return json.dumps(segs, default=_bytes_to_json, separators=(",", ":")).encode("utf-8")
+
+
+def _load_segmentations(data: bytes) -> list:
+    return json.loads(data, object_hook=_json_to_bytes)
 
 
 class ByteBuffer:
@@ -80,7 +98,7 @@ class RecordStore(Sequence):
     `store[i]` is a :class:`Record` (fresh arrays, safe to modify); `len(store)` is N.
     Arrays: `image_ids`, `heights`, `widths` `[N]`; `starts` `[N + 1]` offsets of each image's
     annotations in `boxes` `[M, 4]` float32, `labels` `[M]` int64, `iscrowd` `[M]` uint8.
-    Strings (`file_name`, `path`), the segmentations of each image (pickled, only when
+    Strings (`file_name`, `path`), the segmentations of each image (JSON, only when
     stored) and the image's json entry (when given) live in one :class:`ByteBuffer` each.
     """
 
@@ -145,7 +163,7 @@ class RecordStore(Sequence):
             file_names=ByteBuffer.from_strings(r.file_name for r in records),
             paths=ByteBuffer.from_strings(r.path for r in records),
             segmentations=(
-                ByteBuffer(pickle.dumps(r.segmentations, protocol=pickle.HIGHEST_PROTOCOL) for r in records)
+                ByteBuffer(_dump_segmentations(r.segmentations) for r in records)
                 if with_segmentations
                 else None
             ),
@@ -170,7 +188,7 @@ class RecordStore(Sequence):
     def __getitem__(self, index: int) -> Record:  # type: ignore[override]
         i = self._index(int(index))
         lo, hi = int(self.starts[i]), int(self.starts[i + 1])
-        segs = pickle.loads(self.segmentations[i]) if self.segmentations is not None else []
+        segs = _load_segmentations(self.segmentations[i]) if self.segmentations is not None else []
         return Record(
             image_id=int(self.image_ids[i]),
             file_name=self.file_names.string(i),
@@ -398,7 +416,7 @@ def _clean_coco_store(data, image_root, category_id_to_label, keep_empty, includ
         image_entries=ByteBuffer.from_strings(map(json.dumps, (images[i] for i in src.tolist()))),
         segmentations=(
             ByteBuffer(
-                pickle.dumps([segs_of[j] for j in by_image[lo:hi].tolist()], protocol=pickle.HIGHEST_PROTOCOL)
+                _dump_segmentations([segs_of[j] for j in by_image[lo:hi].tolist()])
                 for lo, hi in zip(starts[:-1].tolist(), starts[1:].tolist())
             )
             if with_masks
