@@ -18,7 +18,6 @@ import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from detkit.utils.rle import compressed_rle_problem
 
 from .io import ImageReadError, load_first_readable, read_image_rgb
-from .records import RecordStore, clean_coco_store, paused_gc
+from .records import Record, RecordStore, clean_coco_store, paused_gc
 
 __all__ = [
     "AnnotationFormatError",
@@ -209,19 +208,6 @@ def decode_segmentation(seg: list | dict, height: int, width: int) -> np.ndarray
     return decode_rles([segmentation_to_rle(seg, height, width)], height, width)[0]
 
 
-@dataclass(slots=True)
-class _Record:
-    image_id: int
-    file_name: str
-    path: str
-    height: int
-    width: int
-    boxes: np.ndarray  # [K, 4] float32 XYXY
-    labels: np.ndarray  # [K] int64
-    iscrowd: np.ndarray  # [K] uint8
-    segmentations: list = field(
-        default_factory=list
-    )  # K COCO segmentations (with_masks only)
 
 
 class _Invalid(Exception):
@@ -409,7 +395,7 @@ class CocoDetection(torch.utils.data.Dataset):
             raise AnnotationFormatError(msg)
         self._skipped.append(msg)
 
-    def _build_records(self) -> list[_Record]:
+    def _build_records(self) -> list[Record]:
         records = []
         for ann in self.coco.dataset["annotations"]:
             if ann.get("image_id") not in self.coco.imgs:
@@ -430,7 +416,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.stats["annotations"] = int(sum(len(r.labels) for r in records))
         return records
 
-    def _image_record(self, img: dict) -> _Record | None:
+    def _image_record(self, img: dict) -> Record | None:
         image_id = img["id"]
         file_name = img.get("file_name")
         height, width = img.get("height"), img.get("width")
@@ -477,7 +463,7 @@ class CocoDetection(torch.utils.data.Dataset):
             crowd.append(is_crowd)
             if self.with_masks:
                 segs.append(ann["segmentation"])
-        return _Record(
+        return Record(
             image_id=image_id,
             file_name=file_name,
             path=path,
@@ -569,7 +555,7 @@ class CocoDetection(torch.utils.data.Dataset):
         """The json ``images`` entry of ``index``."""
         return self._records.image_entry(index)
 
-    def _read(self, rec: _Record) -> np.ndarray:
+    def _read(self, rec: Record) -> np.ndarray:
         img = read_image_rgb(rec.path)
         if img.shape[:2] != (rec.height, rec.width):
             rotated = img.shape[:2] == (rec.width, rec.height)
@@ -581,14 +567,14 @@ class CocoDetection(torch.utils.data.Dataset):
             )
         return img
 
-    def _load(self, index: int) -> tuple[_Record, np.ndarray] | None:
+    def _load(self, index: int) -> tuple[Record, np.ndarray] | None:
         return load_first_readable(
             self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
             stats=self.stats, logger=log, source=str(self.ann_file), describe=lambda rec: f" (image id {rec.image_id})",
             substitute=self.substitute_unreadable,
         )  # fmt: skip
 
-    def _target(self, rec: _Record) -> dict[str, Any]:
+    def _target(self, rec: Record) -> dict[str, Any]:
         size = (rec.height, rec.width)
         target: dict[str, Any] = {
             "boxes": tv_tensors.BoundingBoxes(
