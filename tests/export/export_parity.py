@@ -13,20 +13,34 @@ SCORE_TOL = 1e-4
 MASK_AGREEMENT = 0.999
 
 
-def detector(name: str, num_classes: int = 3, seed: int = 0, **kwargs) -> torch.nn.Module:
+def detector(
+    name: str,
+    num_classes: int = 3,
+    seed: int = 0,
+    *,
+    cls_std: float = 0.5,
+    box_std: float | None = 0.5,
+    rpn_std: float = 0.5,
+    **kwargs,
+) -> torch.nn.Module:
     """A registered detector with random weights whose box predictor and RPN logits spread the scores.
 
     Untrained heads give near-equal scores (and so near-ties in NMS and top-k); larger
-    random weights give distinct scores, as a trained model has.
+    random weights give distinct scores, as a trained model has. The right scale depends on
+    the backbone's feature magnitude: saturated scores (exactly 1.0) tie as well.
+    `box_std=None` keeps the box regressor's own small init.
     """
     torch.manual_seed(seed)
     model = build_model(name, num_classes=num_classes, **kwargs).eval()
+    predictor = model.roi_heads.box_predictor
     with torch.no_grad():
-        for p in model.roi_heads.box_predictor.parameters():
-            p.normal_(0, 0.5)
+        for p in predictor.cls_score.parameters():
+            p.normal_(0, cls_std)
+        for p in predictor.bbox_pred.parameters() if box_std is not None else ():
+            p.normal_(0, box_std)
         if model.rpn is not None:
             for p in model.rpn.head.cls_logits.parameters():
-                p.normal_(0, 0.5)
+                p.normal_(0, rpn_std)
     return model
 
 

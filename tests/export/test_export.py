@@ -163,6 +163,21 @@ def test_cli_rejects_bad_arguments(capsys):
         export_main(["--checkpoint", "nope.ckpt", "--output", "x.onnx"])
 
 
+@pytest.mark.slow
+def test_faster_rcnn_r50_fpn_exports_and_matches_eager(tmp_path):
+    # min_size 320 / max_size 533 (the 800 / 1333 rule scaled down) keeps the CPU test short; the
+    # resize rule is inside the graph, and (200, 410) takes its max_size branch. Random R50
+    # features are large: small head weights keep the scores apart (no ties, no saturation).
+    model = detector(
+        "faster_rcnn_r50_fpn", num_classes=5, min_size=320, max_size=533, box_std=None, cls_std=0.003, rpn_std=0.01
+    )
+    program = export_program(model)
+    path = export_onnx(model, tmp_path / "model.onnx", program=program)
+    same = random_size_images([(240, 300)] * 4, seed=3)
+    singles = random_size_images([(200, 410)], seed=4) + random_size_images([(333, 250)], seed=5)
+    check_parity(model, path, program, [same] + [[img] for img in singles])
+
+
 def _coco_per_image(results: list[dict], image_ids: list[int]) -> list[dict[str, np.ndarray]]:
     from pycocotools import mask as mask_utils
 
