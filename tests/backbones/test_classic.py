@@ -10,6 +10,15 @@ from detkit.backbones import build_backbone, convert_torchvision_state_dict
 from detkit.layers import Inception
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine more threads stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _close(ours: dict, ref: dict) -> None:
     assert list(ours) == list(ref)
     for name, r in ref.items():
