@@ -21,6 +21,7 @@ def detector(
     cls_std: float = 0.5,
     box_std: float | None = 0.5,
     rpn_std: float = 0.5,
+    fan_in_backbone: bool = False,
     **kwargs,
 ) -> torch.nn.Module:
     """A registered detector with random weights whose box predictor and RPN logits spread the scores.
@@ -28,10 +29,17 @@ def detector(
     Untrained heads give near-equal scores (and so near-ties in NMS and top-k); larger
     random weights give distinct scores, as a trained model has. The right scale depends on
     the backbone's feature magnitude: saturated scores (exactly 1.0) tie as well.
-    `box_std=None` keeps the box regressor's own small init.
+    `box_std=None` keeps the box regressor's own small init. `fan_in_backbone` re-draws the
+    backbone body's convolutions (Kaiming, fan-in): with fan-out init and frozen (identity) BN
+    a random MobileNetV2's activations shrink ~1000x per stage (P5 ~1e-8), so every RPN
+    position of the coarse levels scores the same and NMS order is a tie-break.
     """
     torch.manual_seed(seed)
     model = build_model(name, num_classes=num_classes, **kwargs).eval()
+    with torch.no_grad():
+        for m in model.backbone.body.modules() if fan_in_backbone else ():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
     predictor = model.roi_heads.box_predictor
     with torch.no_grad():
         for p in predictor.cls_score.parameters():

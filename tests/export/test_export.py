@@ -163,13 +163,31 @@ def test_cli_rejects_bad_arguments(capsys):
         export_main(["--checkpoint", "nope.ckpt", "--output", "x.onnx"])
 
 
+# FPN detectors with random weights, scaled so that scores neither saturate nor tie (random R50
+# features are large: small head weights). MobileNetV2's own init with identity frozen BN makes
+# the random features vanish (P5 ~1e-8): every P5 / P6 anchor position then has the same RPN
+# score and ONNX Runtime's NMS breaks those exact ties in another order (a property of the test
+# model, not an export difference), so its backbone is re-drawn with fan-in init.
+FPN_PARITY = {
+    "faster_rcnn_r50_fpn": {},
+    "faster_rcnn_mobilenet_v2_fpn": {"fan_in_backbone": True},
+}
+
+
 @pytest.mark.slow
-def test_faster_rcnn_r50_fpn_exports_and_matches_eager(tmp_path):
+@pytest.mark.parametrize("name", list(FPN_PARITY))
+def test_fpn_detector_exports_and_matches_eager(name, tmp_path):
     # min_size 320 / max_size 533 (the 800 / 1333 rule scaled down) keeps the CPU test short; the
-    # resize rule is inside the graph, and (200, 410) takes its max_size branch. Random R50
-    # features are large: small head weights keep the scores apart (no ties, no saturation).
+    # resize rule is inside the graph, and (200, 410) takes its max_size branch.
     model = detector(
-        "faster_rcnn_r50_fpn", num_classes=5, min_size=320, max_size=533, box_std=None, cls_std=0.003, rpn_std=0.01
+        name,
+        num_classes=5,
+        min_size=320,
+        max_size=533,
+        box_std=None,
+        cls_std=0.003,
+        rpn_std=0.01,
+        **FPN_PARITY[name],
     )
     program = export_program(model)
     path = export_onnx(model, tmp_path / "model.onnx", program=program)
