@@ -9,14 +9,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detkit.backbones import build_backbone, convert_torchvision_state_dict
 from detkit.layers import Inception
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine more threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _close(ours: dict, ref: dict) -> None:
