@@ -199,6 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     except SystemExit as e:  # argparse / jsonargparse already printed their message
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BrokenPipeError:  # output piped into a reader that stopped (`detkit configs | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (OSError, ValueError, MemoryError) as e:
         return _fail(command, e)
     except ImportError as e:

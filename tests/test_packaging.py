@@ -246,3 +246,17 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
     fit_stats = json.loads((run_dir / "eval" / "epoch_000" / "metrics.json").read_text())
     cli_stats = json.loads((work / "metrics.json").read_text())["stats"]
     assert cli_stats == pytest.approx(fit_stats["bbox"]["stats"], abs=1e-12)  # the command = the validation
+
+
+def test_output_piped_into_a_reader_that_stops_is_not_an_error(tmp_path):
+    """`detkit configs | head -1`: the reader closes the pipe; detkit exits 0 without an error line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "detkit", "configs"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # before detkit writes anything: its first write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "error" not in stderr.lower(), stderr
