@@ -1,13 +1,12 @@
 """RoI heads: poolers, box and mask heads, sampling, losses and post-processing."""
 
-from detkit.heads.box_head import BoxPredictor, ConvFCHead, TwoFCHead
+from detkit.heads.box_head import BoxPredictor, TwoFCHead
 from detkit.heads.mask_head import MaskHead, mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler, assign_fpn_levels
 from detkit.heads.roi_heads import RoIHeads
 
 __all__ = [
     "BoxPredictor",
-    "ConvFCHead",
     "TwoFCHead",
     "MaskHead",
     "mask_targets",

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from detkit.layers import ConvNormAct, NormSpec
-
 
 class TwoFCHead(nn.Module):
     """Flatten Tensor[R, C, S, S] -> fc6 -> ReLU -> fc7 -> ReLU -> Tensor[R, fc_dim]."""
@@ -23,32 +21,6 @@ class TwoFCHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.dropout(self.fc6(x.flatten(1)).relu_())
         return self.dropout(self.fc7(x).relu_())
-
-
-class ConvFCHead(nn.Module):
-    """`num_convs` 3x3 conv-norm-act layers then one FC layer (the "4conv1fc" head)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        resolution: int,
-        *,
-        num_convs: int = 4,
-        conv_dim: int = 256,
-        fc_dim: int = 1024,
-        norm: NormSpec = "gn",
-    ):
-        super().__init__()
-        layers, c = [], in_channels
-        for _ in range(num_convs):
-            layers.append(ConvNormAct(c, conv_dim, 3, norm=norm))
-            c = conv_dim
-        self.convs = nn.Sequential(*layers)
-        self.fc = nn.Linear(c * resolution * resolution, fc_dim)
-        self.out_channels = fc_dim
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.convs(x).flatten(1)).relu_()
 
 
 class BoxPredictor(nn.Module):

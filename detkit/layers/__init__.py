@@ -6,7 +6,6 @@ from detkit.layers.conv import (
     UpsampleConvTranspose,
     channel_shuffle,
     conv1x1,
-    conv1x1_norm_act,
     conv_output_size,
     same_padding,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "Inception",
     "channel_shuffle",
     "conv1x1",
-    "conv1x1_norm_act",
     "conv_output_size",
     "same_padding",
     "init_norms",

@@ -71,13 +71,6 @@ def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1, bias: bool 
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias)
 
 
-def conv1x1_norm_act(
-    in_channels: int, out_channels: int, *, norm: NormSpec = "bn", act: str | None = "relu", stride: int = 1
-) -> ConvNormAct:
-    """1x1 projection followed by norm and activation."""
-    return ConvNormAct(in_channels, out_channels, 1, stride=stride, norm=norm, act=act)
-
-
 class SeparableConv(nn.Sequential):
     """Depthwise k x k conv (groups=in_channels) then pointwise 1x1, each with norm and act.
 
