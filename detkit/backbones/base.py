@@ -12,7 +12,10 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from detkit.layers import freeze_module
+from detkit.layers import freeze_module, make_divisible
+
+# make_divisible lives in detkit.layers; re-exported here for its old import path
+__all__ = ["Backbone", "FeatureSpec", "StagedBackbone", "make_divisible"]
 
 
 class FeatureSpec(NamedTuple):
@@ -131,15 +134,3 @@ class StagedBackbone(Backbone):
             if name in self._out_features:
                 outputs[name] = x
         return outputs
-
-
-def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
-    """Round a channel count to the nearest multiple of `divisor`, never going below 90%.
-
-    The rule of the MobileNet papers / reference code, so scaled widths match their checkpoints.
-    """
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
-        rounded += divisor
-    return rounded

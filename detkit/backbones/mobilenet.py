@@ -22,9 +22,9 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from detkit.backbones.base import FeatureSpec, StagedBackbone, make_divisible
+from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
-from detkit.layers import ConvNormAct, NormSpec, SeparableConv, init_norms, kaiming_init
+from detkit.layers import ConvNormAct, NormSpec, SeparableConv, init_norms, kaiming_init, make_divisible
 
 # (expand ratio t, channels c, repeats n, first stride s) of MobileNetV2 (paper, Table 2)
 MOBILENET_V2_SETTINGS = (

@@ -7,6 +7,7 @@ from detkit.layers.conv import (
     channel_shuffle,
     conv1x1,
     conv_output_size,
+    make_divisible,
     same_padding,
 )
 from detkit.layers.inception import Inception
@@ -28,6 +29,7 @@ __all__ = [
     "channel_shuffle",
     "conv1x1",
     "conv_output_size",
+    "make_divisible",
     "same_padding",
     "init_norms",
     "kaiming_init",

@@ -24,6 +24,18 @@ def conv_output_size(size: int, kernel_size: int, stride: int = 1, padding: int 
     return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
 
 
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round a channel count to the nearest multiple of `divisor`, never going below 90%.
+
+    The rule of the MobileNet papers / reference code, so scaled widths match their checkpoints.
+    """
+    min_value = divisor if min_value is None else min_value
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
 class ConvNormAct(nn.Sequential):
     """Conv2d -> norm -> activation, with "same" padding unless `padding` is given.
 

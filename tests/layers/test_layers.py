@@ -16,6 +16,7 @@ from detkit.layers import (
     conv_output_size,
     freeze_module,
     kaiming_init,
+    make_divisible,
     normal_init,
     prior_probability_bias,
     same_padding,
@@ -144,3 +145,19 @@ def test_normal_std_and_prior_bias():
     assert torch.sigmoid(torch.tensor(prior_probability_bias(0.01))).item() == pytest.approx(0.01)
     with pytest.raises(ValueError):
         kaiming_init(fc, distribution="cauchy")
+
+
+def test_make_divisible():
+    assert make_divisible(32 * 0.35) == 16  # 11.2 -> 8 would lose > 10%, so 16
+    assert make_divisible(24 * 0.5) == 16
+    assert make_divisible(1280 * 1.4) == 1792
+    assert make_divisible(3) == 8
+    assert make_divisible(100, 16, min_value=64) == 96
+
+
+def test_make_divisible_matches_torchvision():
+    from torchvision.models._utils import _make_divisible
+
+    for value in [3, 11.2, 12, 16.8, 24 * 0.75, 33, 96 * 1.3, 1280 * 1.4, 4.0, 7.9]:
+        for divisor in (4, 8, 16):
+            assert make_divisible(value, divisor) == _make_divisible(value, divisor), (value, divisor)
