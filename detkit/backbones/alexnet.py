@@ -20,6 +20,7 @@ checkpoints (`alexnet-*.pth`: features.* -> c2.conv1.conv, c3.conv2.conv, c4.con
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
+from detkit.backbones.weights import CONV_PARAMS, UnexpectedKey, register_key_maps
 from detkit.layers import ConvNormAct, NormSpec, init_norms, kaiming_init
 
 PADDINGS = ("same", "torchvision")
@@ -86,3 +88,21 @@ class AlexNet(StagedBackbone):
 def alexnet(*, norm: NormSpec | None = None, **kwargs) -> AlexNet:
     """AlexNet conv features (default norm "none", padding "same"); c4 = conv5, stride 16, 256 channels."""
     return AlexNet(norm="none" if norm is None else norm, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision checkpoints
+
+
+def torchvision_key_map(key: str) -> str | None:
+    """torchvision AlexNet key -> detkit key: features.{0,3,6,8,10} -> c2.conv1, c3.conv2, c4.conv3-conv5."""
+    if key.startswith("classifier."):
+        return None
+    stages = ("c2", "c3", "c4", "c4", "c4")
+    table = {index: f"{stage}.{conv[0]}" for index, stage, conv in zip((0, 3, 6, 8, 10), stages, ALEXNET_CONVS)}
+    if (m := re.fullmatch(rf"features\.(\d+)\.{CONV_PARAMS}", key)) and int(m[1]) in table:
+        return f"{table[int(m[1])]}.conv.{m[2]}"
+    raise UnexpectedKey(key)
+
+
+register_key_maps("alexnet", {"alexnet": torchvision_key_map}, dropped=("classifier.*",))

@@ -14,6 +14,7 @@ Extra levels on top of the coarsest one (stride 2^L):
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from os import PathLike
@@ -24,7 +25,14 @@ from torch import Tensor, nn
 
 from detkit.backbones.base import Backbone, FeatureSpec
 from detkit.backbones.registry import build_backbone, register_backbone
-from detkit.backbones.weights import load_backbone_weights
+from detkit.backbones.weights import (
+    CONV_PARAMS,
+    NORM_PARAMS,
+    KeyMap,
+    UnexpectedKey,
+    load_backbone_weights,
+    register_key_map_wrapper,
+)
 from detkit.layers import ConvNormAct, NormSpec, kaiming_init
 
 EXTRA_BLOCKS = (None, "maxpool", "p6p7")
@@ -156,3 +164,32 @@ register_backbone("simple_convnet_fpn")(_fpn_variant("simple_convnet", ("c2", "c
 # GoogLeNet: its three inception-block outputs (c3-c5, strides 8-32). No FPN for AlexNet (one map
 # per stride, conv5 and its pool5 carry the same features) nor LeNet-5 (c2 and c3 share stride 4).
 register_backbone("googlenet_fpn")(_fpn_variant("googlenet"))
+
+
+def torchvision_key_map(body_map: KeyMap, in_features: tuple[str, ...] | None = None) -> KeyMap:
+    """Key map for torchvision's BackboneWithFPN: body.* via `body_map`, fpn.* -> lateral / output / extra.
+
+    fpn.inner_blocks.{i} -> lateral.{in_features[i]}, fpn.layer_blocks.{i} -> output.{in_features[i]}
+    (with or without torchvision >= 0.13's ".0." conv / ".1." norm level), and
+    fpn.extra_blocks.p6 / p7 (RetinaNet) -> extra.p6 / p7. `in_features` defaults to c2..c5.
+    """
+    in_features = tuple(in_features or ("c2", "c3", "c4", "c5"))
+
+    def key_map(key: str) -> str | None:
+        if key.startswith("body."):
+            mapped = body_map(key[len("body.") :])
+            return None if mapped is None else f"body.{mapped}"
+        m = re.fullmatch(r"fpn\.(inner|layer)_blocks\.(\d+)\.(?:([01])\.)?(\w+)", key)
+        if m and int(m[2]) < len(in_features):
+            module = "lateral" if m[1] == "inner" else "output"
+            sub, params = ("norm", NORM_PARAMS) if m[3] == "1" else ("conv", CONV_PARAMS)
+            if re.fullmatch(params, m[4]):
+                return f"{module}.{in_features[int(m[2])]}.{sub}.{m[4]}"
+        if m := re.fullmatch(rf"fpn\.extra_blocks\.(p6|p7)\.{CONV_PARAMS}", key):
+            return f"extra.{m[1]}.{m[2]}"
+        raise UnexpectedKey(key)
+
+    return key_map
+
+
+register_key_map_wrapper("_fpn", torchvision_key_map)

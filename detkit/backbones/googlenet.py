@@ -20,6 +20,7 @@ does the same when it loads the weights).
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
+from detkit.backbones.weights import CONV_PARAMS, NORM_PARAMS, UnexpectedKey, register_key_maps
 from detkit.layers import ConvNormAct, Inception, NormSpec, init_norms
 
 #: inception blocks per stage: name -> (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj)
@@ -119,3 +121,26 @@ def googlenet(*, norm: NormSpec | None = None, **kwargs) -> GoogLeNet:
     if norm is None or norm in ("bn", "frozen_bn"):
         norm = (norm or "bn", {"eps": 1e-3})
     return GoogLeNet(norm=norm, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision checkpoints
+
+
+def torchvision_key_map(key: str) -> str | None:
+    """torchvision GoogLeNet key -> detkit key: conv1 -> c1.conv1, conv2 / conv3 -> c2.*,
+    inception{3,4,5}x -> c{3,4,5}.inception{..}; `.bn.` -> `.norm.`; aux1 / aux2 / fc dropped."""
+    if key.startswith(("aux1.", "aux2.", "fc.")):
+        return None
+    if m := re.fullmatch(rf"conv([1-3])\.(?:conv\.{CONV_PARAMS}|bn\.{NORM_PARAMS})", key):
+        stage = "c1" if m[1] == "1" else "c2"
+        return f"{stage}.conv{m[1]}." + (f"conv.{m[2]}" if m[2] else f"norm.{m[3]}")
+    branch = r"(branch1|branch[23]\.[01]|branch4\.1)"
+    if m := re.fullmatch(rf"inception([3-5][a-e])\.{branch}\.(?:conv\.{CONV_PARAMS}|bn\.{NORM_PARAMS})", key):
+        stage = f"c{m[1][0]}"
+        if f"inception{m[1]}" in GOOGLENET_BLOCKS[stage]:
+            return f"{stage}.inception{m[1]}.{m[2]}." + (f"conv.{m[3]}" if m[3] else f"norm.{m[4]}")
+    raise UnexpectedKey(key)
+
+
+register_key_maps("googlenet", {"googlenet": torchvision_key_map}, dropped=("aux1.*", "aux2.*", "fc.*"))

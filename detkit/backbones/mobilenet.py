@@ -17,6 +17,7 @@ MobileNetV2 (torchvision `features[i]` -> detkit stage, width 1.0):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
+from detkit.backbones.weights import CONV_PARAMS, NORM_PARAMS, UnexpectedKey, register_key_maps
 from detkit.layers import ConvNormAct, NormSpec, SeparableConv, init_norms, kaiming_init, make_divisible
 
 # (expand ratio t, channels c, repeats n, first stride s) of MobileNetV2 (paper, Table 2)
@@ -188,3 +190,44 @@ def mobilenet_v2(*, width_mult: float = 1.0, norm: NormSpec | None = None, **kwa
 def mobilenet_v1(*, width_mult: float = 1.0, norm: NormSpec | None = None, **kwargs) -> MobileNetV1:
     """MobileNetV1 (default norm "bn"); c2..c5 have 128/256/512/1024 channels at width 1.0."""
     return MobileNetV1(width_mult, norm="bn" if norm is None else norm, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision checkpoints
+
+_V2_LAYOUT = tuple(mobilenet_v2_layout())  # the same for every width
+
+
+def torchvision_key_map(key: str) -> str | None:
+    """torchvision MobileNetV2 key -> detkit key, placing features[i] by `mobilenet_v2_layout()`.
+
+    Stem / final conv: features.{i}.0 / .1 -> {stage}.{pos}.conv / .norm. Inverted residual
+    features.{i}.conv.{j}: [expand (j=0)], depthwise, project conv, project norm.
+    """
+    if key.startswith("classifier."):
+        return None
+    m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
+    if m is None or int(m[1]) >= len(_V2_LAYOUT):
+        raise UnexpectedKey(key)
+    slot, rest = _V2_LAYOUT[int(m[1])], m[2]
+    base = f"{slot.stage}.{slot.position}"
+    if slot.kind == "conv":
+        if r := re.fullmatch(rf"0\.{CONV_PARAMS}", rest):
+            return f"{base}.conv.{r[1]}"
+        if r := re.fullmatch(rf"1\.{NORM_PARAMS}", rest):
+            return f"{base}.norm.{r[1]}"
+        raise UnexpectedKey(key)
+    parts = (["expand"] if slot.expand else []) + ["depthwise", "project.conv", "project.norm"]
+    if (r := re.fullmatch(r"conv\.(\d+)\.(.+)", rest)) and int(r[1]) < len(parts):
+        part, param = parts[int(r[1])], r[2]
+        if part in ("expand", "depthwise"):
+            if p := re.fullmatch(rf"0\.{CONV_PARAMS}", param):
+                return f"{base}.{part}.conv.{p[1]}"
+            if p := re.fullmatch(rf"1\.{NORM_PARAMS}", param):
+                return f"{base}.{part}.norm.{p[1]}"
+        elif re.fullmatch(CONV_PARAMS if part == "project.conv" else NORM_PARAMS, param):
+            return f"{base}.{part}.{param}"
+    raise UnexpectedKey(key)
+
+
+register_key_maps("mobilenet_v2", {"mobilenet_v2": torchvision_key_map}, dropped=("classifier.*",))

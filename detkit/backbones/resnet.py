@@ -8,13 +8,14 @@ Stages and outputs for an H x W input:
     c4    torchvision layer3            stride 16  256 / 1024
     c5    torchvision layer4            stride 32  512 / 2048
 
-Module names mirror torchvision's closely (see `weights.resnet_key_map` for the mapping):
+Module names mirror torchvision's closely (see `torchvision_key_map` for the mapping):
 a block's convs are `conv1`, `conv2`, (`conv3`) ConvNormAct modules with sub-modules
 `conv` / `norm`, and the projection shortcut is `downsample`.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
+from detkit.backbones.weights import NORM_PARAMS, UnexpectedKey, register_key_maps
 from detkit.layers import ConvNormAct, NormSpec, build_norm, init_norms, kaiming_init
 
 
@@ -181,3 +183,36 @@ def resnet101(**kwargs) -> ResNet:
 def resnet152(**kwargs) -> ResNet:
     """ResNet-152: bottlenecks (3, 8, 36, 3)."""
     return _resnet(152, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision checkpoints
+
+#: torchvision keys the key map drops: the classifier
+TORCHVISION_DROPPED_KEYS = ("fc.weight", "fc.bias")
+
+
+def torchvision_key_map(key: str) -> str | None:
+    """torchvision ResNet key -> detkit ResNet key (None for the dropped fc layer).
+
+    conv1 / bn1 -> stem.conv / stem.norm; layer{i}.{b}.conv{k} / bn{k} ->
+    c{i+1}.{b}.conv{k}.conv / .norm; layer{i}.{b}.downsample.0 / .1 -> ...downsample.conv / .norm.
+    """
+    if key in TORCHVISION_DROPPED_KEYS:
+        return None
+    if key == "conv1.weight":
+        return "stem.conv.weight"
+    if m := re.fullmatch(rf"bn1\.{NORM_PARAMS}", key):
+        return f"stem.norm.{m[1]}"
+    if m := re.fullmatch(r"layer([1-4])\.(\d+)\.conv([1-3])\.weight", key):
+        return f"c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.conv.weight"
+    if m := re.fullmatch(rf"layer([1-4])\.(\d+)\.bn([1-3])\.{NORM_PARAMS}", key):
+        return f"c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"
+    if m := re.fullmatch(r"layer([1-4])\.(\d+)\.downsample\.0\.weight", key):
+        return f"c{int(m[1]) + 1}.{m[2]}.downsample.conv.weight"
+    if m := re.fullmatch(rf"layer([1-4])\.(\d+)\.downsample\.1\.{NORM_PARAMS}", key):
+        return f"c{int(m[1]) + 1}.{m[2]}.downsample.norm.{m[3]}"
+    raise UnexpectedKey(key)
+
+
+register_key_maps("resnet", {f"resnet{d}": torchvision_key_map for d in _DEPTHS}, dropped=TORCHVISION_DROPPED_KEYS)

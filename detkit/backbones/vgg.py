@@ -17,6 +17,7 @@ norm follows (as in torchvision's vgg*_bn), so checkpoints load unchanged.
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
+from detkit.backbones.weights import CONV_PARAMS, NORM_PARAMS, KeyMap, UnexpectedKey, register_key_maps
 from detkit.layers import ConvNormAct, NormSpec, init_norms, kaiming_init
 
 #: convs per block (c1..c5) of each depth; every conv is 3x3, widths 64, 128, 256, 512, 512
@@ -124,3 +126,43 @@ def vgg16_bn(**kwargs) -> VGG:
 def vgg19_bn(**kwargs) -> VGG:
     """VGG-19 with BatchNorm (default norm "bn")."""
     return _vgg(19, "bn", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# torchvision checkpoints
+
+
+def torchvision_key_map(depth: int, batch_norm: bool) -> KeyMap:
+    """Key map for torchvision vgg{depth}[_bn]: features.{i} -> c{block}.conv{j}.conv / .norm.
+
+    torchvision's `features` is a flat Sequential of conv, [bn,] relu per conv and a max
+    pool after each block; the index table below is derived from the same block layout as `VGG`.
+    """
+    table: dict[int, tuple[str, str]] = {}  # features index -> (detkit path, "conv" | "norm")
+    index = 0
+    for block, num_convs in enumerate(VGG_CONVS_PER_BLOCK[depth], start=1):
+        for j in range(1, num_convs + 1):
+            table[index] = (f"c{block}.conv{j}", "conv")
+            if batch_norm:
+                table[index + 1] = (f"c{block}.conv{j}", "norm")
+            index += 3 if batch_norm else 2  # conv, [bn,] relu
+        index += 1  # max pool
+
+    def key_map(key: str) -> str | None:
+        if key.startswith("classifier."):
+            return None
+        if m := re.fullmatch(r"features\.(\d+)\.(\w+)", key):
+            path, kind = table.get(int(m[1]), (None, None))
+            allowed = CONV_PARAMS if kind == "conv" else NORM_PARAMS
+            if path is not None and re.fullmatch(allowed, m[2]):
+                return f"{path}.{kind}.{m[2]}"
+        raise UnexpectedKey(key)
+
+    return key_map
+
+
+register_key_maps(
+    "vgg",
+    {f"vgg{d}{bn}": torchvision_key_map(d, bool(bn)) for d in VGG_CONVS_PER_BLOCK for bn in ("", "_bn")},
+    dropped=("classifier.*",),
+)

@@ -6,20 +6,23 @@ explicit function per architecture (``torchvision key -> detkit key``, or None f
 dropped on purpose, listed in `DROPPED_KEYS`); every other key must match exactly: a
 missing, unexpected or mis-shaped key raises ValueError naming it and the file.
 
+This module is generic: each backbone module owns the key map of its layout (e.g.
+`detkit.backbones.vgg.torchvision_key_map`) and registers it here at import with
+`register_key_maps`; the FPN registers a wrapper for the "<arch>_fpn" names with
+`register_key_map_wrapper`. Nothing here imports an architecture module, so the imports
+between the backbone modules have no cycle.
+
 `convert_torchvision_state_dict` is public so that detection models can translate the
 backbone part of torchvision detection checkpoints (``src_prefix="backbone."``).
 BatchNorm's ``num_batches_tracked`` counters are dropped when the target norm has none
 (FrozenBatchNorm2d) and left at their value when the checkpoint has none.
-
-The architecture modules (vgg, mobilenet, fpn) are imported inside functions: they import
-the registry, which imports this module.
 """
 
 from __future__ import annotations
 
+import importlib
 import pickle
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from os import PathLike, fspath
 from typing import Any
 
@@ -29,196 +32,80 @@ from torch import Tensor
 from detkit.backbones.base import Backbone, StagedBackbone
 
 KeyMap = Callable[[str], "str | None"]
+#: wrapper(body_map, in_features) -> key map of a backbone wrapping another (FPN)
+KeyMapWrapper = Callable[[KeyMap, "tuple[str, ...] | None"], KeyMap]
+
+#: regular expressions of the parameter / buffer names of a norm and of a conv, for the key maps
+NORM_PARAMS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+CONV_PARAMS = r"(weight|bias)"
 
 #: torchvision keys dropped on purpose (classification heads), by architecture family
-DROPPED_KEYS = {
-    "resnet": ("fc.weight", "fc.bias"),
-    "vgg": ("classifier.*",),
-    "mobilenet_v2": ("classifier.*",),
-    "alexnet": ("classifier.*",),
-    "googlenet": ("aux1.*", "aux2.*", "fc.*"),
-}
+#: ("resnet", "vgg", "mobilenet_v2", "alexnet", "googlenet"); filled by `register_key_maps`
+DROPPED_KEYS: dict[str, tuple[str, ...]] = {}
 
-_NORM_PARAMS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_CONV_PARAMS = r"(weight|bias)"
+_KEY_MAPS: dict[str, KeyMap] = {}  # torchvision architecture -> key map
+_WRAPPERS: dict[str, KeyMapWrapper] = {}  # architecture suffix ("_fpn") -> wrapper
 
 
 class UnexpectedKey(KeyError):
     """Raised by a key map for a key it does not know."""
 
 
-# ---------------------------------------------------------------------------------------
-# per-architecture key maps
+def register_key_maps(family: str, key_maps: Mapping[str, KeyMap], *, dropped: Sequence[str] = ()) -> None:
+    """Make the torchvision architectures `key_maps` names convertible (called by the backbone modules).
 
+    Args:
+        family: architecture family, the key of `DROPPED_KEYS` ("resnet", "vgg", ...).
+        key_maps: torchvision architecture name ("resnet50", "vgg16_bn", ...) -> key map.
+        dropped: torchvision keys (``*`` = any suffix) the key maps drop on purpose.
 
-def resnet_key_map(key: str) -> str | None:
-    """torchvision ResNet key -> detkit ResNet key (None for the dropped fc layer).
-
-    conv1 / bn1 -> stem.conv / stem.norm; layer{i}.{b}.conv{k} / bn{k} ->
-    c{i+1}.{b}.conv{k}.conv / .norm; layer{i}.{b}.downsample.0 / .1 -> ...downsample.conv / .norm.
+    Raises ValueError if an architecture or the family is registered already.
     """
-    if key in DROPPED_KEYS["resnet"]:
-        return None
-    if key == "conv1.weight":
-        return "stem.conv.weight"
-    if m := re.fullmatch(rf"bn1\.{_NORM_PARAMS}", key):
-        return f"stem.norm.{m[1]}"
-    if m := re.fullmatch(r"layer([1-4])\.(\d+)\.conv([1-3])\.weight", key):
-        return f"c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.conv.weight"
-    if m := re.fullmatch(rf"layer([1-4])\.(\d+)\.bn([1-3])\.{_NORM_PARAMS}", key):
-        return f"c{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"
-    if m := re.fullmatch(r"layer([1-4])\.(\d+)\.downsample\.0\.weight", key):
-        return f"c{int(m[1]) + 1}.{m[2]}.downsample.conv.weight"
-    if m := re.fullmatch(rf"layer([1-4])\.(\d+)\.downsample\.1\.{_NORM_PARAMS}", key):
-        return f"c{int(m[1]) + 1}.{m[2]}.downsample.norm.{m[3]}"
-    raise UnexpectedKey(key)
+    taken = sorted(set(key_maps) & set(_KEY_MAPS))
+    if taken or family in DROPPED_KEYS:
+        raise ValueError(f"torchvision key maps already registered for {taken or family!r}")
+    _KEY_MAPS.update(key_maps)
+    DROPPED_KEYS[family] = tuple(dropped)
 
 
-def vgg_key_map(depth: int, batch_norm: bool) -> KeyMap:
-    """Key map for torchvision vgg{depth}[_bn]: features.{i} -> c{block}.conv{j}.conv / .norm.
-
-    torchvision's `features` is a flat Sequential of conv, [bn,] relu per conv and a max
-    pool after each block; the index table below is derived from the same block layout as
-    `detkit.backbones.vgg.VGG`.
-    """
-    from detkit.backbones.vgg import VGG_CONVS_PER_BLOCK
-
-    table: dict[int, tuple[str, str]] = {}  # features index -> (detkit path, "conv" | "norm")
-    index = 0
-    for block, num_convs in enumerate(VGG_CONVS_PER_BLOCK[depth], start=1):
-        for j in range(1, num_convs + 1):
-            table[index] = (f"c{block}.conv{j}", "conv")
-            if batch_norm:
-                table[index + 1] = (f"c{block}.conv{j}", "norm")
-            index += 3 if batch_norm else 2  # conv, [bn,] relu
-        index += 1  # max pool
-
-    def key_map(key: str) -> str | None:
-        if key.startswith("classifier."):
-            return None
-        if m := re.fullmatch(r"features\.(\d+)\.(\w+)", key):
-            path, kind = table.get(int(m[1]), (None, None))
-            allowed = _CONV_PARAMS if kind == "conv" else _NORM_PARAMS
-            if path is not None and re.fullmatch(allowed, m[2]):
-                return f"{path}.{kind}.{m[2]}"
-        raise UnexpectedKey(key)
-
-    return key_map
-
-
-def mobilenet_v2_key_map(key: str) -> str | None:
-    """torchvision MobileNetV2 key -> detkit key, placing features[i] by `mobilenet_v2_layout()`.
-
-    Stem / final conv: features.{i}.0 / .1 -> {stage}.{pos}.conv / .norm. Inverted residual
-    features.{i}.conv.{j}: [expand (j=0)], depthwise, project conv, project norm.
-    """
-    from detkit.backbones.mobilenet import mobilenet_v2_layout
-
-    if key.startswith("classifier."):
-        return None
-    m = re.fullmatch(r"features\.(\d+)\.(.+)", key)
-    layout = mobilenet_v2_layout()
-    if m is None or int(m[1]) >= len(layout):
-        raise UnexpectedKey(key)
-    slot, rest = layout[int(m[1])], m[2]
-    base = f"{slot.stage}.{slot.position}"
-    if slot.kind == "conv":
-        if r := re.fullmatch(rf"0\.{_CONV_PARAMS}", rest):
-            return f"{base}.conv.{r[1]}"
-        if r := re.fullmatch(rf"1\.{_NORM_PARAMS}", rest):
-            return f"{base}.norm.{r[1]}"
-        raise UnexpectedKey(key)
-    parts = (["expand"] if slot.expand else []) + ["depthwise", "project.conv", "project.norm"]
-    if (r := re.fullmatch(r"conv\.(\d+)\.(.+)", rest)) and int(r[1]) < len(parts):
-        part, param = parts[int(r[1])], r[2]
-        if part in ("expand", "depthwise"):
-            if p := re.fullmatch(rf"0\.{_CONV_PARAMS}", param):
-                return f"{base}.{part}.conv.{p[1]}"
-            if p := re.fullmatch(rf"1\.{_NORM_PARAMS}", param):
-                return f"{base}.{part}.norm.{p[1]}"
-        elif re.fullmatch(_CONV_PARAMS if part == "project.conv" else _NORM_PARAMS, param):
-            return f"{base}.{part}.{param}"
-    raise UnexpectedKey(key)
-
-
-def alexnet_key_map(key: str) -> str | None:
-    """torchvision AlexNet key -> detkit key: features.{0,3,6,8,10} -> c2.conv1, c3.conv2, c4.conv3-conv5."""
-    from detkit.backbones.alexnet import ALEXNET_CONVS
-
-    if key.startswith("classifier."):
-        return None
-    stages = ("c2", "c3", "c4", "c4", "c4")
-    table = {index: f"{stage}.{conv[0]}" for index, stage, conv in zip((0, 3, 6, 8, 10), stages, ALEXNET_CONVS)}
-    if (m := re.fullmatch(rf"features\.(\d+)\.{_CONV_PARAMS}", key)) and int(m[1]) in table:
-        return f"{table[int(m[1])]}.conv.{m[2]}"
-    raise UnexpectedKey(key)
-
-
-def googlenet_key_map(key: str) -> str | None:
-    """torchvision GoogLeNet key -> detkit key: conv1 -> c1.conv1, conv2 / conv3 -> c2.*,
-    inception{3,4,5}x -> c{3,4,5}.inception{..}; `.bn.` -> `.norm.`; aux1 / aux2 / fc dropped."""
-    if key.startswith(("aux1.", "aux2.", "fc.")):
-        return None
-    if m := re.fullmatch(rf"conv([1-3])\.(?:conv\.{_CONV_PARAMS}|bn\.{_NORM_PARAMS})", key):
-        stage = "c1" if m[1] == "1" else "c2"
-        return f"{stage}.conv{m[1]}." + (f"conv.{m[2]}" if m[2] else f"norm.{m[3]}")
-    branch = r"(branch1|branch[23]\.[01]|branch4\.1)"
-    if m := re.fullmatch(rf"inception([3-5][a-e])\.{branch}\.(?:conv\.{_CONV_PARAMS}|bn\.{_NORM_PARAMS})", key):
-        from detkit.backbones.googlenet import GOOGLENET_BLOCKS
-
-        stage = f"c{m[1][0]}"
-        if f"inception{m[1]}" in GOOGLENET_BLOCKS[stage]:
-            return f"{stage}.inception{m[1]}.{m[2]}." + (f"conv.{m[3]}" if m[3] else f"norm.{m[4]}")
-    raise UnexpectedKey(key)
-
-
-def fpn_key_map(body_map: KeyMap, in_features: tuple[str, ...]) -> KeyMap:
-    """Key map for torchvision's BackboneWithFPN: body.* via `body_map`, fpn.* -> lateral / output / extra.
-
-    fpn.inner_blocks.{i} -> lateral.{in_features[i]}, fpn.layer_blocks.{i} -> output.{in_features[i]}
-    (with or without torchvision >= 0.13's ".0." conv / ".1." norm level), and
-    fpn.extra_blocks.p6 / p7 (RetinaNet) -> extra.p6 / p7.
-    """
-
-    def key_map(key: str) -> str | None:
-        if key.startswith("body."):
-            mapped = body_map(key[len("body.") :])
-            return None if mapped is None else f"body.{mapped}"
-        m = re.fullmatch(r"fpn\.(inner|layer)_blocks\.(\d+)\.(?:([01])\.)?(\w+)", key)
-        if m and int(m[2]) < len(in_features):
-            module = "lateral" if m[1] == "inner" else "output"
-            sub, params = ("norm", _NORM_PARAMS) if m[3] == "1" else ("conv", _CONV_PARAMS)
-            if re.fullmatch(params, m[4]):
-                return f"{module}.{in_features[int(m[2])]}.{sub}.{m[4]}"
-        if m := re.fullmatch(rf"fpn\.extra_blocks\.(p6|p7)\.{_CONV_PARAMS}", key):
-            return f"extra.{m[1]}.{m[2]}"
-        raise UnexpectedKey(key)
-
-    return key_map
-
-
-_RESNETS = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
-_DEFAULT_FPN_IN_FEATURES = ("c2", "c3", "c4", "c5")
+def register_key_map_wrapper(suffix: str, wrapper: KeyMapWrapper) -> None:
+    """Key maps of "<arch><suffix>" wrap the key map of "<arch>": ``wrapper(body_map, in_features)``."""
+    if suffix in _WRAPPERS:
+        raise ValueError(f"a torchvision key map wrapper for {suffix!r} is already registered")
+    _WRAPPERS[suffix] = wrapper
 
 
 def get_key_map(arch: str, *, fpn_in_features: tuple[str, ...] | None = None) -> KeyMap:
     """The torchvision -> detkit key map of `arch` ("resnet50", "vgg16_bn", "mobilenet_v2",
     "resnet50_fpn", ...). `fpn_in_features` names the FPN inputs (default c2..c5)."""
-    if arch.endswith("_fpn"):
-        return fpn_key_map(get_key_map(arch[: -len("_fpn")]), tuple(fpn_in_features or _DEFAULT_FPN_IN_FEATURES))
-    if arch in _RESNETS:
-        return resnet_key_map
-    if m := re.fullmatch(r"vgg(11|13|16|19)(_bn)?", arch):
-        return vgg_key_map(int(m[1]), batch_norm=bool(m[2]))
-    if arch == "mobilenet_v2":
-        return mobilenet_v2_key_map
-    if arch == "alexnet":
-        return alexnet_key_map
-    if arch == "googlenet":
-        return googlenet_key_map
-    known = sorted(_RESNETS) + [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
-    known += ["mobilenet_v2", "alexnet", "googlenet"]
-    raise ValueError(f"no torchvision key map for architecture {arch!r}; known: {known} (and '<arch>_fpn')")
+    for suffix, wrapper in _WRAPPERS.items():
+        if arch.endswith(suffix) and arch != suffix:
+            return wrapper(get_key_map(arch[: -len(suffix)]), fpn_in_features)
+    if arch in _KEY_MAPS:
+        return _KEY_MAPS[arch]
+    wrapped = "".join(f" (and '<arch>{suffix}')" for suffix in _WRAPPERS)
+    raise ValueError(f"no torchvision key map for architecture {arch!r}; known: {sorted(_KEY_MAPS)}{wrapped}")
+
+
+# names of the key maps before they moved into their backbone modules
+_MOVED = {
+    "resnet_key_map": "detkit.backbones.resnet",
+    "vgg_key_map": "detkit.backbones.vgg",
+    "mobilenet_v2_key_map": "detkit.backbones.mobilenet",
+    "alexnet_key_map": "detkit.backbones.alexnet",
+    "googlenet_key_map": "detkit.backbones.googlenet",
+    "fpn_key_map": "detkit.backbones.fpn",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Old import paths of the moved key maps: `weights.vgg_key_map` is `vgg.torchvision_key_map`.
+
+    Resolved on access, after `detkit.backbones` has imported every architecture module.
+    """
+    if name in _MOVED:
+        return importlib.import_module(_MOVED[name]).torchvision_key_map
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert_torchvision_state_dict(
@@ -327,28 +214,32 @@ def _child_names(backbone: Backbone) -> set[str]:
     return {name for name, _ in backbone.named_children()} | set(getattr(backbone, "pruned_stages", ()))
 
 
-def _load(backbone: Backbone, state_dict: dict[str, Tensor], format: str, source: str) -> None:
-    from detkit.backbones.fpn import FPN
+def _wrapped_body(backbone: Backbone) -> Backbone | None:
+    """The backbone a wrapper (FPN) keeps as its child `body`, None for a plain backbone."""
+    body = getattr(backbone, "body", None)
+    return body if isinstance(body, Backbone) else None
 
+
+def _load(backbone: Backbone, state_dict: dict[str, Tensor], format: str, source: str) -> None:
     top = {k.split(".", 1)[0] for k in state_dict}
-    is_fpn = isinstance(backbone, FPN)
+    body = _wrapped_body(backbone)
     if format == "auto":
         if top <= _child_names(backbone):
             format = "detkit"
-        elif is_fpn and top <= _child_names(backbone.body):  # a checkpoint of the body alone
-            return _load(backbone.body, state_dict, "detkit", source)
+        elif body is not None and top <= _child_names(body):  # a checkpoint of the body alone
+            return _load(body, state_dict, "detkit", source)
         else:
             format = "torchvision"
     if format == "torchvision":
-        if is_fpn and not top & {"body", "fpn"}:  # classification checkpoint: into the body
-            return _load(backbone.body, state_dict, "torchvision", source)
+        if body is not None and not top & {"body", "fpn"}:  # classification checkpoint: into the body
+            return _load(body, state_dict, "torchvision", source)
         arch = backbone.torchvision_arch
         if arch is None:
             raise ValueError(
                 f"{source}: keys do not match the {type(backbone).__name__} layout and it has no "
                 f"torchvision architecture to convert from; first keys: {_shorten(list(state_dict))}"
             )
-        fpn_in = backbone.in_features if is_fpn else None
+        fpn_in = getattr(backbone, "in_features", None) if body is not None else None
         state_dict = convert_torchvision_state_dict(arch, state_dict, fpn_in_features=fpn_in, source=source)
     _load_checked(backbone, state_dict, source)
 
