@@ -1,6 +1,7 @@
 """Train and evaluate R-CNN, Fast R-CNN and Faster R-CNN (same 7-conv backbone) on the shapes data, on a CPU.
 
     python scripts/compare_rcnn_family.py --train-steps 300 --train-images 1000 --val-images 100 --batch-size 8
+    python scripts/compare_rcnn_family.py --models rcnn_tiny rcnn_alexnet --train-steps 150 --threads 1
 
 Selective-search proposals (OpenCV, "fast" mode) are computed once per split into proposal
 caches under --root (train: all workers, reused across runs; val: recomputed on one
@@ -9,7 +10,15 @@ plain PyTorch loop (SGD with momentum, linear warm-up, step decay at 80%), the s
 (horizontal flips) and the same number of steps. Test time is measured on single images;
 for R-CNN and Fast R-CNN the selective-search time per image is reported on its own and
 added to the test time. Prints a markdown table (COCO AP / AP50 and the VOC07 11-point mAP,
-the papers' metric, from detkit.evaluation).
+the papers' metric, from detkit.evaluation), the times relative to the first model of the run
+(times of one run are comparable with each other even on a busy machine; absolute ones are not).
+
+`rcnn_alexnet` (the R-CNN paper's AlexNet, from scratch: no ImageNet weights here) is a choice,
+not a default: it runs every region through AlexNet at 227 x 227 and is about ten times slower
+per step than `rcnn_tiny`. What a model does differently (crop size, context, regions per step,
+dropout, parameters) comes from its registered defaults, as `detkit fit` would build it; the
+script prints these settings and which of them differ between the models of the run. The
+schedule (steps, images per step, learning rate, warm-up) is the same for every model.
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ from detkit.evaluation import COCOEvaluator, VOCGroundTruth, detections_to_coco_
 from detkit.models import build_model, fast_rcnn, rcnn  # noqa: F401  (register the proposal-based models)
 from detkit.proposals import compute_proposals
 
-MODELS = ("rcnn_tiny", "fast_rcnn_tiny", "faster_rcnn_tiny")
+MODELS = ("rcnn_tiny", "fast_rcnn_tiny", "faster_rcnn_tiny", "rcnn_alexnet")
+DEFAULT_MODELS = ("rcnn_tiny", "fast_rcnn_tiny", "faster_rcnn_tiny")
+WITHOUT_PROPOSALS = ("faster_rcnn_tiny",)  # its RPN makes its own
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--warmup-steps", type=int, default=50)
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for selective search on train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -65,6 +76,35 @@ def proposals_for(dataset: ShapesDataset, path: str, *, workers: int, fresh: boo
     start = time.perf_counter()
     compute_proposals(images, path, mode="fast", workers=1 if fresh else workers, progress=False)
     return (time.perf_counter() - start) / len(images)
+
+
+def model_settings(model) -> dict:
+    """What the model's own defaults set, beside the shared schedule (printed per model)."""
+    settings = {
+        "backbone": type(model.backbone).__name__,
+        "parameters_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "dropout": max((m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)), default=0.0),
+    }
+    if hasattr(model, "crop_size"):  # R-CNN: every region is warped and runs through the whole CNN
+        settings.update(
+            crop_size=model.crop_size,
+            context_padding=model.context_padding,
+            regions_per_step=model.sampler.batch_size_per_image,
+            positive_fraction=model.sampler.positive_fraction,
+            box_features=model.box_features,
+            test_batch_size=model.test_batch_size,
+        )
+    return settings
+
+
+def differing(settings: dict[str, dict]) -> list[str]:
+    """`key: model=value, ...` for every setting whose value is not the same for all models."""
+    lines = []
+    for key in dict.fromkeys(k for s in settings.values() for k in s):
+        values = {name: s.get(key, "-") for name, s in settings.items()}
+        if len(set(map(str, values.values()))) > 1:
+            lines.append(f"{key}: " + ", ".join(f"{name}={v}" for name, v in values.items()))
+    return lines
 
 
 def train(model, loader, *, steps: int, lr: float, warmup: int, needs_proposals: bool) -> float:
@@ -143,7 +183,7 @@ def main(argv=None) -> int:
     train_cache = os.path.join(root, f"proposals_train_{args.train_images}.bin")
     val_cache = os.path.join(root, f"proposals_val_{args.val_images}.bin")
     proposal_s = {}
-    if any(m != "faster_rcnn_tiny" for m in args.models):
+    if any(m not in WITHOUT_PROPOSALS for m in args.models):
         t = proposals_for(train_set, train_cache, workers=args.workers, fresh=False)
         print(
             f"selective search, train: {t:.4f} s/image this run ({args.workers} processes; 0 when cached)", flush=True
@@ -157,11 +197,13 @@ def main(argv=None) -> int:
     else:
         train_data, val_data = train_set, val_set
 
-    rows = []
+    rows, settings = [], {}
     for name in args.models:
         torch.manual_seed(args.seed)
-        needs = name != "faster_rcnn_tiny"
+        needs = name not in WITHOUT_PROPOSALS
         model = build_model(name, num_classes=train_set.num_classes)
+        settings[name] = model_settings(model)
+        print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in settings[name].items()), flush=True)
         loader = DataLoader(
             train_data,
             batch_size=args.batch_size,
@@ -212,10 +254,29 @@ def main(argv=None) -> int:
         f"{args.val_images} val images, {torch.get_num_threads()} torch threads, CPU"
     )
     text = "\n".join(table) + f"\n\n{setup}\n"
+    if len(rows) > 1:
+        ref = rows[0]
+        relative = [
+            f"| model | train s/iter / {ref['model']} | test s/image / {ref['model']} (incl. proposals) "
+            "| model s/image / " + ref["model"] + " |",
+            "|---|---|---|---|",
+        ]
+        for r in rows:
+            relative.append(
+                f"| {r['model']} | {r['train_s_per_iter'] / ref['train_s_per_iter']:.2f} | "
+                f"{r['test_s_per_image'] / ref['test_s_per_image']:.2f} | "
+                f"{r['model_s_per_image'] / ref['model_s_per_image']:.2f} |"
+            )
+        text += "\n" + "\n".join(relative) + "\n"
+        diff = differing(settings)
+        text += "\nper-model settings that differ (the schedule above is the same for all):\n" + (
+            "\n".join(f"- {line}" for line in diff) if diff else "- none"
+        ) + "\n"
     print("\n" + text)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n```json\n" + json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n```\n")
+            raw = {"args": vars(args), "rows": rows, "settings": settings}
+            f.write(text + "\n```json\n" + json.dumps(raw, indent=1) + "\n```\n")
     return 0
 
 
