@@ -111,7 +111,7 @@ def main(argv=None):
 
     # --- RPN proposal filtering (top-k per level, decode, clip, NMS, post top-k)
     num_a = 3
-    dk_rpn = RPN(DKHead(256, num_a), dk_anchors, in_features=list(features), strides=strides).to(dev).eval()
+    dk_rpn = RPN(DKHead(256, num_a), dk_anchors, in_features=list(features)).to(dev).eval()
     tv_rpn = RegionProposalNetwork(
         TVAnchors(sizes, ((0.5, 1.0, 2.0),) * 5), RPNHead(256, num_a), 0.7, 0.3, 256, 0.5,
         dict(training=2000, testing=1000), dict(training=2000, testing=1000), 0.7,

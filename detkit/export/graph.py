@@ -217,7 +217,7 @@ class ExportableDetector(nn.Module):
         scores = torch.sigmoid(logits.gather(1, top_idx).float())
         boxes = clip_boxes(proposals.gather(1, top_idx[..., None].expand(-1, -1, 4)), height, width)
         wh = boxes[..., 2:] - boxes[..., :2]
-        keep = (wh >= rpn.min_size).all(-1) & (scores >= rpn.score_threshold)
+        keep = (wh >= rpn.min_box_size).all(-1) & (scores >= rpn.score_threshold)
         image_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
         boxes, scores, levels, image_idx = boxes[keep], scores[keep], levels[keep], image_idx[keep]
         groups = image_idx * len(counts) + levels

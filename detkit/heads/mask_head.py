@@ -12,7 +12,7 @@ from torchvision.ops import roi_align
 
 from detkit.layers import NormSpec
 from detkit.structures.boxes import box_math_dtype
-from detkit.structures.containers import count_per_image
+from detkit.structures.packed import count_per_image
 
 
 class MaskHead(nn.Module):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.heads.roi_align_cpu import roi_align, roi_pool
-from detkit.structures.containers import count_per_image
+from detkit.structures.packed import count_per_image
 
 __all__ = ["RoIPooler", "assign_fpn_levels", "roi_align", "roi_pool"]
 

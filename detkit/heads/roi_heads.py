@@ -9,77 +9,88 @@ Shape shorthand:
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from detkit.heads.mask_head import mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler
+from detkit.heads.postprocess import select_detections
 from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, classification_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder, Matcher
-from detkit.proposals.rpn import top_k_per_image
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
-from detkit.structures.containers import avoid_host_syncs, count_per_image
+from detkit.structures.containers import avoid_host_syncs
+from detkit.structures.packed import PackedRows, count_per_image, pack_to_padded, resize_boxes, top_k_per_image
+
+# pack_to_padded, select_detections and top_k_per_image moved to detkit.structures.packed and
+# detkit.heads.postprocess; they stay importable from here
+__all__ = ["RoIHeads", "SampledRoIs", "pack_to_padded", "select_detections", "top_k_per_image"]
 
 
-def pack_to_padded(boxes: Tensor, batch_idx: Tensor, num_images: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Packed Tensor[B, 4] with batch_idx -> (padded Tensor[N, P_max, 4], valid Tensor[N, P_max], slot Tensor[B]).
+@dataclass(kw_only=True)
+class SampledRoIs(PackedRows):
+    """RoIs sampled for the loss, packed over the batch (R of them); `rois[index]` indexes every field.
 
-    `slot` is each box's position inside its image; boxes must be grouped by image.
+    Attributes:
+        boxes: `Tensor[R, 4]` RoIs in resized-image pixels.
+        batch_idx: `Tensor[R]` int64 image of each RoI.
+        labels: `Tensor[R]` int64 class target (0 background, else 1..K).
+        regression_targets: `Tensor[R, 4]` encoded deltas from the RoI to its matched gt box.
+        matched_boxes: `Tensor[R, 4]` the matched gt box (meaningful for positives only).
+        matched_in_image: `Tensor[R]` int64 index of the matched gt among its image's gt
+            boxes (row k of `targets.masks[batch_idx]`, for mask targets).
     """
-    counts = count_per_image(batch_idx, num_images)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(batch_idx.numel(), device=boxes.device) - starts[batch_idx]
-    p_max = int(counts.max()) if num_images else 0
-    padded = boxes.new_zeros((num_images, p_max, 4))
-    valid = torch.zeros((num_images, p_max), dtype=torch.bool, device=boxes.device)
-    padded[batch_idx, slot] = boxes
-    valid[batch_idx, slot] = True
-    return padded, valid, slot
 
-
-def select_detections(
-    boxes: Tensor,
-    scores: Tensor,
-    batch_idx: Tensor,
-    image_sizes: Tensor,
-    *,
-    score_threshold: float,
-    min_box_size: float,
-    nms_threshold: float,
-    detections_per_image: int,
-) -> Detections:
-    """Per-class boxes Tensor[R, K, 4] and scores Tensor[R, K] (class k+1 in column k) -> Detections.
-
-    Clips to `image_sizes` Tensor[B, 2] (h, w), drops low scores and tiny boxes, runs one NMS
-    per (image, class) in a single batched call and keeps the top `detections_per_image`.
-    """
-    r, k = scores.shape
-    hw = image_sizes[batch_idx].to(boxes.dtype)
-    limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
-    boxes = torch.minimum(boxes.clamp(min=0), limits)
-    labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
-    img = batch_idx[:, None].expand(r, k)
-    boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
-    wh = boxes[:, 2:] - boxes[:, :2]
-    keep = (scores > score_threshold) & (wh >= min_box_size).all(1)
-    sel = torch.nonzero(keep).squeeze(1)  # one host sync for the four selections
-    boxes, scores, labels, img = boxes[sel], scores[sel], labels[sel], img[sel]
-    kept = batched_nms(boxes, scores, img * (k + 1) + labels, nms_threshold)
-    kept = top_k_per_image(kept, img[kept], detections_per_image)
-    return Detections(
-        boxes=boxes[kept],
-        scores=scores[kept],
-        labels=labels[kept],
-        batch_idx=img[kept],
-        num_images=image_sizes.shape[0],
+    row_fields: ClassVar[tuple[str, ...]] = (
+        "boxes",
+        "batch_idx",
+        "labels",
+        "regression_targets",
+        "matched_boxes",
+        "matched_in_image",
     )
+
+    boxes: Tensor
+    batch_idx: Tensor
+    labels: Tensor
+    regression_targets: Tensor
+    matched_boxes: Tensor
+    matched_in_image: Tensor
 
 
 class RoIHeads(nn.Module):
-    """Box branch (and optional mask branch) of Fast / Faster / Mask R-CNN."""
+    """Box branch (and optional mask branch) of Fast / Faster / Mask R-CNN.
+
+    Args:
+        box_pooler: pools `Tensor[R, C, S, S]` features of each RoI for the box head.
+        box_head: pooled features -> `Tensor[R, F]` RoI features (e.g. `TwoFCHead`).
+        box_predictor: RoI features -> (class logits `Tensor[R, K+1]`, box deltas `Tensor[R, (K+1)*4]`
+            or `Tensor[R, 4]` class-agnostic).
+        num_classes: K, without the background.
+        fg_iou_threshold: IoU with a gt box at or above which a proposal is foreground.
+        bg_iou_threshold: IoU below which a proposal is background (between the two: ignored).
+        batch_size_per_image: RoIs sampled per image for the loss.
+        positive_fraction: largest share of foreground RoIs in a sample.
+        bbox_reg_weights: (wx, wy, ww, wh) weights of the box coder.
+        score_threshold: inference: detections need a score above this.
+        nms_threshold: inference: IoU of the per-(image, class) NMS.
+        detections_per_image: inference: the best this many detections of each image are kept.
+        min_box_size: inference: detections with a side under this many pixels are dropped.
+        smooth_l1_beta: beta of the smooth L1 box loss.
+        box_loss: box loss name ("smooth_l1" / "l1" / "giou" / "diou" / "ciou").
+        cls_loss: classification loss name ("ce" / "focal").
+        add_gt_as_proposals: training: append the gt boxes to the proposals before sampling.
+        mask_pooler: pools features for the mask head (Mask R-CNN), or None.
+        mask_head: pooled features -> mask logits `Tensor[R, K, M, M]`, or None (no mask branch).
+        mask_threshold: inference: probability at which a pasted mask pixel is on.
+        matcher: labels proposals by IoU (`(iou, gt_valid) -> (matched_idx, labels)`, as `Matcher`);
+            None: `Matcher(fg_iou_threshold, bg_iou_threshold)` (Fast R-CNN passes its background band).
+    """
 
     def __init__(
         self,
@@ -104,12 +115,15 @@ class RoIHeads(nn.Module):
         mask_pooler: RoIPooler | None = None,
         mask_head: nn.Module | None = None,
         mask_threshold: float = 0.5,
+        matcher: Callable[..., tuple[Tensor, Tensor]] | None = None,
     ):
         super().__init__()
         self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
         self.num_classes = num_classes
-        self.matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False)
+        if matcher is None:
+            matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False)
+        self.matcher = matcher
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.box_coder = BoxCoder(weights=bbox_reg_weights)
         self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
@@ -126,57 +140,52 @@ class RoIHeads(nn.Module):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def sample_proposals(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
+    def sample_proposals(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> SampledRoIs:
         """Match proposals (plus gt boxes) to gt and sample a balanced set, for the whole batch at once.
 
-        Returns packed RoIs with their class targets, matched gt index and regression targets.
+        proposals `Tensor[P, 4]` with `batch_idx` `Tensor[P]` (grouped by image) -> the sampled RoIs
+        with their class targets, matched gt and regression targets.
         """
         n = targets.num_images
         if self.add_gt_as_proposals:
             proposals = torch.cat([proposals, targets.boxes.to(proposals.dtype)])
             batch_idx = torch.cat([batch_idx, targets.batch_idx])
-            order = torch.sort(batch_idx, stable=True).indices
+            order = torch.sort(batch_idx, stable=True).indices  # group by image again
             proposals, batch_idx = proposals[order], batch_idx[order]
-        padded, valid, slot = pack_to_padded(proposals, batch_idx, n)
+        padded, valid, slot = pack_to_padded(proposals, batch_idx, n)  # [N, P_max, 4], [N, P_max], [P]
         gt_boxes, gt_labels, gt_valid = targets.padded(min_slots=1)  # G >= 1: batches without boxes
         iou = batched_box_iou(gt_boxes, padded)  # [N, G, P_max]
-        matched_idx, labels = self.matcher(iou, gt_valid)
+        matched_idx, labels = self.matcher(iou, gt_valid)  # [N, P_max] each
         labels = labels.masked_fill(~valid, -1)
         pos, neg = self.sampler(labels, valid=valid)
-        keep = torch.nonzero((pos | neg)[batch_idx, slot]).squeeze(1)  # packed view; one host sync
-        rois, roi_batch = proposals[keep], batch_idx[keep]
-        roi_slot = slot[keep]
-        roi_matched = matched_idx[roi_batch, roi_slot]
-        is_pos = pos[roi_batch, roi_slot]
-        cls = torch.where(is_pos, gt_labels[roi_batch, roi_matched], torch.zeros_like(roi_matched))
-        matched_boxes = gt_boxes[roi_batch, roi_matched]
-        reg = self.box_coder.encode(matched_boxes, rois)
-        # index of the matched gt in the packed targets, for mask targets
-        counts = targets.per_image_counts()
-        gt_start = torch.cumsum(counts, 0) - counts
-        return {
-            "boxes": rois,
-            "batch_idx": roi_batch,
-            "labels": cls,
-            "regression_targets": reg,
-            "matched_boxes": matched_boxes,
-            "matched_in_image": roi_matched,
-            "matched_packed": gt_start[roi_batch] + roi_matched,
-        }
+        keep = torch.nonzero((pos | neg)[batch_idx, slot]).squeeze(1)  # padded -> packed view; one host sync
+        boxes, batch_idx, slot = proposals[keep], batch_idx[keep], slot[keep]
+        matched = matched_idx[batch_idx, slot]  # [R] index into the image's gt boxes
+        is_pos = pos[batch_idx, slot]
+        matched_boxes = gt_boxes[batch_idx, matched]
+        return SampledRoIs(
+            boxes=boxes,
+            batch_idx=batch_idx,
+            labels=torch.where(is_pos, gt_labels[batch_idx, matched], torch.zeros_like(matched)),
+            regression_targets=self.box_coder.encode(matched_boxes, boxes),
+            matched_boxes=matched_boxes,
+            matched_in_image=matched,
+        )
 
-    def box_loss(self, class_logits: Tensor, box_deltas: Tensor, sampled: dict[str, Tensor]) -> dict[str, Tensor]:
-        labels = sampled["labels"]
+    def box_loss(self, class_logits: Tensor, box_deltas: Tensor, sampled: SampledRoIs) -> dict[str, Tensor]:
+        labels = sampled.labels
         if labels.numel():
             loss_cls = classification_loss(self.cls_loss_type, class_logits.float(), labels)
         else:
             loss_cls = class_logits.sum() * 0
+        # (R, C*4) -> (R, C, 4), C = K+1 class-specific or 1 class-agnostic
         deltas = box_deltas.view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
         if avoid_host_syncs(labels) and not uses_decoded_boxes(self.box_loss_type):
             # every RoI, the negatives contribute 0: no boolean masks (host syncs on a GPU)
             is_pos = (labels > 0)[:, None]
             column = labels if deltas.shape[1] > 1 else torch.zeros_like(labels)
-            pred = deltas.gather(1, column[:, None, None].expand(-1, 1, 4))[:, 0].float()
-            target = torch.where(is_pos, sampled["regression_targets"].float(), pred.detach())
+            pred = deltas.gather(1, column[:, None, None].expand(-1, 1, 4))[:, 0].float()  # (R, C, 4) -> (R, 4)
+            target = torch.where(is_pos, sampled.regression_targets.float(), pred.detach())
             per_coord = box_regression_loss(
                 self.box_loss_type, pred, target, beta=self.smooth_l1_beta, reduction="none"
             )
@@ -187,9 +196,9 @@ class RoIHeads(nn.Module):
                 pred = deltas[pos, labels[pos]]
             else:
                 pred = deltas[pos, 0]
-            target = sampled["regression_targets"][pos]
+            target = sampled.regression_targets[pos]
             if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
-                pred, target = self.box_coder.decode(pred.float(), sampled["boxes"][pos]), sampled["matched_boxes"][pos]
+                pred, target = self.box_coder.decode(pred.float(), sampled.boxes[pos]), sampled.matched_boxes[pos]
             loss_box = box_regression_loss(
                 self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
             )
@@ -197,20 +206,19 @@ class RoIHeads(nn.Module):
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
     def mask_loss(
-        self, features: dict[str, Tensor], sampled: dict[str, Tensor], targets: PackedTargets, images: ImageBatch
+        self, features: dict[str, Tensor], sampled: SampledRoIs, targets: PackedTargets, images: ImageBatch
     ) -> Tensor:
-        pos = torch.nonzero(sampled["labels"] > 0).squeeze(1)
+        pos = torch.nonzero(sampled.labels > 0).squeeze(1)
         if pos.numel() == 0:
             return sum(p.sum() for p in self.mask_head.parameters()) * 0.0
-        boxes, bidx, labels = sampled["boxes"][pos], sampled["batch_idx"][pos], sampled["labels"][pos]
-        logits = self.mask_head(self.mask_pooler(features, boxes, bidx))  # [R, K, M, M]
-        logits = logits[torch.arange(pos.numel(), device=logits.device), labels - 1]
+        rois = sampled[pos]
+        logits = self.mask_head(self.mask_pooler(features, rois.boxes, rois.batch_idx))  # [R, K, M, M]
+        logits = logits[torch.arange(pos.numel(), device=logits.device), rois.labels - 1]  # own class: [R, M, M]
         if targets.masks is None:
             raise ValueError("Mask R-CNN training needs targets[i]['masks'] (uint8 Tensor[K, H, W])")
         # gt masks are in original pixels: map the RoIs back instead of resizing every mask
-        scale = (images.original_sizes.float() / images.image_sizes.float())[bidx]  # (sy, sx)
-        orig_boxes = boxes * torch.stack([scale[:, 1], scale[:, 0], scale[:, 1], scale[:, 0]], 1)
-        target = mask_targets(targets.masks, orig_boxes, bidx, sampled["matched_in_image"][pos], logits.shape[-1])
+        orig_boxes = resize_boxes(rois.boxes, rois.batch_idx, images.image_sizes, images.original_sizes)
+        target = mask_targets(targets.masks, orig_boxes, rois.batch_idx, rois.matched_in_image, logits.shape[-1])
         return F.binary_cross_entropy_with_logits(logits.float(), target)
 
     # ------------------------------------------------------------------ forward
@@ -222,10 +230,14 @@ class RoIHeads(nn.Module):
         images: ImageBatch,
         targets: PackedTargets | None = None,
     ) -> tuple[Detections | None, dict[str, Tensor]]:
-        """With targets: (None, losses). Without: (detections in resized-image pixels, {})."""
+        """With targets: (None, losses). Without: (detections in resized-image pixels, {}).
+
+        Detections of a mask branch carry `mask_probs` `Tensor[D, M, M]`; `paste_detection_masks`
+        turns them into per-image masks.
+        """
         if targets is not None:
             sampled = self.sample_proposals(proposals, batch_idx, targets)
-            x = self.box_head(self.box_pooler(features, sampled["boxes"], sampled["batch_idx"]))
+            x = self.box_head(self.box_pooler(features, sampled.boxes, sampled.batch_idx))
             class_logits, box_deltas = self.box_predictor(x)
             losses = self.box_loss(class_logits, box_deltas, sampled)
             if self.has_mask:
@@ -235,7 +247,7 @@ class RoIHeads(nn.Module):
         class_logits, box_deltas = self.box_predictor(x)
         dets = self.postprocess(class_logits, box_deltas, proposals, batch_idx, images.image_sizes)
         if self.has_mask:
-            dets.masks = self.predict_mask_probs(features, dets)
+            dets.mask_probs = self.predict_mask_probs(features, dets)
         return dets, {}
 
     # ------------------------------------------------------------------ inference
@@ -246,12 +258,13 @@ class RoIHeads(nn.Module):
         """Softmax, per-class decode and clip, score threshold, per-class NMS, top-k per image."""
         k1 = class_logits.shape[1]  # K + 1
         scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
+        # (R, C*4) -> (R, C, 4), C = K+1 class-specific or 1 class-agnostic
         deltas = box_deltas.float().view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
-        boxes = self.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))  # [R, K+1 or 1, 4]
+        boxes = self.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))  # [R, C, 4]
         if boxes.shape[1] == k1:
-            boxes = boxes[:, 1:]
+            boxes = boxes[:, 1:]  # drop the background column: [R, K, 4]
         else:
-            boxes = boxes.expand(-1, k1 - 1, -1)
+            boxes = boxes.expand(-1, k1 - 1, -1)  # one box for every class: [R, 1, 4] -> [R, K, 4]
         return select_detections(
             boxes,
             scores,
@@ -268,11 +281,17 @@ class RoIHeads(nn.Module):
         if dets.boxes.shape[0] == 0:
             m = 2 * self.mask_pooler.output_size
             return dets.boxes.new_zeros((0, m, m))
-        logits = self.mask_head(self.mask_pooler(features, dets.boxes, dets.batch_idx))
+        logits = self.mask_head(self.mask_pooler(features, dets.boxes, dets.batch_idx))  # [D, K, M, M]
         return logits[torch.arange(logits.shape[0], device=logits.device), dets.labels - 1].float().sigmoid()
 
-    def paste_masks(self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor) -> list[Tensor]:
-        """Per-image uint8 masks Tensor[D_i, H_i, W_i] in original pixels (boxes in original pixels)."""
+    def paste_detection_masks(
+        self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor
+    ) -> list[Tensor]:
+        """Per-image uint8 masks Tensor[D_i, H_i, W_i] in original pixels (boxes in original pixels).
+
+        Thresholds the pasted `mask_probs` `Tensor[D, M, M]` at `mask_threshold`; one
+        `detkit.heads.mask_head.paste_masks` call per image (the images differ in size).
+        """
         n = original_sizes.shape[0]
         order = torch.argsort(batch_idx, stable=True)
         host = torch.cat([original_sizes.flatten(), count_per_image(batch_idx, n)]).tolist()  # one host sync
@@ -281,3 +300,10 @@ class RoIHeads(nn.Module):
             paste_masks(mask_probs[idx], boxes[idx], (h, w), threshold=self.mask_threshold)
             for (h, w), idx in zip(sizes, order.split(counts))
         ]
+
+    def paste_masks(self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor) -> list[Tensor]:
+        """Deprecated name of `paste_detection_masks` (it shadowed the `paste_masks` function)."""
+        warnings.warn(
+            "RoIHeads.paste_masks is renamed paste_detection_masks", DeprecationWarning, stacklevel=2
+        )
+        return self.paste_detection_masks(mask_probs, boxes, batch_idx, original_sizes)

@@ -17,7 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.structures import ImageBatch
+from detkit.structures import ImageBatch, pad_images
+from detkit.structures.packed import resize_boxes, scale_factors
+
+# resize_boxes and scale_factors moved to detkit.structures.packed; they stay importable from here
+__all__ = ["DetectionTransform", "resize_boxes", "resized_size", "scale_factors", "validate_images"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,7 +112,7 @@ class DetectionTransform(nn.Module):
                 if size != orig:
                     img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
                 resized.append(img[0])
-        tensor = self._pad(resized)
+        tensor = pad_images(resized, size_divisible=self.size_divisible)
         device = tensor.device
         sizes = torch.tensor([target, original], dtype=torch.int64, device=device)  # one upload
         return ImageBatch(tensor=tensor, image_sizes=sizes[0], original_sizes=sizes[1])
@@ -121,27 +125,3 @@ class DetectionTransform(nn.Module):
         if not self.training:
             return [max(choices)] * n
         return [choices[i] for i in torch.randint(len(choices), (n,)).tolist()]
-
-    def _pad(self, images: list[Tensor]) -> Tensor:
-        max_h = max(img.shape[1] for img in images)
-        max_w = max(img.shape[2] for img in images)
-        d = self.size_divisible
-        max_h, max_w = int(math.ceil(max_h / d) * d), int(math.ceil(max_w / d) * d)
-        batch = images[0].new_zeros((len(images), 3, max_h, max_w))
-        for i, img in enumerate(images):
-            batch[i, :, : img.shape[1], : img.shape[2]].copy_(img)
-        return batch
-
-
-def scale_factors(from_sizes: Tensor, to_sizes: Tensor) -> Tensor:
-    """Per-image (sx, sy, sx, sy) factors mapping XYXY boxes from `from_sizes` to `to_sizes`.
-
-    Tensor[N, 2] (h, w) -> Tensor[N, 4], computed in float32 as torchvision does.
-    """
-    ratio = to_sizes.float() / from_sizes.float()  # [N, 2] (rh, rw)
-    return torch.stack([ratio[:, 1], ratio[:, 0], ratio[:, 1], ratio[:, 0]], dim=1)
-
-
-def resize_boxes(boxes: Tensor, batch_idx: Tensor, from_sizes: Tensor, to_sizes: Tensor) -> Tensor:
-    """Scale packed boxes Tensor[B, 4] (image index `batch_idx`) between image sizes."""
-    return boxes * scale_factors(from_sizes, to_sizes)[batch_idx]

@@ -1,4 +1,4 @@
-"""Region proposals: the RPN, selective search (offline, CPU) and proposal caches.
+"""Region proposals: the RPN (`RPN`, `RPNHead`), selective search (offline, CPU) and proposal caches.
 
 Selective search and the caches need OpenCV (`pip install 'detkit[proposals]'`): the cache
 names are imported on first use and `selective_search` imports cv2 when called, so
@@ -7,11 +7,12 @@ names are imported on first use and `selective_search` imports cv2 when called, 
 
 import importlib
 
+from detkit.proposals.rpn import RPN, RPNHead
 from detkit.proposals.selective_search import selective_search
 
 _LAZY = {"ProposalCache": "cache", "compute_proposals": "cache", "selective_search_params": "cache"}
 
-__all__ = ["ProposalCache", "compute_proposals", "selective_search", "selective_search_params"]
+__all__ = ["RPN", "ProposalCache", "RPNHead", "compute_proposals", "selective_search", "selective_search_params"]
 
 
 def __getattr__(name: str):

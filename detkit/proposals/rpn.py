@@ -12,6 +12,7 @@ all images with (image, level) groups.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -21,8 +22,12 @@ from torchvision.ops import batched_nms
 from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, objectness_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
-from detkit.structures import ImageBatch, PackedTargets, batched_box_iou
+from detkit.structures import ImageBatch, PackedTargets, batched_box_iou, clip_boxes, remove_small_boxes
 from detkit.structures.containers import avoid_host_syncs
+from detkit.structures.packed import take_rows, top_k_per_image
+
+# top_k_per_image moved to detkit.structures.packed; it stays importable from here
+__all__ = ["RPN", "RPNHead", "top_k_per_image"]
 
 
 class RPNHead(nn.Module):
@@ -50,9 +55,10 @@ class RPNHead(nn.Module):
         for x in features:
             t = self.conv(x)
             n, _, h, w = t.shape
-            lg = self.cls_logits(t)  # [N, a, H, W]
+            lg = self.cls_logits(t)  # [N, a, H, W], a anchors per location
             a = lg.shape[1]
-            logits.append(lg.permute(0, 2, 3, 1).reshape(n, -1))
+            logits.append(lg.permute(0, 2, 3, 1).reshape(n, -1))  # (N, a, H, W) -> (N, H*W*a)
+            # (N, a*4, H, W) -> (N, a, 4, H, W) -> (N, H, W, a, 4) -> (N, H*W*a, 4)
             deltas.append(self.bbox_pred(t).view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
             counts.append(h * w * a)
         return torch.cat(logits, 1), torch.cat(deltas, 1), counts
@@ -62,6 +68,28 @@ class RPN(nn.Module):
     """Anchors, IoU labelling and sampling for the loss, and proposal filtering.
 
     Counts are per image (`pre_nms_top_n` per level, as in Detectron and torchvision).
+
+    Args:
+        head: `RPNHead` (objectness logits and box deltas for every anchor).
+        anchor_generator: anchors of every level, in the head's (y, x, anchor) order.
+        in_features: names of the backbone outputs the RPN runs on, one per anchor level.
+        fg_iou_threshold: IoU with a gt box at or above which an anchor is positive (the
+            best anchor of each gt box is positive too).
+        bg_iou_threshold: IoU below which an anchor is negative (between the two: ignored).
+        batch_size_per_image: anchors sampled per image for the loss.
+        positive_fraction: largest share of positives in a sample.
+        pre_nms_top_n_train / pre_nms_top_n_test: proposals kept per image and level before
+            NMS (training / evaluation mode).
+        post_nms_top_n_train / post_nms_top_n_test: proposals kept per image after NMS.
+        nms_threshold: IoU of the per-(image, level) NMS.
+        score_threshold: proposals need an objectness probability at or above this.
+        min_box_size: proposals with a side under this many pixels (resized image) are dropped.
+            Its old name `min_size` is still accepted, with a DeprecationWarning.
+        smooth_l1_beta: beta of the smooth L1 box loss.
+        box_loss: box loss name ("smooth_l1" / "l1" / "giou" / "diou" / "ciou").
+        cls_loss: objectness loss name ("ce" / "focal").
+        strides: deprecated and unused (the anchor generator holds the strides); accepted
+            with a DeprecationWarning.
     """
 
     def __init__(
@@ -70,7 +98,6 @@ class RPN(nn.Module):
         anchor_generator: AnchorGenerator,
         *,
         in_features: Sequence[str],
-        strides: Sequence[int],
         fg_iou_threshold: float = 0.7,
         bg_iou_threshold: float = 0.3,
         batch_size_per_image: int = 256,
@@ -81,22 +108,29 @@ class RPN(nn.Module):
         post_nms_top_n_test: int = 1000,
         nms_threshold: float = 0.7,
         score_threshold: float = 0.0,
-        min_size: float = 1e-3,
+        min_box_size: float = 1e-3,
         smooth_l1_beta: float = 1.0 / 9,
         box_loss: str = "smooth_l1",
         cls_loss: str = "ce",
+        min_size: float | None = None,
+        strides: Sequence[int] | None = None,
     ):
         super().__init__()
+        if min_size is not None:
+            warnings.warn("RPN(min_size=...) is renamed min_box_size", DeprecationWarning, stacklevel=2)
+            min_box_size = min_size
+        if strides is not None:
+            message = "RPN(strides=...) is unused and deprecated: the anchor generator holds the strides"
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
         self.head = head
         self.anchor_generator = anchor_generator
         self.in_features = list(in_features)
-        self.strides = list(strides)
         self.matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=True)
         self.sampler = BalancedSampler(batch_size_per_image, positive_fraction)
         self.box_coder = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
         self.pre_nms_top_n = {True: pre_nms_top_n_train, False: pre_nms_top_n_test}
         self.post_nms_top_n = {True: post_nms_top_n_train, False: post_nms_top_n_test}
-        self.nms_threshold, self.score_threshold, self.min_size = nms_threshold, score_threshold, min_size
+        self.nms_threshold, self.score_threshold, self.min_box_size = nms_threshold, score_threshold, min_box_size
         self.smooth_l1_beta = smooth_l1_beta
         # the losses, by name (detkit.losses.selection): "smooth_l1" / "l1" / "giou" / "diou" / "ciou", "ce" / "focal"
         self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
@@ -115,6 +149,9 @@ class RPN(nn.Module):
             [f.shape[-2:] for f in feats], device=logits.device, image_size=images.padded_size
         )
         anchors = torch.cat(anchor_levels)  # [A, 4]
+        # proposals are detached: the RoI heads take them as fixed boxes (approximate joint
+        # training, as in Faster R-CNN and torchvision); the RPN learns only from its own loss
+        # below, and top-k / NMS have no useful gradient anyway
         proposals = self.box_coder.decode(deltas.detach(), anchors.expand(deltas.shape[0], -1, -1))  # [N, A, 4]
         boxes, batch_idx = self.filter_proposals(proposals, logits.detach(), counts, images.image_sizes)
         losses = {}
@@ -133,30 +170,28 @@ class RPN(nn.Module):
         n = proposals.shape[0]
         pre_nms = self.pre_nms_top_n[self.training]
         top_idx, level_ids, offset = [], [], 0
-        for level, count in enumerate(counts):
+        for level, count in enumerate(counts):  # levels, not images: a few iterations
             k = min(pre_nms, count)
             idx = logits[:, offset : offset + count].topk(k, dim=1).indices + offset  # [N, k]
             top_idx.append(idx)
             level_ids.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
             offset += count
-        top_idx = torch.cat(top_idx, 1)  # [N, K]
+        top_idx = torch.cat(top_idx, 1)  # [N, K], K = sum over levels of min(pre_nms, A_l)
         levels = torch.cat(level_ids).expand(n, -1)  # [N, K]
-        scores = torch.sigmoid(logits.gather(1, top_idx).float())
+        scores = torch.sigmoid(logits.gather(1, top_idx).float())  # [N, K]
         boxes = proposals.gather(1, top_idx[..., None].expand(-1, -1, 4))  # [N, K, 4]
-        # clip to each image's (resized, unpadded) size
-        hw = image_sizes.to(boxes.dtype)
-        limits = torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], 1)[:, None, :]
-        boxes = torch.minimum(boxes.clamp(min=0), limits)
-        wh = boxes[..., 2:] - boxes[..., :2]
-        keep = (wh >= self.min_size).all(-1) & (scores >= self.score_threshold)
-        image_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
+        boxes = clip_boxes(boxes, image_sizes[:, None, :])  # each image's (resized, unpadded) size
+        keep = remove_small_boxes(boxes, self.min_box_size) & (scores >= self.score_threshold)  # [N, K]
+        batch_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
         sel = torch.nonzero(keep.flatten()).squeeze(1)  # one host sync for the four selections
-        boxes, scores = boxes.flatten(0, 1)[sel], scores.flatten()[sel]
-        levels, image_idx = levels.flatten()[sel], image_idx.flatten()[sel]
-        groups = image_idx * len(counts) + levels
+        # (N, K, ...) -> (N*K, ...), then the kept rows of each
+        boxes, scores, levels, batch_idx = take_rows(
+            sel, boxes.flatten(0, 1), scores.flatten(), levels.flatten(), batch_idx.flatten()
+        )
+        groups = batch_idx * len(counts) + levels
         kept = batched_nms(boxes.float(), scores, groups, self.nms_threshold)  # sorted by score
-        kept = top_k_per_image(kept, image_idx[kept], self.post_nms_top_n[self.training])
-        return boxes[kept], image_idx[kept]
+        kept = top_k_per_image(kept, batch_idx[kept], self.post_nms_top_n[self.training])
+        return boxes[kept], batch_idx[kept]
 
     def loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
         """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives.
@@ -198,17 +233,3 @@ class RPN(nn.Module):
             )
         return {"loss_rpn_objectness": objectness / num_sampled, "loss_rpn_box": box / num_sampled}
 
-
-def top_k_per_image(order: Tensor, image_idx: Tensor, k: int) -> Tensor:
-    """Keep the first `k` entries of each image in `order` (already sorted by score).
-
-    order Tensor[M] indices, image_idx Tensor[M] their images -> Tensor[M'] indices, grouped by image.
-    """
-    if order.numel() == 0:
-        return order
-    # stable sort by image keeps the score order inside each image
-    by_image = torch.sort(image_idx, stable=True)
-    sorted_img = by_image.values
-    first = torch.searchsorted(sorted_img, sorted_img, right=False)
-    rank = torch.arange(sorted_img.numel(), device=order.device) - first
-    return order[by_image.indices[rank < k]]

@@ -24,6 +24,7 @@ __all__ = [
     "box_iou",
     "clip_boxes",
     "cxcywh_to_xyxy",
+    "hw_to_whwh",
     "remove_small_boxes",
     "validate_boxes",
     "xywh_to_xyxy",
@@ -56,6 +57,13 @@ def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     x1, y1, x2, y2 = boxes.unbind(-1)
     w, h = x2 - x1, y2 - y1
     return torch.stack((x1 + 0.5 * w, y1 + 0.5 * h, w, h), dim=-1)
+
+
+def hw_to_whwh(hw: Tensor) -> Tensor:
+    """`Tensor[..., 2]` (h, w) pairs -> `Tensor[..., 4]` (w, h, w, h): image sizes as XYXY limits,
+    or (y, x) scale ratios as factors for XYXY boxes."""
+    h, w = hw.unbind(-1)
+    return torch.stack((w, h, w, h), dim=-1)
 
 
 def box_area(boxes: Tensor) -> Tensor:

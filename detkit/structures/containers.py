@@ -1,8 +1,9 @@
 """Packed batch containers: images, ground-truth targets and detections.
 
 Inside the hot path a batch of per-image box sets is one packed tensor plus a `batch_idx`
-column (the layout `torchvision.ops.roi_align` takes). `PackedTargets.padded()` turns the
-packed ground truth into a dense `[N, Gmax, ...]` layout for vectorised matching.
+column (the layout `torchvision.ops.roi_align` takes; helpers in `detkit.structures.packed`).
+`PackedTargets.padded()` turns the packed ground truth into a dense `[N, Gmax, ...]` layout
+for vectorised matching.
 
 Shape shorthand:
     N     images in the batch
@@ -19,11 +20,14 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["Detections", "ImageBatch", "PackedTargets", "avoid_host_syncs", "count_per_image"]
+from detkit.structures.packed import PackedRows, count_per_image, position_in_image
+
+__all__ = ["Detections", "ImageBatch", "PackedTargets", "avoid_host_syncs", "count_per_image", "pad_images"]
 
 
 def _move(x, device, non_blocking: bool):
@@ -41,23 +45,21 @@ def avoid_host_syncs(x: Tensor) -> bool:
     return x.device.type != "cpu" or os.environ.get("DETKIT_CPU_KERNELS", "1") == "0"
 
 
-def count_per_image(batch_idx: Tensor, num_images: int) -> Tensor:
-    """Rows per image `Tensor[N]` int64 of `batch_idx` values in 0..N-1, without a host sync
-    (`torch.bincount` reads its maximum on the host on CUDA)."""
-    return (batch_idx == torch.arange(num_images, device=batch_idx.device)[:, None]).sum(1)
+def pad_images(images: Sequence[Tensor], *, size_divisible: int = 1, pad_value: float = 0.0) -> Tensor:
+    """Stack `Tensor[C, H_i, W_i]` images into `Tensor[N, C, Hp, Wp]`, padded at bottom/right.
 
-
-def _position_in_image(batch_idx: Tensor, counts: Tensor) -> Tensor:
-    """Rank of each packed row among the rows of its image, in packed order: `Tensor[G]` int64.
-
-    Works for unsorted `batch_idx` (stable sort); no Python loop.
+    Hp, Wp are the largest H and W rounded up to a multiple of `size_divisible`.
     """
-    order = torch.argsort(batch_idx, stable=True)
-    starts = torch.cumsum(counts, 0) - counts  # [N] first packed slot of each image
-    sorted_img = batch_idx[order]
-    pos = torch.empty_like(batch_idx)
-    pos[order] = torch.arange(batch_idx.numel(), device=batch_idx.device) - starts[sorted_img]
-    return pos
+    stride = max(int(size_divisible), 1)
+    max_h = max(int(img.shape[-2]) for img in images)
+    max_w = max(int(img.shape[-1]) for img in images)
+    max_h = (max_h + stride - 1) // stride * stride
+    max_w = (max_w + stride - 1) // stride * stride
+    first = images[0]
+    batch = first.new_full((len(images), first.shape[0], max_h, max_w), pad_value)
+    for img, slot in zip(images, batch):
+        slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
+    return batch
 
 
 @dataclass
@@ -121,14 +123,8 @@ class ImageBatch:
             if img.dim() != 3:
                 raise ValueError(f"images[{i}] must be [C, H, W], got {tuple(img.shape)}")
         sizes = torch.tensor([[img.shape[-2], img.shape[-1]] for img in images], dtype=torch.int64)
-        max_h, max_w = (int(v) for v in sizes.max(0).values)
-        stride = max(int(size_divisible), 1)
-        max_h = (max_h + stride - 1) // stride * stride
-        max_w = (max_w + stride - 1) // stride * stride
+        batch = pad_images(images, size_divisible=size_divisible, pad_value=pad_value)
         first = images[0]
-        batch = first.new_full((len(images), first.shape[0], max_h, max_w), pad_value)
-        for img, slot in zip(images, batch):
-            slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
         sizes = sizes.to(first.device)
         orig = sizes.clone() if original_sizes is None else original_sizes.to(device=first.device, dtype=torch.int64)
         return cls(tensor=batch, image_sizes=sizes, original_sizes=orig)
@@ -260,7 +256,7 @@ class PackedTargets:
 
     def position_in_image(self) -> Tensor:
         """Slot of every packed box in its image's padded row: `Tensor[G]` int64."""
-        return _position_in_image(self.batch_idx, self.per_image_counts())
+        return position_in_image(self.batch_idx, self.per_image_counts())
 
     def _padded_layout(self, min_slots: int = 0) -> tuple[Tensor, int]:
         counts = self.per_image_counts()
@@ -268,7 +264,7 @@ class PackedTargets:
             gmax = self.max_per_image
         else:
             gmax = int(counts.max()) if counts.numel() else 0
-        return _position_in_image(self.batch_idx, counts), max(gmax, min_slots)
+        return position_in_image(self.batch_idx, counts), max(gmax, min_slots)
 
     def padded(self, min_slots: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         """Dense per-image layout for vectorised matching.
@@ -303,8 +299,12 @@ class PackedTargets:
 
 
 @dataclass(kw_only=True)
-class Detections:
+class Detections(PackedRows):
     """Detections of a batch, packed along one dimension.
+
+    `dets[index]` applies one row index to boxes, scores, labels, batch_idx and mask_probs
+    (see `detkit.structures.packed.PackedRows`); `dets.clip(sizes)` / `dets.resize(a, b)`
+    clip or rescale the boxes.
 
     Attributes:
         boxes: `Tensor[D, 4]` XYXY.
@@ -312,17 +312,21 @@ class Detections:
         labels: `Tensor[D]` int64 class ids.
         batch_idx: `Tensor[D]` int64 image index of each detection.
         num_images: N (so images without detections still get an entry in `split()`).
-        masks: `Tensor[D, ...]` per detection (e.g. `[D, 1, M, M]` mask probabilities), or
-            `list[Tensor]` of N already per-image tensors (e.g. masks pasted into original
-            images of different sizes), or None.
+        mask_probs: `Tensor[D, ...]` per detection, in the box's frame (e.g. `[D, M, M]` mask
+            probabilities of the detection's class), or None.
+        masks: `list[Tensor]` of N per-image tensors (e.g. uint8 `[D_i, H_i, W_i]` masks pasted
+            into the original images, which differ in size), or None.
     """
+
+    row_fields: ClassVar[tuple[str, ...]] = ("boxes", "scores", "labels", "batch_idx", "mask_probs")
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     batch_idx: Tensor
     num_images: int
-    masks: Tensor | list[Tensor] | None = None
+    mask_probs: Tensor | None = None
+    masks: list[Tensor] | None = None
 
     def __post_init__(self) -> None:
         d = self.boxes.shape[0]
@@ -331,10 +335,19 @@ class Detections:
         for name in ("scores", "labels", "batch_idx"):
             if getattr(self, name).shape != (d,):
                 raise ValueError(f"Detections.{name} must be [{d}], got {tuple(getattr(self, name).shape)}")
-        if isinstance(self.masks, Tensor) and self.masks.shape[0] != d:
-            raise ValueError(f"Detections.masks must have {d} rows, got {tuple(self.masks.shape)}")
-        if isinstance(self.masks, (list, tuple)) and len(self.masks) != self.num_images:
+        if self.mask_probs is not None and self.mask_probs.shape[0] != d:
+            raise ValueError(f"Detections.mask_probs must have {d} rows, got {tuple(self.mask_probs.shape)}")
+        if isinstance(self.masks, Tensor):
+            raise ValueError(  # noqa: TRY004
+                "Detections.masks is a list of per-image mask tensors; per-detection masks go in mask_probs"
+            )
+        if self.masks is not None and len(self.masks) != self.num_images:
             raise ValueError(f"Detections.masks list must hold {self.num_images} tensors, got {len(self.masks)}")
+
+    def __getitem__(self, index) -> Detections:
+        if self.masks is not None:
+            raise ValueError("Detections with per-image masks cannot be indexed by row: index before pasting masks")
+        return super().__getitem__(index)
 
     def to(self, device, non_blocking: bool = False) -> Detections:
         return dataclasses.replace(
@@ -343,22 +356,24 @@ class Detections:
             scores=_move(self.scores, device, non_blocking),
             labels=_move(self.labels, device, non_blocking),
             batch_idx=_move(self.batch_idx, device, non_blocking),
+            mask_probs=_move(self.mask_probs, device, non_blocking),
             masks=_move(self.masks, device, non_blocking),
         )
 
     def split(self) -> list[dict[str, Tensor]]:
-        """One dict per image with `boxes`, `scores`, `labels` (and `masks` if present).
+        """One dict per image with `boxes`, `scores`, `labels`, and `masks` when set, else
+        `mask_probs` when set.
 
         Within an image detections keep their packed order. One host sync (the counts).
         """
         order = torch.argsort(self.batch_idx, stable=True)
         counts = count_per_image(self.batch_idx, self.num_images).tolist()
         fields = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
-        if isinstance(self.masks, Tensor):
-            fields["masks"] = self.masks
+        if self.masks is None and self.mask_probs is not None:
+            fields["mask_probs"] = self.mask_probs
         pieces = {key: value[order].split(counts) for key, value in fields.items()}
         out = [{key: pieces[key][i] for key in fields} for i in range(self.num_images)]
-        if isinstance(self.masks, (list, tuple)):
+        if self.masks is not None:
             for entry, mask in zip(out, self.masks):
                 entry["masks"] = mask
         return out

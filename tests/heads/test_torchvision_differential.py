@@ -10,7 +10,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.rpn import RPNHead as TVRPNHead
 
 from detkit.heads import paste_masks
-from detkit.heads.roi_heads import select_detections
+from detkit.heads.postprocess import select_detections
 from detkit.matching import AnchorGenerator, BoxCoder
 from detkit.proposals.rpn import RPN, RPNHead
 
@@ -49,11 +49,10 @@ def _rpn_pair(pre_nms, post_nms, nms, min_size, score):
         RPNHead(8, 3),
         AnchorGenerator(sizes, [ratios] * 3, (8, 16, 32)),
         in_features=["a", "b", "c"],
-        strides=(8, 16, 32),
         pre_nms_top_n_test=pre_nms,
         post_nms_top_n_test=post_nms,
         nms_threshold=nms,
-        min_size=min_size,
+        min_box_size=min_size,
         score_threshold=score,
     ).eval()
     tv = RegionProposalNetwork(

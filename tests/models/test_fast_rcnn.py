@@ -75,8 +75,8 @@ def test_sampled_background_lies_in_the_band():
     iou = box_iou(proposals, gt)[:, 0]
     assert (iou < 0.1).sum() > 50 and ((iou >= 0.1) & (iou < 0.5)).sum() > 10  # both kinds are on offer
     s = model.roi_heads.sample_proposals(proposals, torch.zeros(200, dtype=torch.int64), targets)
-    sampled_iou = box_iou(s["boxes"], gt)[:, 0]
-    background = s["labels"] == 0
+    sampled_iou = box_iou(s.boxes, gt)[:, 0]
+    background = s.labels == 0
     assert background.any() and (sampled_iou[background] >= 0.1).all() and (sampled_iou[background] < 0.5).all()
 
 

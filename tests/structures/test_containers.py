@@ -115,15 +115,15 @@ def test_detections_split_keeps_empty_images():
         labels=torch.tensor([1, 2, 3, 4]),
         batch_idx=torch.tensor([2, 0, 2, 0]),
         num_images=3,
-        masks=torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1),
+        mask_probs=torch.arange(4, dtype=torch.float32).reshape(4, 1, 1),
     )
     out = dets.to("cpu").split()
     assert len(out) == 3
     assert out[0]["labels"].tolist() == [2, 4] and out[2]["labels"].tolist() == [1, 3]
-    assert out[1]["boxes"].shape == (0, 4) and out[1]["masks"].shape == (0, 1, 1, 1)
+    assert out[1]["boxes"].shape == (0, 4) and out[1]["mask_probs"].shape == (0, 1, 1)
     assert torch.equal(out[2]["boxes"], dets.boxes[[0, 2]])
-    assert out[0]["masks"].flatten().tolist() == [1.0, 3.0]
-    assert set(out[0]) == {"boxes", "scores", "labels", "masks"}
+    assert out[0]["mask_probs"].flatten().tolist() == [1.0, 3.0]
+    assert set(out[0]) == {"boxes", "scores", "labels", "mask_probs"}
 
 
 def test_detections_split_with_per_image_mask_list():
