@@ -8,81 +8,46 @@ builders without touching detkit by declaring an entry point, e.g. in their setu
     detkit.backbones =
         tiny_net = my_package.backbones:build_tiny_net
 
-Entry points are discovered once, on the first lookup, and imported only when built.
+Entry points are discovered once, on the first lookup, and imported only when built. The
+registry is a `detkit.utils.registry.Registry`, the class the model registry uses too.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import EntryPoint, entry_points
 from os import PathLike
 from typing import Any
 
 from detkit.backbones.base import Backbone
 from detkit.backbones.weights import load_backbone_weights
+from detkit.utils.registry import Registry
 
 ENTRY_POINT_GROUP = "detkit.backbones"
 
 Builder = Callable[..., Backbone]
 
-_BUILTINS: dict[str, Builder] = {}
-_PLUGINS: dict[str, EntryPoint] | None = None  # discovered lazily
+#: every backbone builder, by name
+BACKBONES: Registry[Backbone] = Registry("backbone", Backbone, entry_point_group=ENTRY_POINT_GROUP)
 
 
 def register_backbone(name: str, *, overwrite: bool = False) -> Callable[[Builder], Builder]:
     """Decorator registering `builder` under `name` (ValueError if taken, unless `overwrite`)."""
-
-    def decorator(builder: Builder) -> Builder:
-        if not callable(builder):
-            raise TypeError(f"backbone builder for {name!r} must be callable, got {builder!r}")
-        if name in _BUILTINS and not overwrite:
-            raise ValueError(f"backbone {name!r} is already registered")
-        _BUILTINS[name] = builder
-        return builder
-
-    return decorator
+    return BACKBONES.register(name, overwrite=overwrite)
 
 
 def unregister_backbone(name: str) -> None:
     """Remove a registered builder (KeyError if absent); mostly for tests."""
-    del _BUILTINS[name]
-
-
-def _plugins(refresh: bool = False) -> dict[str, EntryPoint]:
-    global _PLUGINS
-    if _PLUGINS is None or refresh:
-        found: dict[str, EntryPoint] = {}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in _BUILTINS:
-                warnings.warn(
-                    f"entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r} reuses the registered "
-                    f"backbone name {ep.name!r}; it is ignored",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-                continue
-            found[ep.name] = ep
-        _PLUGINS = found
-    return _PLUGINS
+    BACKBONES.unregister(name)
 
 
 def list_backbones() -> list[str]:
     """Sorted names of all buildable backbones (registered and entry-point plugins)."""
-    return sorted(set(_BUILTINS) | set(_plugins()))
+    return BACKBONES.names()
 
 
 def get_builder(name: str) -> Builder:
     """The builder registered as `name`; plugins are imported here. ValueError if unknown."""
-    if name in _BUILTINS:
-        return _BUILTINS[name]
-    plugins = _plugins()
-    if name not in plugins:
-        raise ValueError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}")
-    builder = plugins[name].load()
-    if not callable(builder):
-        raise TypeError(f"entry point {plugins[name].value!r} for backbone {name!r} is not callable")
-    return builder
+    return BACKBONES.get(name)
 
 
 def build_backbone(
@@ -105,10 +70,7 @@ def build_backbone(
         norm: "bn", "frozen_bn", "gn", ...; None keeps the variant's default.
         **kwargs: variant-specific arguments (e.g. `width_mult` for MobileNets).
     """
-    builder = get_builder(name)
-    backbone = builder(out_features=out_features, freeze_at=freeze_at, norm=norm, **kwargs)
-    if not isinstance(backbone, Backbone):
-        raise TypeError(f"builder of backbone {name!r} returned {type(backbone).__name__}, not a Backbone")
+    backbone = BACKBONES.build(name, out_features=out_features, freeze_at=freeze_at, norm=norm, **kwargs)
     if weights is not None:
         load_backbone_weights(backbone, weights)
     return backbone

@@ -1,29 +1,50 @@
-"""Model registry: named builder functions (`build_model("faster_rcnn_r50_fpn", num_classes=3)`)."""
+"""Model registry: named builder functions (`build_model("faster_rcnn_r50_fpn", num_classes=3)`).
+
+A builder is a callable ``builder(*, num_classes, **overrides) -> nn.Module``. Third-party
+packages add detectors without touching detkit through the "detkit.models" entry-point group,
+as backbones do through "detkit.backbones" (see `detkit.utils.registry.Registry`, the class
+both registries are)::
+
+    [options.entry_points]
+    detkit.models =
+        my_detector = my_package.models:build_my_detector
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from detkit.utils.registry import Registry
+
+ENTRY_POINT_GROUP = "detkit.models"
+
+Builder = Callable[..., nn.Module]
+
+#: every model builder, by name
+MODELS: Registry[nn.Module] = Registry("model", nn.Module, entry_point_group=ENTRY_POINT_GROUP)
 
 
-def register_model(name: str) -> Callable:
-    """Decorator registering `builder(*, num_classes, **overrides) -> nn.Module` under `name`."""
+def register_model(name: str, *, overwrite: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator registering `builder(*, num_classes, **overrides) -> nn.Module` under `name`
+    (ValueError if taken, unless `overwrite`)."""
+    return MODELS.register(name, overwrite=overwrite)
 
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = builder
-        return builder
 
-    return wrap
+def unregister_model(name: str) -> None:
+    """Remove a registered builder (KeyError if absent); mostly for tests."""
+    MODELS.unregister(name)
 
 
 def list_models() -> list[str]:
-    """Names accepted by `build_model`, sorted."""
-    return sorted(_MODELS)
+    """Names accepted by `build_model` (registered and entry-point plugins), sorted."""
+    return MODELS.names()
+
+
+def get_model_builder(name: str) -> Builder:
+    """The builder registered as `name`; plugins are imported here. ValueError if unknown."""
+    return MODELS.get(name)
 
 
 def build_model(name: str, *, num_classes: int, weights: str | None = None, **overrides) -> nn.Module:
@@ -37,11 +58,10 @@ def build_model(name: str, *, num_classes: int, weights: str | None = None, **ov
             (see `detkit.models.weights`). Loaded with `torch.load(weights_only=True)`.
         overrides: keyword arguments of the builder (e.g. `min_size`, `backbone_weights`).
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    MODELS.get(name)  # an unknown name is the first error, whatever num_classes is
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (background excluded), got {num_classes!r}")
-    model = _MODELS[name](num_classes=num_classes, **overrides)
+    model = MODELS.build(name, num_classes=num_classes, **overrides)
     if weights is not None:
         from detkit.models.weights import load_detector_weights
 

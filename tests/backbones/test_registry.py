@@ -20,6 +20,7 @@ from detkit.backbones import (
     registry,
     unregister_backbone,
 )
+from detkit.utils import registry as utils_registry
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "detkit_backbone_plugin"
@@ -62,8 +63,8 @@ def test_entry_point_plugin_is_discovered_and_loaded_lazily(monkeypatch):
     monkeypatch.delitem(sys.modules, "detkit_tiny_plugin", raising=False)
     ep = EntryPoint(name="tiny_net", value="detkit_tiny_plugin:build_tiny_net", group=ENTRY_POINT_GROUP)
     other = EntryPoint(name="not_ours", value="nowhere:nothing", group="other.group")
-    monkeypatch.setattr(registry, "entry_points", fake_entry_points(ep, other))
-    monkeypatch.setattr(registry, "_PLUGINS", None)
+    monkeypatch.setattr(utils_registry, "entry_points", fake_entry_points(ep, other))
+    monkeypatch.setattr(registry.BACKBONES, "_plugins", None)
 
     assert "tiny_net" in list_backbones() and "not_ours" not in list_backbones()
     assert "detkit_tiny_plugin" not in sys.modules  # listed without importing the plugin
@@ -88,7 +89,7 @@ def test_installed_distribution_is_discovered(monkeypatch, tmp_path):
     (dist_info / "entry_points.txt").write_text("\n\n".join(lines) + "\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(EXAMPLE))
-    monkeypatch.setattr(registry, "_PLUGINS", None)
+    monkeypatch.setattr(registry.BACKBONES, "_plugins", None)
     assert "tiny_net" in list_backbones()
     backbone = build_backbone("tiny_net", norm="bn")
     assert dict(backbone.feature_specs()) == {"c2": (16, 4), "c3": (16, 8)}
@@ -96,8 +97,8 @@ def test_installed_distribution_is_discovered(monkeypatch, tmp_path):
 
 def test_entry_point_cannot_shadow_a_builtin(monkeypatch):
     ep = EntryPoint(name="resnet50", value="nowhere:nothing", group=ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "entry_points", fake_entry_points(ep))
-    monkeypatch.setattr(registry, "_PLUGINS", None)
+    monkeypatch.setattr(utils_registry, "entry_points", fake_entry_points(ep))
+    monkeypatch.setattr(registry.BACKBONES, "_plugins", None)
     with pytest.warns(RuntimeWarning, match="resnet50"):
         names = list_backbones()
     assert names.count("resnet50") == 1
