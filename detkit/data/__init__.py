@@ -12,6 +12,7 @@ from .coco import (
     decode_segmentation,
     load_coco_json,
     xywh_to_xyxy,
+    xywh_to_xyxy_array,
 )
 from .collate import collate_detection
 from .io import ImageReadError, read_image_rgb
@@ -50,4 +51,5 @@ __all__ = [
     "load_coco_json",
     "read_image_rgb",
     "xywh_to_xyxy",
+    "xywh_to_xyxy_array",
 ]

@@ -3,7 +3,8 @@
 Shape shorthand: K instances of one image, H x W image size.
 
 Targets follow the detkit convention: ``boxes`` XYXY float32 in absolute pixels (COCO json is
-XYWH; :func:`xywh_to_xyxy` is the one conversion), ``labels`` int64 in ``1..num_classes``
+XYWH; :func:`xywh_to_xyxy_array` is the one conversion of json boxes; the Tensor one is
+``detkit.structures.xywh_to_xyxy``), ``labels`` int64 in ``1..num_classes``
 (0 is the background), categories mapped to contiguous labels in the order of their ids.
 """
 
@@ -42,6 +43,7 @@ __all__ = [
     "resolve_under_root",
     "segmentation_to_rle",
     "xywh_to_xyxy",
+    "xywh_to_xyxy_array",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,16 @@ class AnnotationFormatError(ValueError):
     """An annotation file is not valid COCO (a ``ValueError``)."""
 
 
-def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
-    """``[K, 4]`` XYWH -> ``[K, 4]`` XYXY (float32)."""
+def xywh_to_xyxy_array(boxes: np.ndarray) -> np.ndarray:
+    """``[K, 4]`` XYWH (array or nested lists, e.g. COCO json ``bbox`` values) -> ``[K, 4]`` XYXY float32 array.
+
+    The Tensor version (any leading dimensions, dtype kept) is ``detkit.structures.xywh_to_xyxy``.
+    """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+
+
+xywh_to_xyxy = xywh_to_xyxy_array  # the old name, kept importable
 
 
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -34,7 +34,10 @@ __all__ = [
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """`Tensor[..., 4]` (x, y, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2)."""
+    """`Tensor[..., 4]` (x, y, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2).
+
+    For numpy arrays / COCO json lists: `detkit.data.coco.xywh_to_xyxy_array`.
+    """
     x, y, w, h = boxes.unbind(-1)
     return torch.stack((x, y, x + w, y + h), dim=-1)
 
