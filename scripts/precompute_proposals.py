@@ -5,7 +5,7 @@
 
 import sys
 
-from detkit.proposals.precompute import main
+from detkit.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["proposals", *sys.argv[1:]]))

@@ -1,6 +1,6 @@
 """Detect objects in image files: `python scripts/predict.py --checkpoint CKPT --input IMG_OR_DIR --output DIR`.
 
-Same as `detkit predict ...` (with --input: image files; without: LightningCLI predict on a config).
+Same as `detkit predict ...` (--checkpoint / --onnx: image files; --config: LightningCLI predict on its data).
 """
 
 import sys

@@ -4,7 +4,6 @@ from detkit.evaluation.coco_eval import (
     STAT_NAMES,
     COCOEvaluator,
     EvalResult,
-    evaluate_main,
     format_summary,
     gather_and_deduplicate,
 )
@@ -35,4 +34,8 @@ def __getattr__(name: str):
         from detkit.evaluation.pr_curve import plot_pr_curves
 
         return plot_pr_curves
+    if name == "evaluate_main":  # `detkit evaluate` moved to detkit.cli.evaluate; the old name still imports
+        from detkit.cli.evaluate import main
+
+        return main
     raise AttributeError(f"module 'detkit.evaluation' has no attribute {name!r}")

@@ -6,26 +6,21 @@ sanitises results, hides the backends' printing, and returns one typed `EvalResu
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from detkit.evaluation.results import save_results_json
-
 __all__ = [
     "STAT_NAMES",
     "COCOEvaluator",
     "EvalResult",
-    "evaluate_main",
     "format_summary",
     "gather_and_deduplicate",
 ]
@@ -449,95 +444,3 @@ def gather_and_deduplicate(results_per_rank: Sequence[Sequence[dict]]) -> list[d
         claimed |= rank_images
     return merged
 
-
-def _error(message: str) -> None:
-    print(f"detkit evaluate: error: {message}", file=sys.stderr)
-
-
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """`detkit evaluate`: COCO metrics of a predictions json; returns the exit code.
-
-    0 on success, 2 for a missing / unreadable / non-json input file or bad arguments,
-    1 when the predictions do not match the annotations (unknown image / category ids).
-    """
-    parser = argparse.ArgumentParser(
-        prog="detkit evaluate", description="COCO or Pascal VOC evaluation of a predictions json."
-    )
-    parser.add_argument(
-        "--annotations", help="COCO ground-truth annotation json (required unless --voc-root)"
-    )
-    parser.add_argument(
-        "--predictions", required=True, help="COCO results json (list of detections)"
-    )
-    parser.add_argument("--iou-type", choices=_IOU_TYPES, default="bbox")
-    parser.add_argument(
-        "--output", help="write metrics (stats, per-class AP) to this json"
-    )
-    parser.add_argument("--backend", choices=_BACKENDS, default="auto")
-    parser.add_argument(
-        "--pr-curve", help="write a precision-recall plot (IoU=0.50) to this PNG"
-    )
-    parser.add_argument(
-        "--metric", choices=("coco", "voc07", "voc2010"), default="coco",
-        help="coco (default), or Pascal VOC AP at IoU > 0.5: voc07 (11-point) / voc2010 (area under the envelope)",
-    )  # fmt: skip
-    parser.add_argument("--voc-root", help="VOC metrics: ground truth from a VOC year folder (.../VOC2007)")
-    parser.add_argument("--image-set", default="test", help="with --voc-root: ImageSets/Main/<image-set>.txt")
-    parser.add_argument("--class-names", help="with --voc-root: comma-separated classes (default: the 20 VOC ones)")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help or a usage error; argparse already printed
-        return int(e.code or 0)
-    if args.metric != "coco":
-        from detkit.evaluation.voc_eval import voc_evaluate_main
-
-        return voc_evaluate_main(args)
-    if args.annotations is None or args.voc_root:
-        _error("--metric coco needs --annotations GT.json (--voc-root goes with --metric voc07 / voc2010)")
-        return 2
-
-    loaded = {}
-    for label, path in (
-        ("annotations", args.annotations),
-        ("predictions", args.predictions),
-    ):
-        if not os.path.isfile(path):
-            _error(f"{label} file not found: {path}")
-            return 2
-        try:
-            loaded[label] = _load_json(path)
-        except (
-            OSError,
-            ValueError,
-        ) as e:  # includes json.JSONDecodeError / UnicodeDecodeError
-            _error(f"cannot read {label} file {path}: {e}")
-            return 2
-    try:
-        evaluator = COCOEvaluator(loaded["annotations"])
-    except (ValueError, TypeError, KeyError) as e:
-        _error(f"invalid annotations file {args.annotations}: {e}")
-        return 2
-    areas = evaluator.computed_areas
-    if any(areas.values()):
-        print(
-            f"detkit evaluate: note: {sum(areas.values())} annotations of {args.annotations} have no 'area'; "
-            f"computed from their segmentation ({areas['segmentation']}) or box ({areas['bbox']}) "
-            "(small / medium / large use it)",
-            file=sys.stderr,
-        )
-    try:
-        result = evaluator.evaluate(
-            loaded["predictions"], args.iou_type, backend=args.backend, verbose=True
-        )
-    except ValueError as e:
-        _error(f"invalid predictions file {args.predictions}: {e}")
-        return 1
-    for name, ap in result.per_class_ap.items():
-        print(f" AP[{name}] = {ap:0.3f}")
-    if args.output:
-        save_results_json(result.to_dict(), args.output)
-    if args.pr_curve:
-        from detkit.evaluation.pr_curve import plot_pr_curves
-
-        plot_pr_curves(result.precision, result.category_names, args.pr_curve)
-    return 0

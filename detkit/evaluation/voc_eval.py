@@ -29,14 +29,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["VOC_METRICS", "VOCGroundTruth", "VOCResult", "evaluate_voc", "voc_ap", "voc_evaluate_main"]
+__all__ = ["VOC_METRICS", "VOCGroundTruth", "VOCResult", "evaluate_voc", "voc_ap"]
 
 log = logging.getLogger(__name__)
 
@@ -363,39 +362,9 @@ def _read_json(path: str, label: str) -> Any:
         raise ValueError(f"cannot read {label} file {path}: {e}") from None
 
 
-def voc_evaluate_main(args) -> int:
-    """`detkit evaluate --metric voc07|voc2010`: parsed arguments in, exit code out.
+def __getattr__(name: str):
+    if name == "voc_evaluate_main":  # the command moved to detkit.cli.evaluate; the old name still imports
+        from detkit.cli.evaluate import voc_evaluate_main
 
-    Ground truth: ``args.annotations`` (COCO json) or ``args.voc_root`` + ``args.image_set``.
-    Prints the table, writes ``{"metric", "mAP", "per_class_ap"}`` to ``args.output``.
-    0 on success, 2 for missing / unreadable inputs, 1 for predictions that do not match.
-    """
-    from detkit.evaluation.results import save_results_json
-
-    def error(message: str, code: int) -> int:
-        print(f"detkit evaluate: error: {message}", file=sys.stderr)
-        return code
-
-    if getattr(args, "iou_type", "bbox") != "bbox" or getattr(args, "pr_curve", None):
-        return error("--metric voc07 / voc2010 evaluates boxes only (no --iou-type segm, no --pr-curve)", 2)
-    try:
-        if args.voc_root:
-            names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-            gt = VOCGroundTruth.from_voc(args.voc_root, args.image_set, names)
-        elif args.annotations:
-            gt = VOCGroundTruth.from_coco(args.annotations)
-        else:
-            return error("give --annotations GT.json or --voc-root DIR (with --image-set)", 2)
-        predictions = _read_json(args.predictions, "predictions")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return error(str(e).splitlines()[0] if str(e) else type(e).__name__, 2)
-    if not isinstance(predictions, list):
-        return error(f"{args.predictions}: expected a list of detections", 2)
-    try:
-        result = evaluate_voc(gt, predictions, args.metric)
-    except ValueError as e:
-        return error(f"invalid predictions file {args.predictions}: {e}", 1)
-    print(result.summary)
-    if args.output:
-        save_results_json(result.to_dict(), args.output)
-    return 0
+        return voc_evaluate_main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -231,9 +231,9 @@ def test_compute_proposals_reports_unreadable_images(tmp_path, image_files):
 
 
 def load_script():
-    from detkit.proposals import precompute
+    from detkit.cli import proposals
 
-    return precompute
+    return proposals
 
 
 def test_precompute_script(tmp_path, image_files, capsys):

@@ -1,0 +1,322 @@
+"""`detkit predict`: detections of a trained detector, one command with three model sources.
+
+    detkit predict --checkpoint CKPT --input DIR|FILE ... --output OUT [--annotations GT.json]
+    detkit predict --onnx MODEL.onnx --input DIR|FILE ... --output OUT
+    detkit predict --config CONFIG --ckpt_path CKPT [--key value ...]
+
+The model source picks the mode: a training checkpoint (`--checkpoint`) or an exported ONNX
+file (`--onnx`, run with ONNX Runtime) predicts image files; a config (`--config`, with
+`--ckpt_path`) runs LightningCLI's `predict` on the config's data, with every LightningCLI
+option (`detkit predict --config CONFIG --help` lists them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main", "predict_files"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+EPILOG = """modes (the model source decides):
+  detkit predict --checkpoint CKPT --input DIR|FILE [...] --output OUT [--annotations GT.json] [--strict]
+      (or --onnx MODEL.onnx from `detkit export` instead of --checkpoint: ONNX Runtime, same outputs)
+      image files -> OUT/detections.json (COCO results, the data set's category ids; evaluate it with
+      `detkit evaluate --annotations GT.json --predictions OUT/detections.json`) and OUT/images.json
+  detkit predict --config CONFIG.yaml --ckpt_path CKPT [--key value ...]
+      LightningCLI on the config's validation split -> <log dir>/predictions.json (COCO results);
+      `detkit predict --config CONFIG.yaml --help` lists its options
+"""
+
+# options of the image-file mode: refused with --config, where the config's data is predicted
+FILE_OPTIONS = (
+    "--input", "--output", "--annotations", "--score-threshold", "--draw-threshold", "--strict", "--device",
+    "--batch-size", "--no-draw",
+)  # fmt: skip
+
+
+def build_parser(prog: str = "detkit predict") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} (--checkpoint CKPT | --onnx MODEL.onnx) --input DIR|FILE [...] --output OUT [options]\n"
+        f"       {prog} --config CONFIG --ckpt_path CKPT [--key value ...]",
+        description="Detect objects with a trained detector: image files (--checkpoint or --onnx) or a config's "
+        "data (--config).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # `--config X --help` is LightningCLI's help
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (with --config: LightningCLI's)")
+    source = parser.add_argument_group("model (exactly one)").add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="Lightning checkpoint written by `detkit fit`: predict image files")
+    source.add_argument(
+        "--onnx", help="ONNX file written by `detkit export` (ONNX Runtime on the CPU): predict image files"
+    )
+    source.add_argument(
+        "-c", "--config", action="append",
+        help="config name or YAML: predict its validation data with LightningCLI (with --ckpt_path)",
+    )  # fmt: skip
+    files = parser.add_argument_group("image files (with --checkpoint or --onnx)")
+    files.add_argument("--input", nargs="+", help="image files and/or folders (searched recursively)")
+    files.add_argument("--output", help="output folder")
+    files.add_argument(
+        "--annotations",
+        help="COCO json whose images entries give the image ids (file_name relative to the input folder)",
+    )
+    files.add_argument(
+        "--score-threshold", type=float, default=0.0, help="keep detections scoring at least this (default: all)"
+    )
+    files.add_argument("--draw-threshold", type=float, default=0.5, help="draw detections scoring at least this")
+    files.add_argument("--strict", action="store_true", help="fail on the first unreadable file instead of skipping it")
+    files.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    files.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    files.add_argument("--no-draw", action="store_true", help="write the json files only")
+    config = parser.add_argument_group(
+        "config's data (with --config)",
+        "any LightningCLI option as well (--trainer.*, --data.*, --model.*); --config CONFIG --help lists them",
+    )
+    config.add_argument("--ckpt_path", help="checkpoint to predict with")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "detkit predict") -> int:
+    """`detkit predict ...` (`argv` without the command name); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog)
+    args, unknown = parser.parse_known_args(argv)
+    if args.config:
+        given = [flag for flag in FILE_OPTIONS if any(a == flag or a.startswith(flag + "=") for a in argv)]
+        if given:
+            parser.error(f"{', '.join(given)}: image-file options go with --checkpoint or --onnx; "
+                         "--config predicts the config's data")  # fmt: skip
+        from detkit.cli.lightning import run
+
+        return run("predict", argv)  # LightningCLI parses everything, --help included
+    if args.help:
+        parser.print_help()
+        return 0
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (LightningCLI options go with --config)")
+    if not (args.checkpoint or args.onnx):
+        parser.error("give the model: --checkpoint CKPT or --onnx MODEL.onnx (with --input), or --config CONFIG")
+    if args.ckpt_path:
+        parser.error("--ckpt_path goes with --config; image files take --checkpoint CKPT")
+    if not args.input or not args.output:
+        parser.error("--input and --output are required with --checkpoint / --onnx")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    return predict_files(args, prog)
+
+
+def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int:
+    """Detections of image files with `args.checkpoint` or `args.onnx`.
+
+    Writes `OUT/detections.json`, a COCO results list (`image_id`, `category_id` -- the data set's
+    own ids --, `bbox` XYWH, `score`, and RLE `segmentation` for mask models) that
+    `detkit evaluate` reads as it is; `OUT/images.json` (`images`: id, file_name, width, height
+    of every predicted file; `categories`; `skipped`: unreadable files and why); and one PNG per
+    image with its detections drawn. Image ids come from `--annotations` (matched by `file_name`
+    relative to the input folder), else they are 1..N in sorted file order.
+    """
+    from detkit.data import ImageReadError, read_image_rgb
+    from detkit.evaluation.results import save_results_json
+
+    device = _resolve_device(args.device)
+    files = _list_images(args.input)
+    if args.onnx:
+        from detkit.export.runner import OnnxPredictor
+
+        model = OnnxPredictor(args.onnx)
+        class_names = model.class_names
+    else:
+        from detkit.engine.checkpoint_io import build_model_from_checkpoint
+
+        model, class_names = build_model_from_checkpoint(args.checkpoint)
+    label_map = getattr(model, "label_to_category_id", None)
+    by_name: dict[str, int] = {}
+    if args.annotations is not None:
+        if not os.path.isfile(args.annotations):
+            raise FileNotFoundError(f"annotations file not found: {args.annotations}")
+        by_name, gt_map = _ground_truth_ids(args.annotations, class_names)
+        if label_map is None:
+            label_map = gt_map
+        elif label_map != gt_map:
+            raise ValueError(
+                f"{args.annotations}: category ids {sorted(gt_map.values())} differ from the checkpoint's "
+                f"{sorted(label_map.values())}"
+            )
+    identity = label_map is None  # a checkpoint from before category ids were stored
+    if identity:
+        label_map = {k: k for k in range(1, int(getattr(model, "num_classes", 0) or len(class_names or ())) + 1)}
+    image_ids = list(range(1, len(files) + 1))  # without annotations: 1..N in sorted file order
+    if args.annotations is not None:
+        files, image_ids = _match_annotations(files, args.annotations, by_name, prog)
+    model.to(device)
+    out_names = _output_names([name for _, name in files])
+    os.makedirs(args.output, exist_ok=True)
+
+    results: list[dict] = []
+    images_meta: list[dict] = []
+    skipped: list[dict] = []
+    readable = []
+    for (path, name), image_id, png in zip(files, image_ids, out_names):
+        try:
+            readable.append((name, image_id, png, read_image_rgb(path)))
+        except ImageReadError as e:
+            if args.strict:
+                raise
+            skipped.append({"file_name": name, "reason": e.reason})
+        if len(readable) == args.batch_size:
+            _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+            readable = []
+    if readable:
+        _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+
+    out_json = os.path.join(args.output, "detections.json")
+    save_results_json(results, out_json)
+    categories = [
+        {"id": cid, "name": class_names[label - 1] if class_names and label <= len(class_names) else str(label)}
+        for label, cid in sorted(label_map.items())
+    ]
+    meta = {
+        "checkpoint": os.fspath(args.checkpoint or args.onnx),
+        "images": images_meta,
+        "categories": categories,
+        "skipped": skipped,
+    }
+    save_results_json(meta, os.path.join(args.output, "images.json"))
+    print(f"{len(images_meta)} images, {len(results)} detections -> {out_json}")
+    if identity:
+        print(
+            f"{prog}: warning: {args.checkpoint or args.onnx} stores no category ids; "
+            f"category_id = label (1..{len(label_map)}); pass --annotations to use the data set's ids",
+            file=sys.stderr,
+        )
+    if skipped:
+        names = ", ".join(f"{s['file_name']} ({s['reason']})" for s in skipped[:3])
+        more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        print(f"{prog}: skipped {len(skipped)} unreadable file(s): {names}{more} (see images.json)", file=sys.stderr)
+    return 0
+
+
+
+
+def _ground_truth_ids(path: str, class_names: Sequence[str] | None) -> tuple[dict[str, int], dict[int, int]]:
+    """`{file_name: image_id}` and `{label: category_id}` (categories sorted by id) of a COCO json."""
+    from detkit.data import load_coco_json
+
+    data = load_coco_json(path)
+    by_name = {}
+    for img in data["images"]:
+        if isinstance(img, dict) and isinstance(img.get("file_name"), str) and type(img.get("id")) is int:
+            by_name[Path(img["file_name"]).as_posix()] = img["id"]
+    cats = sorted(
+        (c for c in data["categories"] if isinstance(c, dict) and type(c.get("id")) is int), key=lambda c: c["id"]
+    )
+    names = [c.get("name") for c in cats]
+    if class_names and names != list(class_names):
+        raise ValueError(f"{path}: categories {names} differ from the checkpoint's classes {list(class_names)}")
+    return by_name, {i + 1: c["id"] for i, c in enumerate(cats)}
+
+
+def _match_annotations(
+    files: list[tuple[Path, str]], annotations: str, by_name: dict[str, int], prog: str
+) -> tuple[list[tuple[Path, str]], list[int]]:
+    """The input files listed in the annotations (by file_name relative to the input folder) and their
+    image ids; other files are left out and said, images of the annotations not found are said."""
+    kept = [(p, n) for p, n in files if n in by_name]
+    if not kept:
+        raise ValueError(
+            f"none of the {len(files)} input files is an images entry of {annotations}: file_name must be relative "
+            f"to the --input folder (first input file: {files[0][1]!r}; first file_name: {next(iter(by_name), None)!r})"
+        )
+    if len(kept) < len(files):
+        print(f"{prog}: {len(files) - len(kept)} input file(s) are not in {annotations}; left out", file=sys.stderr)
+    absent = len(by_name) - len({n for _, n in kept})
+    if absent:
+        print(f"{prog}: warning: {absent} image(s) of {annotations} are not under the input; they get no detections",
+              file=sys.stderr)  # fmt: skip
+    return kept, [by_name[n] for _, n in kept]
+
+
+def _list_images(inputs: Sequence[str]) -> list[tuple[Path, str]]:
+    """(path, name relative to its input) of every image file under the inputs, sorted."""
+    found = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found += [(f, f.relative_to(p).as_posix()) for f in files]
+        elif p.is_file():
+            found.append((p, p.name))
+        else:
+            raise FileNotFoundError(f"input not found: {item}")
+    if not found:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {', '.join(inputs)}")
+    return found
+
+
+def _output_names(names: Sequence[str]) -> list[str]:
+    out, used = [], set()
+    for name in names:
+        stem = Path(name).with_suffix("").as_posix().replace("/", "__")
+        candidate, k = stem, 1
+        while candidate in used:
+            candidate, k = f"{stem}_{k}", k + 1
+        used.add(candidate)
+        out.append(candidate + ".png")
+    return out
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, class_names) -> None:
+    """Predict one batch of read images; append its COCO results and image entries."""
+    import torch
+
+    from detkit.engine.visualize import draw_detections, save_png
+    from detkit.evaluation.results import detections_to_coco_results
+
+    images = [torch.from_numpy(a).permute(2, 0, 1).to(device=device, dtype=torch.float32).div_(255) for *_, a in chunk]
+    try:
+        with torch.inference_mode():
+            detections = model.predict(images)
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise MemoryError(
+            f"out of memory on {device} predicting {len(images)} image(s): use a smaller --batch-size "
+            f"(now {args.batch_size}), smaller images, or --device cpu"
+        ) from None
+    for (name, image_id, png, array), det in zip(chunk, detections):
+        det = {k: v.cpu() for k, v in det.items()}
+        keep = det["scores"] >= args.score_threshold
+        det = {k: v[keep] for k, v in det.items()}
+        results.extend(detections_to_coco_results([image_id], [det], label_to_category_id=label_map))
+        entry = {"id": image_id, "file_name": name, "width": int(array.shape[1]), "height": int(array.shape[0])}
+        if not args.no_draw:
+            shown = det["scores"] >= args.draw_threshold
+            drawn = draw_detections(
+                array,
+                det["boxes"][shown],
+                det["labels"][shown],
+                det["scores"][shown],
+                det["masks"][shown] if "masks" in det else None,
+                class_names=class_names,
+            )
+            save_png(os.path.join(args.output, png), drawn)
+            entry["drawing"] = png
+        images_meta.append(entry)
