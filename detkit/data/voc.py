@@ -30,6 +30,8 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
+from detkit.utils.io import atomic_write
+
 from .coco import Transform, resolve_under_root
 from .io import ImageReadError, load_first_readable, read_image_rgb
 
@@ -433,11 +435,6 @@ class VocDetection(torch.utils.data.Dataset):
                 for i, n in enumerate(self.class_names)
             ],
         }
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(coco, f)
-        os.replace(tmp, path)
+        path = atomic_write(path, json.dumps(coco).encode("utf-8"), fsync=False)
         self.ann_file = path
         return path

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from detkit.utils.io import atomic_write
 
 if TYPE_CHECKING:  # torch is imported on use: `detkit evaluate` starts without it
     from torch import Tensor
@@ -149,22 +150,9 @@ def detections_to_coco_results(
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix=".tmp-", suffix=os.path.basename(path)
-    )
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `data` to `path` through a temporary file in the same folder and `os.replace`
+    (`detkit.utils.io.atomic_write` without fsync)."""
+    atomic_write(path, data, fsync=False)
 
 
 def save_results_json(results: list[dict] | dict, path: str | os.PathLike) -> None:

@@ -45,6 +45,7 @@ except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
 from detkit.proposals.selective_search import _check_args, selective_search_bgr
+from detkit.utils.io import atomic_write
 from detkit.utils.optional import require
 
 cv2 = require("cv2", "proposals", "selective search")
@@ -303,17 +304,17 @@ class ProposalCache:
 
     def _rewrite(self, spans) -> None:
         """Rewrite the file keeping only the sound records (atomic replace)."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
         index = {}
-        with open(self.path, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(src.read(self._data_start))
-            for start, end, image_id, n in spans:
-                src.seek(start)
-                index[image_id] = (dst.tell() + _REC_HEAD.size, n)
-                dst.write(src.read(end - start))
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, self.path)
+
+        def copy_sound_records(dst) -> None:
+            with open(self.path, "rb") as src:
+                dst.write(src.read(self._data_start))
+                for start, end, image_id, n in spans:
+                    src.seek(start)
+                    index[image_id] = (dst.tell() + _REC_HEAD.size, n)
+                    dst.write(src.read(end - start))
+
+        atomic_write(self.path, copy_sound_records)
         self._index = index
         self.close()  # the lock was on the replaced file: lock the new one
         self._write_handle()
