@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from detkit.evaluation.results import atomic_write_bytes
+from detkit.utils.io import atomic_write
 
 __all__ = ["class_colour", "draw_detections", "plot_curves", "save_png", "to_uint8_rgb"]
 
@@ -132,7 +132,7 @@ def save_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(to_uint8_rgb(image_rgb), cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode PNG for {os.fspath(path)}")
-    atomic_write_bytes(path, buf.tobytes())
+    atomic_write(path, buf.tobytes(), fsync=False)
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from detkit.evaluation.results import atomic_write_bytes
+from detkit.utils.io import atomic_write
 
 __all__ = ["plot_pr_curves"]
 
@@ -180,4 +180,4 @@ def plot_pr_curves(
     ok, encoded = cv2.imencode(".png", img)
     if not ok:
         raise RuntimeError("OpenCV could not encode the PNG")
-    atomic_write_bytes(path, encoded.tobytes())
+    atomic_write(path, encoded.tobytes(), fsync=False)
