@@ -4,10 +4,20 @@ from detkit.models import classic as _classic  # noqa: F401  (registers the vari
 from detkit.models import fast_rcnn as _fast_rcnn  # noqa: F401
 from detkit.models import rcnn as _rcnn  # noqa: F401
 from detkit.models import zoo as _zoo  # noqa: F401
+from detkit.models.base import Detector
 from detkit.models.fast_rcnn import FastRCNN
 from detkit.models.rcnn import RCNN
 from detkit.models.registry import build_model, list_models, register_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
 
-__all__ = ["FastRCNN", "RCNN", "build_model", "list_models", "register_model", "DetectionTransform", "TwoStageDetector"]
+__all__ = [
+    "Detector",
+    "FastRCNN",
+    "RCNN",
+    "build_model",
+    "list_models",
+    "register_model",
+    "DetectionTransform",
+    "TwoStageDetector",
+]

@@ -27,14 +27,13 @@ from detkit.models.fast_rcnn import FastRCNN, build_fast_rcnn
 from detkit.models.rcnn import RCNN, build_rcnn
 from detkit.models.registry import register_model
 from detkit.models.two_stage import TwoStageDetector
-from detkit.models.zoo import _fpn_detector, build_two_stage
+from detkit.models.zoo import _fpn_detector, build_two_stage, default_freeze_at
 
 __all__ = ["fast_rcnn_alexnet", "faster_rcnn_alexnet", "faster_rcnn_googlenet", "rcnn_alexnet"]
 
 
 def _alexnet(backbone_weights, freeze_at: int | None, frozen_if_pretrained: int, **kwargs):
-    if freeze_at is None:
-        freeze_at = frozen_if_pretrained if backbone_weights else 0
+    freeze_at = default_freeze_at(freeze_at, backbone_weights, frozen_if_pretrained)
     return build_backbone("alexnet", weights=backbone_weights, freeze_at=freeze_at, **kwargs)
 
 

@@ -19,11 +19,17 @@ from torch import Tensor
 from detkit.backbones import build_backbone
 from detkit.heads.roi_heads import RoIHeads
 from detkit.matching import Matcher
-from detkit.models.rcnn import validate_proposals
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
-from detkit.models.zoo import build_two_stage
+from detkit.models.zoo import (
+    build_roi_heads,
+    build_rpn,
+    build_transform,
+    check_features,
+    default_freeze_at,
+    split_kwargs,
+)
 
 __all__ = ["BackgroundBandMatcher", "FastRCNN", "build_fast_rcnn"]
 
@@ -63,18 +69,10 @@ class BackgroundBandMatcher:
 
 
 class FastRCNN(TwoStageDetector):
-    """`TwoStageDetector` without RPN that checks its `proposals` argument (ValueError naming the expected form)."""
-
-    requires_proposals = True
+    """`TwoStageDetector` without RPN: it requires `proposals` (ValueError naming the expected form)."""
 
     def __init__(self, backbone, roi_heads: RoIHeads, *, transform: DetectionTransform | None = None, num_classes: int):
         super().__init__(backbone, roi_heads, rpn=None, transform=transform, num_classes=num_classes)
-
-    def _proposals(self, features, batch, packed, proposals):
-        proposals = validate_proposals(
-            proposals, batch.num_images, owner=type(self).__name__, device=batch.tensor.device
-        )
-        return super()._proposals(features, batch, packed, proposals)
 
 
 def build_fast_rcnn(
@@ -97,36 +95,32 @@ def build_fast_rcnn(
 ) -> FastRCNN:
     """Fast R-CNN around `backbone`: RoIPool 7x7 of one feature map, fc6/fc7, softmax + class-specific boxes.
 
-    `kwargs` go to `build_two_stage` (box_resolution, box_score_threshold, detections_per_image,
-    size_divisible, ...). `roi_bg_iou_low` = 0 turns the background band into [0, 0.5).
+    `kwargs` go to `build_roi_heads` (box_resolution, box_score_threshold, detections_per_image,
+    ...) and `build_transform` (size_divisible); `build_rpn`'s are accepted and unused (no RPN).
+    `roi_bg_iou_low` = 0 turns the background band into [0, 0.5).
     """
     specs = backbone.feature_specs()
-    feature = feature or list(specs)[-1]
-    if feature not in specs:
-        raise ValueError(f"feature {feature!r} is not an output of the backbone; it has {list(specs)}")
+    feature = check_features(specs, [feature or list(specs)[-1]])
     kwargs.setdefault("pool_type", "pool")
-    base = build_two_stage(
+    # build_rpn's keywords are accepted (and unused) as before
+    _, roi_kwargs, transform_kwargs = split_kwargs(
+        "build_fast_rcnn", kwargs, build_rpn, build_roi_heads, build_transform
+    )
+    roi_heads = build_roi_heads(
         backbone,
         num_classes=num_classes,
-        rpn_features=[feature],
-        roi_features=[feature],
-        anchor_sizes=(),
-        with_rpn=False,
+        roi_features=feature,
         representation_size=representation_size,
         dropout=dropout,
         roi_batch_size_per_image=roi_batch_size_per_image,
         roi_positive_fraction=roi_positive_fraction,
-        roi_fg_iou_threshold=roi_fg_iou_threshold,
-        roi_bg_iou_threshold=roi_bg_iou_threshold,
+        roi_matcher=BackgroundBandMatcher(roi_fg_iou_threshold, roi_bg_iou_threshold, roi_bg_iou_low),
+        smooth_l1_beta=float(smooth_l1_beta),
         box_nms_threshold=box_nms_threshold,
-        min_size=min_size,
-        max_size=max_size,
-        **kwargs,
+        **roi_kwargs,
     )
-    heads = base.roi_heads
-    heads.matcher = BackgroundBandMatcher(roi_fg_iou_threshold, roi_bg_iou_threshold, roi_bg_iou_low)
-    heads.smooth_l1_beta = float(smooth_l1_beta)
-    return FastRCNN(base.backbone, heads, transform=base.transform, num_classes=num_classes)
+    transform = build_transform(min_size=min_size, max_size=max_size, **transform_kwargs)
+    return FastRCNN(backbone, roi_heads, transform=transform, num_classes=num_classes)
 
 
 @register_model("fast_rcnn_vgg16")
@@ -140,8 +134,7 @@ def fast_rcnn_vgg16(
     **kwargs,
 ) -> FastRCNN:
     """The Fast R-CNN paper's model: VGG-16 conv5_3 (stride 16), RoIPool 7x7, fc6/fc7 4096, images at 600 px."""
-    if freeze_at is None:  # the paper fine-tunes from conv3_1 on
-        freeze_at = 2 if backbone_weights else 0
+    freeze_at = default_freeze_at(freeze_at, backbone_weights)  # the paper fine-tunes from conv3_1 on
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
     return build_fast_rcnn(
         backbone, num_classes=num_classes, representation_size=representation_size, dropout=dropout, **kwargs
@@ -159,8 +152,7 @@ def fast_rcnn_r18(
     **kwargs,
 ) -> FastRCNN:
     """Fast R-CNN on ResNet-18 c4 (stride 16, 256 channels): RoIPool 7x7, fc6/fc7 1024."""
-    if freeze_at is None:
-        freeze_at = 2 if backbone_weights else 0
+    freeze_at = default_freeze_at(freeze_at, backbone_weights)
     backbone = build_backbone(
         "resnet18", weights=backbone_weights, out_features=("c4",), freeze_at=freeze_at, norm=norm
     )

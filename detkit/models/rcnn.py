@@ -5,7 +5,8 @@ Calling convention (as `TwoStageDetector`, with external proposals):
     detections = model.predict(images, proposals=proposals) # one dict per image, original pixels
 
 `proposals` holds one `Tensor[P_i, 4]` XYXY per image in original-image pixels (selective
-search, read from a `ProposalCache`, e.g. `target["proposals"]` of `detkit.data.WithProposals`).
+search, read from a `ProposalCache`, e.g. `target["proposals"]` of `detkit.data.WithProposals`);
+the base `detkit.models.base.Detector` validates and packs them.
 
 Per region: the box is enlarged so that, once warped to S x S, `context_padding` pixels of
 image context surround it (the paper's p = 16 at S = 227/224); all crops of a batch come from
@@ -30,8 +31,6 @@ Shape shorthand:
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,9 +42,10 @@ from detkit.heads.roi_heads import pack_to_padded, select_detections
 from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder
+from detkit.models.base import Detector, validate_proposals
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform, resize_boxes
-from detkit.models.two_stage import evaluation_mode, prepare_inputs, targets_required
+from detkit.models.zoo import check_features, default_freeze_at
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
 
 __all__ = [
@@ -62,42 +62,6 @@ CLASSIFIERS = ("softmax", "svm")
 
 
 # --------------------------------------------------------------------------- helpers
-def validate_proposals(proposals, num_images: int, *, owner: str = "this model", device=None) -> list[Tensor]:
-    """Check external proposals and return them as float32 `Tensor[P_i, 4]` on `device`.
-
-    Expects one `Tensor[P_i, 4]` (or array) XYXY per image, in original-image pixels, with
-    finite values and x2 >= x1, y2 >= y1; raises ValueError naming what is expected.
-    Boxes of zero width or height are dropped.
-    """
-    expected = (
-        "one Tensor[P, 4] XYXY per image, in original-image pixels "
-        "(e.g. target['proposals'] of detkit.data.WithProposals)"
-    )
-    if proposals is None:
-        raise ValueError(f"{owner} needs region proposals: pass proposals= as {expected}")
-    if isinstance(proposals, Tensor) or not isinstance(proposals, Sequence):
-        raise ValueError(f"proposals must be a list with {expected}; got {type(proposals).__name__}")
-    if len(proposals) != num_images:
-        raise ValueError(f"got {num_images} images but {len(proposals)} proposal sets: expected {expected}")
-    out = []
-    for i, p in enumerate(proposals):
-        try:
-            p = torch.as_tensor(p, dtype=torch.float32, device=device)
-        except (TypeError, ValueError, RuntimeError):
-            raise ValueError(f"proposals[{i}] must be a Tensor[P, 4], got {type(p).__name__}") from None
-        if p.numel() == 0:
-            p = p.reshape(0, 4)
-        if p.dim() != 2 or p.shape[1] != 4:
-            raise ValueError(f"proposals[{i}] must have shape [P, 4] (XYXY), got {tuple(p.shape)}")
-        if not bool(torch.isfinite(p).all()):
-            raise ValueError(f"proposals[{i}] contains non-finite values")
-        wh = p[:, 2:] - p[:, :2]
-        if bool((wh < 0).any()):
-            raise ValueError(f"proposals[{i}] must be XYXY with x2 >= x1 and y2 >= y1 (is it XYWH?)")
-        out.append(p[(wh > 0).all(1)])
-    return out
-
-
 def context_padded_boxes(boxes: Tensor, crop_size: int, padding: float) -> Tensor:
     """Enlarge `Tensor[R, 4]` boxes about their centres for `padding` px of context at the warped size.
 
@@ -174,7 +138,7 @@ class CropFeatureHead(nn.Module):
 
 
 # --------------------------------------------------------------------------- model
-class RCNN(nn.Module):
+class RCNN(Detector):
     """R-CNN: per-region CNN features, softmax or per-class SVM scores, class-specific box regression.
 
     Args:
@@ -209,8 +173,6 @@ class RCNN(nn.Module):
         detections_per_image: top-k kept per image.
         test_batch_size: crops per CNN call at inference.
     """
-
-    requires_proposals = True
 
     def __init__(
         self,
@@ -253,9 +215,7 @@ class RCNN(nn.Module):
         if bg_iou_threshold > fg_iou_threshold:
             raise ValueError(f"bg_iou_threshold ({bg_iou_threshold}) must be <= fg_iou_threshold ({fg_iou_threshold})")
         specs = backbone.feature_specs()
-        self.feature = feature or list(specs)[-1]
-        if self.feature not in specs:
-            raise ValueError(f"feature {self.feature!r} is not an output of the backbone; it has {list(specs)}")
+        [self.feature] = check_features(specs, [feature or list(specs)[-1]])
         context_padded_boxes(torch.zeros(0, 4), crop_size, context_padding)  # validates the pair
         self.backbone, self.head = backbone, head
         self.transform = (
@@ -287,22 +247,9 @@ class RCNN(nn.Module):
         self.detections_per_image, self.test_batch_size = int(detections_per_image), int(test_batch_size)
         self.min_box_size = float(min_box_size)
 
-    # ------------------------------------------------------------------ inputs
-    def prepare(
-        self, images: Sequence[Tensor], targets: Sequence[dict] | None = None
-    ) -> tuple[ImageBatch, PackedTargets | None]:
-        """Validate, normalise (and resize) and pack images and targets; boxes move to the batch's pixels."""
-        return prepare_inputs(self.transform, images, targets, self.num_classes)
-
-    def pack_proposals(self, proposals, batch: ImageBatch) -> tuple[Tensor, Tensor]:
-        """Validated proposals, packed: boxes `Tensor[B, 4]` in the batch's pixels and `batch_idx` `Tensor[B]`."""
-        device = batch.tensor.device
-        boxes = validate_proposals(proposals, batch.num_images, owner=type(self).__name__, device=device)
-        batch_idx = torch.repeat_interleave(
-            torch.arange(len(boxes), device=device), torch.tensor([len(b) for b in boxes], device=device)
-        )
-        packed = torch.cat(boxes) if boxes else torch.zeros((0, 4), device=device)
-        return resize_boxes(packed, batch_idx, batch.original_sizes, batch.image_sizes), batch_idx
+    @property
+    def requires_proposals(self) -> bool:
+        return True
 
     # ------------------------------------------------------------------ network
     def region_features(self, images: Tensor, boxes: Tensor, batch_idx: Tensor) -> tuple[Tensor, Tensor]:
@@ -410,21 +357,9 @@ class RCNN(nn.Module):
         return loss / max(sampled["labels"].numel(), 1)
 
     # ------------------------------------------------------------------ API
-    def forward(self, images: Sequence[Tensor], targets: Sequence[dict] | None = None, *, proposals=None):
-        """Losses when `targets` is given (training or validation loss), else `predict(images, proposals=...)`.
-
-        In training mode `targets` are required (ValueError), as in torchvision.
-        """
-        if targets is None:
-            if self.training:
-                raise targets_required(self)
-            return self.predict(images, proposals=proposals)
-        return self.compute_losses(images, targets, proposals=proposals)
-
-    def compute_losses(self, images: Sequence[Tensor], targets: Sequence[dict], *, proposals=None) -> dict[str, Tensor]:
-        batch, packed = self.prepare(images, targets)
+    def batch_losses(self, batch: ImageBatch, targets: PackedTargets, *, proposals=None) -> dict[str, Tensor]:
         boxes, batch_idx = self.pack_proposals(proposals, batch)
-        sampled = self.sample_regions(boxes, batch_idx, packed)
+        sampled = self.sample_regions(boxes, batch_idx, targets)
         x, x_box = self.region_features(batch.tensor, sampled["boxes"], sampled["batch_idx"])
         scores, box_deltas = self.cls_score(x), self.bbox_pred(x_box)
         return {
@@ -432,18 +367,8 @@ class RCNN(nn.Module):
             "loss_box_reg": self.box_loss(box_deltas, sampled),
         }
 
-    @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
-        """Score every proposal (in chunks of `test_batch_size` crops): one dict per image, original pixels.
-
-        `boxes` Tensor[E_i, 4], `scores` [E_i] (softmax probability or SVM score), `labels` int64 [E_i].
-        Runs in eval mode whatever the model's mode, and leaves the mode as it was.
-        """
-        with evaluation_mode(self):
-            return self._predict(images, proposals=proposals)
-
-    def _predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
-        batch, _ = self.prepare(images)
+    def batch_detections(self, batch: ImageBatch, *, proposals=None) -> Detections:
+        """Score every proposal in chunks of `test_batch_size` crops; `scores`: softmax probabilities or SVM scores."""
         boxes, batch_idx = self.pack_proposals(proposals, batch)
         k = self.num_classes
         scores, deltas = [], []
@@ -462,7 +387,7 @@ class RCNN(nn.Module):
             scores = F.softmax(scores, dim=1)[:, 1:]
         dets = self.postprocess(scores, deltas, boxes, batch_idx, batch.image_sizes)
         dets.boxes = resize_boxes(dets.boxes, dets.batch_idx, batch.image_sizes, batch.original_sizes)
-        return dets.split()
+        return dets
 
     @torch.no_grad()
     def postprocess(
@@ -498,9 +423,7 @@ def build_rcnn(
 ) -> RCNN:
     """R-CNN around `backbone`, its head sized from the backbone's feature specs; `kwargs` go to `RCNN`."""
     specs = backbone.feature_specs()
-    feature = feature or list(specs)[-1]
-    if feature not in specs:
-        raise ValueError(f"feature {feature!r} is not an output of the backbone; it has {list(specs)}")
+    [feature] = check_features(specs, [feature or list(specs)[-1]])
     head = CropFeatureHead(specs[feature].channels, pool_size, representation_size, dropout=dropout)
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=1)
     return RCNN(backbone, head, num_classes=num_classes, feature=feature, transform=transform, **kwargs)
@@ -516,8 +439,7 @@ def rcnn_vgg16(
     **kwargs,
 ) -> RCNN:
     """The R-CNN paper's model on VGG-16: 224 x 224 warps with 16 px context, pool5, fc6/fc7 4096 with dropout."""
-    if freeze_at is None:  # keep conv1-conv2 fixed when fine-tuning ImageNet weights, as Fast R-CNN
-        freeze_at = 2 if backbone_weights else 0
+    freeze_at = default_freeze_at(freeze_at, backbone_weights)  # conv1-conv2 fixed when fine-tuning, as Fast R-CNN
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
     return build_rcnn(backbone, num_classes=num_classes, crop_size=crop_size, **kwargs)
 
