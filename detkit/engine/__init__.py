@@ -1,4 +1,5 @@
-"""Lightning glue: the training system, data modules, callbacks, checkpoint I/O and the CLI.
+"""Lightning glue: the training system, data modules, callbacks (evaluation files, curves, checkpoints) and
+checkpoint I/O; the commands are in `detkit.cli`.
 
 The only part of detkit that imports Lightning.
 """
@@ -6,6 +7,7 @@ The only part of detkit that imports Lightning.
 from detkit.engine.callbacks import CocoPredictionWriter, DetectionCheckpoint, LossCurveCallback, plot_training_curves
 from detkit.engine.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint
 from detkit.engine.datamodule import CocoDataModule, DetectionDataModule, ShapesDataModule, VocDataModule
+from detkit.engine.evaluation_writer import Evaluation, EvaluationWriter
 from detkit.engine.module import DetectionModule, WarmupSchedule, parameter_groups
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "DetectionCheckpoint",
     "DetectionDataModule",
     "DetectionModule",
+    "Evaluation",
+    "EvaluationWriter",
     "LossCurveCallback",
     "ShapesDataModule",
     "UnsafeCheckpointError",

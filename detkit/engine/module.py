@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.optim import lr_scheduler
 
 from detkit import __version__
-from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate, plot_pr_curves
-from detkit.evaluation.results import save_results_json
+from detkit.engine.evaluation_writer import Evaluation, EvaluationWriter
+from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate
 from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
 from detkit.layers import is_norm
 from detkit.models import build_model
@@ -280,7 +280,7 @@ class DetectionModule(LightningModule):
         self._evaluators: dict[str, COCOEvaluator] = {}
         self._voc_gt: dict[str, VOCGroundTruth] = {}
         self._eval = self._new_eval_state()
-        self.last_eval_dir: str | None = None
+        self.last_evaluation: Evaluation | None = None  # what EvaluationWriter writes (global-zero rank)
         self._loaded_epoch: int | None = None
         self._optimizer_init: dict[str, Any] | None = None
         self._lr_scheduler_init: dict[str, Any] | None = None
@@ -289,7 +289,7 @@ class DetectionModule(LightningModule):
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _new_eval_state() -> dict[str, Any]:
-        return {"results": [], "image_ids": [], "visuals": []}
+        return {"results": [], "image_ids": []}
 
     def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         return self.model.predict(images)
@@ -433,18 +433,35 @@ class DetectionModule(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     # ------------------------------------------------------------------ evaluation
+    def configure_callbacks(self) -> list:
+        """An `EvaluationWriter` (evaluation files and pictures) for a Trainer that has none."""
+        if any(isinstance(c, EvaluationWriter) for c in self.trainer.callbacks):
+            return []
+        return [EvaluationWriter()]
+
+    @property
+    def last_eval_dir(self) -> str | None:
+        """The folder the trainer's `EvaluationWriter` wrote the latest evaluation to."""
+        trainer = self._trainer
+        writers = [c for c in trainer.callbacks if isinstance(c, EvaluationWriter)] if trainer is not None else []
+        return writers[0].last_dir if writers else None
+
     def on_validation_epoch_start(self) -> None:
         self._eval = self._new_eval_state()
+        self.last_evaluation = None
 
     def on_test_epoch_start(self) -> None:
         self._eval = self._new_eval_state()
+        self.last_evaluation = None
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch, stage: str) -> list[dict[str, Tensor]] | None:
+        """Losses (logged) and detections of one batch; the detections are the step's output
+        (EvaluationWriter draws the first images)."""
         images, targets = self._split_batch(batch)
         if targets is None:
             raise ValueError(f"{stage} batches must be (images, targets) with targets[i]['image_id']")
         if not images:  # every image of the batch was unreadable and skipped (skip_invalid)
-            return
+            return None
         n = len(images)
         extra = self._proposals(targets)
         if self.hparams.compute_val_loss:
@@ -462,13 +479,7 @@ class DetectionModule(LightningModule):
         label_map = self._label_map(stage)
         self._eval["results"].extend(detections_to_coco_results(image_ids, detections, label_to_category_id=label_map))
         self._eval["image_ids"].extend(image_ids)
-        visuals = self._eval["visuals"]
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            for image, det, image_id in zip(images, detections, image_ids):
-                if len(visuals) >= self.hparams.num_visualize:
-                    break
-                keep = det["scores"] >= self.hparams.visualize_score_threshold
-                visuals.append((image_id, image.detach().cpu(), {k: v[keep].detach().cpu() for k, v in det.items()}))
+        return detections
 
     def _label_map(self, stage: str):
         label_map = self._data_attr("label_to_category_id", stage)
@@ -476,11 +487,11 @@ class DetectionModule(LightningModule):
             label_map = {k: k for k in range(1, self.hparams.num_classes + 1)}
         return label_map
 
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]] | None:
+        return self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]] | None:
+        return self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -495,8 +506,6 @@ class DetectionModule(LightningModule):
 
     def _eval_epoch_end(self, stage: str) -> None:
         results, image_ids = self._eval["results"], self._eval["image_ids"]
-        # every rank: `trainer.log_dir` is itself a collective (a broadcast) under DDP
-        out_root = self.trainer.log_dir or self.trainer.default_root_dir
         if self._world_size() > 1:
             gathered: list[Any] = [None] * self._world_size()
             dist.all_gather_object(gathered, (results, image_ids))
@@ -504,14 +513,16 @@ class DetectionModule(LightningModule):
             image_ids = sorted({i for g in gathered for i in g[1]})
         metrics: dict[str, float] = {}
         if self.trainer.is_global_zero and image_ids:
-            metrics = self._compute_metrics(stage, results, image_ids, out_root)
+            metrics = self._compute_metrics(stage, results, image_ids)
         if self._world_size() > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
         if metrics:
             self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
         self._eval = self._new_eval_state()
 
-    def _compute_metrics(self, stage: str, results: list[dict], image_ids: list[int], root: str) -> dict[str, float]:
+    def _compute_metrics(self, stage: str, results: list[dict], image_ids: list[int]) -> dict[str, float]:
+        """Metrics of the gathered results (global-zero rank); outside the sanity check, also prints
+        them and leaves the evaluation in `last_evaluation` for the EvaluationWriter."""
         ann_file = self._data_attr("val_ann_file", stage)
         if ann_file is None:
             raise ValueError(
@@ -535,12 +546,21 @@ class DetectionModule(LightningModule):
             reports[metric] = voc
         if self.trainer.sanity_checking:
             return metrics
-        self._eval["skipped"] = skipped = self._skipped_images(stage, image_ids)
+        skipped = self._skipped_images(stage, image_ids)
         note = f", {skipped} unreadable skipped" if skipped else ""
         header = f"{stage} epoch {self._eval_epoch()} ({len(set(image_ids))} images{note}, {len(results)} detections)"
         for iou_type, result in reports.items():
             print(f"\n[{header}] {iou_type}\n{result.summary}", flush=True)
-        self._write_artifacts(stage, results, reports, root)
+        self.last_evaluation = Evaluation(
+            stage=stage,
+            epoch=self._eval_epoch(),
+            global_step=self.global_step,
+            fitting=self.trainer.state.fn == "fit",
+            results=results,
+            reports=reports,
+            skipped_images=skipped,
+            class_names=self._class_names(),
+        )
         return metrics
 
     def _skipped_images(self, stage: str, image_ids: list[int]) -> int:
@@ -554,37 +574,6 @@ class DetectionModule(LightningModule):
         if limit != 1.0 or dataset is None or not hasattr(dataset, "__len__"):
             return 0
         return max(0, len(dataset) - len(set(image_ids)))
-
-    def _write_artifacts(self, stage: str, results: list[dict], reports: dict, root: str) -> None:
-        fitting = self.trainer.state.fn == "fit"
-        name = f"epoch_{self._eval_epoch():03d}"
-        if not fitting:  # `detkit validate` / `test` of a checkpoint
-            name = f"{'validate' if stage == 'val' else stage}_{name}"
-        out = os.path.join(root, "eval", name)
-        os.makedirs(out, exist_ok=True)
-        payload = {
-            "stage": stage,
-            "epoch": self._eval_epoch(),
-            "global_step": self.global_step,
-            "num_detections": len(results),
-            "skipped_images": self._eval.get("skipped", 0),
-        }
-        payload.update({iou_type: r.to_dict() for iou_type, r in reports.items()})
-        save_results_json(payload, os.path.join(out, "metrics.json"))
-        if self.hparams.save_predictions:
-            save_results_json(results, os.path.join(out, "predictions.json"))
-        for iou_type, r in reports.items():
-            if hasattr(r, "precision") and r.precision.size and r.precision.ndim == 5:  # COCO reports
-                plot_pr_curves(r.precision, r.category_names, os.path.join(out, f"pr_curve_{iou_type}.png"))
-        from detkit.engine.visualize import draw_detections, save_png
-
-        names = self._class_names()
-        for image_id, image, det in self._eval["visuals"]:
-            drawn = draw_detections(
-                image, det["boxes"], det["labels"], det["scores"], det.get("masks"), class_names=names
-            )
-            save_png(os.path.join(out, f"detections_{image_id}.png"), drawn)
-        self.last_eval_dir = out
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]]:

@@ -1,0 +1,137 @@
+"""`EvaluationWriter`: the files and pictures of each validation / test evaluation.
+
+`DetectionModule` evaluates (COCO / VOC metrics, logged as `val/AP` ...) and leaves what it
+found in `module.last_evaluation`; this callback writes it to `<log dir>/eval/<name>/`:
+
+    metrics.json                 stage, epoch, global_step, detections, skipped images, and per
+                                 metric type (bbox, segm, voc07 ...) its stats and per-class AP
+    predictions.json             the COCO results of the evaluation (module's save_predictions)
+    pr_curve_<iou type>.png      precision-recall curves per class (COCO metrics)
+    detections_<image id>.png    the first `num_visualize` images with their detections drawn
+                                 (scoring at least `visualize_score_threshold`)
+
+`<name>` is `epoch_NNN` while fitting and `validate_epoch_NNN` / `test_epoch_NNN` when a
+checkpoint is evaluated. The settings are the module's hyper-parameters, so configs keep
+`model.num_visualize`. `DetectionModule.configure_callbacks` adds a writer to every Trainer
+that has none.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from detkit.evaluation.results import save_results_json
+
+__all__ = ["Evaluation", "EvaluationWriter"]
+
+
+@dataclass
+class Evaluation:
+    """One finished evaluation (on the global-zero rank, all ranks' detections gathered)."""
+
+    stage: str  # "val" or "test"
+    epoch: int  # the epoch evaluated: the current one while fitting, else the checkpoint's
+    global_step: int
+    fitting: bool
+    results: list[dict[str, Any]]  # COCO results (the data set's category ids)
+    reports: dict[str, Any]  # "bbox" / "segm": EvalResult, "voc07" / "voc2010": VOCResult
+    skipped_images: int = 0  # unreadable images of the split that never reached the model
+    class_names: list[str] | None = None
+
+    @property
+    def name(self) -> str:
+        """Folder name: `epoch_NNN` while fitting, `validate_epoch_NNN` / `test_epoch_NNN` otherwise."""
+        name = f"epoch_{self.epoch:03d}"
+        return name if self.fitting else f"{'validate' if self.stage == 'val' else self.stage}_{name}"
+
+    def metrics_payload(self) -> dict[str, Any]:
+        payload = {
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "num_detections": len(self.results),
+            "skipped_images": self.skipped_images,
+        }
+        payload.update({kind: report.to_dict() for kind, report in self.reports.items()})
+        return payload
+
+
+class EvaluationWriter(Callback):
+    """Writes each evaluation of a `DetectionModule` (see the module docstring for the files).
+
+    Attributes:
+        last_dir: the folder of the latest evaluation written (None before the first).
+    """
+
+    def __init__(self) -> None:
+        self.last_dir: str | None = None
+        self._visuals: list[tuple[int, Any, dict[str, Any]]] = []  # (image id, image, detections) on the CPU
+
+    # ------------------------------------------------------------------ pictures: the first images
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._visuals = []
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._visuals = []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._keep_pictures(trainer, pl_module, outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._keep_pictures(trainer, pl_module, outputs, batch)
+
+    def _keep_pictures(self, trainer: Trainer, pl_module: LightningModule, detections: Any, batch: Any) -> None:
+        """Keep the batch's images and detections (`outputs` of the step, one dict per image) until
+        `num_visualize` images are kept."""
+        if not detections or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        limit = int(pl_module.hparams.get("num_visualize", 0))
+        threshold = float(pl_module.hparams.get("visualize_score_threshold", 0.5))
+        images, targets = batch
+        for image, det, target in zip(images, detections, targets):
+            if len(self._visuals) >= limit:
+                break
+            keep = det["scores"] >= threshold
+            shown = {k: v[keep].detach().cpu() for k, v in det.items()}
+            self._visuals.append((int(target["image_id"]), image.detach().cpu(), shown))
+
+    # ------------------------------------------------------------------ files
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._write(trainer, pl_module)
+
+    def _write(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        root = trainer.log_dir or trainer.default_root_dir  # on every rank: a collective (a broadcast) under DDP
+        evaluation: Evaluation | None = getattr(pl_module, "last_evaluation", None)
+        if not trainer.is_global_zero or evaluation is None:
+            return
+        out = os.path.join(root, "eval", evaluation.name)
+        os.makedirs(out, exist_ok=True)
+        save_results_json(evaluation.metrics_payload(), os.path.join(out, "metrics.json"))
+        if pl_module.hparams.get("save_predictions", True):
+            save_results_json(evaluation.results, os.path.join(out, "predictions.json"))
+        reports = evaluation.reports.items()
+        curves = [(kind, r) for kind, r in reports if getattr(r, "precision", None) is not None]
+        if curves or self._visuals:
+            from detkit.engine.visualize import draw_detections, save_png
+            from detkit.evaluation.pr_curve import plot_pr_curves
+
+            for kind, r in curves:
+                if r.precision.size and r.precision.ndim == 5:  # COCO reports
+                    plot_pr_curves(r.precision, r.category_names, os.path.join(out, f"pr_curve_{kind}.png"))
+            for image_id, image, det in self._visuals:
+                drawn = draw_detections(
+                    image, det["boxes"], det["labels"], det["scores"], det.get("masks"),
+                    class_names=evaluation.class_names,
+                )  # fmt: skip
+                save_png(os.path.join(out, f"detections_{image_id}.png"), drawn)
+        self._visuals = []
+        self.last_dir = out
