@@ -29,8 +29,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from detkit.models.transform import DetectionTransform, resize_boxes
+from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections, ImageBatch, PackedTargets
+from detkit.structures.packed import resize_boxes
 
 __all__ = ["Detector", "evaluation_mode", "prepare_inputs", "targets_required", "validate_proposals"]
 

@@ -31,6 +31,9 @@ Shape shorthand:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -38,19 +41,21 @@ from torch import Tensor, nn
 from detkit.backbones import build_backbone
 from detkit.heads.box_head import TwoFCHead
 from detkit.heads.poolers import roi_align
-from detkit.heads.roi_heads import pack_to_padded, select_detections
+from detkit.heads.postprocess import select_detections
 from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.base import Detector, validate_proposals
 from detkit.models.registry import register_model
-from detkit.models.transform import DetectionTransform, resize_boxes
+from detkit.models.transform import DetectionTransform
 from detkit.models.zoo import check_features, default_freeze_at
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
+from detkit.structures.packed import PackedRows, pack_to_padded, resize_boxes, take_rows
 
 __all__ = [
     "RCNN",
     "CropFeatureHead",
+    "SampledRegions",
     "build_rcnn",
     "context_padded_boxes",
     "hard_negative_mask",
@@ -115,6 +120,44 @@ def hard_negative_mask(scores: Tensor, negatives: Tensor, num_hard: int) -> Tens
     masked = scores.detach().float().masked_fill(~negatives, float("-inf"))
     top = masked.topk(k, dim=0).indices  # [k, K]
     return keep.scatter_(0, top, True) & negatives
+
+
+@dataclass(kw_only=True)
+class SampledRegions(PackedRows):
+    """R-CNN's training regions, packed over the batch (R of them); `regions[index]` indexes every field.
+
+    Attributes:
+        boxes: `Tensor[R, 4]` in the batch's pixels; batch_idx: `Tensor[R]` int64 image of each region.
+        labels: `Tensor[R]` int64, 0 background, else the class of the matched object.
+        class_iou: `Tensor[R, K]` best IoU with the objects of each class, -1 without any.
+        svm_positive: `Tensor[R]` bool, an SVM positive of its class `labels`.
+        matched_gt: `Tensor[R]` int64 the best-overlapping gt box among its image's (0 without any).
+        reg_mask: `Tensor[R]` bool, has a box-regression target (best IoU >= `reg_iou_threshold`).
+        reg_labels: `Tensor[R]` int64 class of the matched object (the regressor's column).
+        reg_targets: `Tensor[R, 4]` deltas encoding the matched gt box, zeros where `reg_mask` is False.
+    """
+
+    row_fields: ClassVar[tuple[str, ...]] = (
+        "boxes",
+        "batch_idx",
+        "labels",
+        "class_iou",
+        "svm_positive",
+        "matched_gt",
+        "reg_mask",
+        "reg_labels",
+        "reg_targets",
+    )
+
+    boxes: Tensor
+    batch_idx: Tensor
+    labels: Tensor
+    class_iou: Tensor
+    svm_positive: Tensor
+    matched_gt: Tensor
+    reg_mask: Tensor
+    reg_labels: Tensor
+    reg_targets: Tensor
 
 
 class CropFeatureHead(nn.Module):
@@ -266,14 +309,11 @@ class RCNN(Detector):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def sample_regions(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
+    def sample_regions(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> SampledRegions:
         """Label candidates (proposals + gt) by IoU and sample a balanced mini-batch, vectorised over the batch.
 
-        Returns, for the R sampled regions: `boxes` [R, 4], `batch_idx` [R], `labels` [R]
-        (0 background, else class), `class_iou` [R, K] (best IoU with the objects of each
-        class, -1 without any), `svm_positive` [R] bool, `reg_mask` [R] bool and
-        `reg_targets` [R, 4] (zeros where `reg_mask` is False), `reg_labels` [R] (class of the
-        matched object).
+        proposals `Tensor[B, 4]` with `batch_idx` `Tensor[B]` (grouped by image), in the batch's
+        pixels -> the R sampled regions with their targets (see `SampledRegions`).
         """
         device = proposals.device
         is_gt = torch.zeros(proposals.shape[0], dtype=torch.bool, device=device)
@@ -281,14 +321,14 @@ class RCNN(Detector):
             proposals = torch.cat([proposals, targets.boxes.to(proposals.dtype)])
             batch_idx = torch.cat([batch_idx, targets.batch_idx])
             is_gt = torch.cat([is_gt, torch.ones_like(targets.batch_idx, dtype=torch.bool)])
-            order = torch.sort(batch_idx, stable=True).indices
-            proposals, batch_idx, is_gt = proposals[order], batch_idx[order], is_gt[order]
+            order = torch.sort(batch_idx, stable=True).indices  # group by image again
+            proposals, batch_idx, is_gt = take_rows(order, proposals, batch_idx, is_gt)
         b, k = proposals.shape[0], self.num_classes
         gt_boxes, gt_labels, gt_valid = targets.padded()  # [N, Gmax, 4], [N, Gmax], [N, Gmax]
         if gt_boxes.shape[1] and b:
             padded, _, slot = pack_to_padded(proposals, batch_idx, targets.num_images)
             iou = batched_box_iou(gt_boxes, padded).masked_fill(~gt_valid[:, :, None], -1.0)  # [N, Gmax, P_max]
-            iou = iou[batch_idx, :, slot]  # [B, Gmax]
+            iou = iou[batch_idx, :, slot]  # padded -> packed: [B, Gmax]
             best_iou, best_gt = iou.max(dim=1)
             gt_cls = gt_labels[batch_idx]  # [B, Gmax], 0 in padding
             class_iou = iou.new_full((b, k), -1.0).scatter_reduce(1, (gt_cls - 1).clamp(min=0), iou, reduce="amax")
@@ -304,31 +344,28 @@ class RCNN(Detector):
         pos, neg = self.sampler(sample_labels[None])  # one row: sampled over the whole batch
         keep = torch.nonzero((pos | neg)[0]).squeeze(1)
 
-        boxes, best_iou, best_gt = proposals[keep], best_iou[keep], best_gt[keep]
-        roi_batch = batch_idx[keep]
-        reg_mask = best_iou >= self.reg_iou_threshold
-        reg_targets = boxes.new_zeros((keep.numel(), 4))
-        if bool(reg_mask.any()):
-            idx = torch.nonzero(reg_mask).squeeze(1)
-            reg_targets[idx] = self.box_coder.encode(gt_boxes[roi_batch[idx], best_gt[idx]], boxes[idx])
-        if self.svm_fg_iou_threshold is None:
-            svm_positive = is_gt[keep]
-        else:
-            svm_positive = best_iou >= self.svm_fg_iou_threshold
-        return {
-            "boxes": boxes,
-            "batch_idx": roi_batch,
-            "labels": labels[keep],
-            "class_iou": class_iou[keep],
-            "svm_positive": svm_positive & (labels[keep] > 0),
-            "reg_mask": reg_mask,
-            "reg_targets": reg_targets,
-            "reg_labels": matched_cls[keep],
-        }
+        svm_positive = is_gt if self.svm_fg_iou_threshold is None else best_iou >= self.svm_fg_iou_threshold
+        candidates = SampledRegions(
+            boxes=proposals,
+            batch_idx=batch_idx,
+            labels=labels,
+            class_iou=class_iou,
+            svm_positive=svm_positive & (labels > 0),
+            matched_gt=best_gt,
+            reg_mask=best_iou >= self.reg_iou_threshold,
+            reg_labels=matched_cls,
+            reg_targets=proposals.new_zeros((b, 4)),
+        )
+        sampled = candidates[keep]
+        if bool(sampled.reg_mask.any()):
+            idx = torch.nonzero(sampled.reg_mask).squeeze(1)
+            matched = gt_boxes[sampled.batch_idx[idx], sampled.matched_gt[idx]]
+            sampled.reg_targets[idx] = self.box_coder.encode(matched, sampled.boxes[idx])
+        return sampled
 
-    def classifier_loss(self, scores: Tensor, sampled: dict[str, Tensor]) -> Tensor:
+    def classifier_loss(self, scores: Tensor, sampled: SampledRegions) -> Tensor:
         """Cross-entropy over `Tensor[R, K+1]` logits, or the one-vs-rest SVM hinge loss over `Tensor[R, K]` scores."""
-        labels = sampled["labels"]
+        labels = sampled.labels
         r = labels.numel()
         if r == 0:
             return scores.sum() * 0.0
@@ -336,31 +373,31 @@ class RCNN(Detector):
             return F.cross_entropy(scores.float(), labels)
         k = self.num_classes
         classes = torch.arange(1, k + 1, device=labels.device)
-        positives = sampled["svm_positive"][:, None] & (labels[:, None] == classes)  # [R, K]
-        negatives = (sampled["class_iou"] < self.svm_bg_iou_threshold) & ~positives
+        positives = sampled.svm_positive[:, None] & (labels[:, None] == classes)  # [R, K]
+        negatives = (sampled.class_iou < self.svm_bg_iou_threshold) & ~positives
         active = positives | hard_negative_mask(scores, negatives, self.svm_hard_negatives)
-        target = torch.where(sampled["svm_positive"], labels - 1, k)  # k: a negative for every class
+        target = torch.where(sampled.svm_positive, labels - 1, k)  # k: a negative for every class
         loss = multiclass_hinge_loss(
             scores.float(), target, margin=self.svm_margin, mode="one_vs_rest", weight=active.float(), reduction="sum"
         )
         return loss / r
 
-    def box_loss(self, box_deltas: Tensor, sampled: dict[str, Tensor]) -> Tensor:
+    def box_loss(self, box_deltas: Tensor, sampled: SampledRegions) -> Tensor:
         """Smooth L1 on the matched class's deltas of regions with IoU >= reg_iou_threshold, / R."""
-        idx = torch.nonzero(sampled["reg_mask"]).squeeze(1)
+        idx = torch.nonzero(sampled.reg_mask).squeeze(1)
         deltas = box_deltas.view(box_deltas.shape[0], self.num_classes, 4)
-        pred, target = deltas[idx, sampled["reg_labels"][idx] - 1].float(), sampled["reg_targets"][idx]
+        pred, target = deltas[idx, sampled.reg_labels[idx] - 1].float(), sampled.reg_targets[idx]
         if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode both against the regions
-            regions = sampled["boxes"][idx]
+            regions = sampled.boxes[idx]
             pred, target = self.box_coder.decode(pred, regions), self.box_coder.decode(target, regions)
         loss = box_regression_loss(self.box_loss_type, pred, target, beta=self.smooth_l1_beta, reduction="sum")
-        return loss / max(sampled["labels"].numel(), 1)
+        return loss / max(sampled.labels.numel(), 1)
 
     # ------------------------------------------------------------------ API
     def batch_losses(self, batch: ImageBatch, targets: PackedTargets, *, proposals=None) -> dict[str, Tensor]:
         boxes, batch_idx = self.pack_proposals(proposals, batch)
         sampled = self.sample_regions(boxes, batch_idx, targets)
-        x, x_box = self.region_features(batch.tensor, sampled["boxes"], sampled["batch_idx"])
+        x, x_box = self.region_features(batch.tensor, sampled.boxes, sampled.batch_idx)
         scores, box_deltas = self.cls_score(x), self.bbox_pred(x_box)
         return {
             "loss_classifier": self.classifier_loss(scores, sampled),

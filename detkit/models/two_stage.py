@@ -10,9 +10,10 @@ from torch import Tensor, nn
 
 from detkit.heads.roi_heads import RoIHeads
 from detkit.models.base import Detector, evaluation_mode, prepare_inputs, targets_required
-from detkit.models.transform import DetectionTransform, resize_boxes
+from detkit.models.transform import DetectionTransform
 from detkit.proposals.rpn import RPN
 from detkit.structures import Detections, ImageBatch, PackedTargets
+from detkit.structures.packed import resize_boxes
 
 __all__ = ["TwoStageDetector", "evaluation_mode", "prepare_inputs", "targets_required"]
 

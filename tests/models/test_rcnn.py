@@ -5,7 +5,14 @@ import torch
 from proposal_model_cases import check_predictions, images_targets_proposals, overfit_one_image_and_detect_both
 
 from detkit.models import build_model
-from detkit.models.rcnn import RCNN, context_padded_boxes, hard_negative_mask, validate_proposals, warp_regions
+from detkit.models.rcnn import (
+    RCNN,
+    SampledRegions,
+    context_padded_boxes,
+    hard_negative_mask,
+    validate_proposals,
+    warp_regions,
+)
 from detkit.structures import PackedTargets, box_iou
 
 # rcnn_vgg16 at a CPU-friendly size: 64 px warps, small fc layers
@@ -127,11 +134,18 @@ def test_hard_negative_mask_keeps_the_top_scoring_negatives_of_each_class():
 def test_svm_loss_counts_positives_and_only_the_hard_negatives():
     model = build_model("rcnn_tiny", num_classes=2, classifier="svm", svm_hard_negatives=1)
     scores = torch.tensor([[0.5, -2.0], [0.8, 0.9], [-0.4, 0.2], [0.3, -0.7]])
-    sampled = {
-        "labels": torch.tensor([1, 0, 0, 2]),
-        "svm_positive": torch.tensor([True, False, False, False]),  # row 3 overlaps class 2 but is no gt
-        "class_iou": torch.tensor([[1.0, 0.0], [0.1, 0.2], [0.0, 0.35], [0.0, 0.7]]),
-    }
+    r = scores.shape[0]
+    sampled = SampledRegions(
+        boxes=torch.zeros(r, 4),
+        batch_idx=torch.zeros(r, dtype=torch.int64),
+        labels=torch.tensor([1, 0, 0, 2]),
+        class_iou=torch.tensor([[1.0, 0.0], [0.1, 0.2], [0.0, 0.35], [0.0, 0.7]]),
+        svm_positive=torch.tensor([True, False, False, False]),  # row 3 overlaps class 2 but is no gt
+        matched_gt=torch.zeros(r, dtype=torch.int64),
+        reg_mask=torch.zeros(r, dtype=torch.bool),
+        reg_labels=torch.tensor([1, 0, 0, 2]),
+        reg_targets=torch.zeros(r, 4),
+    )
     # positives: (row 0, class 1): hinge 1 - 0.5 = 0.5
     # class-1 negatives (IoU < 0.3): rows 1 (0.8), 2 (-0.4), 3 (0.3) -> hardest row 1: 1 + 0.8 = 1.8
     # class-2 negatives: rows 0 (-2.0), 1 (0.9); rows 2, 3 overlap class 2 by >= 0.3 -> row 1: 1 + 0.9 = 1.9
@@ -158,16 +172,21 @@ def test_sampling_labels_quota_regression_and_svm_positives():
     # candidates add the 2 gt boxes: 5 positives, 4 negatives; 6 sampled, at most 3 positive
     torch.manual_seed(0)
     s = model.sample_regions(proposals, batch_idx, targets)
-    assert s["boxes"].shape[0] == 6 and int((s["labels"] > 0).sum()) == 3  # 3 of 5 positives, 3 negatives
-    for box, label, img, reg, pos in zip(s["boxes"], s["labels"], s["batch_idx"], s["reg_mask"], s["svm_positive"]):
+    assert isinstance(s, SampledRegions)
+    assert s.boxes.shape[0] == 6 and int((s.labels > 0).sum()) == 3  # 3 of 5 positives, 3 negatives
+    for box, label, img, reg, pos in zip(s.boxes, s.labels, s.batch_idx, s.reg_mask, s.svm_positive):
         iou = box_iou(box[None], gt[img][None]).item()
         assert int(label) == (int(img) + 1 if iou >= 0.5 else 0)
         assert bool(reg) == (iou >= 0.6 - 1e-6)
         assert bool(pos) == bool(any(torch.equal(box, g) for g in gt))
     # regression targets encode the matched gt
-    idx = torch.nonzero(s["reg_mask"]).squeeze(1)
-    decoded = model.box_coder.decode(s["reg_targets"][idx], s["boxes"][idx])
-    assert torch.allclose(decoded, gt[s["batch_idx"][idx]], atol=1e-4)
+    idx = torch.nonzero(s.reg_mask).squeeze(1)
+    decoded = model.box_coder.decode(s.reg_targets[idx], s.boxes[idx])
+    assert torch.allclose(decoded, gt[s.batch_idx[idx]], atol=1e-4)
+    assert torch.equal(s.reg_targets[~s.reg_mask], torch.zeros(6 - idx.numel(), 4))
+    # field-wise indexing keeps the rows together
+    first = s[idx[:1]]
+    assert torch.equal(first.boxes, s.boxes[idx[:1]]) and torch.equal(first.matched_gt, s.matched_gt[idx[:1]])
 
 
 def test_overfit_one_image():
