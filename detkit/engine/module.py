@@ -267,7 +267,7 @@ class DetectionModule(LightningModule):
             raise ValueError(f"model_kwargs of {model_name}: {e}") from e
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        has_mask = bool(getattr(getattr(self.model, "roi_heads", None), "has_mask", False))
+        has_mask = bool(getattr(self.model, "has_masks", False))  # the model says what it predicts
         if eval_iou_types is None:
             eval_iou_types = ["bbox", "segm"] if has_mask else ["bbox"]
         if "segm" in eval_iou_types and not has_mask:
@@ -316,12 +316,17 @@ class DetectionModule(LightningModule):
     def _world_size(self) -> int:
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
-    @staticmethod
-    def _proposals(targets: list[dict] | None) -> dict[str, Any]:
-        """`proposals=` for detectors fed with external proposals (`target["proposals"]`, see WithProposals)."""
-        if targets and "proposals" in targets[0]:
-            return {"proposals": [t["proposals"] for t in targets]}
-        return {}
+    def _proposals(self, targets: list[dict] | None) -> dict[str, Any]:
+        """`proposals=` for a model that `requires_proposals`: each image's `target["proposals"]`
+        (from `detkit.data.WithProposals`, which the datamodules' `*_proposals` caches set up)."""
+        if not getattr(self.model, "requires_proposals", False):
+            return {}
+        if not targets or any("proposals" not in t for t in targets):
+            raise ValueError(
+                f"{self.hparams.model_name} requires region proposals but the batch has no target['proposals']: "
+                "give the datamodule proposal caches (train_proposals / val_proposals, written by detkit proposals)"
+            )
+        return {"proposals": [t["proposals"] for t in targets]}
 
     @staticmethod
     def _split_batch(batch) -> tuple[list[Tensor], list[dict] | None]:

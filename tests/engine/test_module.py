@@ -237,7 +237,10 @@ def test_cached_proposals_reach_the_detector(tmp_path, shapes_root):
     for image_id in range(1, 7):
         cache.put(image_id, torch.tensor([[0.0, 0.0, 32.0, 32.0], [10.0, 20.0, 60.0, 90.0]]))
     cache.close()
-    module = DetectionModule(num_classes=3, model_kwargs=FAST, compute_val_loss=True, num_visualize=0)
+    module = DetectionModule(
+        model_name="fast_rcnn_tiny", num_classes=3, model_kwargs=FAST, compute_val_loss=True, num_visualize=0
+    )
+    assert module.model.requires_proposals
     seen = []
     real_predict, real_forward = module.model.predict, module.model.forward
 
@@ -258,6 +261,11 @@ def test_cached_proposals_reach_the_detector(tmp_path, shapes_root):
         assert torch.equal(proposals[1][1], torch.tensor([10.0, 20.0, 60.0, 90.0]))
     with pytest.raises(FileNotFoundError, match="proposal cache not found"):
         _data(shapes_root, train_proposals=str(tmp_path / "missing.bin")).setup("fit")
+    # the module asks the model: no proposals for a model with an RPN, a clear error for one without them
+    rpn_model = DetectionModule(num_classes=3, model_kwargs=FAST)
+    assert not rpn_model.model.requires_proposals and rpn_model._proposals([{"proposals": torch.zeros(1, 4)}]) == {}
+    with pytest.raises(ValueError, match="fast_rcnn_tiny requires region proposals but the batch has no"):
+        module._proposals([{"boxes": torch.zeros(0, 4)}])
 
 
 def test_last_checkpoint_is_current_when_the_metric_stops_improving(tmp_path, shapes_root):
