@@ -7,7 +7,7 @@ from detkit.models import zoo as _zoo  # noqa: F401
 from detkit.models.base import Detector
 from detkit.models.fast_rcnn import FastRCNN
 from detkit.models.rcnn import RCNN
-from detkit.models.registry import build_model, list_models, register_model
+from detkit.models.registry import build_model, list_models, register_model, unregister_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
 
@@ -18,6 +18,7 @@ __all__ = [
     "build_model",
     "list_models",
     "register_model",
+    "unregister_model",
     "DetectionTransform",
     "TwoStageDetector",
 ]

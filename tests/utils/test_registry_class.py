@@ -8,9 +8,9 @@ import pytest
 from torch import nn
 
 from detkit.backbones import registry as backbone_registry
-from detkit.models import build_model, list_models, register_model
+from detkit.models import build_model, list_models, register_model, unregister_model
 from detkit.models import registry as model_registry
-from detkit.models.registry import ENTRY_POINT_GROUP, MODELS, get_model_builder, unregister_model
+from detkit.models.registry import ENTRY_POINT_GROUP, MODELS, get_model_builder
 from detkit.utils import registry as utils_registry
 from detkit.utils.registry import Registry
 
