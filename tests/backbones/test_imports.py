@@ -11,6 +11,8 @@ import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "detkit" / "backbones"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
@@ -108,9 +110,18 @@ def test_moved_key_maps_keep_their_old_import_paths():
     assert vgg_key_map(16, True)("features.1.weight") == "c1.conv1.norm.weight"
     assert fpn_key_map(resnet_key_map, ("c2", "c3"))("fpn.layer_blocks.1.0.bias") == "output.c3.conv.bias"
     assert weights.get_key_map("mobilenet_v2") is mobilenet_v2_key_map
-    try:
-        weights.no_such_key_map
-    except AttributeError as e:
-        assert "no_such_key_map" in str(e)
-    else:
-        raise AssertionError("unknown attribute of detkit.backbones.weights did not raise")
+    with pytest.raises(AttributeError, match="no_such_key_map"):
+        weights.no_such_key_map  # noqa: B018
+
+
+def test_key_map_registration_refuses_duplicates():
+    from detkit.backbones import weights
+
+    with pytest.raises(ValueError, match="resnet50"):
+        weights.register_key_maps("resnet_again", {"resnet50": str})
+    with pytest.raises(ValueError, match="'vgg'"):
+        weights.register_key_maps("vgg", {"vgg_new": str})
+    with pytest.raises(ValueError, match="'_fpn'"):
+        weights.register_key_map_wrapper("_fpn", lambda body_map, in_features: body_map)
+    assert "vgg_new" not in weights._KEY_MAPS and "resnet_again" not in weights.DROPPED_KEYS
+    assert set(weights.DROPPED_KEYS) == {"resnet", "vgg", "mobilenet_v2", "alexnet", "googlenet"}
