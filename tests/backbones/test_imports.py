@@ -111,7 +111,7 @@ def test_moved_key_maps_keep_their_old_import_paths():
     assert fpn_key_map(resnet_key_map, ("c2", "c3"))("fpn.layer_blocks.1.0.bias") == "output.c3.conv.bias"
     assert weights.get_key_map("mobilenet_v2") is mobilenet_v2_key_map
     with pytest.raises(AttributeError, match="no_such_key_map"):
-        weights.no_such_key_map  # noqa: B018
+        weights.no_such_key_map
 
 
 def test_key_map_registration_refuses_duplicates():
