@@ -1,7 +1,7 @@
 """Lightning glue: the training system, data modules, callbacks (evaluation files, curves, checkpoints) and
 checkpoint I/O; the commands are in `detkit.cli`.
 
-The only part of detkit that imports Lightning.
+With `detkit.cli.lightning` (the LightningCLI commands), the only part of detkit that imports Lightning.
 """
 
 from detkit.engine.callbacks import CocoPredictionWriter, DetectionCheckpoint, LossCurveCallback, plot_training_curves

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 from collections.abc import Sequence
 from typing import Any
+from weakref import proxy
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
 
 from detkit.engine.visualize import plot_curves
 from detkit.evaluation import detections_to_coco_results
@@ -147,68 +151,93 @@ class CocoPredictionWriter(BasePredictionWriter):
 
 
 class DetectionCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose `last.ckpt` (with `save_last`) always holds the latest weights.
+    """`ModelCheckpoint` whose `last.ckpt` (with `save_last=True`) always holds the latest weights.
 
     Lightning 2.6 rewrites `last.ckpt` only together with a new top-k checkpoint, so when the
     monitored metric stops improving (or training stops at `max_steps` without a final
     validation) `last.ckpt` would be stale; and it defers `every_n_train_steps` saves until
     the monitored metric exists, so before the first validation (a whole COCO epoch) nothing
-    is saved. This subclass also writes `last.ckpt` at every step save point (before the
-    first validation too), after every validation / epoch-end save point and at the end of
-    training when it is behind.
+    is saved. So `ModelCheckpoint` keeps only the top-k checkpoints here, and this subclass
+    writes `last.ckpt` itself (`write_last`, through `trainer.save_checkpoint`) whenever it is
+    behind: at every `every_n_train_steps` save point (before the first validation too), after
+    every validation and training epoch, at the end of training and on an exception saved with
+    `save_on_exception`. It uses only Lightning's public callback hooks and attributes.
+    (`save_last="link"` is left to `ModelCheckpoint`.)
+
+    A monitored COCO AP / AR of -1 (undefined: the annotations have no objects) ranks no
+    checkpoint: only `last.ckpt` is written.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._last_written_step: int | None = None
+        given = inspect.signature(ModelCheckpoint.__init__).bind_partial(self, *args, **kwargs).arguments
+        self.every_n_train_steps = int(given.get("every_n_train_steps") or 0)
+        self.enable_version_counter = bool(given.get("enable_version_counter", True))
+        self.keep_last = self.save_last is True
+        if self.keep_last:
+            self.save_last = False  # ModelCheckpoint writes no last.ckpt: write_last does
+        self._last_written: tuple[int, str] | None = None  # (global step, best checkpoint) of the last write
 
-    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        if self.save_last:
-            self._last_written_step = trainer.global_step
-
-    def _save_topk_checkpoint(self, trainer: Trainer, monitor_candidates: dict) -> None:
+    def check_monitor_top_k(self, trainer: Trainer, current: Tensor | None = None) -> bool:
         # COCO reports -1 for an undefined metric (no ground truth objects): not a score to rank
-        value = monitor_candidates.get(self.monitor) if self.monitor else None
-        if value is not None and float(value) == -1.0 and str(self.monitor).split("/")[-1].startswith(("AP", "AR")):
+        if current is not None and float(current) == -1.0 and str(self.monitor).split("/")[-1].startswith(("AP", "AR")):
             rank_zero_warn(
                 f"{self.monitor} is -1 (undefined: the validation annotations have no objects); "
                 "no best checkpoint is written, only last.ckpt"
             )
-            return
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
+            return False
+        return super().check_monitor_top_k(trainer, current)
+
+    def write_last(self, trainer: Trainer) -> str:
+        """Write `last.ckpt` (`CHECKPOINT_NAME_LAST`) now; every rank calls it. Returns its path."""
+        metrics = {**trainer.callback_metrics}
+        metrics.update(epoch=torch.tensor(trainer.current_epoch), step=torch.tensor(trainer.global_step))
+        path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST)
+        version = self.STARTING_VERSION
+        while self.enable_version_counter and path != self.last_model_path and self.file_exists(path, trainer):
+            path = self.format_checkpoint_name(metrics, self.CHECKPOINT_NAME_LAST, ver=version)  # another run's
+            version += 1
+        previous, self.last_model_path = self.last_model_path, path  # before saving: part of the saved state
+        trainer.save_checkpoint(path, self.save_weights_only)
+        self._last_written = (trainer.global_step, self.best_model_path)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+        if previous and previous != path and os.path.dirname(os.path.abspath(previous)) == os.path.abspath(
+            self.dirpath or ""
+        ) and previous != trainer.ckpt_path:  # a last checkpoint named after a metric: keep one
+            trainer.strategy.remove_checkpoint(previous)
+        return path
 
     def _refresh_last(self, trainer: Trainer) -> None:
         if (
-            not self.save_last
+            not self.keep_last
             or bool(trainer.fast_dev_run)
             or trainer.state.fn != "fit"
             or trainer.sanity_checking
-            or self._last_written_step == trainer.global_step
+            or self._last_written == (trainer.global_step, self.best_model_path)
         ):
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self.write_last(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
-        every = self._every_n_train_steps
-        if every >= 1 and trainer.global_step % every == 0:
-            # keep Lightning's "already saved at this step" marker: a validation that ends at
-            # this same step must still save its top-k checkpoint
-            marker = self._last_global_step_saved
+        if self.every_n_train_steps >= 1 and trainer.global_step % self.every_n_train_steps == 0:
             self._refresh_last(trainer)
-            self._last_global_step_saved = marker
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        self._refresh_last(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
+        self._refresh_last(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         self._refresh_last(trainer)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if getattr(self, "save_on_exception", False):
+            self._refresh_last(trainer)

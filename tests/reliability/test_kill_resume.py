@@ -380,13 +380,13 @@ def test_step_checkpoints_start_before_the_first_validation(tmp_path, monkeypatc
     cli = cli_main(args, run=False)
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, DetectionCheckpoint))
     seen = []
-    real_save = callback._save_last_checkpoint
+    real_write = callback.write_last
 
-    def save_last(trainer, candidates):
-        seen.append((trainer.global_step, "val/AP" in candidates))
-        real_save(trainer, candidates)
+    def write_last(trainer):
+        seen.append((trainer.global_step, "val/AP" in trainer.callback_metrics))
+        return real_write(trainer)
 
-    monkeypatch.setattr(callback, "_save_last_checkpoint", save_last)
+    monkeypatch.setattr(callback, "write_last", write_last)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     steps = 4 * epochs  # 16 images, batch 4
     assert cli.trainer.global_step == steps
