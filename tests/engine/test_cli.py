@@ -323,3 +323,29 @@ def test_predict_help_shows_both_forms(trained, capsys):
     assert main(["predict", "--config", trained["config"], "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--ckpt_path" in out and "detkit predict --checkpoint CKPT --input DIR|FILE" in out
+
+
+def test_predict_is_one_program_whose_model_source_picks_the_mode(tmp_path, capsys, monkeypatch):
+    """One parser: --checkpoint / --onnx predict image files, --config runs LightningCLI; options of
+    one mode given to the other are refused in one line, before anything is loaded."""
+    import detkit.cli.lightning as lightning_cli
+
+    cases = [
+        ([], "give the model: --checkpoint CKPT or --onnx MODEL.onnx"),
+        (["--checkpoint", "x.ckpt"], "--input and --output are required"),
+        (["--checkpoint", "x.ckpt", "--onnx", "m.onnx", "--input", "a"], "not allowed with argument"),
+        (["--onnx", "m.onnx", "--input", "a", "--output", "o", "--trainer.max_epochs", "1"], "LightningCLI options"),
+        (["--checkpoint", "x.ckpt", "--input", "a", "--output", "o", "--ckpt_path", "y"], "--ckpt_path goes with"),
+        (["--config", "shapes_faster_rcnn_tiny", "--input", "a", "--no-draw"], "--input, --no-draw: image-file"),
+    ]
+    for args, expected in cases:
+        assert main(["predict", *args]) == 2, args
+        assert expected in capsys.readouterr().err, args
+    seen = []
+    monkeypatch.setattr(lightning_cli, "run", lambda command, argv: seen.append((command, argv)) or 0)
+    args = ["-c", "shapes_faster_rcnn_tiny", "--ckpt_path", "x.ckpt", "--trainer.limit_predict_batches", "1"]
+    assert main(["predict", *args]) == 0
+    assert seen == [("predict", args)]  # handed to LightningCLI as given
+    assert main(["predict", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "model (exactly one)" in out and "image files (with --checkpoint or --onnx)" in out
