@@ -4,7 +4,12 @@ Every data set returns ``(image, target)`` with ``boxes`` XYXY float32 in absolu
 ``labels`` int64 in ``1..num_classes`` (0 is the background) and exposes ``num_classes``,
 ``class_names``, ``label_to_category_id``, ``category_id_to_label``, ``ann_file`` and a cheap
 ``aspect_ratios()``.
+
+``WithProposals`` (cached region proposals in ``target["proposals"]``) is imported on first
+use: its proposal caches need OpenCV (``pip install 'detkit[proposals]'``).
 """
+
+import importlib
 
 from .coco import (
     AnnotationFormatError,
@@ -52,4 +57,11 @@ __all__ = [
     "read_image_rgb",
     "xywh_to_xyxy",
     "xywh_to_xyxy_array",
+    "WithProposals",
 ]
+
+
+def __getattr__(name: str):
+    if name == "WithProposals":  # detkit.data.proposals needs cv2 (through the proposal cache)
+        return importlib.import_module("detkit.data.proposals").WithProposals
+    raise AttributeError(f"module 'detkit.data' has no attribute {name!r}")

@@ -160,8 +160,8 @@ class ExportableDetector(nn.Module):
         self.max_detections = int(max_detections) if max_detections is not None else heads.detections_per_image
         if self.max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-        self.has_rpn = model.rpn is not None
-        self.has_mask = heads.has_mask
+        self.has_rpn = not model.requires_proposals
+        self.has_mask = model.has_masks
         self.category_ids = None
         if category_ids is not None:
             ids = torch.as_tensor(list(category_ids), dtype=torch.int64)

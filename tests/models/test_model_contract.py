@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detkit.models import build_model, list_models
+from detkit.models import Detector, build_model, list_models
 
 SMALL = dict(min_size=128, max_size=160)
 
@@ -53,9 +53,16 @@ def _overrides(name):
 def test_training_step_and_predict(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=3, **_overrides(name))
-    with_masks = bool(getattr(getattr(model, "roi_heads", None), "has_mask", False))
+    # every model declares what it is: masks (Mask R-CNN), external proposals (R-CNN, Fast R-CNN)
+    assert isinstance(model, Detector)
+    assert model.has_masks == name.startswith("mask_rcnn_")
+    assert model.requires_proposals == name.startswith(("rcnn_", "fast_rcnn_"))
+    with_masks = model.has_masks
     images, targets = _images_and_targets(with_masks)
-    extra = {"proposals": _proposals(images)} if getattr(model, "requires_proposals", False) else {}
+    extra = {"proposals": _proposals(images)} if model.requires_proposals else {}
+    if model.requires_proposals:
+        with pytest.raises(ValueError, match="needs region proposals"):
+            model.predict(images)
     model.train()
     losses = model(images, targets, **extra)
     if not extra:  # RPN-based models
@@ -82,6 +89,7 @@ def test_training_step_and_predict(name):
             assert res["labels"].min() >= 1 and res["labels"].max() <= 3
             assert (res["boxes"][:, 2:] >= res["boxes"][:, :2]).all()
             assert_inside_image(res["boxes"], img.shape[1:])
+        assert ("masks" in res) == with_masks
         if with_masks:
             assert res["masks"].shape == (d, *img.shape[1:]) and res["masks"].dtype == torch.uint8
 
