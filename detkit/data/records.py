@@ -13,8 +13,6 @@ workers keep sharing the parent's memory. Records are rebuilt on access as :clas
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import itertools
 import json
 import os
@@ -23,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from detkit.utils.gc_pause import paused_gc
 
 __all__ = ["ByteBuffer", "Record", "RecordStore", "clean_coco_store", "paused_gc"]
 
@@ -249,20 +249,6 @@ class RecordStore(Sequence):
         arrays = (self.image_ids, self.heights, self.widths, self.starts, self.boxes, self.labels, self.iscrowd)
         buffers = (self.file_names, self.paths, self.segmentations, self.image_entries)
         return sum(a.nbytes for a in arrays) + sum(b.nbytes for b in buffers if b is not None)
-
-
-@contextlib.contextmanager
-def paused_gc():
-    """No cyclic garbage collection inside the block: reading a large json makes millions of
-    containers, and each automatic collection walks all of them again (COCO train2017's file
-    reads ~1.7x faster without); the previous state is restored after."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _ints(values: Sequence[Any]) -> np.ndarray | None:

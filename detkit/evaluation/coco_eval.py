@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from detkit.utils.gc_pause import paused_gc
+
 __all__ = [
     "STAT_NAMES",
     "COCOEvaluator",
@@ -177,9 +179,25 @@ def _is_finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+@paused_gc()
 def _load_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _add_result_fields(results: list[dict], iou_type: str) -> None:
+    """What faster-coco-eval's `loadRes` adds to each result, with the same values: `id`
+    (1, 2, ... in order), `iscrowd` 0 and `area` (box: w * h; mask: its pixel count, all
+    masks decoded in one call). Masks get no `bbox`: the backend reads only `id`, `score`,
+    `area`, `iscrowd` and the mask of a segm result."""
+    if iou_type == "segm":
+        from faster_coco_eval.core import mask as mask_utils
+
+        areas = mask_utils.area([r["segmentation"] for r in results]).tolist() if results else []
+    else:
+        areas = [r["bbox"][2] * r["bbox"][3] for r in results]
+    for i, (r, area) in enumerate(zip(results, areas), 1):
+        r["area"], r["id"], r["iscrowd"] = area, i, 0
 
 
 class COCOEvaluator:
@@ -190,6 +208,7 @@ class COCOEvaluator:
             object (pycocotools or faster-coco-eval; reused for that backend).
     """
 
+    @paused_gc()
     def __init__(self, annotations: str | os.PathLike | Mapping[str, Any] | Any):
         self._gt_cache: dict[str, Any] = {}
         if isinstance(annotations, (str, os.PathLike)):
@@ -249,20 +268,28 @@ class COCOEvaluator:
             self._gt_cache[backend] = gt
         return self._gt_cache[backend]
 
-    def _detections(self, backend: str, gt: Any, results: list[dict]) -> Any:
-        if results:
+    def _detections(self, backend: str, gt: Any, results: list[dict], iou_type: str) -> Any:
+        """The backend's result set of `results` (our own fresh dicts, completed in place).
+
+        pycocotools: its `loadRes`. faster-coco-eval: the fields its `loadRes` adds, in one
+        pass (`_add_result_fields`): its `loadRes` decodes every mask twice, one call per
+        mask, for an area and a box that mask evaluation never reads.
+        """
+        if results and backend == "pycocotools":
             with contextlib.redirect_stdout(io.StringIO()):
                 return gt.loadRes(results)
-        # pycocotools' loadRes fails on an empty list: build the empty result set directly.
+        # pycocotools' loadRes also fails on an empty list: build the result set directly.
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCO
+
+            _add_result_fields(results, iou_type)
         else:
             from pycocotools.coco import COCO
         dt = COCO()
         dt.dataset = {
             "images": list(gt.dataset["images"]),
-            "categories": list(gt.dataset["categories"]),
-            "annotations": [],
+            "categories": [dict(c) for c in gt.dataset["categories"]],
+            "annotations": results,
         }
         with contextlib.redirect_stdout(io.StringIO()):
             dt.createIndex()
@@ -298,13 +325,13 @@ class COCOEvaluator:
                 raise ValueError(
                     f"result #{i}: bbox must be [x, y, w, h], got {geom!r}"
                 )
-            values = [("score", score)]
-            if isinstance(r.get("bbox"), (list, tuple)):
-                values += [("bbox", v) for v in r["bbox"]]
-            bad = [k for k, v in values if not _is_finite_number(v)]
-            if bad:
+            box = r.get("bbox")
+            if not isinstance(box, (list, tuple)):
+                box = ()
+            if not (_is_finite_number(score) and all(map(_is_finite_number, box))):
+                bad = "bbox" if _is_finite_number(score) else "score"
                 raise ValueError(
-                    f"result #{i} (image_id {image_id!r}): non-finite or non-numeric {bad[0]} "
+                    f"result #{i} (image_id {image_id!r}): non-finite or non-numeric {bad} "
                     f"(bbox {r.get('bbox')!r}, score {score!r})"
                 )
             image_ids.add(image_id)
@@ -330,6 +357,7 @@ class COCOEvaluator:
         return clean
 
     # ---------------------------------------------------------------- evaluation
+    @paused_gc()
     def evaluate(
         self,
         results: Sequence[Mapping[str, Any]] | str | os.PathLike,
@@ -370,7 +398,7 @@ class COCOEvaluator:
                 )
 
         gt = self._ground_truth(backend)
-        dt = self._detections(backend, gt, clean)
+        dt = self._detections(backend, gt, clean, iou_type)
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster
 

@@ -1,5 +1,6 @@
 import contextlib
 import copy
+import gc
 import io
 import json
 
@@ -453,3 +454,39 @@ def test_bad_ground_truth_and_predictions_are_refused(gt_path, results, tmp_path
     assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "got an object" in err[0]
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_faster_backend_result_set_matches_its_load_res_and_pycocotools(tmp_path, iou_type):
+    # detkit builds faster-coco-eval's result set itself (one batched area call, no mask
+    # boxes): same fields as the backend's own loadRes, same metrics as pycocotools, on
+    # many images of all sizes with crowds (the generator of benchmarks/bench_coco_eval.py).
+    import sys
+    from pathlib import Path
+
+    from faster_coco_eval import COCO as FasterCOCO
+
+    from detkit.evaluation.coco_eval import _add_result_fields
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import bench_coco_eval
+
+    gt, results = bench_coco_eval.make_data(60, 40, 6, iou_type, seed=3)
+    geometry = "bbox" if iou_type == "bbox" else "segmentation"
+    minimal = [{k: r[k] for k in ("image_id", "category_id", geometry, "score")} for r in results]
+    ours = copy.deepcopy(minimal)
+    _add_result_fields(ours, iou_type)
+    theirs = FasterCOCO(copy.deepcopy(gt)).loadRes(copy.deepcopy(minimal)).dataset["annotations"]
+    assert [(r["id"], r["iscrowd"], r["area"]) for r in ours] == [(r["id"], r["iscrowd"], r["area"]) for r in theirs]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    ref_stats, ref_precision = _pycocotools_stats(path, minimal, iou_type)
+    assert ref_stats[0] > 0.1
+    assert gc.isenabled()
+    out = COCOEvaluator(path).evaluate(results, iou_type, backend="faster_coco_eval", verbose=False)
+    assert gc.isenabled()  # paused during the evaluation only
+    np.testing.assert_allclose(list(out.stats.values()), ref_stats, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.precision, ref_precision, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError):
+        COCOEvaluator(path).evaluate([dict(results[0], image_id=-5)], iou_type, verbose=False)
+    assert gc.isenabled()
