@@ -5,7 +5,7 @@ Shape shorthand: N images, C = 3 channels, H x W one image, Hp x Wp the padded b
 Inputs are float 0..1 RGB tensors Tensor[3, H, W] of any size. Each image is resized so
 its shorter side is `min_size` (its longer side at most `max_size`), normalised with the
 ImageNet mean/std and zero-padded bottom/right to a multiple of `size_divisible`.
-Detections are mapped back to the original pixels with `postprocess_boxes`.
+Detections are mapped back to the original pixels with `resize_boxes` (detkit.structures.packed).
 """
 
 from __future__ import annotations
