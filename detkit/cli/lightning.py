@@ -118,10 +118,10 @@ class DetkitCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then fill the model section from a `--ckpt_path` checkpoint's hyper-parameters.
 
-        LightningCLI would next copy every saved hyper-parameter over the parsed config (values given
-        on the command line included, and `model.num_classes`, a link target, which it cannot set).
-        detkit merges them here instead and hides the path from that step until
-        `before_instantiate_classes` puts it back.
+        LightningCLI would next copy every saved hyper-parameter over the parsed config, values given
+        on the command line included. detkit merges them here instead (given values win; `num_classes`
+        stays linked from the data) and hides the path from that step until `before_instantiate_classes`
+        puts it back. A test checks that a given value still wins.
         """
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")

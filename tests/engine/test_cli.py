@@ -349,3 +349,34 @@ def test_predict_is_one_program_whose_model_source_picks_the_mode(tmp_path, caps
     assert main(["predict", "--help"]) == 0
     out = capsys.readouterr().out
     assert "model (exactly one)" in out and "image files (with --checkpoint or --onnx)" in out
+
+
+def test_ckpt_path_hyper_parameters_fill_defaults_and_given_values_win(tmp_path, monkeypatch, capsys):
+    """`--ckpt_path`: the checkpoint's model settings fill in what the config leaves at its defaults,
+    a value given on the command line wins (and is said to); the path itself reaches the Trainer."""
+    import functools
+
+    import torch
+    from lightning.pytorch import Trainer
+
+    from detkit.cli.lightning import cli_main
+    from detkit.engine.module import DetectionModule
+
+    monkeypatch.chdir(tmp_path)
+    module = DetectionModule(num_classes=3, num_visualize=5, lr=0.03, visualize_score_threshold=0.25)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "epoch": 0}
+    torch.save(ckpt, tmp_path / "m.ckpt")
+    called = {}
+
+    @functools.wraps(Trainer.validate)  # LightningCLI reads the arguments from its signature
+    def validate(self, **kwargs):
+        called.update(kwargs)
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    args = ["validate", "--config", _shapes_config(tmp_path), "--ckpt_path", str(tmp_path / "m.ckpt")]
+    cli = cli_main([*args, "--model.lr", "0.5"])
+    hp = cli.model.hparams
+    assert (hp.num_visualize, hp.visualize_score_threshold, hp.lr, hp.num_classes) == (5, 0.25, 0.5, 3)
+    err = capsys.readouterr().err
+    assert err.startswith("detkit validate: using the given ") and "model.lr=0.5 (checkpoint: 0.03)" in err
+    assert called["ckpt_path"] == str(tmp_path / "m.ckpt") and cli.config.validate.ckpt_path == called["ckpt_path"]
