@@ -80,29 +80,23 @@ def clip_boxes(boxes: Tensor, size: tuple[int, int] | Tensor) -> Tensor:
     Args:
         boxes: `Tensor[..., 4]`.
         size: `(h, w)` for all boxes, or `Tensor[..., 2]` of (h, w) broadcastable against
-            `boxes[..., :2]` (e.g. `image_sizes[batch_idx]` for packed boxes).
+            `boxes[..., :2]` (e.g. `image_sizes[batch_idx]` for packed boxes, or
+            `image_sizes[:, None, :]` for `Tensor[N, M, 4]`).
     Returns:
         `Tensor[..., 4]`, same dtype as `boxes`.
     """
     if isinstance(size, Tensor):
-        size = size.to(dtype=boxes.dtype)
-        h = size[..., 0:1]
-        w = size[..., 1:2]
-        zero = boxes.new_zeros(())
-        xs = torch.minimum(torch.maximum(boxes[..., 0::2], zero), w)
-        ys = torch.minimum(torch.maximum(boxes[..., 1::2], zero), h)
-    else:
-        h, w = size
-        xs = boxes[..., 0::2].clamp(min=0, max=w)
-        ys = boxes[..., 1::2].clamp(min=0, max=h)
+        return torch.minimum(boxes.clamp(min=0), hw_to_whwh(size.to(dtype=boxes.dtype)))
+    h, w = size
+    xs = boxes[..., 0::2].clamp(min=0, max=w)
+    ys = boxes[..., 1::2].clamp(min=0, max=h)
     return torch.stack((xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]), dim=-1)
 
 
 def remove_small_boxes(boxes: Tensor, min_size: float) -> Tensor:
     """Keep mask `Tensor[...]` bool: True where width >= min_size and height >= min_size."""
-    w = boxes[..., 2] - boxes[..., 0]
-    h = boxes[..., 3] - boxes[..., 1]
-    return (w >= min_size) & (h >= min_size)
+    wh = boxes[..., 2:] - boxes[..., :2]
+    return (wh >= min_size).all(-1)
 
 
 def box_math_dtype(*tensors: Tensor) -> torch.dtype:

@@ -56,7 +56,8 @@ def pad_images(images: Sequence[Tensor], *, size_divisible: int = 1, pad_value: 
     max_h = (max_h + stride - 1) // stride * stride
     max_w = (max_w + stride - 1) // stride * stride
     first = images[0]
-    batch = first.new_full((len(images), first.shape[0], max_h, max_w), pad_value)
+    shape = (len(images), first.shape[0], max_h, max_w)
+    batch = first.new_zeros(shape) if pad_value == 0 else first.new_full(shape, pad_value)
     for img, slot in zip(images, batch):
         slot[:, : img.shape[-2], : img.shape[-1]].copy_(img)
     return batch
