@@ -5,7 +5,9 @@
 
 import sys
 
-from detkit.cli import main
+# the command module itself, at the top: the worker pool's forkserver preloads this main module,
+# so the workers start with detkit.proposals.cache already imported
+from detkit.cli.proposals import main
 
 if __name__ == "__main__":
-    sys.exit(main(["proposals", *sys.argv[1:]]))
+    sys.exit(main(prog=None))
