@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from detkit.utils.gc_pause import paused_gc
+
 __all__ = ["build_parser", "evaluate_main", "main", "voc_evaluate_main"]
 
 PROG = "detkit evaluate"
@@ -58,6 +60,7 @@ def _read_json(path: str, label: str) -> Any:
         raise _Failed(f"cannot read {label} file {path}: {e}", 2) from None
 
 
+@paused_gc()  # no collection over the loaded files' millions of containers: ~1/4 of the CPU time with masks
 def _evaluate_coco(args: argparse.Namespace) -> None:
     from detkit.evaluation import COCOEvaluator, save_results_json
 

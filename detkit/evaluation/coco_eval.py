@@ -176,7 +176,9 @@ def _with_areas(
 
 
 def _is_finite_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if type(v) is float:  # the common cases first: called per prediction value
+        return math.isfinite(v)
+    return type(v) is int or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
 
 
 @paused_gc()
@@ -308,7 +310,7 @@ class COCOEvaluator:
         clean = []
         image_ids, cat_ids = set(), set()
         for i, r in enumerate(results):
-            if not isinstance(r, Mapping):
+            if type(r) is not dict and not isinstance(r, Mapping):
                 raise ValueError(f"result #{i} is not an object: {r!r:.100}")
             try:
                 image_id, cat_id, geom, score = (
