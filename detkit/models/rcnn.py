@@ -50,7 +50,7 @@ from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.zoo import check_features, default_freeze_at
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
-from detkit.structures.packed import PackedRows, pack_to_padded, resize_boxes, take_rows
+from detkit.structures.packed import PackedRows, pack_to_padded, take_rows
 
 __all__ = [
     "RCNN",
@@ -423,8 +423,7 @@ class RCNN(Detector):
         if self.classifier == "softmax":
             scores = F.softmax(scores, dim=1)[:, 1:]
         dets = self.postprocess(scores, deltas, boxes, batch_idx, batch.image_sizes)
-        dets.boxes = resize_boxes(dets.boxes, dets.batch_idx, batch.image_sizes, batch.original_sizes)
-        return dets
+        return dets.resize(batch.image_sizes, batch.original_sizes)  # boxes to original pixels
 
     @torch.no_grad()
     def postprocess(

@@ -13,7 +13,6 @@ from detkit.models.base import Detector, evaluation_mode, prepare_inputs, target
 from detkit.models.transform import DetectionTransform
 from detkit.proposals.rpn import RPN
 from detkit.structures import Detections, ImageBatch, PackedTargets
-from detkit.structures.packed import resize_boxes
 
 __all__ = ["TwoStageDetector", "evaluation_mode", "prepare_inputs", "targets_required"]
 
@@ -43,7 +42,7 @@ class TwoStageDetector(Detector):
     def requires_proposals(self) -> bool:
         return self.rpn is None
 
-    def proposals(
+    def region_proposals(
         self, features: dict[str, Tensor], batch: ImageBatch, targets: PackedTargets | None, proposals
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Packed proposals (boxes `Tensor[B, 4]` in the batch's pixels, `batch_idx` `Tensor[B]`) and the RPN's losses.
@@ -56,15 +55,15 @@ class TwoStageDetector(Detector):
 
     def batch_losses(self, batch: ImageBatch, targets: PackedTargets, *, proposals=None) -> dict[str, Tensor]:
         features = self.backbone(batch.tensor)
-        boxes, batch_idx, losses = self.proposals(features, batch, targets, proposals)
+        boxes, batch_idx, losses = self.region_proposals(features, batch, targets, proposals)
         _, head_losses = self.roi_heads(features, boxes, batch_idx, batch, targets)
         return {**losses, **head_losses}
 
     def batch_detections(self, batch: ImageBatch, *, proposals=None) -> Detections:
         features = self.backbone(batch.tensor)
-        boxes, batch_idx, _ = self.proposals(features, batch, None, proposals)
+        boxes, batch_idx, _ = self.region_proposals(features, batch, None, proposals)
         dets, _ = self.roi_heads(features, boxes, batch_idx, batch)
-        dets.boxes = resize_boxes(dets.boxes, dets.batch_idx, batch.image_sizes, batch.original_sizes)
+        dets = dets.resize(batch.image_sizes, batch.original_sizes)  # boxes to original pixels
         if dets.mask_probs is not None:
             dets.masks = self.roi_heads.paste_detection_masks(
                 dets.mask_probs, dets.boxes, dets.batch_idx, batch.original_sizes

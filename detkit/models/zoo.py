@@ -1,4 +1,5 @@
-"""Registered detector variants: small builder functions with explicit keyword arguments.
+"""Builders: the parts of a two-stage detector (`build_rpn`, `build_roi_heads`, `build_transform`),
+`build_two_stage` on them, and the registered variants, small functions with explicit keyword arguments.
 
 Defaults follow the papers and torchvision's detection references; every number can be
 overridden through `build_model(name, num_classes=..., **overrides)`.
