@@ -46,7 +46,7 @@ commands:
 command's options; --version prints the version.
 """
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")  # the LightningCLI subcommands
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI subcommands (predict: with --config)
 # command -> module of detkit.cli that runs it
 COMMANDS = {
     "fit": "lightning",

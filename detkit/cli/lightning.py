@@ -26,9 +26,9 @@ from detkit.engine.checkpoint_io import AtomicCheckpointIO, load_checkpoint
 from detkit.engine.datamodule import DetectionDataModule
 from detkit.engine.module import DetectionModule
 
-__all__ = ["COMMANDS", "PREDICT_CONFIG_HELP", "DetkitCLI", "cli_main", "run"]
+__all__ = ["PREDICT_CONFIG_HELP", "SUBCOMMANDS", "DetkitCLI", "cli_main", "run"]
 
-COMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI subcommands
 
 PREDICT_CONFIG_HELP = (
     "Predict the config's validation split with a checkpoint (--ckpt_path); writes <log dir>/predictions.json "
@@ -233,8 +233,8 @@ def cli_main(args: Sequence[str] | None = None, run: bool = True) -> DetkitCLI:
 
 def run(command: str, argv: Sequence[str]) -> int:
     """`detkit <command> ...` for a LightningCLI subcommand; `--config NAME` finds a packaged config."""
-    if command not in COMMANDS:
-        raise ValueError(f"not a LightningCLI command: {command!r} (one of {', '.join(COMMANDS)})")
+    if command not in SUBCOMMANDS:
+        raise ValueError(f"not a LightningCLI command: {command!r} (one of {', '.join(SUBCOMMANDS)})")
     try:
         cli_main(resolve_config_args([command, *argv]))
     except torch.OutOfMemoryError as e:
