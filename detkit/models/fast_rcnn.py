@@ -100,7 +100,7 @@ def build_fast_rcnn(
     `roi_bg_iou_low` = 0 turns the background band into [0, 0.5).
     """
     specs = backbone.feature_specs()
-    feature = check_features(specs, [feature or list(specs)[-1]])
+    roi_features = check_features(specs, [feature or list(specs)[-1]])  # one level: the last by default
     kwargs.setdefault("pool_type", "pool")
     # build_rpn's keywords are accepted (and unused) as before
     _, roi_kwargs, transform_kwargs = split_kwargs(
@@ -109,7 +109,7 @@ def build_fast_rcnn(
     roi_heads = build_roi_heads(
         backbone,
         num_classes=num_classes,
-        roi_features=feature,
+        roi_features=roi_features,
         representation_size=representation_size,
         dropout=dropout,
         roi_batch_size_per_image=roi_batch_size_per_image,
