@@ -6,19 +6,22 @@ import torch.nn.functional as F
 import torchvision
 from proposal_model_cases import images_targets_proposals
 
+from detkit.heads.roi_heads import SampledRoIs
 from detkit.models import build_model
 
 
-def _sampled(g):
+def _sampled(heads):
     """A hand-made RoI sample: 3 RoIs (2 positives of classes 1 and 2, 1 background), K = 2."""
     rois = torch.tensor([[10.0, 10.0, 50.0, 60.0], [30.0, 20.0, 90.0, 70.0], [0.0, 0.0, 20.0, 20.0]])
     gt = torch.tensor([[12.0, 8.0, 48.0, 64.0], [28.0, 25.0, 95.0, 66.0], [0.0, 0.0, 1.0, 1.0]])
-    return rois, gt, {
-        "boxes": rois,
-        "labels": torch.tensor([1, 2, 0]),
-        "matched_boxes": gt,
-        "batch_idx": torch.zeros(3, dtype=torch.int64),
-    }
+    return rois, gt, SampledRoIs(
+        boxes=rois,
+        batch_idx=torch.zeros(3, dtype=torch.int64),
+        labels=torch.tensor([1, 2, 0]),
+        regression_targets=heads.box_coder.encode(gt, rois),
+        matched_boxes=gt,
+        matched_in_image=torch.tensor([0, 1, 2]),
+    )
 
 
 @pytest.mark.parametrize("box_loss", ["smooth_l1", "l1", "giou", "diou", "ciou"])
@@ -26,13 +29,12 @@ def test_roi_head_box_losses_by_hand(box_loss):
     g = torch.Generator().manual_seed(0)
     model = build_model("faster_rcnn_tiny", num_classes=2, box_loss=box_loss)
     heads = model.roi_heads
-    rois, gt, sampled = _sampled(g)
-    sampled["regression_targets"] = heads.box_coder.encode(gt, rois)
+    rois, gt, sampled = _sampled(heads)
     logits, deltas = torch.randn(3, 3, generator=g), torch.randn(3, 12, generator=g) * 0.1
     losses = heads.box_loss(logits, deltas, sampled)
-    torch.testing.assert_close(losses["loss_classifier"], F.cross_entropy(logits, sampled["labels"]))
+    torch.testing.assert_close(losses["loss_classifier"], F.cross_entropy(logits, sampled.labels))
     pred = torch.stack([deltas.view(3, 3, 4)[0, 1], deltas.view(3, 3, 4)[1, 2]])  # matched class of each positive
-    target = sampled["regression_targets"][:2]
+    target = sampled.regression_targets[:2]
     if box_loss == "smooth_l1":  # torchvision's box loss: beta 1/9, summed, / sampled RoIs
         expected = F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="sum") / 3
     elif box_loss == "l1":
@@ -50,11 +52,10 @@ def test_focal_classification_and_rpn_losses():
     model = build_model("faster_rcnn_tiny", num_classes=2, cls_loss="focal", box_loss="giou", rpn_box_loss="l1")
     assert (model.rpn.box_loss_type, model.rpn.cls_loss_type) == ("l1", "focal")
     assert (model.roi_heads.box_loss_type, model.roi_heads.cls_loss_type) == ("giou", "focal")
-    rois, gt, sampled = _sampled(g)
-    sampled["regression_targets"] = model.roi_heads.box_coder.encode(gt, rois)
+    _, _, sampled = _sampled(model.roi_heads)
     logits = torch.randn(3, 3, generator=g)
     loss = model.roi_heads.box_loss(logits, torch.zeros(3, 12), sampled)["loss_classifier"]
-    p_t = F.softmax(logits, 1)[torch.arange(3), sampled["labels"]]
+    p_t = F.softmax(logits, 1)[torch.arange(3), sampled.labels]
     torch.testing.assert_close(loss, ((1 - p_t) ** 2 * -p_t.log()).mean())
 
 
