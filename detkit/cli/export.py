@@ -31,6 +31,8 @@ def load_for_export(
             meta["class_names"] = list(class_names)
         if info.get("label_to_category_id"):
             meta["label_to_category_id"] = {str(k): int(v) for k, v in info["label_to_category_id"].items()}
+        if info.get("proposals"):
+            meta["proposals"] = dict(info["proposals"])  # selective-search settings, for `detkit predict --onnx`
         return model.eval(), meta
     from detkit.models import build_model
 

@@ -8,6 +8,12 @@ The model source picks the mode: a training checkpoint (`--checkpoint`) or an ex
 file (`--onnx`, run with ONNX Runtime) predicts image files; a config (`--config`, with
 `--ckpt_path`) runs LightningCLI's `predict` on the config's data, with every LightningCLI
 option (`detkit predict --config CONFIG --help` lists them).
+
+A model without an RPN (R-CNN, Fast R-CNN: `requires_proposals`) gets selective-search
+proposals for every image file: computed on the CPU before the forward passes, with the
+settings its training proposals were made with (recorded in the checkpoint / ONNX metadata;
+the library defaults, with a warning, where none are recorded), in `--proposal-workers`
+processes; or read from a `detkit proposals` cache given with `--proposals CACHE`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ EPILOG = """modes (the model source decides):
       (or --onnx MODEL.onnx from `detkit export` instead of --checkpoint: ONNX Runtime, same outputs)
       image files -> OUT/detections.json (COCO results, the data set's category ids; evaluate it with
       `detkit evaluate --annotations GT.json --predictions OUT/detections.json`) and OUT/images.json
+      R-CNN / Fast R-CNN: selective-search proposals are computed for each image with the settings of the
+      model's training (or read with --proposals CACHE from `detkit proposals`)
   detkit predict --config CONFIG.yaml --ckpt_path CKPT [--key value ...]
       LightningCLI on the config's validation split -> <log dir>/predictions.json (COCO results);
       `detkit predict --config CONFIG.yaml --help` lists its options
@@ -35,7 +43,7 @@ EPILOG = """modes (the model source decides):
 # options of the image-file mode: refused with --config, where the config's data is predicted
 FILE_OPTIONS = (
     "--input", "--output", "--annotations", "--score-threshold", "--draw-threshold", "--strict", "--device",
-    "--batch-size", "--no-draw",
+    "--batch-size", "--no-draw", "--proposals", "--proposal-workers",
 )  # fmt: skip
 
 
@@ -75,6 +83,16 @@ def build_parser(prog: str = "detkit predict") -> argparse.ArgumentParser:
     files.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     files.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     files.add_argument("--no-draw", action="store_true", help="write the json files only")
+    files.add_argument(
+        "--proposals", metavar="CACHE",
+        help="R-CNN / Fast R-CNN: read the proposals from this `detkit proposals` cache (it must hold every input "
+        "image, matched by file name and size, else by image id) instead of running selective search",
+    )  # fmt: skip
+    files.add_argument(
+        "--proposal-workers", type=int, default=None, metavar="N",
+        help="R-CNN / Fast R-CNN without --proposals: selective-search processes (default: all cores; 1: in this "
+        "process). The settings (mode, resize_to, max_proposals, ...) are those the model was trained with",
+    )  # fmt: skip
     config = parser.add_argument_group(
         "config's data (with --config)",
         "any LightningCLI option as well (--trainer.*, --data.*, --model.*); --config CONFIG --help lists them",
@@ -109,6 +127,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit predict") -> int
         parser.error("--input and --output are required with --checkpoint / --onnx")
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if args.proposal_workers is not None and args.proposal_workers < 1:
+        parser.error("--proposal-workers must be >= 1")
     return predict_files(args, prog)
 
 
@@ -155,6 +175,9 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     image_ids = list(range(1, len(files) + 1))  # without annotations: 1..N in sorted file order
     if args.annotations is not None:
         files, image_ids = _match_annotations(files, args.annotations, by_name, prog)
+    proposals = [None] * len(files)
+    if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
+        proposals = _region_proposals(model, files, image_ids, args, prog)
     model.to(device)
     out_names = _output_names([name for _, name in files])
     os.makedirs(args.output, exist_ok=True)
@@ -163,13 +186,20 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     images_meta: list[dict] = []
     skipped: list[dict] = []
     readable = []
-    for (path, name), image_id, png in zip(files, image_ids, out_names):
+    for (path, name), image_id, png, boxes in zip(files, image_ids, out_names, proposals):
         try:
-            readable.append((name, image_id, png, read_image_rgb(path)))
+            image = read_image_rgb(path)
         except ImageReadError as e:
             if args.strict:
                 raise
             skipped.append({"file_name": name, "reason": e.reason})
+        else:
+            if boxes is _NO_PROPOSALS:  # decoded here but not by OpenCV's selective search
+                if args.strict:
+                    raise ValueError(f"{path}: selective search cannot read this image")
+                skipped.append({"file_name": name, "reason": "selective search cannot read it"})
+            else:
+                readable.append((name, image_id, png, image, boxes))
         if len(readable) == args.batch_size:
             _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
             readable = []
@@ -203,6 +233,85 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     return 0
 
 
+_NO_PROPOSALS = object()  # an image file selective search could not read
+SS_KEYS = ("mode", "max_proposals", "min_size", "resize_to", "seed")
+
+
+def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int], args, prog: str) -> list:
+    """Selective-search boxes (`float32[P, 4]`, input pixels) of every input file, as at training time.
+
+    With `--proposals CACHE` they are read from that cache; otherwise computed on the CPU with the
+    settings recorded with the model (`proposal_settings`, else the library defaults and a warning)
+    by `compute_proposals` (its process pool and progress bar) into a temporary cache.
+    """
+    import tempfile
+
+    from detkit.proposals.cache import ProposalCache, compute_proposals, selective_search_params
+
+    source = args.checkpoint or args.onnx
+    settings = getattr(model, "proposal_settings", None)
+    if settings:
+        settings = {k: settings[k] for k in SS_KEYS if k in settings}
+    if args.proposals:
+        return _cached_proposals(args.proposals, files, image_ids, settings, source, prog)
+    if not settings:
+        defaults = selective_search_params()
+        settings = {k: defaults[k] for k in SS_KEYS}
+        shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+        print(f"{prog}: warning: {source} records no selective-search settings of its training; "
+              f"computing proposals with the defaults ({shown})", file=sys.stderr)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="detkit-predict-") as tmp:
+        cache_path = os.path.join(tmp, "proposals.bin")
+        try:
+            cache = compute_proposals(
+                list(enumerate(path for path, _ in files)), cache_path, workers=args.proposal_workers, **settings
+            )
+        except RuntimeError:  # files OpenCV cannot decode: reported as skipped (or --strict errors) later
+            cache = ProposalCache(cache_path, readonly=True)
+        out = [cache.get(k) if k in cache else _NO_PROPOSALS for k in range(len(files))]
+        cache.close()
+    return out
+
+
+def _cached_proposals(path: str, files, image_ids, settings: dict | None, source: str, prog: str) -> list:
+    """Boxes of every input file from a `detkit proposals` cache, matched by file name and size when the
+    cache records its images (else by image id); a one-line error names the first image it lacks."""
+    from detkit.proposals.cache import ProposalCache, cache_settings
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"proposal cache not found: {path}")
+    made_with = cache_settings(path)
+    if settings:
+        differ = [f"{k}={made_with[k]} (model: {settings[k]})" for k in SS_KEYS if k in settings and
+                  k != "max_proposals" and made_with[k] != settings[k]]  # fmt: skip
+        if differ:
+            print(f"{prog}: warning: {path} was made with other selective-search settings than {source}'s "
+                  f"training proposals: {', '.join(differ)}", file=sys.stderr)  # fmt: skip
+    cap = (settings or {}).get("max_proposals")
+    cache = ProposalCache(path, readonly=True)
+    by_file: dict[tuple[str, int | None], list[int]] = {}
+    for cache_id, record in (cache.images or {}).items():
+        by_file.setdefault(record, []).append(cache_id)
+    out, missing = [], []
+    for (file, name), image_id in zip(files, image_ids):
+        if cache.images is not None:
+            ids = by_file.get((file.name, os.stat(file).st_size), [])
+            ids = [image_id] if image_id in ids else ids[:1]
+        else:
+            ids = [image_id]
+        if not ids or ids[0] not in cache:
+            missing.append(name)
+            continue
+        out.append(cache.get(ids[0])[:cap])
+    cache.close()
+    if missing:
+        how = "file name and size" if cache.images is not None else "image id"
+        raise ValueError(
+            f"proposal cache {path} has no proposals for input image {missing[0]} ({len(missing)} of {len(files)} "
+            f"input images missing, matched by {how}): compute them with `detkit proposals`, or leave out "
+            "--proposals to run selective search here"
+        )
+    return out
 
 
 def _ground_truth_ids(path: str, class_names: Sequence[str] | None) -> tuple[dict[str, int], dict[int, int]]:
@@ -290,10 +399,14 @@ def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, 
     from detkit.engine.visualize import draw_detections, save_png
     from detkit.evaluation.results import detections_to_coco_results
 
-    images = [torch.from_numpy(a).permute(2, 0, 1).to(device=device, dtype=torch.float32).div_(255) for *_, a in chunk]
+    arrays = [item[3] for item in chunk]
+    images = [torch.from_numpy(a).permute(2, 0, 1).to(device=device, dtype=torch.float32).div_(255) for a in arrays]
+    extra = {}
+    if getattr(model, "requires_proposals", False):
+        extra["proposals"] = [torch.from_numpy(boxes).to(device) for *_, boxes in chunk]
     try:
         with torch.inference_mode():
-            detections = model.predict(images)
+            detections = model.predict(images, **extra)
     except torch.OutOfMemoryError:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -301,7 +414,7 @@ def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, 
             f"out of memory on {device} predicting {len(images)} image(s): use a smaller --batch-size "
             f"(now {args.batch_size}), smaller images, or --device cpu"
         ) from None
-    for (name, image_id, png, array), det in zip(chunk, detections):
+    for (name, image_id, png, array, _), det in zip(chunk, detections):
         det = {k: v.cpu() for k, v in det.items()}
         keep = det["scores"] >= args.score_threshold
         det = {k: v[keep] for k, v in det.items()}

@@ -124,6 +124,7 @@ def build_model_from_checkpoint(
             f"{path}: checkpoint does not match {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     model.label_to_category_id = _load_category_map(path, info, int(num_classes))  # type: ignore[assignment]
+    model.proposal_settings = info.get("proposals")  # type: ignore[assignment]  # selective search of training
     return model.eval(), info.get("class_names")
 
 

@@ -598,8 +598,20 @@ class DetectionModule(LightningModule):
             "model_kwargs": dict(hp.model_kwargs or {}),
             "class_names": self._class_names(),
             "label_to_category_id": self._category_ids(),
+            "proposals": self._proposal_settings(),
             "skipped_steps": self.skipped_steps,
         }
+
+    def _proposal_settings(self) -> dict[str, Any] | None:
+        """Selective-search settings of the training proposals (the datamodule's `train_proposals` cache,
+        capped at its `max_proposals`; kept from a loaded checkpoint): what `detkit predict` computes with."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        cache = getattr(dm, "train_proposals", None)
+        if getattr(self.model, "requires_proposals", False) and cache and os.path.isfile(cache):
+            from detkit.proposals.cache import cache_settings
+
+            self.proposal_settings = cache_settings(cache, getattr(dm, "max_proposals", None))
+        return getattr(self, "proposal_settings", None)
 
     def _category_ids(self) -> dict[int, int] | None:
         """`{label: data set category id}` of the training data (kept from a loaded checkpoint)."""
@@ -652,4 +664,6 @@ class DetectionModule(LightningModule):
             self.class_names = list(info["class_names"])
         if info.get("label_to_category_id"):
             self.label_to_category_id = {int(k): int(v) for k, v in info["label_to_category_id"].items()}
+        if info.get("proposals"):
+            self.proposal_settings = dict(info["proposals"])
         self.skipped_steps = int(info.get("skipped_steps", 0))

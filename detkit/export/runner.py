@@ -146,17 +146,17 @@ class OnnxPredictor:
     `scores`, `labels` 1..num_classes, `masks` uint8 [D, H, W] for Mask R-CNN), like
     `model.predict`. `label_to_category_id` and `class_names` come from the file's metadata
     (written by `detkit export --checkpoint`); labels exported as category ids are mapped back.
+    A Fast R-CNN export (`requires_proposals`) takes `proposals=` as the eager model does;
+    `proposal_settings` are the selective-search settings of its training (None if not recorded).
     ONNX Runtime runs on the CPU: `to()` is a no-op.
     """
 
     def __init__(self, path: str | os.PathLike, *, batch_size: int = 4):
         self.detector = OnnxDetector(path)
         self.batch_size = batch_size
-        if self.detector.requires_proposals:
-            raise ValueError(
-                f"{os.fspath(path)}: a Fast R-CNN export needs proposals; predicting image files needs an RPN"
-            )
+        self.requires_proposals = self.detector.requires_proposals
         meta = self.detector.metadata
+        self.proposal_settings = json.loads(meta["detkit.proposals"]) if meta.get("detkit.proposals") else None
         self.num_classes = int(meta.get("detkit.num_classes", 0))
         mapping = json.loads(meta["detkit.label_to_category_id"]) if meta.get("detkit.label_to_category_id") else None
         self.label_to_category_id = {int(k): int(v) for k, v in mapping.items()} if mapping else None
@@ -174,12 +174,14 @@ class OnnxPredictor:
     def eval(self) -> OnnxPredictor:
         return self
 
-    def predict(self, images) -> list[dict]:
+    def predict(self, images, *, proposals=None) -> list[dict]:
         import torch
 
         arrays = [img.detach().cpu().float().numpy() for img in images]
+        if proposals is not None:
+            proposals = [np.asarray(p.detach().cpu() if hasattr(p, "detach") else p, np.float32) for p in proposals]
         out = []
-        for det in self.detector.predict(arrays, batch_size=self.batch_size):
+        for det in self.detector.predict(arrays, proposals=proposals, batch_size=self.batch_size):
             labels = det["labels"]
             if self._to_label is not None:
                 labels = np.array([self._to_label[int(c)] for c in labels], dtype=np.int64)

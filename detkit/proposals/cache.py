@@ -51,7 +51,7 @@ from detkit.utils.optional import require
 cv2 = require("cv2", "proposals", "selective search")
 tqdm = require("tqdm.auto", "proposals", "detkit proposals").tqdm
 
-__all__ = ["ProposalCache", "compute_proposals", "image_records", "selective_search_params"]
+__all__ = ["ProposalCache", "cache_settings", "compute_proposals", "image_records", "selective_search_params"]
 
 _FILE_MAGIC = b"DKPROPS1"
 _FILE_HEAD = struct.Struct("<8sII")
@@ -216,26 +216,7 @@ class ProposalCache:
         self._data_start = _FILE_HEAD.size + len(body)
 
     def _read_header(self) -> tuple[dict, list[list] | None, int]:
-        with open(self.path, "rb") as f:
-            head = f.read(_FILE_HEAD.size)
-            if len(head) < _FILE_HEAD.size or head[:8] != _FILE_MAGIC:
-                raise ValueError(f"{self.path} is not a detkit proposal cache")
-            _, length, crc = _FILE_HEAD.unpack(head)
-            body = f.read(length)
-        try:
-            if len(body) != length or zlib.crc32(body) != crc:
-                raise ValueError
-            header = json.loads(body)
-            params = header["params"]
-            images = _normalize_images(header.get("images"))
-            if not isinstance(params, dict):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(
-                f"the header of proposal cache {self.path} is damaged; delete the file to "
-                "start over"
-            ) from None
-        return params, images, _FILE_HEAD.size + length
+        return _read_header(self.path)
 
     def _parse(self, buf, pos: int, size: int, verify: bool):
         """(image_id, n, end) of a sound record at `pos`, else (image_id or None, None, None)."""
@@ -460,6 +441,44 @@ class ProposalCache:
             self._reader = open(self.path, "rb")  # noqa: SIM115 (long-lived, closed by close())
             self._reader_pid = os.getpid()
         return self._reader
+
+
+def _read_header(path: Path) -> tuple[dict, list[list] | None, int]:
+    """(params, image list or None, offset of the first record) of a cache file's header."""
+    with open(path, "rb") as f:
+        head = f.read(_FILE_HEAD.size)
+        if len(head) < _FILE_HEAD.size or head[:8] != _FILE_MAGIC:
+            raise ValueError(f"{path} is not a detkit proposal cache")
+        _, length, crc = _FILE_HEAD.unpack(head)
+        body = f.read(length)
+    try:
+        if len(body) != length or zlib.crc32(body) != crc:
+            raise ValueError
+        header = json.loads(body)
+        params = header["params"]
+        images = _normalize_images(header.get("images"))
+        if not isinstance(params, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"the header of proposal cache {path} is damaged; delete the file to start over") from None
+    return params, images, _FILE_HEAD.size + length
+
+
+def cache_settings(path: str | os.PathLike, max_proposals: int | None = None) -> dict:
+    """`selective_search` keyword arguments (mode, max_proposals, min_size, resize_to, seed) that made a cache.
+
+    Reads the header only. `max_proposals` caps the cache's own (what `WithProposals` serves):
+    the settings that reproduce a model's training proposals on new images (`detkit predict`).
+    """
+    params = _read_header(Path(path))[0]
+    if params.get("method", "selective_search") != "selective_search":
+        raise ValueError(f"proposal cache {os.fspath(path)} holds {params['method']!r} proposals, not selective search")
+    defaults = selective_search_params()
+    settings = {k: params.get(k, defaults[k]) for k in ("mode", "max_proposals", "min_size", "resize_to", "seed")}
+    cap = settings["max_proposals"]
+    if max_proposals is not None and (cap is None or max_proposals < cap):
+        settings["max_proposals"] = int(max_proposals)
+    return settings
 
 
 def _describe_mismatch(have: dict, want: dict) -> str:
