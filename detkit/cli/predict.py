@@ -176,6 +176,8 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     if args.annotations is not None:
         files, image_ids = _match_annotations(files, args.annotations, by_name, prog)
     proposals = [None] * len(files)
+    if args.proposals and not getattr(model, "requires_proposals", False):
+        raise ValueError(f"--proposals: {args.checkpoint or args.onnx} has an RPN and takes no external proposals")
     if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
         proposals = _region_proposals(model, files, image_ids, args, prog)
     model.to(device)

@@ -137,6 +137,9 @@ def test_a_cache_without_an_input_image_is_a_one_line_error(images, tmp_path, ca
     assert len(err) == 1 and "has no proposals for input image img_2.png (1 of 3 input images missing" in err[0], err
     assert main([*args, "--proposals", str(tmp_path / "none.bin")]) != 0
     assert "proposal cache not found" in capsys.readouterr().err
+    faster = _checkpoint(tmp_path / "faster.ckpt", "faster_rcnn_tiny")
+    assert main([*args[:2], faster, *args[3:], "--proposals", str(partial)]) != 0
+    assert "has an RPN and takes no external proposals" in capsys.readouterr().err
     # a cache made with other settings than the training proposals: used, with a warning naming them
     other = tmp_path / "other.bin"
     compute_proposals(files, other, workers=1, progress=False, **dict(TRAINING, resize_to=None))
@@ -155,3 +158,37 @@ def test_onnx_fast_rcnn_predicts_with_the_recorded_settings(images, training_cac
                    tmp_path / "out")  # fmt: skip
     assert "warning" not in capsys.readouterr().err  # the export carries the training settings
     _assert_same(got, _python_api(ckpt, images, tmp_path / "api.bin"))
+
+
+def test_fit_records_the_settings_of_the_training_cache(tmp_path, monkeypatch, capsys):
+    """A real `detkit fit` of Fast R-CNN on a proposal cache: the checkpoint records its settings, and
+    `detkit predict --input` then gives the detections of a val cache made with the same settings."""
+    import yaml
+
+    from detkit.data import ensure_shapes
+
+    root = tmp_path / "shapes"
+    ensure_shapes(root, {"train": 8, "val": 3})
+    caches = {}
+    for split in ("train", "val"):
+        caches[split] = str(tmp_path / f"proposals_{split}.bin")
+        assert main(["proposals", "--annotations", str(root / split / "annotations.json"), "--image-root",
+                     str(root / split / "images"), "--output", caches[split], "--workers", "1", "--quiet",
+                     "--resize-to", "64", "--max-proposals", "300"]) == 0  # fmt: skip
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "fast_rcnn_tiny_shapes.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    cfg["data"]["init_args"].update(root=str(root), num_train=8, num_val=3, batch_size=4, max_proposals=50,
+                                    train_proposals=caches["train"], val_proposals=caches["val"])  # fmt: skip
+    cfg["trainer"].update(max_epochs=1, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False)
+    cfg["model"].update(warmup_steps=1, num_visualize=0)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", str(tmp_path / "cfg.yaml")]) == 0
+    ckpt = str(tmp_path / "runs" / "fast_rcnn_tiny_shapes" / "version_0" / "checkpoints" / "last.ckpt")
+    recorded = load_checkpoint(ckpt)["detkit"]["proposals"]
+    assert recorded == {"mode": "fast", "max_proposals": 50, "min_size": None, "resize_to": 64, "seed": 0}
+    capsys.readouterr()
+    args = ["--checkpoint", ckpt, "--input", str(root / "val" / "images")]
+    got = _predict([*args, "--proposal-workers", "1"], tmp_path / "out")
+    _assert_same(got, _predict([*args, "--proposals", caches["val"]], tmp_path / "cached"))
+    assert "warning" not in capsys.readouterr().err
