@@ -19,6 +19,8 @@ processes; or read from a `detkit proposals` cache given with `--proposals CACHE
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -175,11 +177,8 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     image_ids = list(range(1, len(files) + 1))  # without annotations: 1..N in sorted file order
     if args.annotations is not None:
         files, image_ids = _match_annotations(files, args.annotations, by_name, prog)
-    proposals = [None] * len(files)
     if args.proposals and not getattr(model, "requires_proposals", False):
         raise ValueError(f"--proposals: {args.checkpoint or args.onnx} has an RPN and takes no external proposals")
-    if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
-        proposals = _region_proposals(model, files, image_ids, args, prog)
     model.to(device)
     out_names = _output_names([name for _, name in files])
     os.makedirs(args.output, exist_ok=True)
@@ -188,25 +187,29 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     images_meta: list[dict] = []
     skipped: list[dict] = []
     readable = []
-    for (path, name), image_id, png, boxes in zip(files, image_ids, out_names, proposals):
-        try:
-            image = read_image_rgb(path)
-        except ImageReadError as e:
-            if args.strict:
-                raise
-            skipped.append({"file_name": name, "reason": e.reason})
-        else:
-            if boxes is _NO_PROPOSALS:  # decoded here but not by OpenCV's selective search
+    with contextlib.ExitStack() as cleanup:
+        proposals = itertools.repeat(None)
+        if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
+            proposals = _region_proposals(model, files, image_ids, args, prog, cleanup)
+        for (path, name), image_id, png, boxes in zip(files, image_ids, out_names, proposals):
+            try:
+                image = read_image_rgb(path)
+            except ImageReadError as e:
                 if args.strict:
-                    raise ValueError(f"{path}: selective search cannot read this image")
-                skipped.append({"file_name": name, "reason": "selective search cannot read it"})
+                    raise
+                skipped.append({"file_name": name, "reason": e.reason})
             else:
-                readable.append((name, image_id, png, image, boxes))
-        if len(readable) == args.batch_size:
+                if boxes is _NO_PROPOSALS:  # decoded here but not by OpenCV's selective search
+                    if args.strict:
+                        raise ValueError(f"{path}: selective search cannot read this image")
+                    skipped.append({"file_name": name, "reason": "selective search cannot read it"})
+                else:
+                    readable.append((name, image_id, png, image, boxes))
+            if len(readable) == args.batch_size:
+                _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+                readable = []
+        if readable:
             _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
-            readable = []
-    if readable:
-        _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
 
     out_json = os.path.join(args.output, "detections.json")
     save_results_json(results, out_json)
@@ -239,12 +242,25 @@ _NO_PROPOSALS = object()  # an image file selective search could not read
 SS_KEYS = ("mode", "max_proposals", "min_size", "resize_to", "seed")
 
 
-def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int], args, prog: str) -> list:
-    """Selective-search boxes (`float32[P, 4]`, input pixels) of every input file, as at training time.
+class _CacheBoxes:
+    """Boxes (`float32[P, 4]`) of input file k, read from a proposal cache when the loop reaches it
+    (not all held in memory); `_NO_PROPOSALS` where the cache has none (selective search failed)."""
+
+    def __init__(self, cache, keys: list[int | None], cap: int | None = None):
+        self.cache, self.keys, self.cap = cache, keys, cap
+
+    def __iter__(self):
+        for key in self.keys:
+            yield _NO_PROPOSALS if key is None else self.cache.get(key)[: self.cap]
+
+
+def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int], args, prog: str, cleanup):
+    """Selective-search boxes of every input file (input pixels), in file order, as at training time.
 
     With `--proposals CACHE` they are read from that cache; otherwise computed on the CPU with the
     settings recorded with the model (`proposal_settings`, else the library defaults and a warning)
-    by `compute_proposals` (its process pool and progress bar) into a temporary cache.
+    by `compute_proposals` (its process pool and progress bar) into a temporary cache, which
+    `cleanup` (an ExitStack) removes.
     """
     import tempfile
 
@@ -255,27 +271,25 @@ def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int]
     if settings:
         settings = {k: settings[k] for k in SS_KEYS if k in settings}
     if args.proposals:
-        return _cached_proposals(args.proposals, files, image_ids, settings, source, prog)
+        return _cached_proposals(args.proposals, files, image_ids, settings, source, prog, cleanup)
     if not settings:
         defaults = selective_search_params()
         settings = {k: defaults[k] for k in SS_KEYS}
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
         print(f"{prog}: warning: {source} records no selective-search settings of its training; "
               f"computing proposals with the defaults ({shown})", file=sys.stderr)  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="detkit-predict-") as tmp:
-        cache_path = os.path.join(tmp, "proposals.bin")
-        try:
-            cache = compute_proposals(
-                list(enumerate(path for path, _ in files)), cache_path, workers=args.proposal_workers, **settings
-            )
-        except RuntimeError:  # files OpenCV cannot decode: reported as skipped (or --strict errors) later
-            cache = ProposalCache(cache_path, readonly=True)
-        out = [cache.get(k) if k in cache else _NO_PROPOSALS for k in range(len(files))]
-        cache.close()
-    return out
+    cache_path = os.path.join(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="detkit-predict-")), "ss.bin")
+    try:
+        cache = compute_proposals(
+            list(enumerate(path for path, _ in files)), cache_path, workers=args.proposal_workers, **settings
+        )
+    except RuntimeError:  # files OpenCV cannot decode: reported as skipped (or --strict errors) later
+        cache = ProposalCache(cache_path, readonly=True)
+    cleanup.callback(cache.close)
+    return _CacheBoxes(cache, [k if k in cache else None for k in range(len(files))])
 
 
-def _cached_proposals(path: str, files, image_ids, settings: dict | None, source: str, prog: str) -> list:
+def _cached_proposals(path: str, files, image_ids, settings: dict | None, source: str, prog: str, cleanup):
     """Boxes of every input file from a `detkit proposals` cache, matched by file name and size when the
     cache records its images (else by image id); a one-line error names the first image it lacks."""
     from detkit.proposals.cache import ProposalCache, cache_settings
@@ -289,12 +303,12 @@ def _cached_proposals(path: str, files, image_ids, settings: dict | None, source
         if differ:
             print(f"{prog}: warning: {path} was made with other selective-search settings than {source}'s "
                   f"training proposals: {', '.join(differ)}", file=sys.stderr)  # fmt: skip
-    cap = (settings or {}).get("max_proposals")
-    cache = ProposalCache(path, readonly=True)
+    cache = ProposalCache(path, readonly=True, verify=False)  # `get` checks each record it reads
+    cleanup.callback(cache.close)
     by_file: dict[tuple[str, int | None], list[int]] = {}
     for cache_id, record in (cache.images or {}).items():
         by_file.setdefault(record, []).append(cache_id)
-    out, missing = [], []
+    keys, missing = [], []
     for (file, name), image_id in zip(files, image_ids):
         if cache.images is not None:
             ids = by_file.get((file.name, os.stat(file).st_size), [])
@@ -303,9 +317,8 @@ def _cached_proposals(path: str, files, image_ids, settings: dict | None, source
             ids = [image_id]
         if not ids or ids[0] not in cache:
             missing.append(name)
-            continue
-        out.append(cache.get(ids[0])[:cap])
-    cache.close()
+        else:
+            keys.append(ids[0])
     if missing:
         how = "file name and size" if cache.images is not None else "image id"
         raise ValueError(
@@ -313,7 +326,7 @@ def _cached_proposals(path: str, files, image_ids, settings: dict | None, source
             f"input images missing, matched by {how}): compute them with `detkit proposals`, or leave out "
             "--proposals to run selective search here"
         )
-    return out
+    return _CacheBoxes(cache, keys, (settings or {}).get("max_proposals"))
 
 
 def _ground_truth_ids(path: str, class_names: Sequence[str] | None) -> tuple[dict[str, int], dict[int, int]]:
