@@ -49,16 +49,21 @@ def mask_targets(
 
     gt_masks: per image Tensor[K_i, H_i, W_i] (original image pixels); boxes Tensor[R, 4] in the
     same pixels; matched_gt Tensor[R] index into the image's masks. Returns float Tensor[R, M, M].
-    Masks differ in size per image, so RoIAlign runs once per image.
+    Masks differ in size per image, so RoIAlign runs once per image; the RoIs are sorted by
+    image and built once, so the loop adds only the mask conversion and RoIAlign per image.
     """
-    out = boxes.new_zeros((boxes.shape[0], resolution, resolution))
     order = torch.argsort(batch_idx, stable=True)
     counts = count_per_image(batch_idx, len(gt_masks)).tolist()  # one host sync
-    for masks, idx in zip(gt_masks, order.split(counts)):
-        if idx.numel() == 0:
-            continue
-        rois = torch.cat([matched_gt[idx, None].to(boxes.dtype), boxes[idx]], dim=1)
-        out[idx] = roi_align(masks[:, None].to(boxes.dtype), rois, (resolution, resolution), 1.0)[:, 0]
+    # Tensor[R, 5] (index of the matched mask within its image, x1, y1, x2, y2), image by image
+    rois = torch.cat([matched_gt[order, None].to(boxes.dtype), boxes[order]], dim=1)
+    crops = [
+        roi_align(masks[:, None].to(boxes.dtype), image_rois, (resolution, resolution), 1.0)
+        for masks, image_rois in zip(gt_masks, rois.split(counts))
+        if image_rois.shape[0]
+    ]
+    out = boxes.new_zeros((boxes.shape[0], resolution, resolution))
+    if crops:
+        out[order] = torch.cat(crops)[:, 0]
     return out
 
 
