@@ -32,3 +32,4 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check detkit tests scripts benchmarks
+	$(VENV)/bin/ruff format --check detkit tests scripts benchmarks

@@ -179,6 +179,4 @@ def add_common_args(parser, *, batch_size: int) -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument(
-        "--channels-last", action="store_true", help="both models with channels-last (NHWC) weights"
-    )
+    parser.add_argument("--channels-last", action="store_true", help="both models with channels-last (NHWC) weights")

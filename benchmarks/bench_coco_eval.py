@@ -52,14 +52,9 @@ def _ellipse_polygons(boxes: np.ndarray) -> np.ndarray:
     return np.stack([xs, ys], axis=2).reshape(len(boxes), -1)
 
 
-def make_data(
-    num_images: int, dets_per_image: int, num_classes: int, iou_type: str, seed: int
-):
+def make_data(num_images: int, dets_per_image: int, num_classes: int, iou_type: str, seed: int):
     rng = np.random.default_rng(seed)
-    images = [
-        {"id": i + 1, "width": IMG_W, "height": IMG_H, "file_name": f"{i + 1}.jpg"}
-        for i in range(num_images)
-    ]
+    images = [{"id": i + 1, "width": IMG_W, "height": IMG_H, "file_name": f"{i + 1}.jpg"} for i in range(num_images)]
     categories = [{"id": c + 1, "name": f"class_{c + 1}"} for c in range(num_classes)]
     annotations, results = [], []
     for img in images:
@@ -68,13 +63,9 @@ def make_data(
         gt_cats = rng.integers(1, num_classes + 1, size=n_gt)
         gt_polys = _ellipse_polygons(gt_boxes)
         x, y = gt_polys[:, 0::2], gt_polys[:, 1::2]
-        areas = 0.5 * np.abs(
-            (x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1)
-        )  # shoelace
+        areas = 0.5 * np.abs((x * np.roll(y, -1, 1) - np.roll(x, -1, 1) * y).sum(1))  # shoelace
         crowd = rng.random(n_gt) < 0.01
-        for box, cat, poly, area, is_crowd in zip(
-            gt_boxes, gt_cats, gt_polys, areas, crowd
-        ):
+        for box, cat, poly, area, is_crowd in zip(gt_boxes, gt_cats, gt_polys, areas, crowd):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -100,13 +91,9 @@ def make_data(
         n_fp = dets_per_image - len(src)
         boxes = np.concatenate([tp_boxes, _random_boxes(rng, n_fp)])
         cats = np.concatenate([tp_cats, rng.integers(1, num_classes + 1, n_fp)])
-        scores = np.concatenate(
-            [rng.uniform(0.3, 1.0, len(src)), rng.uniform(0.0, 0.7, n_fp)]
-        )
+        scores = np.concatenate([rng.uniform(0.3, 1.0, len(src)), rng.uniform(0.0, 0.7, n_fp)])
         if iou_type == "segm":
-            rles = mask_utils.frPyObjects(
-                _ellipse_polygons(boxes).tolist(), IMG_H, IMG_W
-            )  # one RLE per polygon
+            rles = mask_utils.frPyObjects(_ellipse_polygons(boxes).tolist(), IMG_H, IMG_W)  # one RLE per polygon
             for rle, cat, score in zip(rles, cats.tolist(), scores.tolist()):
                 rle["counts"] = rle["counts"].decode("ascii")
                 results.append(
@@ -136,9 +123,7 @@ def make_data(
 
 def run_detkit(gt_path: str, dt_path: str, iou_type: str) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
-    out = COCOEvaluator(gt_path).evaluate(
-        dt_path, iou_type, backend="faster_coco_eval", verbose=False
-    )
+    out = COCOEvaluator(gt_path).evaluate(dt_path, iou_type, backend="faster_coco_eval", verbose=False)
     return time.perf_counter() - t0, np.array([out.stats[k] for k in STAT_NAMES])
 
 
@@ -154,8 +139,19 @@ def run_command(gt_path: str, dt_path: str, iou_type: str, out_path: str) -> tup
     """
     script = Path(sys.executable).parent / "detkit"
     cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "detkit"]
-    cmd += ["evaluate", "--annotations", gt_path, "--predictions", dt_path, "--iou-type", iou_type,
-            "--backend", "faster_coco_eval", "--output", out_path]
+    cmd += [
+        "evaluate",
+        "--annotations",
+        gt_path,
+        "--predictions",
+        dt_path,
+        "--iou-type",
+        iou_type,
+        "--backend",
+        "faster_coco_eval",
+        "--output",
+        out_path,
+    ]
     t0, c0 = time.perf_counter(), _children_cpu_s()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     seconds, cpu_s = time.perf_counter() - t0, _children_cpu_s() - c0
@@ -164,9 +160,7 @@ def run_command(gt_path: str, dt_path: str, iou_type: str, out_path: str) -> tup
     return seconds, cpu_s, np.array([stats[k] for k in STAT_NAMES])
 
 
-def run_pycocotools(
-    gt_path: str, dt_path: str, iou_type: str
-) -> tuple[float, np.ndarray]:
+def run_pycocotools(gt_path: str, dt_path: str, iou_type: str) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(gt_path)
@@ -185,14 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--whole-command", action="store_true",
-                        help="also time `detkit evaluate` as a whole command (new process, imports included)")
+    parser.add_argument(
+        "--whole-command",
+        action="store_true",
+        help="also time `detkit evaluate` as a whole command (new process, imports included)",
+    )
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    gt, results = make_data(
-        args.images, args.dets_per_image, args.classes, args.iou_type, args.seed
-    )
+    gt, results = make_data(args.images, args.dets_per_image, args.classes, args.iou_type, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         gt_path, dt_path = os.path.join(tmp, "gt.json"), os.path.join(tmp, "dt.json")
         with open(gt_path, "w") as f:
@@ -202,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         gen_s = time.perf_counter() - t0
         if args.whole_command:
             command_s, command_cpu_s, command_stats = run_command(
-                gt_path, dt_path, args.iou_type, os.path.join(tmp, "m.json"))
+                gt_path, dt_path, args.iou_type, os.path.join(tmp, "m.json")
+            )
         detkit_s, detkit_stats = run_detkit(gt_path, dt_path, args.iou_type)
         c0 = time.process_time()  # CPU time: less sensitive than wall time to other jobs on the machine
         coco_s, coco_stats = run_pycocotools(gt_path, dt_path, args.iou_type)
@@ -220,16 +216,22 @@ def main(argv: list[str] | None = None) -> int:
         "detkit_faster_coco_eval_s": round(detkit_s, 3),
         "pycocotools_s": round(coco_s, 3),
         "speedup": round(coco_s / detkit_s, 2),
-        **({"detkit_evaluate_command_s": round(command_s, 3), "command_speedup": round(coco_s / command_s, 2),
-            "detkit_evaluate_command_cpu_s": round(command_cpu_s, 3), "pycocotools_cpu_s": round(coco_cpu_s, 3),
-            "command_cpu_speedup": round(coco_cpu_s / command_cpu_s, 2)} if args.whole_command else {}),
+        **(
+            {
+                "detkit_evaluate_command_s": round(command_s, 3),
+                "command_speedup": round(coco_s / command_s, 2),
+                "detkit_evaluate_command_cpu_s": round(command_cpu_s, 3),
+                "pycocotools_cpu_s": round(coco_cpu_s, 3),
+                "command_cpu_speedup": round(coco_cpu_s / command_cpu_s, 2),
+            }
+            if args.whole_command
+            else {}
+        ),
         "stats_identical": bool(max_diff == 0.0),
         "stats_max_abs_diff": max_diff,
         "stats": dict(zip(STAT_NAMES, detkit_stats.tolist())),
     }
-    print(
-        f"{args.iou_type}: {args.images} images, {len(gt['annotations'])} GT, {len(results)} detections"
-    )
+    print(f"{args.iou_type}: {args.images} images, {len(gt['annotations'])} GT, {len(results)} detections")
     print(f"{'implementation':<34}{'seconds':>10}")
     print(f"{'detkit COCOEvaluator (faster)':<34}{detkit_s:>10.2f}")
     print(f"{'pycocotools COCOeval':<34}{coco_s:>10.2f}")
@@ -237,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.whole_command:
         print(f"{'detkit evaluate (whole command)':<34}{command_s:>10.2f}")
         print(f"{'speedup (pycocotools / command)':<34}{coco_s / command_s:>10.2f}")
-        print(f"CPU seconds: command {command_cpu_s:.2f}, pycocotools {coco_cpu_s:.2f}, "
-              f"ratio {coco_cpu_s / command_cpu_s:.2f}")
+        print(
+            f"CPU seconds: command {command_cpu_s:.2f}, pycocotools {coco_cpu_s:.2f}, "
+            f"ratio {coco_cpu_s / command_cpu_s:.2f}"
+        )
     print(f"12 stats max |diff| = {max_diff:.3g}; AP = {detkit_stats[0]:.4f}")
     print(json.dumps(report))
     return 0 if max_diff <= 1e-9 else 1

@@ -197,6 +197,7 @@ def main(argv=None) -> None:
 
     ann_file, counts = cached_annotations(args.scale)
     print(f"{ann_file}: {counts['images']} images, {counts['annotations']} polygon annotations")
+
     def child(impl: str, workers: int) -> dict:  # a fresh process each: readings do not mix
         cmd = [sys.executable, os.path.abspath(__file__), "--child", impl, "--ann-file", ann_file]
         cmd += ["--workers", str(workers), "--batch-size", str(args.batch_size)]

@@ -112,10 +112,21 @@ def main(argv=None):
     # --- RPN proposal filtering (top-k per level, decode, clip, NMS, post top-k)
     num_a = 3
     dk_rpn = RPN(DKHead(256, num_a), dk_anchors, in_features=list(features)).to(dev).eval()
-    tv_rpn = RegionProposalNetwork(
-        TVAnchors(sizes, ((0.5, 1.0, 2.0),) * 5), RPNHead(256, num_a), 0.7, 0.3, 256, 0.5,
-        dict(training=2000, testing=1000), dict(training=2000, testing=1000), 0.7,
-    ).to(dev).eval()
+    tv_rpn = (
+        RegionProposalNetwork(
+            TVAnchors(sizes, ((0.5, 1.0, 2.0),) * 5),
+            RPNHead(256, num_a),
+            0.7,
+            0.3,
+            256,
+            0.5,
+            dict(training=2000, testing=1000),
+            dict(training=2000, testing=1000),
+            0.7,
+        )
+        .to(dev)
+        .eval()
+    )
     tv_rpn.head.load_state_dict({k.replace("conv.0.", "conv.0.0."): v for k, v in dk_rpn.head.state_dict().items()})
     with torch.no_grad():
         logits, deltas, counts = dk_rpn.head(list(features.values()))

@@ -130,10 +130,7 @@ def parallel_headroom(items, workers: int) -> float:
     for n in (1, workers):
         queue = ctx.Queue()
         start_at = time.time() + 2.0
-        procs = [
-            ctx.Process(target=_control_loop, args=(paths[i::n], start_at, queue))
-            for i in range(n)
-        ]
+        procs = [ctx.Process(target=_control_loop, args=(paths[i::n], start_at, queue)) for i in range(n)]
         for p in procs:
             p.start()
         times[n] = max(queue.get() for _ in procs)

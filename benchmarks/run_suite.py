@@ -90,11 +90,7 @@ def summary_lines(rows: list[dict]) -> list[str]:
         if rep.get("kind") in ("train", "infer"):
             precision = rep["precision"] + (" NHWC" if rep.get("channels_last") else "")
             dk, tv = rep["detkit"], rep["torchvision"]
-            mem = (
-                "-"
-                if dk.get("peak_mem_gib") is None
-                else f"{dk['peak_mem_gib']:.1f} / {tv['peak_mem_gib']:.1f}"
-            )
+            mem = "-" if dk.get("peak_mem_gib") is None else f"{dk['peak_mem_gib']:.1f} / {tv['peak_mem_gib']:.1f}"
             checks = {k: v for k, v in rep.get("checks", {}).items() if k != "detections_per_image"}
             lines.append(
                 f"| {rep['kind']} | {rep['model']} | {rep['batch_size']} | {precision} | {dk['img_per_s']:.1f} | "

@@ -269,9 +269,11 @@ def main(argv=None) -> int:
             )
         text += "\n" + "\n".join(relative) + "\n"
         diff = differing(settings)
-        text += "\nper-model settings that differ (the schedule above is the same for all):\n" + (
-            "\n".join(f"- {line}" for line in diff) if diff else "- none"
-        ) + "\n"
+        text += (
+            "\nper-model settings that differ (the schedule above is the same for all):\n"
+            + ("\n".join(f"- {line}" for line in diff) if diff else "- none")
+            + "\n"
+        )
     print("\n" + text)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -64,12 +64,33 @@ def settings(
 def run_one(args, group: str, name: str, extra: list[str], seed: int) -> dict:
     tag = f"{group}-{name}-seed{seed}".replace(" ", "_").replace("(", "").replace(")", "")
     cmd = [
-        sys.executable, "-m", "detkit", "fit", "--config", "configs/shapes_faster_rcnn_tiny.yaml",
-        "--seed_everything", str(seed), "--trainer.max_epochs", str(args.epochs),
-        "--trainer.check_val_every_n_epoch", str(args.epochs), "--trainer.enable_progress_bar", "false",
-        "--trainer.logger.init_args.save_dir", args.runs, "--trainer.logger.init_args.name", tag,
-        "--data.init_args.root", args.root, "--data.init_args.num_train", str(args.train_images),
-        "--data.init_args.num_val", str(args.val_images), "--model.num_visualize", "0", *extra,
+        sys.executable,
+        "-m",
+        "detkit",
+        "fit",
+        "--config",
+        "configs/shapes_faster_rcnn_tiny.yaml",
+        "--seed_everything",
+        str(seed),
+        "--trainer.max_epochs",
+        str(args.epochs),
+        "--trainer.check_val_every_n_epoch",
+        str(args.epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        args.runs,
+        "--trainer.logger.init_args.name",
+        tag,
+        "--data.init_args.root",
+        args.root,
+        "--data.init_args.num_train",
+        str(args.train_images),
+        "--data.init_args.num_val",
+        str(args.val_images),
+        "--model.num_visualize",
+        "0",
+        *extra,
     ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -77,8 +98,15 @@ def run_one(args, group: str, name: str, extra: list[str], seed: int) -> dict:
     metrics = sorted(glob.glob(os.path.join(args.runs, tag, "version_*", "eval", "epoch_*", "metrics.json")))[-1]
     with open(metrics, encoding="utf-8") as f:
         stats = json.load(f)["bbox"]["stats"]
-    return {"group": group, "name": name, "seed": seed, "seconds": seconds,
-            "AP": stats["AP"], "AP50": stats["AP50"], "AP75": stats["AP75"]}
+    return {
+        "group": group,
+        "name": name,
+        "seed": seed,
+        "seconds": seconds,
+        "AP": stats["AP"],
+        "AP50": stats["AP50"],
+        "AP75": stats["AP75"],
+    }
 
 
 def table(results: list[dict]) -> str:

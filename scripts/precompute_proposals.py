@@ -1,6 +1,6 @@
 """Precompute selective-search proposals into a resumable cache (same as `detkit proposals`).
 
-    python scripts/precompute_proposals.py --annotations A.json --image-root DIR --output cache.bin
+python scripts/precompute_proposals.py --annotations A.json --image-root DIR --output cache.bin
 """
 
 import sys

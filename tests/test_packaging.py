@@ -29,8 +29,9 @@ TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]  # as the Makefile: these 
 
 
 def _python(code: str, *, cwd=ROOT, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
 
 
 def _block(modules) -> str:
@@ -71,14 +72,18 @@ def test_core_works_without_optional_dependencies():
 
 
 def _tiny_coco(tmp_path: Path) -> tuple[Path, Path]:
-    gt = {"images": [{"id": 1, "width": 64, "height": 48}, {"id": 2, "width": 64, "height": 48}],
-          "categories": [{"id": 7, "name": "thing"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 10], "area": 200,
-                           "iscrowd": 0},
-                          {"id": 2, "image_id": 2, "category_id": 7, "bbox": [30, 20, 16, 16], "area": 256,
-                           "iscrowd": 0}]}
-    dt = [{"image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 10], "score": 0.9},
-          {"image_id": 2, "category_id": 7, "bbox": [0, 0, 10, 10], "score": 0.8}]
+    gt = {
+        "images": [{"id": 1, "width": 64, "height": 48}, {"id": 2, "width": 64, "height": 48}],
+        "categories": [{"id": 7, "name": "thing"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 10], "area": 200, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 7, "bbox": [30, 20, 16, 16], "area": 256, "iscrowd": 0},
+        ],
+    }
+    dt = [
+        {"image_id": 1, "category_id": 7, "bbox": [4, 4, 20, 10], "score": 0.9},
+        {"image_id": 2, "category_id": 7, "bbox": [0, 0, 10, 10], "score": 0.8},
+    ]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "dt.json").write_text(json.dumps(dt))
     return tmp_path / "gt.json", tmp_path / "dt.json"
@@ -143,8 +148,10 @@ def test_extras_table_matches_setup_cfg():
     """detkit.utils.optional names the extras that setup.cfg declares for each optional module."""
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    extras = {name: {re.split(r"[<>=!~\[ ;]", line.strip())[0].lower() for line in value.splitlines() if line.strip()}
-              for name, value in cfg["options.extras_require"].items()}
+    extras = {
+        name: {re.split(r"[<>=!~\[ ;]", line.strip())[0].lower() for line in value.splitlines() if line.strip()}
+        for name, value in cfg["options.extras_require"].items()
+    }
     assert extras["all"] == {"detkit"} and set(EXTRAS.values()) <= set(extras)
     for module, (dist, declared) in _DISTRIBUTIONS.items():
         name = dist.split("[")[0].lower()
@@ -166,7 +173,11 @@ def test_packaged_configs_resolve_by_name(tmp_path, monkeypatch):
     mine.write_text("seed_everything: 1\n")
     assert resolve_config("configs/shapes_faster_rcnn_tiny.yaml") == "configs/shapes_faster_rcnn_tiny.yaml"
     assert _resolve_config_args(["fit", "-c", "shapes_mask_rcnn_tiny", "--config=fast_rcnn_tiny_shapes"]) == [
-        "fit", "-c", str(configs["shapes_mask_rcnn_tiny"]), "--config=" + str(configs["fast_rcnn_tiny_shapes"])]
+        "fit",
+        "-c",
+        str(configs["shapes_mask_rcnn_tiny"]),
+        "--config=" + str(configs["fast_rcnn_tiny_shapes"]),
+    ]
     assert resolve_config("elsewhere/x.yaml") == "elsewhere/x.yaml"  # jsonargparse reports a missing path
     with pytest.raises(FileNotFoundError, match="detkit configs"):
         resolve_config("no_such_config")
@@ -192,8 +203,14 @@ def _run(args, **kwargs) -> subprocess.CompletedProcess:
 def _not_source(folder, names):
     """copytree filter: caches, outputs and build folders (data/ only at the top: detkit/data is code)."""
     top = {".git", ".venv", ".hypothesis", "data", "runs", "build", "dist", "lightning_logs", "outputs", "weights"}
-    return [n for n in names if (Path(folder) == ROOT and n in top) or n == "__pycache__" or n.endswith(".egg-info")
-            or (n.startswith(".") and n.endswith("_cache"))]
+    return [
+        n
+        for n in names
+        if (Path(folder) == ROOT and n in top)
+        or n == "__pycache__"
+        or n.endswith(".egg-info")
+        or (n.startswith(".") and n.endswith("_cache"))
+    ]
 
 
 @pytest.mark.slow
@@ -203,16 +220,22 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
     # and no stale build/lib of an earlier build ends up in the wheel.
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=_not_source)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", src], cwd=tmp_path,
-         timeout=600)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", src],
+        cwd=tmp_path,
+        timeout=600,
+    )
     (wheel,) = (tmp_path / "dist").glob("detkit-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {f"detkit/configs/{n}.yaml" for n in list_configs()} <= set(names)
     assert re.search(rf"^Version: {re.escape(detkit.__version__)}$", meta, flags=re.M)
-    core = [line.split(":", 1)[1].strip() for line in meta.splitlines()
-            if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    core = [
+        line.split(":", 1)[1].strip()
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
     assert sorted(re.split(r"[<>=\[ ]", r)[0] for r in core) == ["numpy", "torch", "torchvision"], core
 
     venv.create(tmp_path / "venv", with_pip=True)
@@ -226,8 +249,13 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
 
     _run([*pip, wheel, *TORCH_PINS], cwd=work, env=env, timeout=900)  # the core only
     _run([py, "-c", LEAN_CORE], cwd=work, env=env, timeout=300)  # none of OPTIONAL is installed
-    missing = subprocess.run([py.parent / "detkit", "fit", "--config", "shapes_faster_rcnn_tiny"],
-                             capture_output=True, text=True, cwd=work, env=env)
+    missing = subprocess.run(
+        [py.parent / "detkit", "fit", "--config", "shapes_faster_rcnn_tiny"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+    )
     assert missing.returncode == 2 and "pip install 'detkit[train]'" in missing.stderr, missing.stderr
 
     _run([*pip, f"{wheel}[train]", *TORCH_PINS], cwd=work, env=env, timeout=900)
@@ -235,14 +263,47 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
     version = _run([py, "-m", "detkit", "--version"], cwd=work, env=env).stdout.strip()
     dist_version = _run([py, "-c", "import importlib.metadata as m; print(m.version('detkit'))"], cwd=work, env=env)
     assert version == f"detkit {detkit.__version__}" and dist_version.stdout.strip() == detkit.__version__
-    _run([detkit_cmd, "fit", "--config", "shapes_faster_rcnn_tiny", "--trainer.max_steps", "2",
-          "--data.num_train", "4", "--data.num_val", "2", "--data.batch_size", "2", "--model.num_visualize", "0",
-          "--trainer.enable_progress_bar", "false"], cwd=work, env=env, timeout=600)
+    _run(
+        [
+            detkit_cmd,
+            "fit",
+            "--config",
+            "shapes_faster_rcnn_tiny",
+            "--trainer.max_steps",
+            "2",
+            "--data.num_train",
+            "4",
+            "--data.num_val",
+            "2",
+            "--data.batch_size",
+            "2",
+            "--model.num_visualize",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        cwd=work,
+        env=env,
+        timeout=600,
+    )
     (run_dir,) = (work / "runs" / "shapes_faster_rcnn_tiny").glob("version_*")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     predictions = run_dir / "eval" / "epoch_000" / "predictions.json"
-    _run([detkit_cmd, "evaluate", "--annotations", work / "data" / "shapes" / "val" / "annotations.json",
-          "--predictions", predictions, "--output", work / "metrics.json"], cwd=work, env=env, timeout=300)
+    _run(
+        [
+            detkit_cmd,
+            "evaluate",
+            "--annotations",
+            work / "data" / "shapes" / "val" / "annotations.json",
+            "--predictions",
+            predictions,
+            "--output",
+            work / "metrics.json",
+        ],
+        cwd=work,
+        env=env,
+        timeout=300,
+    )
     fit_stats = json.loads((run_dir / "eval" / "epoch_000" / "metrics.json").read_text())
     cli_stats = json.loads((work / "metrics.json").read_text())["stats"]
     assert cli_stats == pytest.approx(fit_stats["bbox"]["stats"], abs=1e-12)  # the command = the validation

@@ -33,8 +33,13 @@ from detkit.layers import ConvNormAct, NormSpec, init_norms, kaiming_init
 
 PADDINGS = ("same", "torchvision")
 #: (name, in, out, kernel) of the five convs
-ALEXNET_CONVS = (("conv1", 3, 64, 11), ("conv2", 64, 192, 5), ("conv3", 192, 384, 3),
-                 ("conv4", 384, 256, 3), ("conv5", 256, 256, 3))
+ALEXNET_CONVS = (
+    ("conv1", 3, 64, 11),
+    ("conv2", 64, 192, 5),
+    ("conv3", 192, 384, 3),
+    ("conv4", 384, 256, 3),
+    ("conv5", 256, 256, 3),
+)
 
 
 class AlexNet(StagedBackbone):

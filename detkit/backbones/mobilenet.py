@@ -137,10 +137,18 @@ class MobileNetV2(StagedBackbone):
 # MobileNetV1 (paper, Table 1): (pointwise output channels, depthwise stride) per separable block
 MOBILENET_V1_SETTINGS = (
     (64, 1),
-    (128, 2), (128, 1),
-    (256, 2), (256, 1),
-    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
-    (1024, 2), (1024, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
 )
 
 

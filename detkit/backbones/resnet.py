@@ -150,8 +150,13 @@ class ResNet(StagedBackbone):
 def _resnet(depth: int, *, out_features=None, freeze_at: int = 0, norm: NormSpec | None = None, **kwargs) -> ResNet:
     block, layers = _DEPTHS[depth]
     return ResNet(
-        block, layers, out_features=out_features, freeze_at=freeze_at,
-        norm="bn" if norm is None else norm, arch=f"resnet{depth}", **kwargs,
+        block,
+        layers,
+        out_features=out_features,
+        freeze_at=freeze_at,
+        norm="bn" if norm is None else norm,
+        arch=f"resnet{depth}",
+        **kwargs,
     )
 
 

@@ -79,28 +79,16 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f, paused_gc():
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationFormatError(
-            f"{path}: not a COCO annotation file (invalid JSON: {e})"
-        ) from e
+        raise AnnotationFormatError(f"{path}: not a COCO annotation file (invalid JSON: {e})") from e
     if not isinstance(data, dict):
-        raise AnnotationFormatError(
-            f"{path}: not a COCO annotation file (top level is not an object)"
-        )
-    missing = [
-        k
-        for k in ("images", "annotations", "categories")
-        if not isinstance(data.get(k), list)
-    ]
+        raise AnnotationFormatError(f"{path}: not a COCO annotation file (top level is not an object)")
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
-        raise AnnotationFormatError(
-            f"{path}: not a COCO annotation file (missing or non-list keys: {missing})"
-        )
+        raise AnnotationFormatError(f"{path}: not a COCO annotation file (missing or non-list keys: {missing})")
     return data
 
 
-def resolve_under_root(
-    root: str, file_name: Any, *, allow_outside_root: bool = False
-) -> str:
+def resolve_under_root(root: str, file_name: Any, *, allow_outside_root: bool = False) -> str:
     """Join ``file_name`` to ``root``; refuse names that escape it.
 
     The check is lexical (``..`` components, absolute paths): it guards against annotation
@@ -114,12 +102,9 @@ def resolve_under_root(
         raise ValueError(f"invalid file_name {file_name!r}")
     root_abs = os.path.abspath(root)
     path = os.path.normpath(os.path.join(root_abs, file_name))
-    if not allow_outside_root and (
-        os.path.isabs(file_name) or os.path.commonpath([root_abs, path]) != root_abs
-    ):
+    if not allow_outside_root and (os.path.isabs(file_name) or os.path.commonpath([root_abs, path]) != root_abs):
         raise ValueError(
-            f"file_name {file_name!r} escapes the image root {root_abs!r} "
-            "(pass allow_outside_root=True to permit this)"
+            f"file_name {file_name!r} escapes the image root {root_abs!r} (pass allow_outside_root=True to permit this)"
         )
     return path
 
@@ -171,17 +156,10 @@ def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
             height,
             width,
         ]:
-            return (
-                f"RLE size {size!r} does not match the image size [{height}, {width}]"
-            )
+            return f"RLE size {size!r} does not match the image size [{height}, {width}]"
         if isinstance(counts, list):
-            if (
-                not all(isinstance(c, int) and c >= 0 for c in counts)
-                or sum(counts) != height * width
-            ):
-                return (
-                    "uncompressed RLE counts are not non-negative ints summing to H*W"
-                )
+            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
+                return "uncompressed RLE counts are not non-negative ints summing to H*W"
             return None
         if isinstance(counts, (str, bytes)) and counts:
             return compressed_rle_problem(counts, height, width)
@@ -204,9 +182,7 @@ def decode_rles(rles: list[dict], height: int, width: int) -> np.ndarray:
         return np.zeros((0, height, width), dtype=np.uint8)
     with warnings.catch_warnings():
         # pycocotools 2.0.x passes copy=False to numpy 2 internally (harmless)
-        warnings.filterwarnings(
-            "ignore", message=r"__array__ implementation", category=DeprecationWarning
-        )
+        warnings.filterwarnings("ignore", message=r"__array__ implementation", category=DeprecationWarning)
         masks = mask_utils.decode(rles)  # [H, W, K], Fortran order
     return np.ascontiguousarray(masks.transpose(2, 0, 1), dtype=np.uint8)
 
@@ -214,8 +190,6 @@ def decode_rles(rles: list[dict], height: int, width: int) -> np.ndarray:
 def decode_segmentation(seg: list | dict, height: int, width: int) -> np.ndarray:
     """Decode a COCO polygon / RLE (compressed or not) segmentation: ``np.ndarray[H, W]`` uint8."""
     return decode_rles([segmentation_to_rle(seg, height, width)], height, width)[0]
-
-
 
 
 class _Invalid(Exception):
@@ -333,25 +307,15 @@ class CocoDetection(torch.utils.data.Dataset):
     def _init_categories(self, categories: list) -> None:
         ids = []
         for c in categories:
-            if (
-                not isinstance(c, dict)
-                or not isinstance(c.get("id"), int)
-                or not isinstance(c.get("name"), str)
-            ):
-                raise AnnotationFormatError(
-                    f"{self.ann_file}: malformed category entry {c!r}"
-                )
+            if not isinstance(c, dict) or not isinstance(c.get("id"), int) or not isinstance(c.get("name"), str):
+                raise AnnotationFormatError(f"{self.ann_file}: malformed category entry {c!r}")
             ids.append(c["id"])
         if len(set(ids)) != len(ids):
             raise AnnotationFormatError(f"{self.ann_file}: duplicate category ids")
         cats = sorted(categories, key=lambda c: c["id"])
         self.class_names: list[str] = [c["name"] for c in cats]
-        self.label_to_category_id: dict[int, int] = {
-            i + 1: c["id"] for i, c in enumerate(cats)
-        }
-        self.category_id_to_label: dict[int, int] = {
-            c: lab for lab, c in self.label_to_category_id.items()
-        }
+        self.label_to_category_id: dict[int, int] = {i + 1: c["id"] for i, c in enumerate(cats)}
+        self.category_id_to_label: dict[int, int] = {c: lab for lab, c in self.label_to_category_id.items()}
 
     @property
     def num_classes(self) -> int:
@@ -362,25 +326,17 @@ class CocoDetection(torch.utils.data.Dataset):
         for img in data["images"]:
             iid = img.get("id") if isinstance(img, dict) else None
             if not isinstance(iid, int):
-                raise AnnotationFormatError(
-                    f"{self.ann_file}: image entry without an integer id: {img!r:.200}"
-                )
+                raise AnnotationFormatError(f"{self.ann_file}: image entry without an integer id: {img!r:.200}")
             if iid in seen:
-                raise AnnotationFormatError(
-                    f"{self.ann_file}: duplicate image id {iid}"
-                )
+                raise AnnotationFormatError(f"{self.ann_file}: duplicate image id {iid}")
             seen.add(iid)
         seen = set()
         for ann in data["annotations"]:
             aid = ann.get("id") if isinstance(ann, dict) else None
             if not isinstance(aid, int):
-                raise AnnotationFormatError(
-                    f"{self.ann_file}: annotation entry without an integer id: {ann!r:.200}"
-                )
+                raise AnnotationFormatError(f"{self.ann_file}: annotation entry without an integer id: {ann!r:.200}")
             if aid in seen:
-                raise AnnotationFormatError(
-                    f"{self.ann_file}: duplicate annotation id {aid}"
-                )
+                raise AnnotationFormatError(f"{self.ann_file}: duplicate annotation id {aid}")
             seen.add(aid)
         usable = []
         for ann in data["annotations"]:
@@ -408,9 +364,7 @@ class CocoDetection(torch.utils.data.Dataset):
         for ann in self.coco.dataset["annotations"]:
             if ann.get("image_id") not in self.coco.imgs:
                 self.stats["invalid_annotations"] += 1
-                self._fail(
-                    f"{self.ann_file}: annotation id {ann['id']}: unknown image id {ann.get('image_id')!r}"
-                )
+                self._fail(f"{self.ann_file}: annotation id {ann['id']}: unknown image id {ann.get('image_id')!r}")
         for image_id in sorted(self.coco.imgs):
             img = self.coco.imgs[image_id]
             rec = self._image_record(img)
@@ -430,15 +384,8 @@ class CocoDetection(torch.utils.data.Dataset):
         height, width = img.get("height"), img.get("width")
         where = f"{self.ann_file}: image id {image_id} ({file_name!r})"
         try:
-            if not (
-                isinstance(height, int)
-                and isinstance(width, int)
-                and height > 0
-                and width > 0
-            ):
-                raise _Invalid(
-                    f"missing or non-positive width/height ({width!r}x{height!r})"
-                )
+            if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
+                raise _Invalid(f"missing or non-positive width/height ({width!r}x{height!r})")
             try:
                 path = resolve_under_root(
                     self.image_root,
@@ -501,19 +448,13 @@ class CocoDetection(torch.utils.data.Dataset):
         self.stats["images"] = len(self._records)
         self.stats["annotations"] = int(sum(len(r.labels) for r in self._records))
 
-    def _check_annotation(
-        self, ann: dict, height: int, width: int
-    ) -> list[float] | None:
+    def _check_annotation(self, ann: dict, height: int, width: int) -> list[float] | None:
         """Validated, clipped XYXY box of ``ann``; None for a dropped zero-size box."""
         cat = ann.get("category_id")
         if not isinstance(cat, int) or cat not in self.category_id_to_label:
             raise _Invalid(f"unknown category id {cat!r}")
         bbox = ann.get("bbox")
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(_is_number(v) for v in bbox)
-        ):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
             raise _Invalid(f"malformed bbox {bbox!r}")
         x, y, w, h = (float(v) for v in bbox)
         if w < 0 or h < 0:
@@ -585,18 +526,14 @@ class CocoDetection(torch.utils.data.Dataset):
     def _target(self, rec: Record) -> dict[str, Any]:
         size = (rec.height, rec.width)
         target: dict[str, Any] = {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(rec.boxes.copy()), format="XYXY", canvas_size=size
-            ),
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes.copy()), format="XYXY", canvas_size=size),
             "labels": torch.from_numpy(rec.labels.copy()),
             "iscrowd": torch.from_numpy(rec.iscrowd.copy()),
             "image_id": rec.image_id,
             "orig_size": size,
         }
         if self.with_masks:
-            masks = decode_rles(
-                [segmentation_to_rle(seg, *size) for seg in rec.segmentations], *size
-            )
+            masks = decode_rles([segmentation_to_rle(seg, *size) for seg in rec.segmentations], *size)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         return target
 

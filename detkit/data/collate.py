@@ -36,14 +36,8 @@ def collate_detection(
             continue
         image, target = sample
         image = _plain(image)
-        if (
-            not isinstance(image, torch.Tensor)
-            or image.ndim != 3
-            or image.shape[0] != 3
-        ):
-            raise ValueError(
-                f"expected images as Tensor[3, H, W], got {getattr(image, 'shape', type(image))}"
-            )
+        if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"expected images as Tensor[3, H, W], got {getattr(image, 'shape', type(image))}")
         if image.dtype == torch.uint8:
             image = image.float().div_(255.0)
         elif image.dtype != torch.float32:

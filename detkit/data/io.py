@@ -92,9 +92,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     flags = cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     if img is None or img.size == 0:
-        raise ImageReadError(
-            path, "not a decodable image (corrupt, truncated or unknown format)"
-        )
+        raise ImageReadError(path, "not a decodable image (corrupt, truncated or unknown format)")
 
     img = _to_uint8(img, path)
     if img.ndim == 2:

@@ -163,9 +163,7 @@ class RecordStore(Sequence):
             file_names=ByteBuffer.from_strings(r.file_name for r in records),
             paths=ByteBuffer.from_strings(r.path for r in records),
             segmentations=(
-                ByteBuffer(_dump_segmentations(r.segmentations) for r in records)
-                if with_segmentations
-                else None
+                ByteBuffer(_dump_segmentations(r.segmentations) for r in records) if with_segmentations else None
             ),
             image_entries=(
                 None

@@ -15,9 +15,7 @@ __all__ = [
 ]
 
 
-def aspect_ratio_groups(
-    aspect_ratios: Sequence[float], boundaries: Sequence[float] = (1.0,)
-) -> list[int]:
+def aspect_ratio_groups(aspect_ratios: Sequence[float], boundaries: Sequence[float] = (1.0,)) -> list[int]:
     """Group id of every width/height ratio: the number of ``boundaries`` <= it.
 
     The default ``(1.0,)`` gives two groups: portrait (w/h < 1) -> 0, landscape/square -> 1.
@@ -79,9 +77,7 @@ class AspectRatioGroupedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]
-        return (
-            n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-        )
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Forward to the inner sampler (``DistributedSampler`` reshuffles per epoch)."""

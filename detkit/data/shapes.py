@@ -72,9 +72,7 @@ class ShapesConfig:
     max_iou: float = 0.3
     min_visible: float = 0.5
     noise_sigma: float = 8.0
-    min_contrast: float = (
-        80.0  # Euclidean RGB distance to the local background / shapes beneath
-    )
+    min_contrast: float = 80.0  # Euclidean RGB distance to the local background / shapes beneath
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects:
@@ -103,9 +101,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return c0 * (1.0 - t[..., None]) + c1 * t[..., None]  # [S, S, 3] float32
 
 
-def _sample_shape(
-    rng: np.random.Generator, cfg: ShapesConfig
-) -> tuple[int, tuple, np.ndarray]:
+def _sample_shape(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[int, tuple, np.ndarray]:
     """One shape: class index, intended box (x0, y0, x1, y1, exclusive) and its raster mask."""
     s = cfg.image_size
     lo, hi = cfg.min_size, cfg.max_size
@@ -141,9 +137,7 @@ def _sample_shape(
     return cls, box, mask
 
 
-def _pick_colour(
-    rng: np.random.Generator, references: list[np.ndarray], min_contrast: float
-) -> np.ndarray:
+def _pick_colour(rng: np.random.Generator, references: list[np.ndarray], min_contrast: float) -> np.ndarray:
     """A random colour at least ``min_contrast`` away from every reference (best of 30 tries)."""
     best, best_dist = None, -1.0
     for _ in range(30):
@@ -207,9 +201,7 @@ def render_shapes_image(
         kept.reverse()
         boxes = [k["box"] for k in kept]
         if len(kept) >= cfg.min_objects and all(
-            _box_iou(boxes[i], boxes[j]) <= cfg.max_iou
-            for i in range(len(boxes))
-            for j in range(i)
+            _box_iou(boxes[i], boxes[j]) <= cfg.max_iou for i in range(len(boxes)) for j in range(i)
         ):
             break
     else:  # pragma: no cover - practically unreachable for sane configs
@@ -219,11 +211,7 @@ def render_shapes_image(
     for obj in kept:
         # contrast with the background under the shape and with the shapes it overlaps
         refs = [bg[obj["full"]].mean(axis=0)]
-        refs += [
-            o["colour"]
-            for o in kept
-            if "colour" in o and (o["full"] & obj["full"]).any()
-        ]
+        refs += [o["colour"] for o in kept if "colour" in o and (o["full"] & obj["full"]).any()]
         obj["colour"] = _pick_colour(rng, refs, cfg.min_contrast)
         img[obj["full"]] = obj["colour"]
     img += rng.normal(0.0, cfg.noise_sigma, size=img.shape).astype(np.float32)
@@ -234,9 +222,7 @@ def render_shapes_image(
 
 
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng(
-        [SHAPES_VERSION, seed, zlib.crc32(split.encode("utf-8")), index]
-    )
+    return np.random.default_rng([SHAPES_VERSION, seed, zlib.crc32(split.encode("utf-8")), index])
 
 
 def _make_one(job: tuple[str, str, int, int, ShapesConfig]) -> list[dict[str, Any]]:
@@ -298,9 +284,7 @@ def generate_shapes(
     jobs = [(images_dir, split, seed, i, cfg) for i in range(num_images)]
     if num_workers > 1 and num_images > 1:
         with multiprocessing.get_context().Pool(num_workers) as pool:
-            per_image = pool.map(
-                _make_one, jobs, chunksize=max(1, num_images // (4 * num_workers))
-            )
+            per_image = pool.map(_make_one, jobs, chunksize=max(1, num_images // (4 * num_workers)))
     else:
         per_image = [_make_one(job) for job in jobs]
 
@@ -326,10 +310,7 @@ def generate_shapes(
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": k + 1, "name": n, "supercategory": "shape"}
-            for k, n in enumerate(SHAPES_CLASSES)
-        ],
+        "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPES_CLASSES)],
     }
     ann_file = os.path.join(split_dir, "annotations.json")
     with open(ann_file, "w", encoding="utf-8") as f:
@@ -356,16 +337,10 @@ def _cache_valid(split_dir: str, params: dict[str, Any]) -> bool:
         with open(os.path.join(split_dir, MARKER), encoding="utf-8") as f:
             if json.load(f) != params:
                 return False
-        n_png = sum(
-            1
-            for name in os.listdir(os.path.join(split_dir, "images"))
-            if name.endswith(".png")
-        )
+        n_png = sum(1 for name in os.listdir(os.path.join(split_dir, "images")) if name.endswith(".png"))
     except (OSError, ValueError):
         return False
-    return n_png == params["num_images"] and os.path.isfile(
-        os.path.join(split_dir, "annotations.json")
-    )
+    return n_png == params["num_images"] and os.path.isfile(os.path.join(split_dir, "annotations.json"))
 
 
 def ensure_shapes(
@@ -423,13 +398,9 @@ def ensure_shapes(
                         num_workers=num_workers,
                         **asdict(cfg),
                     )
-                    with open(
-                        os.path.join(tmp, split, MARKER), "w", encoding="utf-8"
-                    ) as f:
+                    with open(os.path.join(tmp, split, MARKER), "w", encoding="utf-8") as f:
                         json.dump(params, f, indent=1)
-                    if os.path.exists(
-                        split_dir
-                    ):  # stale cache: move aside, then delete
+                    if os.path.exists(split_dir):  # stale cache: move aside, then delete
                         old = tempfile.mkdtemp(prefix=f".old-{split}-", dir=root)
                         os.replace(split_dir, os.path.join(old, split))
                         shutil.rmtree(old, ignore_errors=True)
@@ -466,9 +437,5 @@ class ShapesDataset(CocoDetection):
             if split not in SHAPES_SPLITS:
                 raise ValueError(f"num_images is required for split {split!r}")
             num_images = SHAPES_SPLITS[split]
-        ann_file = ensure_shapes(
-            root, {split: num_images}, image_size, seed, num_workers=num_workers
-        )[split]
-        super().__init__(
-            os.path.join(os.fspath(root), split, "images"), ann_file, **kwargs
-        )
+        ann_file = ensure_shapes(root, {split: num_images}, image_size, seed, num_workers=num_workers)[split]
+        super().__init__(os.path.join(os.fspath(root), split, "images"), ann_file, **kwargs)

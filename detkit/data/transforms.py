@@ -30,9 +30,7 @@ def per_box_tensors(sample: Any) -> tuple[torch.Tensor, ...] | None:
         target = next((s for s in sample if isinstance(s, dict)), None)
     if not isinstance(target, dict):
         return None
-    found = tuple(
-        target[k] for k in PER_BOX_KEYS if isinstance(target.get(k), torch.Tensor)
-    )
+    found = tuple(target[k] for k in PER_BOX_KEYS if isinstance(target.get(k), torch.Tensor))
     return found or None
 
 
@@ -72,15 +70,11 @@ def build_transforms(
             )
         )
     if min_size is not None:
-        sizes = (
-            [int(min_size)] if isinstance(min_size, int) else [int(v) for v in min_size]
-        )
+        sizes = [int(min_size)] if isinstance(min_size, int) else [int(v) for v in min_size]
         if not sizes or min(sizes) <= 0:
             raise ValueError(f"min_size must be positive, got {min_size!r}")
         # RandomShortestSize: scale = min(short / shorter_side, max_size / longer_side)
-        ops.append(
-            v2.RandomShortestSize(sizes if train else [max(sizes)], max_size=max_size)
-        )
+        ops.append(v2.RandomShortestSize(sizes if train else [max(sizes)], max_size=max_size))
     if train and hflip_prob > 0:
         ops.append(v2.RandomHorizontalFlip(p=hflip_prob))
     ops += [

@@ -105,9 +105,7 @@ def parse_voc_xml(path: str | os.PathLike) -> dict[str, Any]:
     if len(data) > _MAX_XML_BYTES:
         raise ValueError(f"{path}: annotation larger than {_MAX_XML_BYTES} bytes")
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise ValueError(
-            f"{path}: DTD / entity declarations are not allowed in VOC annotations"
-        )
+        raise ValueError(f"{path}: DTD / entity declarations are not allowed in VOC annotations")
     try:
         root = ET.fromstring(data)
     except ET.ParseError as e:
@@ -129,9 +127,7 @@ def parse_voc_xml(path: str | os.PathLike) -> dict[str, Any]:
             {
                 "name": _text(obj, "name", where),
                 "difficult": (obj.findtext("difficult") or "0").strip() == "1",
-                "bbox": [
-                    _number(bnd, t, where) for t in ("xmin", "ymin", "xmax", "ymax")
-                ],
+                "bbox": [_number(bnd, t, where) for t in ("xmin", "ymin", "xmax", "ymax")],
             }
         )
     return {
@@ -228,9 +224,7 @@ class VocDetection(torch.utils.data.Dataset):
         self._skipped: list[str] = []
         self._bad_indices: set[int] = set()
 
-        split_file = resolve_under_root(
-            self.root, os.path.join("ImageSets", "Main", f"{image_set}.txt")
-        )
+        split_file = resolve_under_root(self.root, os.path.join("ImageSets", "Main", f"{image_set}.txt"))
         if not os.path.isfile(split_file):
             raise FileNotFoundError(f"VOC image set not found: {split_file}")
         with open(split_file, encoding="utf-8") as f:
@@ -264,12 +258,8 @@ class VocDetection(torch.utils.data.Dataset):
 
     def _parse(self, name: str, image_id: int) -> _VocRecord | None:
         try:
-            xml_path = resolve_under_root(
-                self.root, os.path.join("Annotations", f"{name}.xml")
-            )
-            image_path = resolve_under_root(
-                self.root, os.path.join("JPEGImages", f"{name}.jpg")
-            )
+            xml_path = resolve_under_root(self.root, os.path.join("Annotations", f"{name}.xml"))
+            image_path = resolve_under_root(self.root, os.path.join("JPEGImages", f"{name}.jpg"))
             ann = parse_voc_xml(xml_path)
         except ValueError as e:
             self._fail(str(e), "invalid_images")
@@ -303,9 +293,7 @@ class VocDetection(torch.utils.data.Dataset):
                 ymax,
             )  # 1-based inclusive -> 0-based XYXY
             if x2 <= x1 or y2 <= y1:
-                self._fail(
-                    f"{where}: negative box size {obj['bbox']}", "invalid_annotations"
-                )
+                self._fail(f"{where}: negative box size {obj['bbox']}", "invalid_annotations")
                 continue
             cx1, cy1, cx2, cy2 = (
                 max(x1, 0.0),
@@ -381,9 +369,7 @@ class VocDetection(torch.utils.data.Dataset):
         image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
         keep = rec.keep
         target = {
-            "boxes": tv_tensors.BoundingBoxes(
-                torch.from_numpy(rec.boxes[keep]), format="XYXY", canvas_size=size
-            ),
+            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes[keep]), format="XYXY", canvas_size=size),
             "labels": torch.from_numpy(rec.labels[keep]),
             "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.uint8),
             "difficult": torch.from_numpy(rec.difficult[keep]),
@@ -394,9 +380,7 @@ class VocDetection(torch.utils.data.Dataset):
             return self.transforms(image, target)
         return TF.to_dtype(image, torch.float32, scale=True), target
 
-    def to_coco_json(
-        self, path: str | os.PathLike, *, difficult_as_crowd: bool = True
-    ) -> str:
+    def to_coco_json(self, path: str | os.PathLike, *, difficult_as_crowd: bool = True) -> str:
         """Write the split's ground truth as a COCO json (for the COCO evaluator).
 
         All valid objects are written, difficult ones included, each with a ``difficult`` flag
@@ -410,9 +394,7 @@ class VocDetection(torch.utils.data.Dataset):
         images, annotations = [], []
         for index, rec in enumerate(self._records):
             images.append(self.image_info(index))
-            for box, label, diff in zip(
-                rec.boxes.tolist(), rec.labels.tolist(), rec.difficult.tolist()
-            ):
+            for box, label, diff in zip(rec.boxes.tolist(), rec.labels.tolist(), rec.difficult.tolist()):
                 x1, y1, x2, y2 = box
                 w, h = x2 - x1, y2 - y1
                 annotations.append(
@@ -430,10 +412,7 @@ class VocDetection(torch.utils.data.Dataset):
             "info": {"description": f"Pascal VOC {self.root} ({self.image_set})"},
             "images": images,
             "annotations": annotations,
-            "categories": [
-                {"id": self.label_to_category_id[i + 1], "name": n}
-                for i, n in enumerate(self.class_names)
-            ],
+            "categories": [{"id": self.label_to_category_id[i + 1], "name": n} for i, n in enumerate(self.class_names)],
         }
         path = atomic_write(path, json.dumps(coco).encode("utf-8"), fsync=False)
         self.ann_file = path

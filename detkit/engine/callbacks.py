@@ -203,9 +203,12 @@ class DetectionCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
-        if previous and previous != path and os.path.dirname(os.path.abspath(previous)) == os.path.abspath(
-            self.dirpath or ""
-        ) and previous != trainer.ckpt_path:  # a last checkpoint named after a metric: keep one
+        if (
+            previous
+            and previous != path
+            and os.path.dirname(os.path.abspath(previous)) == os.path.abspath(self.dirpath or "")
+            and previous != trainer.ckpt_path
+        ):  # a last checkpoint named after a metric: keep one
             trainer.strategy.remove_checkpoint(previous)
         return path
 

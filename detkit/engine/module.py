@@ -162,9 +162,7 @@ class CountingChainedScheduler(lr_scheduler.ChainedScheduler):
         self.last_epoch += 1
 
 
-def with_warmup(
-    main: lr_scheduler.LRScheduler, *, warmup_steps: int, warmup_factor: float
-) -> lr_scheduler.LRScheduler:
+def with_warmup(main: lr_scheduler.LRScheduler, *, warmup_steps: int, warmup_factor: float) -> lr_scheduler.LRScheduler:
     """Linear warm-up (LinearLR, `warmup_factor` -> 1 over `warmup_steps`), followed by `main` (SequentialLR).
 
     `main` starts when the warm-up ends: its own step count (MultiStepLR milestones, CosineAnnealingLR

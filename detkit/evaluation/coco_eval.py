@@ -89,16 +89,12 @@ class EvalResult:
         }
 
 
-def format_summary(
-    stats: Mapping[str, float], iou_thresholds: Sequence[float] = (0.5, 0.95)
-) -> str:
+def format_summary(stats: Mapping[str, float], iou_thresholds: Sequence[float] = (0.5, 0.95)) -> str:
     """The standard 12-line COCO summary table for `stats` (keys `STAT_NAMES`)."""
     lines = []
     lo, hi = iou_thresholds[0], iou_thresholds[-1]
     for name, (is_ap, iou, area, max_dets) in zip(STAT_NAMES, _STAT_SPECS):
-        title, kind = (
-            ("Average Precision", "(AP)") if is_ap else ("Average Recall", "(AR)")
-        )
+        title, kind = ("Average Precision", "(AP)") if is_ap else ("Average Recall", "(AR)")
         iou_str = f"{lo:0.2f}:{hi:0.2f}" if iou is None else f"{iou:0.2f}"
         lines.append(
             f" {title:<18} {kind} @[ IoU={iou_str:<9} | area={area:>6s} | maxDets={max_dets:>3d} ] = {stats[name]:0.3f}"
@@ -148,9 +144,7 @@ def _annotation_area(ann: Mapping[str, Any], images: Mapping[int, Mapping[str, A
     raise ValueError(f"annotation id {ann.get('id')!r} has no area, and no usable segmentation or bbox to compute it")
 
 
-def _with_areas(
-    annotations: Sequence[Any], images: Sequence[Any]
-) -> tuple[list[Any], dict[str, int]]:
+def _with_areas(annotations: Sequence[Any], images: Sequence[Any]) -> tuple[list[Any], dict[str, int]]:
     """Annotations with `area` filled in where missing (new dicts; the input is not changed), and how
     many areas came from a segmentation / a box. Duplicate annotation ids are refused."""
     seen: set = set()
@@ -225,27 +219,15 @@ class COCOEvaluator:
             elif module.startswith("pycocotools"):
                 self._gt_cache["pycocotools"] = annotations
         else:
-            raise TypeError(
-                f"annotations must be a path, a dict or a COCO object, got {type(annotations)}"
-            )
-        if (
-            not isinstance(dataset, Mapping)
-            or "images" not in dataset
-            or "categories" not in dataset
-        ):
-            raise ValueError(
-                "ground truth must be a COCO dict with 'images' and 'categories'"
-            )
+            raise TypeError(f"annotations must be a path, a dict or a COCO object, got {type(annotations)}")
+        if not isinstance(dataset, Mapping) or "images" not in dataset or "categories" not in dataset:
+            raise ValueError("ground truth must be a COCO dict with 'images' and 'categories'")
         dataset.setdefault("annotations", [])
         # `computed_areas`: how many missing `area` values came from a segmentation / a box
         dataset["annotations"], self.computed_areas = _with_areas(dataset["annotations"], dataset["images"])
         self._dataset = dataset
-        self.image_ids: frozenset[int] = frozenset(
-            int(img["id"]) for img in dataset["images"]
-        )
-        self.category_names: dict[int, str] = {
-            int(c["id"]): str(c["name"]) for c in dataset["categories"]
-        }
+        self.image_ids: frozenset[int] = frozenset(int(img["id"]) for img in dataset["images"])
+        self.category_names: dict[int, str] = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}
 
     # ------------------------------------------------------------------ backends
     def _dataset_copy(self) -> dict[str, Any]:
@@ -298,9 +280,7 @@ class COCOEvaluator:
         return dt
 
     # ---------------------------------------------------------------- validation
-    def _sanitise(
-        self, results: Sequence[Mapping[str, Any]], iou_type: str
-    ) -> list[dict]:
+    def _sanitise(self, results: Sequence[Mapping[str, Any]], iou_type: str) -> list[dict]:
         """Fresh minimal result dicts (backends mutate theirs); raises on bad ids / fields.
 
         For mask evaluation the box is dropped so that the backends take the instance
@@ -320,13 +300,9 @@ class COCOEvaluator:
                     r["score"],
                 )
             except KeyError as e:
-                raise ValueError(
-                    f"result #{i} has no {e.args[0]!r} field (needed for iou_type={iou_type!r})"
-                ) from None
+                raise ValueError(f"result #{i} has no {e.args[0]!r} field (needed for iou_type={iou_type!r})") from None
             if geometry == "bbox" and (not isinstance(geom, (list, tuple)) or len(geom) != 4):
-                raise ValueError(
-                    f"result #{i}: bbox must be [x, y, w, h], got {geom!r}"
-                )
+                raise ValueError(f"result #{i}: bbox must be [x, y, w, h], got {geom!r}")
             box = r.get("bbox")
             if not isinstance(box, (list, tuple)):
                 box = ()
@@ -348,14 +324,10 @@ class COCOEvaluator:
             )
         unknown = image_ids - self.image_ids
         if unknown:
-            raise ValueError(
-                f"results reference image id(s) not in the ground truth: {_describe_ids(unknown)}"
-            )
+            raise ValueError(f"results reference image id(s) not in the ground truth: {_describe_ids(unknown)}")
         unknown = cat_ids - self.category_names.keys()
         if unknown:
-            raise ValueError(
-                f"results reference unknown category id(s): {_describe_ids(unknown)}"
-            )
+            raise ValueError(f"results reference unknown category id(s): {_describe_ids(unknown)}")
         return clean
 
     # ---------------------------------------------------------------- evaluation
@@ -395,18 +367,14 @@ class COCOEvaluator:
             eval_img_ids = sorted({int(i) for i in img_ids})
             unknown = set(eval_img_ids) - self.image_ids
             if unknown:
-                raise ValueError(
-                    f"img_ids not in the ground truth: {_describe_ids(unknown)}"
-                )
+                raise ValueError(f"img_ids not in the ground truth: {_describe_ids(unknown)}")
 
         gt = self._ground_truth(backend)
         dt = self._detections(backend, gt, clean, iou_type)
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster
 
-            coco_eval = COCOeval_faster(
-                gt, dt, iou_type, print_function=lambda *args, **kwargs: None
-            )
+            coco_eval = COCOeval_faster(gt, dt, iou_type, print_function=lambda *args, **kwargs: None)
             coco_eval.params.imgIds = eval_img_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -421,12 +389,7 @@ class COCOEvaluator:
                 coco_eval.accumulate()
                 coco_eval.summarize()
 
-        stats = {
-            name: float(v)
-            for name, v in zip(
-                STAT_NAMES, np.asarray(coco_eval.stats)[: len(STAT_NAMES)]
-            )
-        }
+        stats = {name: float(v) for name, v in zip(STAT_NAMES, np.asarray(coco_eval.stats)[: len(STAT_NAMES)])}
         precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)
         cat_ids = [int(c) for c in coco_eval.params.catIds]
         names = self._unique_names(cat_ids)
@@ -473,4 +436,3 @@ def gather_and_deduplicate(results_per_rank: Sequence[Sequence[dict]]) -> list[d
         merged.extend(r for r in rank_results if r["image_id"] in new_images)
         claimed |= rank_images
     return merged
-

@@ -25,9 +25,7 @@ _LEGEND_X, _LINE_H = 740, 18
 def _palette(n: int) -> list[tuple[int, int, int]]:
     """`n` distinct BGR colours (evenly spaced hues)."""
     hues = (np.arange(n) * 180 // max(n, 1)).astype(np.uint8)
-    hsv = np.stack(
-        [hues, np.full(n, 220, np.uint8), np.full(n, 210, np.uint8)], axis=1
-    )[None]
+    hsv = np.stack([hues, np.full(n, 220, np.uint8), np.full(n, 210, np.uint8)], axis=1)[None]
     bgr = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0]
     return [tuple(int(c) for c in color) for color in bgr]
 
@@ -122,14 +120,10 @@ def plot_pr_curves(
     """
     precision = np.asarray(precision, dtype=np.float64)
     if precision.ndim != 5:
-        raise ValueError(
-            f"precision must have shape [T, R, K, A, M], got {precision.shape}"
-        )
+        raise ValueError(f"precision must have shape [T, R, K, A, M], got {precision.shape}")
     num_classes = precision.shape[2]
     if len(category_names) != num_classes:
-        raise ValueError(
-            f"{len(category_names)} category names for {num_classes} categories"
-        )
+        raise ValueError(f"{len(category_names)} category names for {num_classes} categories")
     if iou_thresholds is None:
         iou_thresholds = np.linspace(0.5, 0.95, precision.shape[0])
     curves = precision[iou_index, :, :, area_index, max_dets_index].T  # [K, R]
@@ -142,16 +136,12 @@ def plot_pr_curves(
     aps = curves.mean(axis=1)
     order = [k for k in np.argsort(-aps, kind="stable") if valid[k]]
     for k in order[::-1]:  # best class drawn last (on top)
-        cv2.polylines(
-            img, [_to_pixels(recall, curves[k])], False, colors[k], 1, cv2.LINE_AA
-        )
+        cv2.polylines(img, [_to_pixels(recall, curves[k])], False, colors[k], 1, cv2.LINE_AA)
 
     legend = []
     if order:
         mean_curve = curves[valid].mean(axis=0)
-        cv2.polylines(
-            img, [_to_pixels(recall, mean_curve)], False, (0, 0, 0), 3, cv2.LINE_AA
-        )
+        cv2.polylines(img, [_to_pixels(recall, mean_curve)], False, (0, 0, 0), 3, cv2.LINE_AA)
         legend.append((f"mean AP={mean_curve.mean():.3f}", (0, 0, 0)))
     else:
         cv2.putText(
@@ -167,15 +157,11 @@ def plot_pr_curves(
     legend += [(f"{_ascii(category_names[k])} {aps[k]:.3f}", colors[k]) for k in order]
     max_lines = (_HEIGHT - _TOP - 10) // _LINE_H
     if len(legend) > max_lines:
-        legend = legend[: max_lines - 1] + [
-            (f"+{len(legend) - max_lines + 1} more", (90, 90, 90))
-        ]
+        legend = legend[: max_lines - 1] + [(f"+{len(legend) - max_lines + 1} more", (90, 90, 90))]
     for i, (text, color) in enumerate(legend):
         y = _TOP + i * _LINE_H
         cv2.line(img, (_LEGEND_X, y - 4), (_LEGEND_X + 22, y - 4), color, 3)
-        cv2.putText(
-            img, text, (_LEGEND_X + 30, y), _FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA
-        )
+        cv2.putText(img, text, (_LEGEND_X + 30, y), _FONT, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
 
     ok, encoded = cv2.imencode(".png", img)
     if not ok:

@@ -54,9 +54,7 @@ def proposal_recall(
         e.g. "R@0.5/100", "AR@1000".
     """
     if len(proposals) != len(gt_boxes):
-        raise ValueError(
-            f"got proposals for {len(proposals)} images but gt boxes for {len(gt_boxes)}"
-        )
+        raise ValueError(f"got proposals for {len(proposals)} images but gt boxes for {len(gt_boxes)}")
     top_ks = [int(k) for k in top_ks]
     if any(k < 1 for k in top_ks):
         raise ValueError(f"top_ks must be positive, got {top_ks}")

@@ -50,9 +50,7 @@ def _encode_masks(masks: Tensor, mask_threshold: float) -> list[dict]:
     if masks.dim() == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if masks.dim() != 3:
-        raise ValueError(
-            f"masks must be Tensor[K, H, W], got shape {tuple(masks.shape)}"
-        )
+        raise ValueError(f"masks must be Tensor[K, H, W], got shape {tuple(masks.shape)}")
     masks = masks.detach()
     if masks.is_floating_point():
         masks = masks > mask_threshold
@@ -88,41 +86,25 @@ def detections_to_coco_results(
         and `segmentation` (compressed RLE with str counts) when masks are given.
     """
     if len(image_ids) != len(detections):
-        raise ValueError(
-            f"got {len(image_ids)} image ids for {len(detections)} detection dicts"
-        )
+        raise ValueError(f"got {len(image_ids)} image ids for {len(detections)} detection dicts")
     import torch
 
     lut = label_lookup_table(label_to_category_id)
     results: list[dict] = []
     for image_id, det in zip(image_ids, detections):
-        boxes = (
-            det["boxes"].detach().to(device="cpu", dtype=torch.float64).reshape(-1, 4)
-        )
+        boxes = det["boxes"].detach().to(device="cpu", dtype=torch.float64).reshape(-1, 4)
         num = boxes.shape[0]
         if num == 0:
             continue
-        scores = (
-            det["scores"].detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-        )
-        labels = (
-            det["labels"]
-            .detach()
-            .to(device="cpu", dtype=torch.int64)
-            .reshape(-1)
-            .numpy()
-        )
+        scores = det["scores"].detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+        labels = det["labels"].detach().to(device="cpu", dtype=torch.int64).reshape(-1).numpy()
         if scores.numel() != num or labels.size != num:
-            raise ValueError(
-                f"image {image_id}: boxes, scores and labels differ in length"
-            )
+            raise ValueError(f"image {image_id}: boxes, scores and labels differ in length")
         bad = (labels < 0) | (labels >= lut.size)
         cat_ids = lut[np.where(bad, 0, labels)]
         bad |= cat_ids < 0
         if bad.any():
-            raise ValueError(
-                f"image {image_id}: label {int(labels[bad][0])} has no category id"
-            )
+            raise ValueError(f"image {image_id}: label {int(labels[bad][0])} has no category id")
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         score_list = scores.tolist()
         cat_list = cat_ids.tolist()

@@ -81,9 +81,7 @@ class _CPURoIAlign(torch.autograd.Function):
         height, width = output_size
 
         def run(chunk):
-            return torch.ops.torchvision.roi_align(
-                chunk, rois, spatial_scale, height, width, sampling_ratio, aligned
-            )
+            return torch.ops.torchvision.roi_align(chunk, rois, spatial_scale, height, width, sampling_ratio, aligned)
 
         parts = min(torch.get_num_threads(), x.shape[1])
         if parts < 2:

@@ -303,7 +303,5 @@ class RoIHeads(nn.Module):
 
     def paste_masks(self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor) -> list[Tensor]:
         """Deprecated name of `paste_detection_masks` (it shadowed the `paste_masks` function)."""
-        warnings.warn(
-            "RoIHeads.paste_masks is renamed paste_detection_masks", DeprecationWarning, stacklevel=2
-        )
+        warnings.warn("RoIHeads.paste_masks is renamed paste_detection_masks", DeprecationWarning, stacklevel=2)
         return self.paste_detection_masks(mask_probs, boxes, batch_idx, original_sizes)

@@ -24,9 +24,7 @@ def _check_class_target(logits: Tensor, target: Tensor) -> Tensor:
             f"expected logits [N, K, *] and target [N, *], got {tuple(logits.shape)} and {tuple(target.shape)}"
         )
     if target.is_floating_point() or target.is_complex():
-        raise ValueError(
-            f"target must hold integer class indices, got dtype {target.dtype}"
-        )
+        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     return target.long()
 
 
@@ -94,9 +92,7 @@ def binary_cross_entropy_with_logits(
     """
     check_reduction(reduction)
     check_same_shape(logits, target, "logits", "target")
-    loss = F.binary_cross_entropy_with_logits(
-        logits, target.to(logits.dtype), pos_weight=pos_weight, reduction="none"
-    )
+    loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=pos_weight, reduction="none")
     return reduce_loss(loss, reduction, weight)
 
 
@@ -169,9 +165,7 @@ def multiclass_hinge_loss(
     target = _check_class_target(scores, target)
     if mode == "one_vs_rest":
         classes = torch.arange(scores.shape[1], device=scores.device)
-        signs = torch.where(target[:, None] == classes, 1.0, -1.0).to(
-            scores.dtype
-        )  # [N, K]
+        signs = torch.where(target[:, None] == classes, 1.0, -1.0).to(scores.dtype)  # [N, K]
         loss = F.relu(margin - signs * scores)
     elif mode == "crammer_singer":
         is_target = F.one_hot(target, scores.shape[1]).bool()  # [N, K]

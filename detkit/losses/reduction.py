@@ -20,14 +20,11 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def check_same_shape(
-    pred: Tensor, target: Tensor, pred_name: str = "pred", target_name: str = "target"
-) -> None:
+def check_same_shape(pred: Tensor, target: Tensor, pred_name: str = "pred", target_name: str = "target") -> None:
     """Raise ``ValueError`` naming both shapes unless ``pred`` and ``target`` have the same shape."""
     if pred.shape != target.shape:
         raise ValueError(
-            f"{pred_name} and {target_name} must have the same shape, "
-            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+            f"{pred_name} and {target_name} must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
         )
 
 
@@ -57,8 +54,7 @@ def reduce_loss(
     if weight is not None:
         if torch.broadcast_shapes(loss.shape, weight.shape) != loss.shape:
             raise ValueError(
-                f"weight of shape {tuple(weight.shape)} does not broadcast to the "
-                f"loss of shape {tuple(loss.shape)}"
+                f"weight of shape {tuple(weight.shape)} does not broadcast to the loss of shape {tuple(loss.shape)}"
             )
         loss = loss * weight
     if reduction == "none":
@@ -70,7 +66,5 @@ def reduce_loss(
         return total / max(loss.numel(), 1)
     if isinstance(denominator, Tensor):
         denominator = denominator.to(total.dtype)
-        return total / torch.where(
-            denominator > 0, denominator, torch.ones_like(denominator)
-        )
+        return total / torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return total / (denominator if denominator > 0 else 1.0)

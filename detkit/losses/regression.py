@@ -83,9 +83,7 @@ def _iou_loss(
         raise ValueError(f"boxes must have shape [*, 4], got {tuple(pred_boxes.shape)}")
     dtype = torch.promote_types(pred_boxes.dtype, torch.float32)
     with torch.autocast(device_type=pred_boxes.device.type, enabled=False):
-        loss = tv_loss(
-            pred_boxes.to(dtype), gt_boxes.to(dtype), reduction="none", eps=eps
-        )
+        loss = tv_loss(pred_boxes.to(dtype), gt_boxes.to(dtype), reduction="none", eps=eps)
     return reduce_loss(loss, reduction, weight)
 
 

@@ -170,9 +170,7 @@ class ProposalCache:
         try:
             if self.path.stat().st_size == 0:
                 if wanted is None:
-                    raise ValueError(
-                        f"params are required to create the proposal cache {self.path}"
-                    )
+                    raise ValueError(f"params are required to create the proposal cache {self.path}")
                 if readonly:
                     raise ValueError(f"proposal cache {self.path} is empty")
                 self._create(wanted, wanted_images)
@@ -485,9 +483,7 @@ def _describe_mismatch(have: dict, want: dict) -> str:
     parts = []
     for key in sorted(set(have) | set(want)):
         if have.get(key, "<missing>") != want.get(key, "<missing>"):
-            parts.append(
-                f"{key!r}: file has {have.get(key, '<missing>')!r}, requested {want.get(key, '<missing>')!r}"
-            )
+            parts.append(f"{key!r}: file has {have.get(key, '<missing>')!r}, requested {want.get(key, '<missing>')!r}")
     return "; ".join(parts)
 
 

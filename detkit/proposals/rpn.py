@@ -232,4 +232,3 @@ class RPN(nn.Module):
                 self.box_loss_type, pred, target.float(), beta=self.smooth_l1_beta, reduction="sum"
             )
         return {"loss_rpn_objectness": objectness / num_sampled, "loss_rpn_box": box / num_sampled}
-

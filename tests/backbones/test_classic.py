@@ -55,8 +55,9 @@ def test_alexnet_matches_torchvision_features(tmp_path):
     torch.manual_seed(0)
     with torch.device("meta"):
         tv = torchvision.models.alexnet()
-    tv.classifier = nn.Sequential(nn.Dropout(), nn.Linear(4, 4), nn.ReLU(), nn.Dropout(), nn.Linear(4, 4),
-                                  nn.ReLU(), nn.Linear(4, 2))  # same keys, small: fast to build and save
+    tv.classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(4, 4), nn.ReLU(), nn.Dropout(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)
+    )  # same keys, small: fast to build and save
     tv = tv.to_empty(device="cpu")
     for m in tv.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -73,8 +74,9 @@ def test_alexnet_matches_torchvision_features(tmp_path):
             if i in taps:
                 ref[taps[i]] = h
         assert torch.equal(ref["c5"], tv.features(x)) and ref["c5"].shape[-2:] == (6, 6)  # pool5 as in R-CNN
-        ours = build_backbone("alexnet", weights=path, padding="torchvision", freeze_at=2,
-                              out_features=("c2", "c3", "c4", "c5")).eval()
+        ours = build_backbone(
+            "alexnet", weights=path, padding="torchvision", freeze_at=2, out_features=("c2", "c3", "c4", "c5")
+        ).eval()
         _close(ours(x), ref)
         # "same" padding loads the same weights; the maps then follow ceil(H / stride)
         same = build_backbone("alexnet", weights=path, out_features=("c2", "c5")).eval()
@@ -101,8 +103,14 @@ def test_googlenet_matches_torchvision_inception_outputs(tmp_path, transform_inp
         ref["c4"] = h
         ref["c5"] = tv.inception5b(tv.inception5a(tv.maxpool4(h)))
         for norm, freeze_at in (("bn", 2), ("frozen_bn", 0)):
-            ours = build_backbone("googlenet", weights=path, norm=norm, freeze_at=freeze_at,
-                                  transform_input=transform_input, out_features=tuple(ref)).eval()
+            ours = build_backbone(
+                "googlenet",
+                weights=path,
+                norm=norm,
+                freeze_at=freeze_at,
+                transform_input=transform_input,
+                out_features=tuple(ref),
+            ).eval()
             _close(ours(x), ref)
         # googlenet_fpn loads the classification checkpoint into its body
         fpn = build_backbone("googlenet_fpn", weights=path, transform_input=transform_input, out_channels=32).eval()
@@ -119,8 +127,10 @@ def test_googlenet_unknown_key_and_dropped_heads():
 
 
 def test_classic_specs_freeze_and_norms():
-    specs = {n: {k: tuple(v) for k, v in build_backbone(n).feature_specs().items()}
-             for n in ("lenet5", "alexnet", "googlenet")}
+    specs = {
+        n: {k: tuple(v) for k, v in build_backbone(n).feature_specs().items()}
+        for n in ("lenet5", "alexnet", "googlenet")
+    }
     assert specs["lenet5"] == {"c3": (120, 4)}
     assert specs["alexnet"] == {"c4": (256, 16)}
     assert specs["googlenet"] == {"c3": (480, 8), "c4": (832, 16), "c5": (1024, 32)}

@@ -20,10 +20,30 @@ from detkit.backbones import (
 )
 
 BUILTIN = [
-    "mobilenet_v1", "mobilenet_v1_fpn", "mobilenet_v2", "mobilenet_v2_fpn", "resnet101", "resnet101_fpn",
-    "resnet152", "resnet152_fpn", "resnet18", "resnet18_fpn", "resnet34", "resnet34_fpn", "resnet50",
-    "resnet50_fpn", "simple_convnet", "simple_convnet_fpn", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn",
-    "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "mobilenet_v1",
+    "mobilenet_v1_fpn",
+    "mobilenet_v2",
+    "mobilenet_v2_fpn",
+    "resnet101",
+    "resnet101_fpn",
+    "resnet152",
+    "resnet152_fpn",
+    "resnet18",
+    "resnet18_fpn",
+    "resnet34",
+    "resnet34_fpn",
+    "resnet50",
+    "resnet50_fpn",
+    "simple_convnet",
+    "simple_convnet_fpn",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
 ]
 
 
@@ -85,8 +105,13 @@ def test_mobilenet_v2_width_matches_torchvision_channels(width):
     tv = torchvision.models.mobilenet_v2(width_mult=width).features
     ours = MobileNetV2(width, out_features=("c1", "c2", "c3", "c4", "c5"))
     # torchvision features index of the last layer of each stage
-    tv_channels = {"c1": tv[1].out_channels, "c2": tv[3].out_channels, "c3": tv[6].out_channels,
-                   "c4": tv[13].out_channels, "c5": tv[18][0].out_channels}
+    tv_channels = {
+        "c1": tv[1].out_channels,
+        "c2": tv[3].out_channels,
+        "c3": tv[6].out_channels,
+        "c4": tv[13].out_channels,
+        "c5": tv[18][0].out_channels,
+    }
     assert {k: s.channels for k, s in ours.feature_specs().items()} == tv_channels
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in tv.parameters())
 
@@ -190,7 +215,11 @@ def test_fpn_extra_blocks_and_in_features():
     body = build_backbone("resnet18")
     fpn = FPN(body, in_features=("c3", "c4", "c5"), out_channels=32, extra_block="p6p7")
     assert {k: tuple(v) for k, v in fpn.feature_specs().items()} == {
-        "p3": (32, 8), "p4": (32, 16), "p5": (32, 32), "p6": (32, 64), "p7": (32, 128)
+        "p3": (32, 8),
+        "p4": (32, 16),
+        "p5": (32, 32),
+        "p6": (32, 64),
+        "p7": (32, 128),
     }
     check_outputs_match_specs(fpn.eval(), 97, 131)
     none = FPN(build_backbone("simple_convnet", out_features=("c1", "c2", "c3")), out_channels=16, extra_block=None)

@@ -34,11 +34,7 @@ def test_rgba_drops_alpha(tmp_path):
     bgra[..., 1] = 77
     bgra[..., 3] = 0  # fully transparent: colour must still come through
     img = read_image_rgb(_write(tmp_path / "a.png", bgra))
-    assert (
-        img.shape == (3, 3, 3)
-        and (img[..., 1] == 77).all()
-        and (img[..., [0, 2]] == 0).all()
-    )
+    assert img.shape == (3, 3, 3) and (img[..., 1] == 77).all() and (img[..., [0, 2]] == 0).all()
 
 
 def test_16bit_is_scaled_to_8bit(tmp_path):
@@ -66,14 +62,10 @@ def test_bad_files_raise_image_read_error(tmp_path, kind, reason):
     elif kind == "garbage":
         path.write_bytes(b"this is not an image" * 10)
     elif kind == "png_trunc":
-        data = _write(
-            tmp_path / "x.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
-        ).read_bytes()
+        data = _write(tmp_path / "x.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).read_bytes()
         path.write_bytes(data[: len(data) * 2 // 3])
     elif kind == "jpg_trunc":
-        img = cv2.GaussianBlur(
-            rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), (5, 5), 0
-        )
+        img = cv2.GaussianBlur(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), (5, 5), 0)
         data = _write(tmp_path / "x.jpg", img, ".jpg").read_bytes()
         path.write_bytes(data[:-2])  # the end-of-image marker is gone
     with pytest.raises(ImageReadError, match=reason) as info:

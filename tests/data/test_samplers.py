@@ -33,9 +33,7 @@ def test_groups():
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 4])
 def test_every_index_once_and_pure_full_batches(batch_size):
-    sampler = RandomSampler(
-        range(len(RATIOS)), generator=torch.Generator().manual_seed(0)
-    )
+    sampler = RandomSampler(range(len(RATIOS)), generator=torch.Generator().manual_seed(0))
     bs = AspectRatioGroupedBatchSampler(sampler, RATIOS, batch_size)
     batches = list(bs)
     assert sorted(i for b in batches for i in b) == list(range(len(RATIOS)))
@@ -57,22 +55,16 @@ def test_order_and_drop_last():
         [8, 10],
         [9],
     ]  # a batch goes out when full
-    bs = AspectRatioGroupedBatchSampler(
-        SequentialSampler(RATIOS), RATIOS, 4, drop_last=True
-    )
+    bs = AspectRatioGroupedBatchSampler(SequentialSampler(RATIOS), RATIOS, 4, drop_last=True)
     batches = list(bs)
-    assert (
-        batches == [[1, 3, 5, 6], [0, 2, 4, 7]] and len(bs) == 2
-    )  # leftovers 9, 8, 10 dropped
+    assert batches == [[1, 3, 5, 6], [0, 2, 4, 7]] and len(bs) == 2  # leftovers 9, 8, 10 dropped
 
 
 def test_distributed_inner_sampler_equal_batch_counts():
     ratios = [0.5] * 3 + [2.0] * 10
     per_rank = []
     for rank in range(2):
-        inner = DistributedSampler(
-            range(len(ratios)), num_replicas=2, rank=rank, shuffle=True, seed=1
-        )
+        inner = DistributedSampler(range(len(ratios)), num_replicas=2, rank=rank, shuffle=True, seed=1)
         bs = AspectRatioGroupedBatchSampler(inner, ratios, 3)
         bs.set_epoch(3)
         batches = list(bs)

@@ -37,18 +37,12 @@ def test_same_seed_same_bytes_and_other_seed_differs(tmp_path, shapes20):
 
 
 def test_worker_processes_give_identical_data(tmp_path):
-    a = generate_shapes(
-        tmp_path / "a", split="train", num_images=6, seed=1, num_workers=0
-    )
-    b = generate_shapes(
-        tmp_path / "b", split="train", num_images=6, seed=1, num_workers=2
-    )
+    a = generate_shapes(tmp_path / "a", split="train", num_images=6, seed=1, num_workers=0)
+    b = generate_shapes(tmp_path / "b", split="train", num_images=6, seed=1, num_workers=2)
     assert Path(a).read_bytes() == Path(b).read_bytes()
     for i in range(6):
         name = f"train/images/{i:06d}.png"
-        assert (tmp_path / "a" / name).read_bytes() == (
-            tmp_path / "b" / name
-        ).read_bytes()
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
 def test_constraints(shapes20):
@@ -87,9 +81,7 @@ def test_constraints(shapes20):
         for i in range(len(boxes)):
             for j in range(i):
                 assert _box_iou(boxes[i], boxes[j]) <= cfg.max_iou
-        masks = [
-            decode_segmentation(a["segmentation"], 128, 128).astype(bool) for a in anns
-        ]
+        masks = [decode_segmentation(a["segmentation"], 128, 128).astype(bool) for a in anns]
         assert not np.any(np.sum(masks, axis=0) > 1)  # visible masks never overlap
     assert seen_classes == {1, 2, 3}
 
@@ -105,9 +97,7 @@ def test_ensure_shapes_reuses_cache_and_regenerates_on_change(tmp_path):
     ensure_shapes(tmp_path, {"train": 5}, image_size=64, seed=0)
     assert len(json.loads(Path(out["train"]).read_text())["images"]) == 5
     assert len(os.listdir(tmp_path / "train" / "images")) == 5
-    assert sorted(
-        p for p in os.listdir(tmp_path) if not p.startswith(".shapes.lock")
-    ) == ["train", "val"]
+    assert sorted(p for p in os.listdir(tmp_path) if not p.startswith(".shapes.lock")) == ["train", "val"]
 
 
 def test_ensure_shapes_regenerates_incomplete_cache(tmp_path):
@@ -119,9 +109,7 @@ def test_ensure_shapes_regenerates_incomplete_cache(tmp_path):
 
 def test_shapes_dataset(tmp_path):
     ds = ShapesDataset(tmp_path, "val", num_images=3, image_size=64, with_masks=True)
-    assert (
-        ds.num_classes == 3 and ds.class_names == list(SHAPES_CLASSES) and len(ds) == 3
-    )
+    assert ds.num_classes == 3 and ds.class_names == list(SHAPES_CLASSES) and len(ds) == 3
     image, target = ds[0]
     assert image.shape == (3, 64, 64) and target["masks"].shape[1:] == (64, 64)
     assert ds.aspect_ratios() == [1.0, 1.0, 1.0]

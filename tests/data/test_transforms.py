@@ -5,9 +5,7 @@ from detkit.data import build_transforms, collate_detection
 
 
 def sample(h=10, w=20):
-    image = tv_tensors.Image(
-        torch.arange(3 * h * w, dtype=torch.uint8).reshape(3, h, w)
-    )
+    image = tv_tensors.Image(torch.arange(3 * h * w, dtype=torch.uint8).reshape(3, h, w))
     masks = torch.zeros(2, h, w, dtype=torch.uint8)
     masks[0, 2:5, 1:4] = 1
     masks[1, 0:10, 10:20] = 1
@@ -33,17 +31,11 @@ def test_flip_moves_boxes_and_masks():
     out_image, out = tf(image, target)
     # x -> W - x with W = 20: [1, 4] -> [16, 19], [10, 20] -> [0, 10]
     assert out["boxes"].tolist() == [[16, 2, 19, 5], [0, 0, 10, 10]]
-    assert out_image.dtype == torch.float32 and torch.allclose(
-        out_image * 255, image.flip(-1).float()
-    )
+    assert out_image.dtype == torch.float32 and torch.allclose(out_image * 255, image.flip(-1).float())
     assert torch.equal(out["masks"], target["masks"].flip(-1))
     _, xs = torch.nonzero(out["masks"][0], as_tuple=True)
     assert (xs.min().item(), xs.max().item() + 1) == (16, 19)
-    assert (
-        out["labels"].tolist() == [3, 1]
-        and out["image_id"] == 7
-        and out["orig_size"] == (10, 20)
-    )
+    assert out["labels"].tolist() == [3, 1] and out["image_id"] == 7 and out["orig_size"] == (10, 20)
 
 
 def test_eval_resize_shortest_side_with_cap():
@@ -51,17 +43,13 @@ def test_eval_resize_shortest_side_with_cap():
     out_image, out = build_transforms(False, min_size=20, max_size=30)(image, target)
     # shorter side 10 -> 20 would make the longer 40 > 30: scale = 30 / 20 = 1.5
     assert out_image.shape == (3, 15, 30) and out["masks"].shape == (2, 15, 30)
-    assert torch.allclose(
-        out["boxes"], torch.tensor([[1.5, 3, 6, 7.5], [15, 0, 30, 15]])
-    )
+    assert torch.allclose(out["boxes"], torch.tensor([[1.5, 3, 6, 7.5], [15, 0, 30, 15]]))
     assert out["boxes"].canvas_size == (15, 30)
 
 
 def test_scale_jitter_picks_from_sizes_and_no_resize_when_none():
     torch.manual_seed(0)
-    tf = build_transforms(
-        True, min_size=(10, 20), max_size=None, hflip_prob=0.0, color_jitter=0.5
-    )
+    tf = build_transforms(True, min_size=(10, 20), max_size=None, hflip_prob=0.0, color_jitter=0.5)
     heights = {tf(*sample())[0].shape[1] for _ in range(12)}
     assert heights == {10, 20}
     out_image, _ = build_transforms(False, min_size=None)(*sample())
@@ -71,24 +59,16 @@ def test_scale_jitter_picks_from_sizes_and_no_resize_when_none():
 
 def test_sanitize_drops_degenerate_boxes_with_labels_masks_iscrowd():
     image, target = sample()
-    target["boxes"] = tv_tensors.BoundingBoxes(
-        [[1, 2, 4, 5], [10, 3, 10.5, 10]], format="XYXY", canvas_size=(10, 20)
-    )
+    target["boxes"] = tv_tensors.BoundingBoxes([[1, 2, 4, 5], [10, 3, 10.5, 10]], format="XYXY", canvas_size=(10, 20))
     _, out = build_transforms(False, min_size=None)(image, target)
     assert out["boxes"].tolist() == [[1, 2, 4, 5]]
-    assert (
-        out["labels"].tolist() == [3]
-        and out["iscrowd"].tolist() == [0]
-        and len(out["masks"]) == 1
-    )
+    assert out["labels"].tolist() == [3] and out["iscrowd"].tolist() == [0] and len(out["masks"]) == 1
 
 
 def test_collate_gives_lists_of_plain_tensors():
     a, ta = build_transforms(False, min_size=None)(*sample(10, 20))
     b, tb = sample(6, 8)
-    tb["boxes"] = tv_tensors.BoundingBoxes(
-        torch.zeros(0, 4), format="XYXY", canvas_size=(6, 8)
-    )
+    tb["boxes"] = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=(6, 8))
     tb["labels"], tb["iscrowd"] = (
         torch.zeros(0, dtype=torch.int64),
         torch.zeros(0, dtype=torch.uint8),
@@ -103,7 +83,5 @@ def test_collate_gives_lists_of_plain_tensors():
             assert type(t[key]) is torch.Tensor
         assert t["boxes"].dtype == torch.float32 and t["boxes"].shape[1] == 4
         assert t["labels"].dtype == torch.int64 and t["masks"].dtype == torch.uint8
-    assert targets[0]["boxes"].tolist() == [[1, 2, 4, 5], [10, 0, 20, 10]] and targets[
-        1
-    ]["boxes"].shape == (0, 4)
+    assert targets[0]["boxes"].tolist() == [[1, 2, 4, 5], [10, 0, 20, 10]] and targets[1]["boxes"].shape == (0, 4)
     assert targets[0]["image_id"] == 7 and targets[1]["orig_size"] == (6, 8)

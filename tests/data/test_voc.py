@@ -41,9 +41,7 @@ def make_voc(tmp_path, entries, image_set="train"):
             str(tmp_path / "JPEGImages" / f"{name}.jpg"),
             np.full((h, w, 3), 128, np.uint8),
         )
-    (tmp_path / "ImageSets" / "Main" / f"{image_set}.txt").write_text(
-        "\n".join(entries) + "\n"
-    )
+    (tmp_path / "ImageSets" / "Main" / f"{image_set}.txt").write_text("\n".join(entries) + "\n")
     return tmp_path
 
 
@@ -59,9 +57,7 @@ def test_voc_boxes_labels_and_difficult(tmp_path):
     assert t["boxes"].tolist() == [[0, 0, 10, 20]]  # 1-based inclusive -> 0-based XYXY
     assert t["labels"].tolist() == [VOC_CLASSES.index("dog") + 1]
     assert t["image_id"] == 5 and t["orig_size"] == (30, 40)
-    assert (
-        ds[1][1]["boxes"].tolist() == [[2, 3, 30, 8]] and ds.stats["clipped_boxes"] == 1
-    )
+    assert ds[1][1]["boxes"].tolist() == [[2, 3, 30, 8]] and ds.stats["clipped_boxes"] == 1
     assert ds.stats["difficult_excluded"] == 1 and ds.aspect_ratios() == [
         40 / 30,
         30 / 40,
@@ -69,9 +65,7 @@ def test_voc_boxes_labels_and_difficult(tmp_path):
 
     ds = VocDetection(root, "train", use_difficult=True)
     t = ds[0][1]
-    assert t["boxes"].tolist() == [[0, 0, 10, 20], [4, 5, 40, 30]] and t[
-        "difficult"
-    ].tolist() == [False, True]
+    assert t["boxes"].tolist() == [[0, 0, 10, 20], [4, 5, 40, 30]] and t["difficult"].tolist() == [False, True]
 
 
 def test_to_coco_json_round_trip(tmp_path):
@@ -113,10 +107,7 @@ def test_malformed_objects(tmp_path, objects, message):
         VocDetection(root)
     assert "a.xml" in str(info.value)
     ds = VocDetection(root, skip_invalid=True)
-    assert (
-        ds[0][1]["labels"].tolist() == [VOC_CLASSES.index("cat") + 1]
-        and ds.stats["invalid_annotations"] == 1
-    )
+    assert ds[0][1]["labels"].tolist() == [VOC_CLASSES.index("cat") + 1] and ds.stats["invalid_annotations"] == 1
 
 
 @pytest.mark.parametrize(
@@ -132,9 +123,7 @@ def test_malformed_objects(tmp_path, objects, message):
     ],
 )
 def test_malformed_xml(tmp_path, xml, message):
-    root = make_voc(
-        tmp_path, {"bad": xml, "good": (40, 30, [("dog", (1, 1, 5, 5), False)])}
-    )
+    root = make_voc(tmp_path, {"bad": xml, "good": (40, 30, [("dog", (1, 1, 5, 5), False)])})
     with pytest.raises(ValueError, match=message):
         VocDetection(root)
     ds = VocDetection(root, skip_invalid=True)

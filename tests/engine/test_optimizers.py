@@ -93,8 +93,17 @@ def _groups_by_name(module: DetectionModule, opt):
 )
 def test_any_torch_optimizer_from_the_command_line(tmp_path, monkeypatch, name, args, check):
     monkeypatch.chdir(tmp_path)
-    argv = ["--config", _config(tmp_path), "--optimizer", name, "--optimizer.lr", "0.001",
-            "--optimizer.weight_decay", "0.01", *args]
+    argv = [
+        "--config",
+        _config(tmp_path),
+        "--optimizer",
+        name,
+        "--optimizer.lr",
+        "0.001",
+        "--optimizer.weight_decay",
+        "0.01",
+        *args,
+    ]
     module = cli_main(argv, run=False).model
     module.trainer = SimpleNamespace(estimated_stepping_batches=6)
     cfg = module.configure_optimizers()

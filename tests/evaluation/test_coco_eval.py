@@ -89,9 +89,7 @@ def _gt_dataset():
             "iscrowd": 1,
         }
     )
-    images = [
-        {"id": i, "width": W, "height": H, "file_name": f"{i}.jpg"} for i in range(1, 5)
-    ]
+    images = [{"id": i, "width": W, "height": H, "file_name": f"{i}.jpg"} for i in range(1, 5)]
     return {
         "images": images,
         "annotations": anns,
@@ -158,25 +156,17 @@ def gt_path(tmp_path):
 @pytest.fixture(scope="module")
 def results():
     image_ids, dets = _detections()
-    return detections_to_coco_results(
-        image_ids, dets, label_to_category_id=LABEL_TO_CAT
-    )
+    return detections_to_coco_results(image_ids, dets, label_to_category_id=LABEL_TO_CAT)
 
 
 @pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 def test_matches_pycocotools(gt_path, results, backend, iou_type):
     # Mask AP must take instance areas from the masks, so pycocotools gets no boxes for segm.
-    reference = (
-        results
-        if iou_type == "bbox"
-        else [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-    )
+    reference = results if iou_type == "bbox" else [{k: v for k, v in r.items() if k != "bbox"} for r in results]
     ref_stats, ref_precision = _pycocotools_stats(gt_path, reference, iou_type)
     before = copy.deepcopy(results)
-    out = COCOEvaluator(gt_path).evaluate(
-        results, iou_type, backend=backend, verbose=False
-    )
+    out = COCOEvaluator(gt_path).evaluate(results, iou_type, backend=backend, verbose=False)
     assert results == before  # inputs are not mutated
     assert list(out.stats) == list(STAT_NAMES)
     np.testing.assert_allclose(list(out.stats.values()), ref_stats, rtol=0, atol=1e-12)
@@ -195,12 +185,8 @@ def test_img_ids_subset_and_coco_object_input(gt_path, results):
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt_path))
     for source in (gt_path, coco_gt):
-        out = COCOEvaluator(source).evaluate(
-            results, "bbox", img_ids=[3, 1], verbose=False
-        )
-        np.testing.assert_allclose(
-            list(out.stats.values()), ref_stats, rtol=0, atol=1e-12
-        )
+        out = COCOEvaluator(source).evaluate(results, "bbox", img_ids=[3, 1], verbose=False)
+        np.testing.assert_allclose(list(out.stats.values()), ref_stats, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
@@ -222,9 +208,7 @@ def test_perfect_detections(gt_path, iou_type):
             }
         )
     out = COCOEvaluator(gt_path).evaluate(perfect, iou_type, verbose=False)
-    assert (
-        out.stats["AP"] == 1.0 and out.stats["AP75"] == 1.0 and out.stats["APs"] == 1.0
-    )
+    assert out.stats["AP"] == 1.0 and out.stats["AP75"] == 1.0 and out.stats["APs"] == 1.0
     assert out.stats["AR100"] == 1.0
     assert out.per_class_ap == {"cat": 1.0, "dog": 1.0}
 
@@ -263,9 +247,7 @@ def test_results_conversion_and_json_round_trip(tmp_path):
         "scores": torch.zeros(0),
         "labels": torch.zeros(0, dtype=torch.int64),
     }
-    out = detections_to_coco_results(
-        [5, 6], [det, empty], label_to_category_id={1: 1, 2: 3}
-    )
+    out = detections_to_coco_results([5, 6], [det, empty], label_to_category_id={1: 1, 2: 3})
     assert out == [
         {
             "image_id": 5,
@@ -280,9 +262,7 @@ def test_results_conversion_and_json_round_trip(tmp_path):
     path = tmp_path / "sub" / "results.json"
     save_results_json(out, path)
     assert json.loads(path.read_text()) == out
-    assert [p.name for p in path.parent.iterdir()] == [
-        "results.json"
-    ]  # no temp file left
+    assert [p.name for p in path.parent.iterdir()] == ["results.json"]  # no temp file left
     with pytest.raises(ValueError, match="label 2"):
         detections_to_coco_results([5], [det], label_to_category_id={1: 1})
 
@@ -300,9 +280,7 @@ def test_rle_decodes_back_to_masks():
     json.dumps(out)  # counts are str
     for r, m in zip(out, masks.numpy()):
         assert r["segmentation"]["size"] == [17, 23]
-        np.testing.assert_array_equal(
-            mask_utils.decode(r["segmentation"]), m.astype(np.uint8)
-        )
+        np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]), m.astype(np.uint8))
     probs = {
         **det,
         "masks": masks.float()[:, None] * 0.7,
@@ -343,30 +321,19 @@ def test_cli(gt_path, results, tmp_path, capsys):
         str(png),
     ]
     assert evaluate_main(argv) == 0
-    assert (
-        "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]"
-        in capsys.readouterr().out
-    )
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in capsys.readouterr().out
     saved = json.loads(metrics.read_text())
     expected = COCOEvaluator(gt_path).evaluate(results, verbose=False)
     assert list(saved["stats"]) == list(STAT_NAMES)
-    assert (
-        saved["stats"] == expected.stats
-        and saved["per_class_ap"] == expected.per_class_ap
-    )
+    assert saved["stats"] == expected.stats and saved["per_class_ap"] == expected.per_class_ap
     assert cv2.imread(str(png)) is not None
 
     missing = tmp_path / "nope.json"
-    assert (
-        evaluate_main(["--annotations", str(gt_path), "--predictions", str(missing)])
-        == 2
-    )
+    assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "Traceback" not in err
     pred.write_text(json.dumps([dict(results[0], image_id=12345)]))
-    assert (
-        evaluate_main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
-    )
+    assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
     assert "12345" in capsys.readouterr().err
 
 
@@ -377,9 +344,7 @@ def test_pr_curve_png(gt_path, results, tmp_path):
     img = cv2.imread(str(path))
     assert img.shape == (700, 1000, 3)
     plot_area = img[60:620, 90:710].astype(int)
-    coloured = (
-        np.abs(plot_area - plot_area.mean(axis=2, keepdims=True)).max(axis=2) > 40
-    )
+    coloured = np.abs(plot_area - plot_area.mean(axis=2, keepdims=True)).max(axis=2) > 40
     assert coloured.sum() > 100  # class curves were drawn
     with pytest.raises(ValueError, match="category names"):
         plot_pr_curves(out.precision, ["cat"], path)

@@ -205,7 +205,14 @@ def test_voc_xml_inclusive_pixels_agree_with_detkits_export(tmp_path, metric):
     for img in range(1, 21):
         for _ in range(rng.integers(1, 4)):
             x1, y1 = (int(v) for v in rng.integers(1, 60, 2))
-            anns.append((img, int(rng.integers(1, 4)), (x1, y1, x1 + int(rng.integers(3, 35)), y1 + int(rng.integers(3, 35))), bool(rng.random() < 0.2)))  # noqa: E501
+            anns.append(
+                (
+                    img,
+                    int(rng.integers(1, 4)),
+                    (x1, y1, x1 + int(rng.integers(3, 35)), y1 + int(rng.integers(3, 35))),
+                    bool(rng.random() < 0.2),
+                )
+            )  # noqa: E501
     root = _voc_root(tmp_path, anns, 20)
     classes = ["a", "b", "c", "d"]
     dets = []
@@ -237,12 +244,23 @@ def test_cli_voc_metrics_and_duplicated_image_detections(tmp_path, capsys):
     substituted unreadable image produced) score less."""
     anns = [(img, 1 + img % 2, (10 + img, 10, 40, 50), False) for img in range(1, 11)]
     gt_path, pred_path, out = tmp_path / "gt.json", tmp_path / "pred.json", tmp_path / "m.json"
-    gt_path.write_text(json.dumps(_gt([(i, c, (x - 1, y - 1, x2 - x + 1, y2 - y + 1), d) for i, c, (x, y, x2, y2), d in anns], images=range(1, 11))))  # noqa: E501
+    gt_path.write_text(
+        json.dumps(
+            _gt(
+                [(i, c, (x - 1, y - 1, x2 - x + 1, y2 - y + 1), d) for i, c, (x, y, x2, y2), d in anns],
+                images=range(1, 11),
+            )
+        )
+    )  # noqa: E501
     perfect = [_det(i, c, (x - 1, y - 1, x2 - x + 1, y2 - y + 1), 0.9) for i, c, (x, y, x2, y2), _ in anns]
     pred_path.write_text(json.dumps(perfect))
     args = ["--metric", "voc07", "--annotations", str(gt_path), "--predictions", str(pred_path), "--output", str(out)]
     assert evaluate_main(args) == 0
-    assert json.loads(out.read_text()) == {"metric": "voc07", "mAP": 1.0, "per_class_ap": {"a": 1.0, "b": 1.0, "c": None, "d": None}}  # noqa: E501
+    assert json.loads(out.read_text()) == {
+        "metric": "voc07",
+        "mAP": 1.0,
+        "per_class_ap": {"a": 1.0, "b": 1.0, "c": None, "d": None},
+    }  # noqa: E501
     assert "mAP" in capsys.readouterr().out
 
     pred_path.write_text(json.dumps(perfect + [dict(perfect[0], score=0.95)]))

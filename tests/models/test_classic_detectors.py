@@ -23,9 +23,17 @@ def _one_thread():
 
 def test_paper_settings_and_dropout():
     with torch.device("meta"):  # full-size fc6 / fc7: shapes only
-        models = {n: build_model(n, num_classes=20) for n in
-                  ("rcnn_alexnet", "fast_rcnn_alexnet", "faster_rcnn_alexnet", "faster_rcnn_vgg16",
-                   "faster_rcnn_googlenet", "faster_rcnn_r50_fpn")}
+        models = {
+            n: build_model(n, num_classes=20)
+            for n in (
+                "rcnn_alexnet",
+                "fast_rcnn_alexnet",
+                "faster_rcnn_alexnet",
+                "faster_rcnn_vgg16",
+                "faster_rcnn_googlenet",
+                "faster_rcnn_r50_fpn",
+            )
+        }
     rcnn = models["rcnn_alexnet"]
     assert (rcnn.crop_size, rcnn.context_padding, rcnn.box_features) == (227, 16.0, "pool5")
     assert rcnn.bbox_pred.in_features == 256 * 6 * 6 and rcnn.cls_score.in_features == 4096
@@ -69,11 +77,30 @@ def test_googlenet_detector_rescales_input_with_imagenet_weights(tmp_path):
 OVERFIT = {
     "rcnn_alexnet": (60, dict(crop_size=64, context_padding=4.0, representation_size=256, batch_size=32, dropout=0.0)),
     "fast_rcnn_alexnet": (50, dict(min_size=128, max_size=128, representation_size=256, norm="bn")),
-    "faster_rcnn_alexnet": (50, dict(min_size=128, max_size=128, representation_size=256, norm="bn",
-                                     anchor_sizes=((32, 64, 128),), rpn_batch_size_per_image=64,
-                                     roi_batch_size_per_image=64)),
-    "faster_rcnn_googlenet": (50, dict(min_size=128, max_size=128, representation_size=256, norm="bn",
-                                       fpn_channels=64, rpn_batch_size_per_image=64, roi_batch_size_per_image=64)),
+    "faster_rcnn_alexnet": (
+        50,
+        dict(
+            min_size=128,
+            max_size=128,
+            representation_size=256,
+            norm="bn",
+            anchor_sizes=((32, 64, 128),),
+            rpn_batch_size_per_image=64,
+            roi_batch_size_per_image=64,
+        ),
+    ),
+    "faster_rcnn_googlenet": (
+        50,
+        dict(
+            min_size=128,
+            max_size=128,
+            representation_size=256,
+            norm="bn",
+            fpn_channels=64,
+            rpn_batch_size_per_image=64,
+            roi_batch_size_per_image=64,
+        ),
+    ),
 }
 
 
@@ -120,10 +147,12 @@ def _shapes_64(num_images: int):
     for seed in range(num_images):
         image, objects = render_shapes_image(np.random.default_rng(seed), cfg)
         images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
-        targets.append({
-            "boxes": torch.tensor([o["box"] for o in objects], dtype=torch.float32),
-            "labels": torch.tensor([o["label"] + 1 for o in objects]),
-        })
+        targets.append(
+            {
+                "boxes": torch.tensor([o["box"] for o in objects], dtype=torch.float32),
+                "labels": torch.tensor([o["label"] + 1 for o in objects]),
+            }
+        )
     return images, targets
 
 
@@ -131,9 +160,18 @@ def test_lenet5_detector_on_64px_shapes():
     torch.manual_seed(0)
     backbone = build_backbone("lenet5", act="relu", pool="max", norm="bn")  # c3: stride 4, 120 channels
     model = build_two_stage(
-        backbone, num_classes=3, anchor_sizes=((8, 16, 32),), representation_size=128, min_size=None, max_size=None,
-        size_divisible=4, rpn_batch_size_per_image=64, roi_batch_size_per_image=32,
-        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=300,
+        backbone,
+        num_classes=3,
+        anchor_sizes=((8, 16, 32),),
+        representation_size=128,
+        min_size=None,
+        max_size=None,
+        size_divisible=4,
+        rpn_batch_size_per_image=64,
+        roi_batch_size_per_image=32,
+        rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=300,
         rpn_post_nms_top_n_test=50,
     )
     images, targets = _shapes_64(4)

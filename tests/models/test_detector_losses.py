@@ -14,13 +14,17 @@ def _sampled(heads):
     """A hand-made RoI sample: 3 RoIs (2 positives of classes 1 and 2, 1 background), K = 2."""
     rois = torch.tensor([[10.0, 10.0, 50.0, 60.0], [30.0, 20.0, 90.0, 70.0], [0.0, 0.0, 20.0, 20.0]])
     gt = torch.tensor([[12.0, 8.0, 48.0, 64.0], [28.0, 25.0, 95.0, 66.0], [0.0, 0.0, 1.0, 1.0]])
-    return rois, gt, SampledRoIs(
-        boxes=rois,
-        batch_idx=torch.zeros(3, dtype=torch.int64),
-        labels=torch.tensor([1, 2, 0]),
-        regression_targets=heads.box_coder.encode(gt, rois),
-        matched_boxes=gt,
-        matched_in_image=torch.tensor([0, 1, 2]),
+    return (
+        rois,
+        gt,
+        SampledRoIs(
+            boxes=rois,
+            batch_idx=torch.zeros(3, dtype=torch.int64),
+            labels=torch.tensor([1, 2, 0]),
+            regression_targets=heads.box_coder.encode(gt, rois),
+            matched_boxes=gt,
+            matched_in_image=torch.tensor([0, 1, 2]),
+        ),
     )
 
 
@@ -41,8 +45,11 @@ def test_roi_head_box_losses_by_hand(box_loss):
         expected = (pred - target).abs().sum() / 3
     else:
         boxes = heads.box_coder.decode(pred, rois[:2])
-        reference = {"giou": torchvision.ops.generalized_box_iou_loss, "diou": torchvision.ops.distance_box_iou_loss,
-                     "ciou": torchvision.ops.complete_box_iou_loss}[box_loss]
+        reference = {
+            "giou": torchvision.ops.generalized_box_iou_loss,
+            "diou": torchvision.ops.distance_box_iou_loss,
+            "ciou": torchvision.ops.complete_box_iou_loss,
+        }[box_loss]
         expected = reference(boxes, gt[:2], reduction="sum") / 3
     torch.testing.assert_close(losses["loss_box_reg"], expected)
 

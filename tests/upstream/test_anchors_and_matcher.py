@@ -23,9 +23,7 @@ def test_incorrect_anchor_configuration_raises():
 def test_anchor_generator_15x15_stride_5():
     gen = AnchorGenerator(((10,),), ((1.0,),), (5,))
     (anchors,) = gen([(3, 3)], device="cpu", image_size=(15, 15))
-    expected = torch.tensor(
-        [[x - 5.0, y - 5.0, x + 5.0, y + 5.0] for y in (0.0, 5.0, 10.0) for x in (0.0, 5.0, 10.0)]
-    )
+    expected = torch.tensor([[x - 5.0, y - 5.0, x + 5.0, y + 5.0] for y in (0.0, 5.0, 10.0) for x in (0.0, 5.0, 10.0)])
     assert torch.equal(anchors, expected)
 
 

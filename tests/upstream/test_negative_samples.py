@@ -50,9 +50,7 @@ def test_targets_to_anchors_all_negative():
     anchors = torch.cat(AnchorGenerator(((32,),), (0.5, 1.0, 2.0), (16,))([(5, 6)], device="cpu"))
     packed = PackedTargets.from_list([_empty_target(False)])
     gt, _, valid = packed.padded(min_slots=1)
-    matched, labels = Matcher(0.7, 0.3, allow_low_quality_matches=True)(
-        batched_box_iou(gt, anchors[None]), valid
-    )
+    matched, labels = Matcher(0.7, 0.3, allow_low_quality_matches=True)(batched_box_iou(gt, anchors[None]), valid)
     assert labels.shape == (1, anchors.shape[0]) and (labels == 0).all()
     assert (matched == 0).all()
 
