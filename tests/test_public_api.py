@@ -8,6 +8,8 @@ re-exported from its old module; this test fails when such a re-export goes miss
 """
 
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -229,3 +231,14 @@ def test_rpn_has_no_strides_attribute() -> None:
 
     rpn = RPN(RPNHead(8, 3), AnchorGenerator(((32,),), ((0.5, 1.0, 2.0),), (16,)), in_features=["p"])
     assert not hasattr(rpn, "strides")
+
+
+def test_proposals_command_imports_without_torch() -> None:
+    """`from detkit.proposals import RPN` is lazy, so `detkit proposals` (and its selective-search
+    workers, which preload detkit.proposals.cache) never import torch."""
+    code = (
+        "import sys\nsys.modules['torch'] = None\n"
+        "import detkit.proposals.cache\nfrom detkit.cli import main\nsys.exit(main(['proposals', '--help']))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "--max-proposals" in run.stdout, run.stderr[-2000:]

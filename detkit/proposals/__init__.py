@@ -7,15 +7,22 @@ names are imported on first use and `selective_search` imports cv2 when called, 
 
 import importlib
 
-from detkit.proposals.rpn import RPN, RPNHead
 from detkit.proposals.selective_search import selective_search
 
-_LAZY = {"ProposalCache": "cache", "compute_proposals": "cache", "selective_search_params": "cache"}
+# imported on first use: the caches need cv2, the RPN torch (`detkit proposals` and its
+# selective-search workers run without importing torch)
+_LAZY = {
+    "ProposalCache": "cache",
+    "compute_proposals": "cache",
+    "selective_search_params": "cache",
+    "RPN": "rpn",
+    "RPNHead": "rpn",
+}
 
 __all__ = ["RPN", "ProposalCache", "RPNHead", "compute_proposals", "selective_search", "selective_search_params"]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(f"detkit.proposals.{_LAZY[name]}"), name)  # cache needs cv2
+        return getattr(importlib.import_module(f"detkit.proposals.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'detkit.proposals' has no attribute {name!r}")
