@@ -173,7 +173,7 @@ PUBLIC_NAMES: dict[str, str] = {
 
 # Removed on purpose by issue #13 item 6 ("used nowhere"): they must stay gone, not come back
 # half-maintained. RPN.strides (an unused attribute, not in any state_dict) is gone too: the
-# `strides=` keyword is accepted with a DeprecationWarning (tests/proposals).
+# `strides=` keyword is accepted with a DeprecationWarning (tests/proposals/test_rpn.py checks both).
 REMOVED_NAMES: dict[str, tuple[str, ...]] = {
     "detkit.heads": ("ConvFCHead",),  # unused box head; TwoFCHead is the one in use
     "detkit.heads.box_head": ("ConvFCHead",),
@@ -223,14 +223,6 @@ def test_names_in_all_resolve() -> None:
 def test_removed_names_stay_removed(module: str, name: str) -> None:
     assert not hasattr(importlib.import_module(module), name)
     assert name not in getattr(importlib.import_module(module), "__all__", ())
-
-
-def test_rpn_has_no_strides_attribute() -> None:
-    from detkit.matching import AnchorGenerator
-    from detkit.proposals import RPN, RPNHead
-
-    rpn = RPN(RPNHead(8, 3), AnchorGenerator(((32,),), ((0.5, 1.0, 2.0),), (16,)), in_features=["p"])
-    assert not hasattr(rpn, "strides")
 
 
 def test_proposals_command_imports_without_torch() -> None:

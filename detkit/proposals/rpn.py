@@ -136,6 +136,17 @@ class RPN(nn.Module):
         self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
         self.cls_loss_type = check_loss_name(cls_loss, CLS_LOSSES, "cls_loss")
 
+    @property
+    def min_size(self) -> float:
+        """Deprecated name of `min_box_size` (the attribute, as the keyword)."""
+        warnings.warn("RPN.min_size is renamed min_box_size", DeprecationWarning, stacklevel=2)
+        return self.min_box_size
+
+    @min_size.setter
+    def min_size(self, value: float) -> None:
+        warnings.warn("RPN.min_size is renamed min_box_size", DeprecationWarning, stacklevel=2)
+        self.min_box_size = value
+
     def forward(
         self, features: dict[str, Tensor], images: ImageBatch, targets: PackedTargets | None = None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

@@ -56,6 +56,11 @@ def test_old_keyword_names_still_work_with_a_warning():
     with pytest.warns(DeprecationWarning, match="min_box_size"):
         rpn = _rpn(min_box_size=1e-3, min_size=2.0)
     assert rpn.min_box_size == 2.0
+    with pytest.warns(DeprecationWarning, match="min_box_size"):
+        assert rpn.min_size == 2.0  # the old attribute name too
+    with pytest.warns(DeprecationWarning, match="min_box_size"):
+        rpn.min_size = 3.0
+    assert rpn.min_box_size == 3.0
     with pytest.warns(DeprecationWarning, match="strides"):
         rpn = _rpn(strides=(8, 16))
     assert not hasattr(rpn, "strides")
