@@ -58,20 +58,21 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     return kept
 
 
-def first_k_per_image(image_idx: Tensor, num_images, k: int) -> tuple[Tensor, Tensor]:
-    """Of rows sorted by decreasing score, keep the first `k` of each image, grouped by image.
+def first_k_per_image(batch_idx: Tensor, num_images, k: int) -> tuple[Tensor, Tensor]:
+    """Of rows sorted by decreasing score (image of each: `batch_idx` Tensor[M]), keep the first `k`
+    of each image, grouped by image.
 
-    Returns (row indices Tensor[M'], their image Tensor[M']); inside an image the score order stays.
+    Returns (row indices Tensor[M'], their batch_idx Tensor[M']); inside an image the score order stays.
     """
-    images = torch.arange(num_images, device=image_idx.device)
-    onehot = (image_idx[:, None] == images[None, :]).to(torch.int64)  # [M, N]
+    images = torch.arange(num_images, device=batch_idx.device)
+    onehot = (batch_idx[:, None] == images[None, :]).to(torch.int64)  # [M, N]
     rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # position among the rows of the same image
     rows = torch.nonzero(rank < k).squeeze(1)
-    img = image_idx[rows]
+    kept_batch_idx = batch_idx[rows]
     # group by image, keep the score order inside: sort on a unique key
-    key = img * (image_idx.shape[0] + 1) + rows
+    key = kept_batch_idx * (batch_idx.shape[0] + 1) + rows
     order = torch.argsort(key)
-    return rows[order], img[order]
+    return rows[order], kept_batch_idx[order]
 
 
 def clip_boxes(boxes: Tensor, height, width) -> Tensor:
@@ -218,12 +219,12 @@ class ExportableDetector(nn.Module):
         boxes = clip_boxes(proposals.gather(1, top_idx[..., None].expand(-1, -1, 4)), height, width)
         wh = boxes[..., 2:] - boxes[..., :2]
         keep = (wh >= rpn.min_box_size).all(-1) & (scores >= rpn.score_threshold)
-        image_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
-        boxes, scores, levels, image_idx = boxes[keep], scores[keep], levels[keep], image_idx[keep]
-        groups = image_idx * len(counts) + levels
+        batch_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
+        boxes, scores, levels, batch_idx = boxes[keep], scores[keep], levels[keep], batch_idx[keep]
+        groups = batch_idx * len(counts) + levels
         kept = grouped_nms(boxes, scores, groups, rpn.nms_threshold, torch.sym_max(height, width))
-        rows, img = first_k_per_image(image_idx[kept], n, rpn.post_nms_top_n[False])
-        return boxes[kept[rows]], img
+        rows, kept_batch_idx = first_k_per_image(batch_idx[kept], n, rpn.post_nms_top_n[False])
+        return boxes[kept[rows]], kept_batch_idx
 
     def detect(self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, num_images, height, width):
         heads = self.model.roi_heads
@@ -237,16 +238,17 @@ class ExportableDetector(nn.Module):
         r = scores.shape[0]
         boxes = clip_boxes(boxes, height, width)
         labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
-        img = batch_idx[:, None].expand(r, k)
-        boxes, scores, labels, img = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1), img.reshape(-1)
+        batch_idx = batch_idx[:, None].expand(r, k)  # one candidate per (RoI, class)
+        boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+        batch_idx = batch_idx.reshape(-1)
         wh = boxes[:, 2:] - boxes[:, :2]
         keep = (scores > heads.score_threshold) & (wh >= heads.min_box_size).all(1)
-        boxes, scores, labels, img = boxes[keep], scores[keep], labels[keep], img[keep]
+        boxes, scores, labels, batch_idx = boxes[keep], scores[keep], labels[keep], batch_idx[keep]
         bound = torch.sym_max(height, width)
-        kept = grouped_nms(boxes, scores, img * (k + 1) + labels, heads.nms_threshold, bound)
-        rows, det_img = first_k_per_image(img[kept], num_images, self.max_detections)
+        kept = grouped_nms(boxes, scores, batch_idx * (k + 1) + labels, heads.nms_threshold, bound)
+        rows, det_batch_idx = first_k_per_image(batch_idx[kept], num_images, self.max_detections)
         kept = kept[rows]
-        return boxes[kept], scores[kept], labels[kept], det_img
+        return boxes[kept], scores[kept], labels[kept], det_batch_idx
 
     def mask_probs(self, features: dict[str, Tensor], boxes: Tensor, labels: Tensor, batch_idx: Tensor) -> Tensor:
         heads = self.model.roi_heads
@@ -268,18 +270,18 @@ class ExportableDetector(nn.Module):
             if resized:
                 boxes = boxes * xyxy_factors((h, w), (rh, rw), images)
             batch_idx = proposal_batch_idx.to(torch.int64).reshape(-1)
-        boxes, scores, labels, det_idx = self.detect(features, boxes, batch_idx, n, rh, rw)
+        boxes, scores, labels, det_batch_idx = self.detect(features, boxes, batch_idx, n, rh, rw)
         out_boxes = boxes * xyxy_factors((rh, rw), (h, w), images) if resized else boxes
         out_labels = labels if self.category_ids is None else self.category_ids[labels - 1]
-        outputs = [out_boxes, scores, out_labels, det_idx]
+        outputs = [out_boxes, scores, out_labels, det_batch_idx]
         if self.has_mask:
-            outputs.append(self.mask_probs(features, boxes, labels, det_idx))
+            outputs.append(self.mask_probs(features, boxes, labels, det_batch_idx))
         return tuple(outputs)
 
 
 def xyxy_factors(from_hw, to_hw, ref: Tensor) -> Tensor:
     """(sx, sy, sx, sy) Tensor[4] mapping boxes between (possibly symbolic) sizes, float32 as
-    `detkit.models.transform.scale_factors` computes them."""
+    `detkit.structures.packed.scale_factors` computes them."""
     one = torch.ones((), dtype=torch.float32, device=ref.device)
     ry = (one * to_hw[0]) / (one * from_hw[0])
     rx = (one * to_hw[1]) / (one * from_hw[1])
