@@ -181,6 +181,30 @@ def _load_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def _is_compressed_rle(seg: Any, size: list[int] | None) -> bool:
+    """`seg` is a compressed COCO RLE ({"size": [h, w], "counts": str | bytes}) of `size` (any when None)."""
+    if (type(seg) is not dict and not isinstance(seg, Mapping)) or not isinstance(seg.get("counts"), (str, bytes)):
+        return False
+    got = seg.get("size")
+    if got == size:
+        return True
+    if not isinstance(got, (list, tuple)) or len(got) != 2:
+        return False
+    return size is None or list(got) == size
+
+
+def _mask_error(i: int, image_id: Any, seg: Any, size: list[int] | None) -> str:
+    where = f"result #{i} (image_id {image_id!r})"
+    if isinstance(seg, Mapping) and isinstance(seg.get("counts"), (str, bytes)):
+        if size is not None and isinstance(seg.get("size"), (list, tuple)):
+            return f"{where}: mask size {seg['size']!r} is not the image's [height, width] {size!r}"
+        return f"{where}: segmentation 'size' must be [height, width], got {seg.get('size')!r}"
+    return (
+        f"{where}: segmentation must be a compressed RLE {{'size': [h, w], 'counts': str}} "
+        f"(pycocotools.mask.encode), got {seg!r:.80}"
+    )
+
+
 def _add_result_fields(results: list[dict], iou_type: str) -> None:
     """What faster-coco-eval's `loadRes` adds to each result, with the same values: `id`
     (1, 2, ... in order), `iscrowd` 0 and `area` (box: w * h; mask: its pixel count, all
@@ -228,6 +252,11 @@ class COCOEvaluator:
         self._dataset = dataset
         self.image_ids: frozenset[int] = frozenset(int(img["id"]) for img in dataset["images"])
         self.category_names: dict[int, str] = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}
+        self._mask_sizes: dict[int, list[int]] = {  # [h, w] a result's mask must have, where known
+            int(img["id"]): [img["height"], img["width"]]
+            for img in dataset["images"]
+            if type(img.get("height")) is int and type(img.get("width")) is int
+        }
 
     # ------------------------------------------------------------------ backends
     def _dataset_copy(self) -> dict[str, Any]:
@@ -303,6 +332,8 @@ class COCOEvaluator:
                 raise ValueError(f"result #{i} has no {e.args[0]!r} field (needed for iou_type={iou_type!r})") from None
             if geometry == "bbox" and (not isinstance(geom, (list, tuple)) or len(geom) != 4):
                 raise ValueError(f"result #{i}: bbox must be [x, y, w, h], got {geom!r}")
+            if geometry == "segmentation" and not _is_compressed_rle(geom, self._mask_sizes.get(image_id)):
+                raise ValueError(_mask_error(i, image_id, geom, self._mask_sizes.get(image_id)))
             box = r.get("bbox")
             if not isinstance(box, (list, tuple)):
                 box = ()

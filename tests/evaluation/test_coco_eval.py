@@ -455,3 +455,26 @@ def test_faster_backend_result_set_matches_its_load_res_and_pycocotools(tmp_path
     with pytest.raises(ValueError):
         COCOEvaluator(path).evaluate([dict(results[0], image_id=-5)], iou_type, verbose=False)
     assert gc.isenabled()
+
+
+def test_mask_results_must_be_compressed_rles_of_the_image_size(gt_path, results):
+    # pycocotools and faster-coco-eval take a mask of another size silently (AP 0) and fail
+    # on polygons / uncompressed counts without naming the result: one line naming it here.
+    ev = COCOEvaluator(gt_path)
+    rle = results[2]["segmentation"]
+    small = mask_utils.encode(np.asfortranarray(mask_utils.decode(rle)[: H // 2, : W // 2]))
+    cases = (
+        ([[10, 10, 50, 10, 50, 50]], "segmentation must be a compressed RLE"),
+        ({"size": [H, W], "counts": [0, 5, 10]}, "segmentation must be a compressed RLE"),
+        ({"counts": rle["counts"]}, "segmentation 'size' must be \\[height, width\\]"),
+        (small, rf"mask size \[{H // 2}, {W // 2}\] is not the image's \[height, width\] \[{H}, {W}\]"),
+    )
+    for backend in ("faster_coco_eval", "pycocotools"):
+        for seg, message in cases:
+            bad = [*results[:2], dict(results[2], segmentation=seg)]
+            with pytest.raises(ValueError, match=rf"result #2 \(image_id {results[2]['image_id']}\): {message}"):
+                ev.evaluate(bad, "segm", backend=backend, verbose=False)
+        same = [*results[:2], dict(results[2], segmentation={"size": tuple(rle["size"]), "counts": rle["counts"]})]
+        assert ev.evaluate(same, "segm", backend=backend, verbose=False).stats == ev.evaluate(
+            results[:3], "segm", backend=backend, verbose=False
+        ).stats  # a (h, w) tuple is a size too
