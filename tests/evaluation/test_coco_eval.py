@@ -475,6 +475,5 @@ def test_mask_results_must_be_compressed_rles_of_the_image_size(gt_path, results
             with pytest.raises(ValueError, match=rf"result #2 \(image_id {results[2]['image_id']}\): {message}"):
                 ev.evaluate(bad, "segm", backend=backend, verbose=False)
         same = [*results[:2], dict(results[2], segmentation={"size": tuple(rle["size"]), "counts": rle["counts"]})]
-        assert ev.evaluate(same, "segm", backend=backend, verbose=False).stats == ev.evaluate(
-            results[:3], "segm", backend=backend, verbose=False
-        ).stats  # a (h, w) tuple is a size too
+        expected = ev.evaluate(results[:3], "segm", backend=backend, verbose=False).stats
+        assert ev.evaluate(same, "segm", backend=backend, verbose=False).stats == expected  # a (h, w) tuple is a size
