@@ -49,7 +49,8 @@ def test_config_instantiates(path, tmp_path, monkeypatch):
     assert cli.model.model.num_classes == cli.datamodule.num_classes
     assert any(isinstance(p, AtomicCheckpointIO) for p in [cli.trainer.strategy.checkpoint_io])
     ckpt = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert len(ckpt) == 1 and ckpt[0].monitor == "val/AP" and ckpt[0].mode == "max" and ckpt[0].save_last
+    assert len(ckpt) == 1 and ckpt[0].monitor == "val/AP" and ckpt[0].mode == "max"
+    assert ckpt[0].keep_last  # checkpoint.save_last: true -> DetectionCheckpoint writes last.ckpt itself
     if "1x_coco" in os.path.basename(path):  # the COCO schedules (not custom_coco_example.yaml)
         hp = cli.model.hparams
         assert cli.trainer.max_steps == 90000 and hp.lr_milestones == [60000, 80000] and hp.warmup_steps == 1000
