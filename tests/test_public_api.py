@@ -183,11 +183,7 @@ REMOVED_NAMES: dict[str, tuple[str, ...]] = {
 
 # Old names that are still missing from their old module, with why (each one a strict xfail:
 # it fails as soon as the re-export exists, so the entry gets removed then).
-KNOWN_MISSING: dict[tuple[str, str], str] = {
-    ("detkit.evaluation.coco_eval", "evaluate_main"): (
-        "the command moved to detkit.cli.evaluate; coco_eval.py needs a lazy __getattr__ like voc_eval.py's"
-    ),
-}
+KNOWN_MISSING: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> list:
