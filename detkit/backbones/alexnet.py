@@ -29,7 +29,7 @@ from torch import nn
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
 from detkit.backbones.weights import CONV_PARAMS, UnexpectedKey, register_key_maps
-from detkit.layers import ConvNormAct, NormSpec, init_norms, kaiming_init
+from detkit.layers import ConvNormAct, MaxPool2d, NormSpec, init_norms, kaiming_init
 
 PADDINGS = ("same", "torchvision")
 #: (name, in, out, kernel) of the five convs
@@ -73,8 +73,8 @@ class AlexNet(StagedBackbone):
             pad = (k - 1) // 2 if same or k != 11 else 2
             return ConvNormAct(cin, cout, k, stride=4 if k == 11 else 1, padding=pad, norm=norm, bias=True)
 
-        def pool() -> nn.MaxPool2d:
-            return nn.MaxPool2d(3, stride=2, padding=1 if same else 0)
+        def pool() -> nn.MaxPool2d:  # detkit's subclass: faster on CPU for padding 1
+            return MaxPool2d(3, stride=2, padding=1 if same else 0)
 
         self.add_stage("c2", nn.Sequential(OrderedDict(conv1=conv(0))), FeatureSpec(64, 4))
         self.add_stage("c3", nn.Sequential(OrderedDict(pool1=pool(), conv2=conv(1))), FeatureSpec(192, 8))

@@ -20,6 +20,7 @@ from detkit.layers.norm import (
     freeze_module,
     is_norm,
 )
+from detkit.layers.pool import MaxPool2d, max_pool2d_3x3s2, strided_max_pool_3x3s2
 
 __all__ = [
     "ConvNormAct",
@@ -42,4 +43,7 @@ __all__ = [
     "convert_frozen_batchnorm",
     "freeze_module",
     "is_norm",
+    "MaxPool2d",
+    "max_pool2d_3x3s2",
+    "strided_max_pool_3x3s2",
 ]

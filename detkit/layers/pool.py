@@ -1,0 +1,95 @@
+"""Max pooling with a faster CPU path for the 3x3 / stride-2 / padding-1 window (ResNet stem).
+
+aten's CPU max_pool2d kernel for contiguous NCHW input is scalar and also computes the argmax
+indices: on the stem of a ResNet (64 x 160 x 160) it costs ~12 ms on one core, the same maxima
+as elementwise maxima of strided views ~2.6 ms. The window is separable: a row pass
+(max of rows 2i-1, 2i, 2i+1) and then a column pass. No padding is needed: every window of
+this shape holds at least one input element, and max_pool2d never picks a padded position.
+
+Same values as F.max_pool2d (NaN propagates in both, at the same positions); the one
+difference is the sign of a zero when a window's maximum is a tie of +0.0 and -0.0 (the
+strided maxima do not keep max_pool2d's first-in-window rule for ties). Used only for
+inference: torch.maximum's backward splits the gradient of ties between the tied inputs while
+max_pool2d's sends it to one, so calls that need a gradient keep F.max_pool2d, as do
+channels-last inputs (aten's channels-last kernel is already fast), other devices, tracing
+and compiling, and `DETKIT_CPU_KERNELS=0`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detkit.heads.roi_align_cpu import cpu_kernels_enabled
+
+
+def _every_other(x: Tensor, dim: int, start: int, count: int) -> Tensor:
+    """`count` slices of `x` along `dim` at start, start + 2, ... (a view)."""
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, start + 2 * count - 1, 2)
+    return x[tuple(index)]
+
+
+def _max3_stride2(x: Tensor, dim: int) -> Tensor:
+    """out[i] = max(x[2i - 1], x[2i], x[2i + 1]) along `dim`, leaving out indices outside x."""
+    n = x.shape[dim]
+    m, below = (n + 1) // 2, n // 2  # outputs; outputs with an index 2i + 1 inside x
+    centre = _every_other(x, dim, 0, m)
+    out = torch.empty_like(centre)
+    if below:
+        torch.maximum(centre.narrow(dim, 0, below), _every_other(x, dim, 1, below), out=out.narrow(dim, 0, below))
+    if below < m:  # odd n: the last window is x[n - 2], x[n - 1] (its x[n - 2] is added below)
+        out.narrow(dim, below, m - below).copy_(centre.narrow(dim, below, m - below))
+    if m > 1:
+        tail = out.narrow(dim, 1, m - 1)
+        torch.maximum(_every_other(x, dim, 1, m - 1), tail, out=tail)
+    return out
+
+
+def strided_max_pool_3x3s2(x: Tensor) -> Tensor:
+    """max_pool2d(x, 3, stride=2, padding=1) as maxima of strided views, on any device and
+    layout (no fallback: see :func:`max_pool2d_3x3s2` for when this is the faster path)."""
+    if x.dim() < 2 or x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise ValueError(f"strided_max_pool_3x3s2 needs non-empty (..., H, W) input, got shape {tuple(x.shape)}")
+    return _max3_stride2(_max3_stride2(x, x.dim() - 2), x.dim() - 1)
+
+
+def max_pool2d_3x3s2(x: Tensor) -> Tensor:
+    """F.max_pool2d(x, 3, stride=2, padding=1); on contiguous CPU float input that needs no
+    gradient (and with CPU kernels enabled) computed as strided maxima, several times faster."""
+    if (
+        x.device.type == "cpu"
+        and x.is_floating_point()
+        and x.dim() in (3, 4)
+        and x.numel() > 0
+        and x.is_contiguous()
+        and not (x.requires_grad and torch.is_grad_enabled())
+        and cpu_kernels_enabled()
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    ):
+        return strided_max_pool_3x3s2(x)
+    return F.max_pool2d(x, 3, stride=2, padding=1)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d (same arguments, no parameters, same state_dict) that runs
+    :func:`max_pool2d_3x3s2` for kernel 3, stride 2, padding 1, dilation 1, floor mode."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            not self.return_indices
+            and not self.ceil_mode
+            and _pair(self.kernel_size) == (3, 3)
+            and _pair(self.stride) == (2, 2)
+            and _pair(self.padding) == (1, 1)
+            and _pair(self.dilation) == (1, 1)
+        ):
+            return max_pool2d_3x3s2(x)
+        return super().forward(x)
+
+
+def _pair(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
