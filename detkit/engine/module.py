@@ -265,10 +265,10 @@ class DetectionModule(LightningModule):
             raise ValueError(f"model_kwargs of {model_name}: {e}") from e
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
-        has_mask = bool(getattr(self.model, "has_masks", False))  # the model says what it predicts
+        has_masks = bool(getattr(self.model, "has_masks", False))  # the model says what it predicts
         if eval_iou_types is None:
-            eval_iou_types = ["bbox", "segm"] if has_mask else ["bbox"]
-        if "segm" in eval_iou_types and not has_mask:
+            eval_iou_types = ["bbox", "segm"] if has_masks else ["bbox"]
+        if "segm" in eval_iou_types and not has_masks:
             raise ValueError(f"eval_iou_types contains 'segm' but {model_name} predicts no masks")
         self.eval_iou_types = list(eval_iou_types)
         self.class_names: list[str] | None = None

@@ -96,7 +96,7 @@ def model_metadata(wrapped: ExportableDetector, extra: dict | None = None) -> di
         "detkit.labels": "category_ids" if wrapped.category_ids is not None else "labels 1..num_classes",
         "detkit.max_detections": str(wrapped.max_detections),
         "detkit.score_threshold": str(heads.score_threshold),
-        "detkit.mask_threshold": str(heads.mask_threshold) if wrapped.has_mask else "",
+        "detkit.mask_threshold": str(heads.mask_threshold) if wrapped.has_masks else "",
     }
     for key, value in (extra or {}).items():
         meta[f"detkit.{key}"] = value if isinstance(value, str) else json.dumps(value)

@@ -75,8 +75,8 @@ def first_k_per_image(batch_idx: Tensor, num_images, k: int) -> tuple[Tensor, Te
     return rows[order], kept_batch_idx[order]
 
 
-def clip_boxes(boxes: Tensor, height, width) -> Tensor:
-    """Clip XYXY boxes Tensor[..., 4] to [0, width] x [0, height] (sizes may be symbolic)."""
+def clip_boxes_symbolic(boxes: Tensor, height, width) -> Tensor:
+    """`structures.clip_boxes` for export: XYXY Tensor[..., 4] to [0, width] x [0, height], sizes may be symbolic."""
     x = boxes[..., 0::2].clamp(min=0.0)
     y = boxes[..., 1::2].clamp(min=0.0)
     x = torch.minimum(x, torch.full_like(x, 1.0) * width)
@@ -162,7 +162,7 @@ class ExportableDetector(nn.Module):
         if self.max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
         self.has_rpn = not model.requires_proposals
-        self.has_mask = model.has_masks
+        self.has_masks = model.has_masks
         self.category_ids = None
         if category_ids is not None:
             ids = torch.as_tensor(list(category_ids), dtype=torch.int64)
@@ -173,9 +173,14 @@ class ExportableDetector(nn.Module):
             self.register_buffer("category_ids", ids, persistent=False)
 
     @property
+    def has_mask(self) -> bool:
+        """Former name of `has_masks`."""
+        return self.has_masks
+
+    @property
     def output_names(self) -> list[str]:
         names = ["boxes", "scores", "labels", "batch_idx"]
-        return names + ["mask_probs"] if self.has_mask else names
+        return names + ["mask_probs"] if self.has_masks else names
 
     @property
     def input_names(self) -> list[str]:
@@ -216,7 +221,7 @@ class ExportableDetector(nn.Module):
         top_idx = torch.cat(top_idx, 1)  # [N, K']
         levels = torch.cat(level_ids).expand(n, -1)
         scores = torch.sigmoid(logits.gather(1, top_idx).float())
-        boxes = clip_boxes(proposals.gather(1, top_idx[..., None].expand(-1, -1, 4)), height, width)
+        boxes = clip_boxes_symbolic(proposals.gather(1, top_idx[..., None].expand(-1, -1, 4)), height, width)
         wh = boxes[..., 2:] - boxes[..., :2]
         keep = (wh >= rpn.min_box_size).all(-1) & (scores >= rpn.score_threshold)
         batch_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
@@ -236,7 +241,7 @@ class ExportableDetector(nn.Module):
         boxes = heads.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))
         boxes = boxes[:, 1:] if boxes.shape[1] == k + 1 else boxes.expand(-1, k, -1)
         r = scores.shape[0]
-        boxes = clip_boxes(boxes, height, width)
+        boxes = clip_boxes_symbolic(boxes, height, width)
         labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
         batch_idx = batch_idx[:, None].expand(r, k)  # one candidate per (RoI, class)
         boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
@@ -274,7 +279,7 @@ class ExportableDetector(nn.Module):
         out_boxes = boxes * xyxy_factors((rh, rw), (h, w), images) if resized else boxes
         out_labels = labels if self.category_ids is None else self.category_ids[labels - 1]
         outputs = [out_boxes, scores, out_labels, det_batch_idx]
-        if self.has_mask:
+        if self.has_masks:
             outputs.append(self.mask_probs(features, boxes, labels, det_batch_idx))
         return tuple(outputs)
 

@@ -74,9 +74,14 @@ class OnnxDetector:
                 "expected input 'images' and outputs boxes, scores, labels, batch_idx"
             )
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.has_mask = "mask_probs" in self.output_names
+        self.has_masks = "mask_probs" in self.output_names
         self.requires_proposals = "proposals" in self.input_names
         self.mask_threshold = float(self.metadata.get("detkit.mask_threshold") or 0.5)
+
+    @property
+    def has_mask(self) -> bool:
+        """Former name of `has_masks`."""
+        return self.has_masks
 
     @property
     def class_names(self) -> list[str] | None:
@@ -132,7 +137,7 @@ class OnnxDetector:
                     idx = np.concatenate([np.full(len(b), j, dtype=np.int64) for j, b in enumerate(boxes)])
                 out = self.run(np.stack([images[i] for i in chunk]), props, idx)
                 for i, det in zip(chunk, split_packed(out, len(chunk))):
-                    if self.has_mask and paste_masks:
+                    if self.has_masks and paste_masks:
                         size = images[i].shape[1:]
                         det["masks"] = paste_masks_numpy(det.pop("mask_probs"), det["boxes"], size, self.mask_threshold)
                     results[i] = det

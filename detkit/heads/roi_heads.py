@@ -135,8 +135,14 @@ class RoIHeads(nn.Module):
         self.mask_threshold = mask_threshold
 
     @property
-    def has_mask(self) -> bool:
+    def has_masks(self) -> bool:
+        """True when the heads have a mask branch (Mask R-CNN)."""
         return self.mask_head is not None
+
+    @property
+    def has_mask(self) -> bool:
+        """Former name of `has_masks`."""
+        return self.has_masks
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
@@ -240,13 +246,13 @@ class RoIHeads(nn.Module):
             x = self.box_head(self.box_pooler(features, sampled.boxes, sampled.batch_idx))
             class_logits, box_deltas = self.box_predictor(x)
             losses = self.box_loss(class_logits, box_deltas, sampled)
-            if self.has_mask:
+            if self.has_masks:
                 losses["loss_mask"] = self.mask_loss(features, sampled, targets, images)
             return None, losses
         x = self.box_head(self.box_pooler(features, proposals, batch_idx))
         class_logits, box_deltas = self.box_predictor(x)
         dets = self.postprocess(class_logits, box_deltas, proposals, batch_idx, images.image_sizes)
-        if self.has_mask:
+        if self.has_masks:
             dets.mask_probs = self.predict_mask_probs(features, dets)
         return dets, {}
 

@@ -23,11 +23,12 @@ from __future__ import annotations
 from typing import Sequence
 
 from detkit.backbones import build_backbone
+from detkit.models.builders import build_two_stage, default_freeze_at
 from detkit.models.fast_rcnn import FastRCNN, build_fast_rcnn
 from detkit.models.rcnn import RCNN, build_rcnn
 from detkit.models.registry import register_model
 from detkit.models.two_stage import TwoStageDetector
-from detkit.models.zoo import _fpn_detector, build_two_stage, default_freeze_at
+from detkit.models.zoo import _fpn_detector
 
 __all__ = ["fast_rcnn_alexnet", "faster_rcnn_alexnet", "faster_rcnn_googlenet", "rcnn_alexnet"]
 

@@ -19,10 +19,7 @@ from torch import Tensor
 from detkit.backbones import build_backbone
 from detkit.heads.roi_heads import RoIHeads
 from detkit.matching import Matcher
-from detkit.models.registry import register_model
-from detkit.models.transform import DetectionTransform
-from detkit.models.two_stage import TwoStageDetector
-from detkit.models.zoo import (
+from detkit.models.builders import (
     build_roi_heads,
     build_rpn,
     build_transform,
@@ -30,6 +27,9 @@ from detkit.models.zoo import (
     default_freeze_at,
     split_kwargs,
 )
+from detkit.models.registry import register_model
+from detkit.models.transform import DetectionTransform
+from detkit.models.two_stage import TwoStageDetector
 
 __all__ = ["BackgroundBandMatcher", "FastRCNN", "build_fast_rcnn"]
 

@@ -46,9 +46,9 @@ from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.base import Detector, validate_proposals
+from detkit.models.builders import check_features, default_freeze_at
 from detkit.models.registry import register_model
 from detkit.models.transform import DetectionTransform
-from detkit.models.zoo import check_features, default_freeze_at
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
 from detkit.structures.packed import PackedRows, pack_to_padded, take_rows
 

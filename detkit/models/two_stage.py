@@ -36,7 +36,7 @@ class TwoStageDetector(Detector):
 
     @property
     def has_masks(self) -> bool:
-        return self.roi_heads.has_mask
+        return self.roi_heads.has_masks
 
     @property
     def requires_proposals(self) -> bool:

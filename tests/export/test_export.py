@@ -40,7 +40,7 @@ def check_parity(model, onnx_path, program, calls, proposals_for=None) -> None:
     """ONNX Runtime (and the .pt2 `program` unless None) give eager detkit's detections on every call."""
     session = OnnxDetector(onnx_path)
     module = program.module() if program is not None else None
-    names = ["boxes", "scores", "labels", "batch_idx"] + (["mask_probs"] if session.has_mask else [])
+    names = ["boxes", "scores", "labels", "batch_idx"] + (["mask_probs"] if session.has_masks else [])
     total = 0
     for images in calls:
         props = proposals_for(images) if proposals_for else None
@@ -62,7 +62,7 @@ def check_parity(model, onnx_path, program, calls, proposals_for=None) -> None:
             got_pt2 = packed_to_list(module(*inputs), len(images), names)
         for i in range(len(images)):
             pt2 = dict(got_pt2[i])
-            if session.has_mask:
+            if session.has_masks:
                 from detkit.export import paste_masks_numpy
 
                 pt2["masks"] = paste_masks_numpy(pt2.pop("mask_probs"), pt2["boxes"], images[i].shape[1:])
@@ -112,7 +112,7 @@ def test_mask_rcnn_tiny_exports_and_matches_eager(mask_export, tmp_path):
     export_program(model, tmp_path / "model.pt2")
     loaded = torch.export.load(str(tmp_path / "model.pt2"))
     session = OnnxDetector(mask_export / "mask.onnx")
-    assert session.output_names[-1] == "mask_probs" and session.has_mask
+    assert session.output_names[-1] == "mask_probs" and session.has_masks
     assert session.class_names == ["square", "circle", "triangle"]
     assert session.metadata["detkit.labels"] == "labels 1..num_classes"
     check_parity(model, mask_export / "mask.onnx", loaded, parity_images())

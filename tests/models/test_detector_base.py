@@ -1,4 +1,4 @@
-"""The detector base (detkit.models.base.Detector) and the part builders of detkit.models.zoo."""
+"""The detector base (detkit.models.base.Detector) and the part builders of detkit.models.builders."""
 
 import pytest
 import torch
@@ -6,9 +6,7 @@ import torch
 from detkit.backbones import build_backbone
 from detkit.models import Detector, build_model
 from detkit.models.base import validate_proposals
-from detkit.models.fast_rcnn import BackgroundBandMatcher
-from detkit.models.transform import DetectionTransform
-from detkit.models.zoo import (
+from detkit.models.builders import (
     build_roi_heads,
     build_rpn,
     build_transform,
@@ -17,6 +15,8 @@ from detkit.models.zoo import (
     default_freeze_at,
     split_kwargs,
 )
+from detkit.models.fast_rcnn import BackgroundBandMatcher
+from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections
 
 
@@ -151,7 +151,7 @@ def test_two_stage_builder_deals_its_keywords_to_the_parts():
     rpn = build_rpn(backbone, anchor_sizes=((16, 32),), rpn_nms_threshold=0.6)
     assert rpn.nms_threshold == 0.6 and rpn.in_features == ["c3"]
     heads = build_roi_heads(backbone, num_classes=2, with_mask=True, mask_conv_dims=(8,), box_resolution=5)
-    assert heads.has_mask and heads.box_pooler.output_size == 5 and heads.mask_pooler.output_size == 14
+    assert heads.has_masks and heads.box_pooler.output_size == 5 and heads.mask_pooler.output_size == 14
     assert build_transform(min_size=None).min_size is None
     without_rpn = build_two_stage(backbone, num_classes=2, with_rpn=False)
     assert without_rpn.rpn is None and without_rpn.requires_proposals

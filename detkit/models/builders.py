@@ -1,0 +1,197 @@
+"""Builders of a two-stage detector's parts (`build_rpn`, `build_roi_heads`, `build_transform`),
+`build_two_stage` on them, and the helpers every builder shares (`default_freeze_at`,
+`check_features`, `split_kwargs`). The registered variants are in `detkit.models.zoo` (two-stage),
+`detkit.models.rcnn`, `detkit.models.fast_rcnn` and `detkit.models.classic`.
+
+Defaults follow the papers and torchvision's detection references.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Mapping, Sequence
+
+from detkit.backbones import FeatureSpec
+from detkit.heads.box_head import BoxPredictor, TwoFCHead
+from detkit.heads.mask_head import MaskHead
+from detkit.heads.poolers import RoIPooler
+from detkit.heads.roi_heads import RoIHeads
+from detkit.matching import AnchorGenerator
+from detkit.models.transform import DetectionTransform
+from detkit.models.two_stage import TwoStageDetector
+from detkit.proposals.rpn import RPN, RPNHead
+
+
+# --------------------------------------------------------------------------- builder helpers
+def default_freeze_at(freeze_at: int | None, backbone_weights, frozen_if_pretrained: int = 2) -> int:
+    """`freeze_at` when given; else `frozen_if_pretrained` stages (stem + first stage, as torchvision)
+    when fine-tuning `backbone_weights`, and none when training from scratch."""
+    if freeze_at is not None:
+        return freeze_at
+    return frozen_if_pretrained if backbone_weights else 0
+
+
+def check_features(specs: Mapping[str, FeatureSpec], names: Sequence[str]) -> list[str]:
+    """`names` as a list, each checked to be an output of the backbone with `feature_specs()` `specs` (ValueError)."""
+    for name in names:
+        if name not in specs:
+            raise ValueError(f"feature {name!r} is not an output of the backbone; it has {list(specs)}")
+    return list(names)
+
+
+def split_kwargs(owner: str, kwargs: dict, *builders: Callable) -> list[dict]:
+    """Deal `kwargs` out to the builders with a keyword-only argument of that name (a key may go to several).
+
+    A key no builder takes is a TypeError, worded as Python's own for `owner`.
+    """
+    accepted = [
+        {n for n, p in inspect.signature(b).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        for b in builders
+    ]
+    for key in kwargs:
+        if not any(key in names for names in accepted):
+            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
+    return [{k: v for k, v in kwargs.items() if k in names} for names in accepted]
+
+
+# --------------------------------------------------------------------------- parts
+def build_transform(
+    *, min_size: int | None = 800, max_size: int | None = 1333, size_divisible: int = 32
+) -> DetectionTransform:
+    """The images' resizing (shorter side `min_size`, longer at most `max_size`; None: as given) and padding."""
+    return DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=size_divisible)
+
+
+def build_rpn(
+    backbone,
+    *,
+    rpn_features: Sequence[str] | None = None,
+    anchor_sizes: Sequence[Sequence[float]],
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_nms_threshold: float = 0.7,
+    rpn_batch_size_per_image: int = 256,
+    rpn_positive_fraction: float = 0.5,
+    rpn_fg_iou_threshold: float = 0.7,
+    rpn_bg_iou_threshold: float = 0.3,
+    box_loss: str = "smooth_l1",
+    cls_loss: str = "ce",
+    rpn_box_loss: str | None = None,
+    rpn_cls_loss: str | None = None,
+) -> RPN:
+    """The RPN on `rpn_features` of `backbone` (default: all its outputs), one anchor-size tuple per level.
+
+    One head is shared across the levels, so they need equal channels. The losses are
+    `rpn_box_loss` / `rpn_cls_loss`, by default the RoI heads' `box_loss` / `cls_loss`.
+    """
+    specs = backbone.feature_specs()
+    rpn_features = check_features(specs, rpn_features or list(specs))
+    channels = {specs[n].channels for n in rpn_features}
+    if len(channels) != 1:
+        raise ValueError(f"the RPN head is shared across levels, so {rpn_features} need equal channels, got {channels}")
+    if len(anchor_sizes) != len(rpn_features):
+        raise ValueError(f"anchor_sizes needs one entry per RPN level ({len(rpn_features)}), got {len(anchor_sizes)}")
+    strides = [specs[n].stride for n in rpn_features]
+    anchors = AnchorGenerator(anchor_sizes, [aspect_ratios] * len(rpn_features), strides)
+    head = RPNHead(channels.pop(), anchors.num_anchors_per_location()[0])
+    return RPN(
+        head,
+        anchors,
+        in_features=rpn_features,
+        fg_iou_threshold=rpn_fg_iou_threshold,
+        bg_iou_threshold=rpn_bg_iou_threshold,
+        batch_size_per_image=rpn_batch_size_per_image,
+        positive_fraction=rpn_positive_fraction,
+        pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        post_nms_top_n_train=rpn_post_nms_top_n_train,
+        pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        post_nms_top_n_test=rpn_post_nms_top_n_test,
+        nms_threshold=rpn_nms_threshold,
+        box_loss=rpn_box_loss or box_loss,
+        cls_loss=rpn_cls_loss or cls_loss,
+    )
+
+
+def build_roi_heads(
+    backbone,
+    *,
+    num_classes: int,
+    roi_features: Sequence[str] | None = None,
+    with_mask: bool = False,
+    pool_type: str = "align",
+    box_resolution: int = 7,
+    mask_resolution: int = 14,
+    representation_size: int = 1024,
+    dropout: float = 0.0,
+    box_loss: str = "smooth_l1",
+    cls_loss: str = "ce",
+    smooth_l1_beta: float = 1.0 / 9,
+    mask_conv_dims: Sequence[int] = (256, 256, 256, 256),
+    roi_batch_size_per_image: int = 512,
+    roi_positive_fraction: float = 0.25,
+    roi_fg_iou_threshold: float = 0.5,
+    roi_bg_iou_threshold: float = 0.5,
+    roi_matcher: Callable | None = None,
+    box_score_threshold: float = 0.05,
+    box_nms_threshold: float = 0.5,
+    detections_per_image: int = 100,
+    mask_threshold: float = 0.5,
+) -> RoIHeads:
+    """RoI heads on `roi_features` of `backbone` (default: all its outputs): pooler, fc6/fc7 box head, predictor,
+    and with `with_mask` Mask R-CNN's mask pooler and head.
+
+    `dropout`: after fc6 and fc7 (0 as torchvision; the VGG / AlexNet papers: 0.5). `box_loss`
+    ("smooth_l1", "l1", "giou", "diou", "ciou") and `cls_loss` ("ce", "focal"): see
+    detkit.losses.selection. `roi_matcher` replaces `Matcher(roi_fg_iou_threshold, roi_bg_iou_threshold)`.
+    """
+    specs = backbone.feature_specs()
+    roi_features = check_features(specs, roi_features or list(specs))
+    roi_strides = [specs[n].stride for n in roi_features]
+    roi_channels = specs[roi_features[0]].channels
+    box_pooler = RoIPooler(roi_features, roi_strides, output_size=box_resolution, pool_type=pool_type)
+    box_head = TwoFCHead(roi_channels, box_resolution, representation_size, dropout=dropout)
+    mask_pooler = mask_head = None
+    if with_mask:
+        mask_pooler = RoIPooler(roi_features, roi_strides, output_size=mask_resolution, pool_type="align")
+        mask_head = MaskHead(roi_channels, num_classes, conv_dims=mask_conv_dims)
+    return RoIHeads(
+        box_pooler,
+        box_head,
+        BoxPredictor(representation_size, num_classes),
+        num_classes=num_classes,
+        fg_iou_threshold=roi_fg_iou_threshold,
+        bg_iou_threshold=roi_bg_iou_threshold,
+        matcher=roi_matcher,
+        batch_size_per_image=roi_batch_size_per_image,
+        positive_fraction=roi_positive_fraction,
+        score_threshold=box_score_threshold,
+        nms_threshold=box_nms_threshold,
+        detections_per_image=detections_per_image,
+        smooth_l1_beta=smooth_l1_beta,
+        mask_pooler=mask_pooler,
+        mask_head=mask_head,
+        mask_threshold=mask_threshold,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
+    )
+
+
+def build_two_stage(backbone, *, num_classes: int, with_rpn: bool = True, **kwargs) -> TwoStageDetector:
+    """Faster R-CNN (Mask R-CNN with `with_mask=True`; no RPN with `with_rpn=False`) around `backbone`.
+
+    `kwargs` are the keyword arguments of `build_rpn` (`rpn_features`, `anchor_sizes`, `rpn_*`),
+    `build_roi_heads` (`roi_features`, `with_mask`, `box_*`, `roi_*`, `mask_*`, ...) and
+    `build_transform` (`min_size`, `max_size`, `size_divisible`), each given to every part that
+    takes it: `box_loss` / `cls_loss` serve the RoI heads and, unless `rpn_box_loss` /
+    `rpn_cls_loss` are set, the RPN. The parts are sized from the backbone's feature specs.
+    """
+    rpn_kwargs, roi_kwargs, transform_kwargs = split_kwargs(
+        "build_two_stage", kwargs, build_rpn, build_roi_heads, build_transform
+    )
+    rpn = build_rpn(backbone, **rpn_kwargs) if with_rpn else None
+    roi_heads = build_roi_heads(backbone, num_classes=num_classes, **roi_kwargs)
+    transform = build_transform(**transform_kwargs)
+    return TwoStageDetector(backbone, roi_heads, rpn=rpn, transform=transform, num_classes=num_classes)
