@@ -2,17 +2,17 @@
 
 aten's CPU max_pool2d kernel for contiguous NCHW input is scalar and also computes the argmax
 indices: on the stem of a ResNet (64 x 160 x 160) it costs ~12 ms on one core, the same maxima
-as elementwise maxima of strided views ~2.6 ms. The window is separable: a row pass
+as elementwise maxima of strided views ~1.9 ms. The window is separable: a row pass
 (max of rows 2i-1, 2i, 2i+1) and then a column pass. No padding is needed: every window of
 this shape holds at least one input element, and max_pool2d never picks a padded position.
 
 Same values as F.max_pool2d (NaN propagates in both, at the same positions); the one
 difference is the sign of a zero when a window's maximum is a tie of +0.0 and -0.0 (the
-strided maxima do not keep max_pool2d's first-in-window rule for ties). Used only for
-inference: torch.maximum's backward splits the gradient of ties between the tied inputs while
-max_pool2d's sends it to one, so calls that need a gradient keep F.max_pool2d, as do
-channels-last inputs (aten's channels-last kernel is already fast), other devices, tracing
-and compiling, and `DETKIT_CPU_KERNELS=0`.
+strided maxima do not keep max_pool2d's first-in-window rule for ties; a convolution after
+it gives the same values). Used only for inference: torch.maximum's backward splits the
+gradient of ties between the tied inputs while max_pool2d's sends it to one, so calls that need
+a gradient keep F.max_pool2d, as do channels-last inputs (aten's channels-last kernel is
+already fast), other devices, tracing and compiling, and `DETKIT_CPU_KERNELS=0`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ from torch import Tensor, nn
 
 from detkit.heads.roi_align_cpu import cpu_kernels_enabled
 
+# aten runs an elementwise op on one thread below this many elements (at::internal::GRAIN_SIZE)
+_PARALLEL_GRAIN = 32768
+# With 2..this many threads the strided maxima run a few planes at a time on one thread: the
+# whole-tensor ops are 4 OpenMP regions, and on a machine whose cores are busy each region
+# waits for a descheduled worker (2 threads, load ~3 on 2 cores, 64 x 160 x 160: 25-32 ms
+# whole-tensor, 2.5-2.8 ms in chunks, 1.9 ms on 1 thread, aten's max_pool2d 12-16 ms).
+# Above it, and for planes too large for one grain (64 x 400 x 608, from 800 x 1216 images:
+# 36-55 ms whole on 2 threads, aten's 93-120 ms), the ops run whole and in parallel (more
+# threads not measured: no such machine here).
+_MAX_INLINE_THREADS = 4
+
 
 def _every_other(x: Tensor, dim: int, start: int, count: int) -> Tensor:
     """`count` slices of `x` along `dim` at start, start + 2, ... (a view)."""
@@ -31,12 +42,12 @@ def _every_other(x: Tensor, dim: int, start: int, count: int) -> Tensor:
     return x[tuple(index)]
 
 
-def _max3_stride2(x: Tensor, dim: int) -> Tensor:
+def _max3_stride2(x: Tensor, dim: int, out: Tensor | None = None) -> Tensor:
     """out[i] = max(x[2i - 1], x[2i], x[2i + 1]) along `dim`, leaving out indices outside x."""
     n = x.shape[dim]
     m, below = (n + 1) // 2, n // 2  # outputs; outputs with an index 2i + 1 inside x
     centre = _every_other(x, dim, 0, m)
-    out = torch.empty_like(centre)
+    out = torch.empty_like(centre) if out is None else out
     if below:
         torch.maximum(centre.narrow(dim, 0, below), _every_other(x, dim, 1, below), out=out.narrow(dim, 0, below))
     if below < m:  # odd n: the last window is x[n - 2], x[n - 1] (its x[n - 2] is added below)
@@ -55,6 +66,19 @@ def strided_max_pool_3x3s2(x: Tensor) -> Tensor:
     return _max3_stride2(_max3_stride2(x, x.dim() - 2), x.dim() - 1)
 
 
+def _strided_max_pool_in_chunks(x: Tensor) -> Tensor:
+    """strided_max_pool_3x3s2 of contiguous input, a few planes at a time: every op stays below
+    aten's parallel grain and runs on the calling thread (no OpenMP regions to wait on)."""
+    height, width = x.shape[-2:]
+    planes = x.reshape(-1, height, width)
+    out = planes.new_empty(planes.shape[0], (height + 1) // 2, (width + 1) // 2)
+    step = max(1, _PARALLEL_GRAIN // (out.shape[1] * width))  # the row pass's output is the largest
+    for start in range(0, planes.shape[0], step):
+        rows = _max3_stride2(planes[start : start + step], 1)
+        _max3_stride2(rows, 2, out=out[start : start + step])
+    return out.view(*x.shape[:-2], *out.shape[1:])
+
+
 def max_pool2d_3x3s2(x: Tensor) -> Tensor:
     """F.max_pool2d(x, 3, stride=2, padding=1); on contiguous CPU float input that needs no
     gradient (and with CPU kernels enabled) computed as strided maxima, several times faster."""
@@ -70,6 +94,9 @@ def max_pool2d_3x3s2(x: Tensor) -> Tensor:
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
     ):
+        plane_work = (x.shape[-2] + 1) // 2 * x.shape[-1]  # elements of one plane's row pass
+        if 1 < torch.get_num_threads() <= _MAX_INLINE_THREADS and plane_work <= _PARALLEL_GRAIN:
+            return _strided_max_pool_in_chunks(x)
         return strided_max_pool_3x3s2(x)
     return F.max_pool2d(x, 3, stride=2, padding=1)
 

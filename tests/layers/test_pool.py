@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detkit.layers import MaxPool2d, max_pool2d_3x3s2, strided_max_pool_3x3s2
+from detkit.layers import pool as pool_module
 
 SHAPES = [(1, 64, 400, 608), (2, 3, 7, 9), (1, 1, 1, 1), (1, 8, 2, 3), (1, 2, 5, 1), (1, 4, 1, 6), (3, 6, 10)]
 
@@ -48,15 +49,25 @@ def test_channels_last_inf_and_nan():
 
 
 def _spy(monkeypatch):
+    """Row passes of the strided path, whole or in chunks: one per pool call of a small input."""
     calls = []
-    monkeypatch.setattr("detkit.layers.pool.strided_max_pool_3x3s2", lambda x: calls.append(x) or reference(x))
+    real = pool_module._max3_stride2
+
+    def spy(x, dim, out=None):
+        if dim == x.dim() - 2:
+            calls.append(x)
+        return real(x, dim, out)
+
+    monkeypatch.setattr(pool_module, "_max3_stride2", spy)
     return calls
 
 
-def test_fast_path_only_without_gradient_and_with_cpu_kernels(monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_fast_path_only_without_gradient_and_with_cpu_kernels(monkeypatch, threads):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     x = torch.randn(1, 4, 9, 8)
     calls = _spy(monkeypatch)
-    max_pool2d_3x3s2(x)
+    assert_same(max_pool2d_3x3s2(x), reference(x))
     assert len(calls) == 1
     w = x.clone().requires_grad_()
     out = max_pool2d_3x3s2(w)  # gradient needed: F.max_pool2d, whose backward picks one of tied inputs
@@ -69,6 +80,22 @@ def test_fast_path_only_without_gradient_and_with_cpu_kernels(monkeypatch):
     monkeypatch.setenv("DETKIT_CPU_KERNELS", "0")
     assert_same(max_pool2d_3x3s2(x), reference(x))
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 100, 120), (1, 64, 160, 160), (3, 5, 7), (1, 3, 1, 1)])
+def test_chunked_path_equals_max_pool2d(monkeypatch, shape):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    chunks = []
+    real = pool_module._max3_stride2
+    monkeypatch.setattr(pool_module, "_max3_stride2", lambda t, d, out=None: chunks.append(d) or real(t, d, out))
+    assert_same(pool_module._strided_max_pool_in_chunks(x), reference(x))
+    planes = x.numel() // (x.shape[-2] * x.shape[-1])
+    per_chunk = max(1, pool_module._PARALLEL_GRAIN // ((x.shape[-2] + 1) // 2 * x.shape[-1]))
+    assert len(chunks) == 2 * -(-planes // per_chunk)  # a row and a column pass per chunk
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    chunks.clear()
+    assert_same(max_pool2d_3x3s2(x), reference(x))
+    assert len(chunks) == 2 * -(-planes // per_chunk)
 
 
 def test_tied_gradient_matches_max_pool2d():
