@@ -83,16 +83,16 @@ def max_pool2d_3x3s2(x: Tensor) -> Tensor:
     """F.max_pool2d(x, 3, stride=2, padding=1); on contiguous CPU float input that needs no
     gradient (and with CPU kernels enabled) computed as strided maxima, several times faster."""
     if (
-        x.device.type == "cpu"
+        not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
         and x.is_floating_point()
         and x.dim() in (3, 4)
         and x.numel() > 0
         and x.is_contiguous()
         and not (x.requires_grad and torch.is_grad_enabled())
         and cpu_kernels_enabled()
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
     ):
         plane_work = (x.shape[-2] + 1) // 2 * x.shape[-1]  # elements of one plane's row pass
         if 1 < torch.get_num_threads() <= _MAX_INLINE_THREADS and plane_work <= _PARALLEL_GRAIN:

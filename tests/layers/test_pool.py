@@ -132,3 +132,11 @@ def test_resnet_and_alexnet_use_it_with_unchanged_keys():
 def test_empty_input_is_an_error():
     with pytest.raises(ValueError, match="non-empty"):
         strided_max_pool_3x3s2(torch.zeros(1, 2, 0, 4))
+
+
+def test_export_keeps_aten_max_pool(monkeypatch):
+    calls = _spy(monkeypatch)
+    module = nn.Sequential(nn.Conv2d(3, 4, 3), MaxPool2d(3, stride=2, padding=1)).eval()
+    with torch.no_grad():
+        program = torch.export.export(module, (torch.randn(1, 3, 17, 20),))
+    assert "max_pool2d" in str(program.graph) and not calls
