@@ -1,7 +1,7 @@
 """detkit predict vs torchvision, op by op in CPU time: steady numbers on a busy shared machine.
 
     python benchmarks/compare_ops_cpu.py                       # Faster R-CNN R50-FPN, 320x320, 1 thread
-    python benchmarks/compare_ops_cpu.py --what-if fold-bn,stem-pool --iters 10
+    python benchmarks/compare_ops_cpu.py --what-if fold-bn --iters 10
 
 Wall times on a machine shared with other jobs mostly measure the waiting; the CPU time of
 the one computing thread (`--threads 1`, the default) measures the work. Calls alternate
@@ -12,8 +12,7 @@ differ. Ratio > 1: detkit cheaper.
 `--what-if` also times detkit copies changed as a possible next step would change them
 (prototypes here, not detkit code), with the largest score difference to torchvision:
   fold-bn    the frozen batch norms folded into the preceding convolutions (scores move ~1e-4)
-  stem-pool  the stem's 3x3 / stride-2 max pool as elementwise maxima of strided views
-             (exact; aten's NCHW max_pool2d kernel also computes indices and is slow)
+(The former `stem-pool` prototype is detkit code now: `detkit.layers.pool.MaxPool2d`.)
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from _pairs import build_pair, make_inputs
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -47,18 +45,6 @@ class _OpTimer(TorchDispatchMode):
         return out
 
 
-class _StridedMaxPool3x3(nn.Module):
-    """max_pool2d(kernel 3, stride 2, padding 1), exactly, as maxima of strided views."""
-
-    def forward(self, x):
-        padded = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
-        h, w = (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
-        cols = torch.maximum(torch.maximum(padded[..., 0 : 2 * w : 2], padded[..., 1 : 2 * w + 1 : 2]),
-                             padded[..., 2 : 2 * w + 2 : 2])  # fmt: skip
-        return torch.maximum(torch.maximum(cols[..., 0 : 2 * h : 2, :], cols[..., 1 : 2 * h + 1 : 2, :]),
-                             cols[..., 2 : 2 * h + 2 : 2, :])  # fmt: skip
-
-
 def fold_bn(model: nn.Module) -> nn.Module:
     """A copy whose conv + frozen BN pairs are one convolution with a bias."""
     model = copy.deepcopy(model)
@@ -73,13 +59,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-def stem_pool(model: nn.Module) -> nn.Module:
-    model = copy.deepcopy(model)
-    model.backbone.body.stem.pool = _StridedMaxPool3x3()
-    return model
-
-
-WHAT_IF = {"fold-bn": fold_bn, "stem-pool": stem_pool}
+WHAT_IF = {"fold-bn": fold_bn}
 
 
 def main(argv=None) -> None:
