@@ -32,6 +32,8 @@ from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops import roi_pool as tv_roi_pool
 
+from detkit.utils.cpu_kernels import cpu_kernels_enabled
+
 # elements (RoIs x window rows x window cols x channels) per chunk: bounds the temporaries
 _CHUNK_ELEMENTS = 1 << 23
 # one RoI's window (side^2 x channels) above this, or adaptive grids above this many
@@ -52,12 +54,6 @@ _MM_MARGIN = 0.8
 _pool_lock = threading.Lock()
 _pools: dict[int, ThreadPoolExecutor] = {}  # threads -> executor, for the process in _pools_pid
 _pools_pid: int | None = None
-
-
-def cpu_kernels_enabled() -> bool:
-    """False when the environment sets DETKIT_CPU_KERNELS=0: CPU-only paths are skipped and
-    every call runs the code that also runs on CUDA (to count or test that path on a CPU)."""
-    return os.environ.get("DETKIT_CPU_KERNELS", "1") != "0"
 
 
 def _thread_pool(workers: int) -> ThreadPoolExecutor:

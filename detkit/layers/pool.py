@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.heads.roi_align_cpu import cpu_kernels_enabled
+from detkit.utils.cpu_kernels import cpu_kernels_enabled
 
 # aten runs an elementwise op on one thread below this many elements (at::internal::GRAIN_SIZE)
 _PARALLEL_GRAIN = 32768

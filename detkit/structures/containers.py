@@ -17,7 +17,6 @@ Shape shorthand:
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from detkit.structures.packed import PackedRows, count_per_image, position_in_image
+from detkit.utils.cpu_kernels import cpu_kernels_enabled
 
 __all__ = ["Detections", "ImageBatch", "PackedTargets", "avoid_host_syncs", "count_per_image", "pad_images"]
 
@@ -42,7 +42,7 @@ def avoid_host_syncs(x: Tensor) -> bool:
     """Whether code on `x` should prefer fixed-shape ops to data-dependent ones (boolean masks):
     on a GPU each of those waits for the device; on the CPU they wait for nothing and select
     less, so the CPU keeps them unless DETKIT_CPU_KERNELS=0 (to run the GPU's code on a CPU)."""
-    return x.device.type != "cpu" or os.environ.get("DETKIT_CPU_KERNELS", "1") == "0"
+    return x.device.type != "cpu" or not cpu_kernels_enabled()
 
 
 def pad_images(images: Sequence[Tensor], *, size_divisible: int = 1, pad_value: float = 0.0) -> Tensor:
