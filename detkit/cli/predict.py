@@ -239,7 +239,6 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
 
 
 _NO_PROPOSALS = object()  # an image file selective search could not read
-SS_KEYS = ("mode", "max_proposals", "min_size", "resize_to", "seed")
 
 
 class _CacheBoxes:
@@ -264,17 +263,22 @@ def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int]
     """
     import tempfile
 
-    from detkit.proposals.cache import ProposalCache, compute_proposals, selective_search_params
+    from detkit.proposals.cache import (
+        SELECTIVE_SEARCH_KEYS,
+        ProposalCache,
+        compute_proposals,
+        selective_search_params,
+    )
 
     source = args.checkpoint or args.onnx
     settings = getattr(model, "proposal_settings", None)
     if settings:
-        settings = {k: settings[k] for k in SS_KEYS if k in settings}
+        settings = {k: settings[k] for k in SELECTIVE_SEARCH_KEYS if k in settings}
     if args.proposals:
         return _cached_proposals(args.proposals, files, image_ids, settings, source, prog, cleanup)
     if not settings:
         defaults = selective_search_params()
-        settings = {k: defaults[k] for k in SS_KEYS}
+        settings = {k: defaults[k] for k in SELECTIVE_SEARCH_KEYS}
         shown = ", ".join(f"{k}={v}" for k, v in settings.items())
         print(f"{prog}: warning: {source} records no selective-search settings of its training; "
               f"computing proposals with the defaults ({shown})", file=sys.stderr)  # fmt: skip
@@ -292,14 +296,17 @@ def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int]
 def _cached_proposals(path: str, files, image_ids, settings: dict | None, source: str, prog: str, cleanup):
     """Boxes of every input file from a `detkit proposals` cache, matched by file name and size when the
     cache records its images (else by image id); a one-line error names the first image it lacks."""
-    from detkit.proposals.cache import ProposalCache, cache_settings
+    from detkit.proposals.cache import SELECTIVE_SEARCH_KEYS, ProposalCache, cache_settings
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"proposal cache not found: {path}")
     made_with = cache_settings(path)
     if settings:
-        differ = [f"{k}={made_with[k]} (model: {settings[k]})" for k in SS_KEYS if k in settings and
-                  k != "max_proposals" and made_with[k] != settings[k]]  # fmt: skip
+        differ = [
+            f"{k}={made_with[k]} (model: {settings[k]})"
+            for k in SELECTIVE_SEARCH_KEYS
+            if k in settings and k != "max_proposals" and made_with[k] != settings[k]
+        ]
         if differ:
             print(f"{prog}: warning: {path} was made with other selective-search settings than {source}'s "
                   f"training proposals: {', '.join(differ)}", file=sys.stderr)  # fmt: skip

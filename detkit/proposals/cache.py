@@ -51,7 +51,17 @@ from detkit.utils.optional import require
 cv2 = require("cv2", "proposals", "selective search")
 tqdm = require("tqdm.auto", "proposals", "detkit proposals").tqdm
 
-__all__ = ["ProposalCache", "cache_settings", "compute_proposals", "image_records", "selective_search_params"]
+__all__ = [
+    "SELECTIVE_SEARCH_KEYS",
+    "ProposalCache",
+    "cache_settings",
+    "compute_proposals",
+    "image_records",
+    "selective_search_params",
+]
+
+# the `selective_search` keyword arguments a cache records (what reproduces its proposals)
+SELECTIVE_SEARCH_KEYS = ("mode", "max_proposals", "min_size", "resize_to", "seed")
 
 _FILE_MAGIC = b"DKPROPS1"
 _FILE_HEAD = struct.Struct("<8sII")
@@ -472,7 +482,7 @@ def cache_settings(path: str | os.PathLike, max_proposals: int | None = None) ->
     if params.get("method", "selective_search") != "selective_search":
         raise ValueError(f"proposal cache {os.fspath(path)} holds {params['method']!r} proposals, not selective search")
     defaults = selective_search_params()
-    settings = {k: params.get(k, defaults[k]) for k in ("mode", "max_proposals", "min_size", "resize_to", "seed")}
+    settings = {k: params.get(k, defaults[k]) for k in SELECTIVE_SEARCH_KEYS}
     cap = settings["max_proposals"]
     if max_proposals is not None and (cap is None or max_proposals < cap):
         settings["max_proposals"] = int(max_proposals)
