@@ -8,6 +8,7 @@ and identical image lists and targets.
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import nullcontext
 
@@ -43,6 +44,13 @@ def to_channels_last(*models) -> None:
     """Channels-last weights in place: convolutions then run NHWC (the batched images follow)."""
     for model in models:
         model.to(memory_format=torch.channels_last)
+
+
+def make_detkit_plain(model) -> None:
+    """detkit without its CPU shortcuts that change float rounding (channels-last batches, frozen
+    BNs folded into the convolutions): the same arithmetic as torchvision, to compare the work."""
+    model.transform.memory_format = "contiguous"
+    os.environ["DETKIT_FOLD_BN"] = "0"
 
 
 def make_inputs(batch_size: int, height: int, width: int, *, device, with_masks: bool, seed: int = 0):
@@ -146,6 +154,7 @@ def report(kind: str, args, result: dict, batch_size: int, checks: dict | None =
         rows.append(f"| {name} | {r['img_per_s']:.2f} | {r['seconds'] * 1000:.1f} | {mem} |")
     ratio = dk["img_per_s"] / tv["img_per_s"]
     layout = ", channels-last" if getattr(args, "channels_last", False) else ""
+    layout += ", detkit plain" if getattr(args, "detkit_plain", False) else ""
     print(
         f"\n{kind}: {args.model}, batch {batch_size}, {args.precision}{layout}, "
         f"{args.height}x{args.width}, {args.device}"
@@ -159,6 +168,7 @@ def report(kind: str, args, result: dict, batch_size: int, checks: dict | None =
         "batch_size": batch_size,
         "precision": args.precision,
         "channels_last": getattr(args, "channels_last", False),
+        "detkit_plain": getattr(args, "detkit_plain", False),
         "image_size": [args.height, args.width],
         "device": str(args.device),
         "torch": torch.__version__,
@@ -180,3 +190,9 @@ def add_common_args(parser, *, batch_size: int) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true", help="both models with channels-last (NHWC) weights")
+    parser.add_argument(
+        "--detkit-plain",
+        action="store_true",
+        help="detkit with NCHW batches and unfolded frozen BNs (torchvision's arithmetic; the default folds "
+        "and runs channels-last on the CPU)",
+    )

@@ -12,18 +12,42 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _pairs import add_common_args, build_pair, make_inputs, predict_step, report, time_alternating, to_channels_last
+from _pairs import (
+    add_common_args,
+    build_pair,
+    make_detkit_plain,
+    make_inputs,
+    predict_step,
+    report,
+    time_alternating,
+    to_channels_last,
+)
+
+# detkit's CPU predict folds the frozen BNs into the convolutions and runs channels-last
+# (oneDNN picks other kernels): scores move by ~1e-4 with these random weights, as much as
+# torchvision's own move when its model is converted to channels-last
+SCORE_ATOL = 1e-3
 
 
 def compare_outputs(dk_out, tv_out) -> dict:
-    """fp32 agreement with torchvision: same detection counts and scores, and for masks the
-    share of equal pixels between score-matched detections (the issue asks >= 99.9%)."""
-    same_scores = all(
-        a["boxes"].shape == b["boxes"].shape
-        and torch.allclose(a["scores"].sort().values, b["scores"].sort().values, atol=1e-4)
-        for a, b in zip(dk_out, tv_out)
+    """fp32 agreement with torchvision: same detection counts, scores within SCORE_ATOL (and the
+    largest difference), and for masks the share of equal pixels between score-matched
+    detections (the issue asks >= 99.9%)."""
+    same_counts = all(a["boxes"].shape == b["boxes"].shape for a, b in zip(dk_out, tv_out))
+    score_diff = (
+        max(
+            float((a["scores"].sort().values - b["scores"].sort().values).abs().max()) if len(a["scores"]) else 0.0
+            for a, b in zip(dk_out, tv_out)
+        )
+        if same_counts
+        else float("inf")
     )
-    checks = {"detections_per_image": [int(o["boxes"].shape[0]) for o in dk_out], "scores_equal": same_scores}
+    same_scores = same_counts and score_diff <= SCORE_ATOL
+    checks = {
+        "detections_per_image": [int(o["boxes"].shape[0]) for o in dk_out],
+        "scores_close": same_scores,
+        "max_score_diff": score_diff,
+    }
     if "masks" in dk_out[0] and same_scores:
         equal = total = 0
         for a, b in zip(dk_out, tv_out):
@@ -45,6 +69,8 @@ def main(argv=None) -> None:
     dk, tv = build_pair(args.model, min_size=size, max_size=max(args.height, args.width), device=device)
     if args.channels_last:
         to_channels_last(dk, tv)
+    if args.detkit_plain:
+        make_detkit_plain(dk)
     with torch.no_grad():  # trained-like: one class dominates, ~100 detections per image
         for model in (dk, tv):
             model.roi_heads.box_predictor.cls_score.bias[1] += 4.0

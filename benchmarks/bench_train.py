@@ -11,7 +11,16 @@ from __future__ import annotations
 import argparse
 
 import torch
-from _pairs import add_common_args, build_pair, make_inputs, report, time_alternating, to_channels_last, train_step
+from _pairs import (
+    add_common_args,
+    build_pair,
+    make_detkit_plain,
+    make_inputs,
+    report,
+    time_alternating,
+    to_channels_last,
+    train_step,
+)
 
 
 def main(argv=None) -> None:
@@ -24,6 +33,8 @@ def main(argv=None) -> None:
     dk, tv = build_pair(args.model, min_size=size, max_size=max(args.height, args.width), device=device)
     if args.channels_last:
         to_channels_last(dk, tv)
+    if args.detkit_plain:
+        make_detkit_plain(dk)
     images, targets = make_inputs(
         args.batch_size, args.height, args.width, device=device, with_masks=args.model.startswith("mask")
     )

@@ -97,7 +97,9 @@ def test_fixed_shape_losses_equal_masked_ones(monkeypatch, box_loss, cls_loss):
     for flag in ("1", "0"):
         monkeypatch.setenv("DETKIT_CPU_KERNELS", flag)
         torch.manual_seed(0)
-        model = build_model("mask_rcnn_tiny", num_classes=3, box_loss=box_loss, cls_loss=cls_loss).train()
+        model = build_model(
+            "mask_rcnn_tiny", num_classes=3, box_loss=box_loss, cls_loss=cls_loss, memory_format="contiguous"
+        ).train()  # both runs NCHW: only the loss code differs
         torch.manual_seed(1)
         losses = model(images, targets)
         grads = torch.autograd.grad(sum(losses.values()), [p for p in model.parameters() if p.requires_grad])

@@ -16,7 +16,6 @@ a block's convs are `conv1`, `conv2`, (`conv3`) ConvNormAct modules with sub-mod
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -24,7 +23,7 @@ from torch import Tensor, nn
 from detkit.backbones.base import FeatureSpec, StagedBackbone
 from detkit.backbones.registry import register_backbone
 from detkit.backbones.weights import NORM_PARAMS, UnexpectedKey, register_key_maps
-from detkit.layers import ConvNormAct, MaxPool2d, NormSpec, build_norm, init_norms, kaiming_init
+from detkit.layers import ConvNormAct, MaxPool2d, NormSpec, init_norms, kaiming_init
 
 
 class BasicBlock(nn.Module):
@@ -116,14 +115,9 @@ class ResNet(StagedBackbone):
         block_cls = _BLOCKS[block]
         self.torchvision_arch = arch
 
-        stem = nn.Sequential(
-            OrderedDict(
-                conv=nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-                norm=build_norm(norm, 64),
-                act=nn.ReLU(inplace=True),
-                pool=MaxPool2d(3, stride=2, padding=1),  # nn.MaxPool2d, faster for CPU inference
-            )
-        )
+        # conv / norm / act / pool: torchvision's conv1, bn1, relu, maxpool
+        stem = ConvNormAct(3, 64, 7, stride=2, norm=norm, bias=False)
+        stem.add_module("pool", MaxPool2d(3, stride=2, padding=1))  # nn.MaxPool2d, faster for CPU inference
         self.add_stage("stem", stem, FeatureSpec(64, 4), is_feature=False)
 
         in_channels, stride = 64, 4

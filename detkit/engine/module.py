@@ -219,8 +219,9 @@ class DetectionModule(LightningModule):
         visualize_score_threshold: detections drawn on the validation images score at least this.
         save_predictions: write the COCO results json of each evaluation next to its metrics.
         channels_last: keep the model's 4-D weights in channels-last (NHWC) memory format, so
-            that convolutions run NHWC: the faster layout for bf16/fp16 on recent GPUs
-            (Tensor Cores); usually no gain, or a loss, on the CPU.
+            that convolutions run NHWC on every device: the faster layout for bf16/fp16 on recent
+            GPUs (Tensor Cores). On the CPU the batches are already channels-last by default
+            (`model_kwargs.memory_format`, "auto"), which is what makes CPU convolutions faster.
     """
 
     def __init__(

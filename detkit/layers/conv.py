@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from detkit.layers.fold import conv_norm_folded
 from detkit.layers.norm import NormSpec, build_activation, build_norm
 
 
@@ -40,7 +41,12 @@ class ConvNormAct(nn.Sequential):
     """Conv2d -> norm -> activation, with "same" padding unless `padding` is given.
 
     The conv has a bias only when no norm follows it (a norm's shift makes it redundant),
-    unless `bias` is set explicitly. Sub-modules are named `conv`, `norm`, `act`.
+    unless `bias` is set explicitly. Sub-modules are named `conv`, `norm`, `act`; modules
+    added after them (e.g. a ResNet stem's `pool`) run last, in order.
+
+    A fixed norm (frozen, or BatchNorm in eval mode) runs folded into the conv when no gradient
+    is needed for their parameters: one convolution instead of three passes, same state dict
+    (see `detkit.layers.fold`).
     """
 
     def __init__(
@@ -76,6 +82,15 @@ class ConvNormAct(nn.Sequential):
         self.norm = build_norm(norm, out_channels)
         self.act = build_activation(act)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = conv_norm_folded(self.conv, self.norm, x)
+        if out is None:
+            out = self.norm(self.conv(x))
+        for name, module in self._modules.items():
+            if name not in ("conv", "norm"):
+                out = module(out)
+        return out
 
 
 def conv1x1(in_channels: int, out_channels: int, *, stride: int = 1, bias: bool = True) -> nn.Conv2d:

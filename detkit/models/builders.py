@@ -56,10 +56,17 @@ def split_kwargs(owner: str, kwargs: dict, *builders: Callable) -> list[dict]:
 
 # --------------------------------------------------------------------------- parts
 def build_transform(
-    *, min_size: int | None = 800, max_size: int | None = 1333, size_divisible: int = 32
+    *,
+    min_size: int | None = 800,
+    max_size: int | None = 1333,
+    size_divisible: int = 32,
+    memory_format: str = "auto",
 ) -> DetectionTransform:
-    """The images' resizing (shorter side `min_size`, longer at most `max_size`; None: as given) and padding."""
-    return DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=size_divisible)
+    """The images' resizing (shorter side `min_size`, longer at most `max_size`; None: as given), padding
+    and memory format ("auto": channels-last on the CPU; see `DetectionTransform`)."""
+    return DetectionTransform(
+        min_size=min_size, max_size=max_size, size_divisible=size_divisible, memory_format=memory_format
+    )
 
 
 def build_rpn(

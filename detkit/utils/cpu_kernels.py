@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cpu_kernels_enabled"]
+import torch
+
+__all__ = ["cpu_kernels_enabled", "eager_mode"]
 
 
 def cpu_kernels_enabled() -> bool:
@@ -13,3 +15,10 @@ def cpu_kernels_enabled() -> bool:
     every call runs the code that also runs on CUDA (to count or test that path on a CPU).
     Read at each call, so a test or benchmark may set it at any time."""
     return os.environ.get("DETKIT_CPU_KERNELS", "1") != "0"
+
+
+def eager_mode() -> bool:
+    """True unless TorchScript, tracing (`torch.jit.trace`, ONNX export) or `torch.compile` /
+    `torch.export` is recording the call: run-time shortcuts (cached tensors, data-dependent
+    paths) apply only in eager mode, so that recorded graphs keep the plain operations."""
+    return not (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling())

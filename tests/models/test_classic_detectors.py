@@ -77,8 +77,8 @@ def test_googlenet_detector_rescales_input_with_imagenet_weights(tmp_path):
 OVERFIT = {
     "rcnn_alexnet": (60, dict(crop_size=64, context_padding=4.0, representation_size=256, batch_size=32, dropout=0.0)),
     "fast_rcnn_alexnet": (50, dict(min_size=128, max_size=128, representation_size=256, norm="bn")),
-    "faster_rcnn_alexnet": (
-        50,
+    "faster_rcnn_alexnet": (  # 50 steps memorised the scene or not with the float rounding of the layout
+        80,
         dict(
             min_size=128,
             max_size=128,
