@@ -7,6 +7,7 @@ and identical image lists and targets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -51,6 +52,22 @@ def make_detkit_plain(model) -> None:
     BNs folded into the convolutions): the same arithmetic as torchvision, to compare the work."""
     model.transform.memory_format = "contiguous"
     os.environ["DETKIT_FOLD_BN"] = "0"
+
+
+@contextlib.contextmanager
+def plain_arithmetic(model):
+    """detkit with torchvision's arithmetic for the block: NCHW batch, frozen BNs not folded."""
+    layout, fold = model.transform.memory_format, os.environ.get("DETKIT_FOLD_BN")
+    model.transform.memory_format = "contiguous"
+    os.environ["DETKIT_FOLD_BN"] = "0"
+    try:
+        yield
+    finally:
+        model.transform.memory_format = layout
+        if fold is None:
+            os.environ.pop("DETKIT_FOLD_BN")
+        else:
+            os.environ["DETKIT_FOLD_BN"] = fold
 
 
 def make_inputs(batch_size: int, height: int, width: int, *, device, with_masks: bool, seed: int = 0):

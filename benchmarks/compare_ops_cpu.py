@@ -1,7 +1,7 @@
 """detkit predict vs torchvision, op by op in CPU time: steady numbers on a busy shared machine.
 
     python benchmarks/compare_ops_cpu.py                       # Faster R-CNN R50-FPN, 320x320, 1 thread
-    python benchmarks/compare_ops_cpu.py --what-if fold-bn --iters 10
+    python benchmarks/compare_ops_cpu.py --height 800 --width 1216 --iters 4
 
 Wall times on a machine shared with other jobs mostly measure the waiting; the CPU time of
 the one computing thread (`--threads 1`, the default) measures the work. Calls alternate
@@ -9,26 +9,21 @@ detkit and torchvision; totals are the minimum and median CPU ms per call, and t
 (a `TorchDispatchMode` timing every aten op of a second set of calls) shows where the two
 differ. Ratio > 1: detkit cheaper.
 
-`--what-if` also times detkit copies changed as a possible next step would change them
-(prototypes here, not detkit code), with the largest score difference to torchvision:
-  fold-bn    the frozen batch norms folded into the preceding convolutions (scores move ~1e-4)
-(The former `stem-pool` prototype is detkit code now: `detkit.layers.pool.MaxPool2d`.)
+`detkit-plain` is detkit with torchvision's arithmetic (NCHW batch, frozen BNs not folded:
+`--detkit-plain` of bench_infer): the same work, so its ratio shows what the code around the
+convolutions costs; `detkit` is the default (channels-last batch, folded BNs on the CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import statistics
 import time
 
 import torch
-from _pairs import build_pair, make_inputs
-from torch import nn
+from _pairs import build_pair, make_inputs, plain_arithmetic
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from detkit.layers.norm import LeanFrozenBatchNorm2d
 
 
 class _OpTimer(TorchDispatchMode):
@@ -45,21 +40,9 @@ class _OpTimer(TorchDispatchMode):
         return out
 
 
-def fold_bn(model: nn.Module) -> nn.Module:
-    """A copy whose conv + frozen BN pairs are one convolution with a bias."""
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        for module in model.modules():
-            norm = getattr(module, "norm", None)
-            if isinstance(norm, LeanFrozenBatchNorm2d) and isinstance(getattr(module, "conv", None), nn.Conv2d):
-                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-                module.conv.weight.mul_(scale.view(-1, 1, 1, 1))
-                module.conv.bias = nn.Parameter(norm.bias - norm.running_mean * scale)
-                module.norm = nn.Identity()
-    return model
-
-
-WHAT_IF = {"fold-bn": fold_bn}
+def predict_plain(model, images):
+    with plain_arithmetic(model):
+        return model.predict(images)
 
 
 def main(argv=None) -> None:
@@ -70,7 +53,6 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--top", type=int, default=20, help="ops listed, largest detkit - torchvision difference first")
-    parser.add_argument("--what-if", default="", help=f"comma-separated prototypes of {sorted(WHAT_IF)}, in turn")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = min(args.height, args.width)
@@ -81,11 +63,11 @@ def main(argv=None) -> None:
     dk.eval()
     tv.eval()
     images, _ = make_inputs(1, args.height, args.width, device="cpu", with_masks=False)
-    calls = {"detkit": lambda: dk.predict(images), "torchvision": lambda: tv(images)}
-    changed, names = dk, []
-    for name in filter(None, args.what_if.split(",")):
-        changed, names = WHAT_IF[name](changed), [*names, name]
-        calls["detkit+" + "+".join(names)] = lambda m=changed: m.predict(images)
+    calls = {
+        "detkit": lambda: dk.predict(images),
+        "detkit-plain": lambda: predict_plain(dk, images),
+        "torchvision": lambda: tv(images),
+    }
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     seconds = {name: [] for name in calls}
     ops = {name: collections.defaultdict(lambda: [0.0, 0]) for name in ("detkit", "torchvision")}

@@ -39,7 +39,7 @@ from detkit.utils.cpu_kernels import eager_mode
 
 __all__ = ["conv_norm_folded", "fold_bn_enabled", "folded_conv_parameters"]
 
-# (conv, norm) -> (source key, folded weight, folded bias); weak on the conv: dropped with it
+# conv -> (what the fold was made from, folded weight, folded bias); weak on the conv: dropped with it
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 

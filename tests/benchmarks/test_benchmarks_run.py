@@ -39,6 +39,29 @@ def test_bench_train_and_infer(tmp_path):
         assert report["image_size"] == [96, 128]
 
 
+def test_bench_infer_plain_is_torchvision_arithmetic(tmp_path):
+    """--detkit-plain (NCHW, unfolded BNs) gives torchvision's scores exactly; the CPU defaults within 1e-3."""
+    small = ("--height", "96", "--width", "128", "--iters", "1", "--warmup", "0")
+    plain = run_bench("bench_infer.py", *small, "--detkit-plain", tmp_path=tmp_path)
+    default = run_bench("bench_infer.py", *small, tmp_path=tmp_path)
+    assert plain["detkit_plain"] and plain["checks"]["max_score_diff"] == 0.0
+    assert not default["detkit_plain"] and default["checks"]["scores_close"]
+
+
+def test_compare_ops_cpu_times_the_three_calls(tmp_path):
+    args = ["--height", "96", "--width", "128", "--iters", "1", "--top", "3"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compare_ops_cpu.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "detkit-plain: 100 detections, max |score - torchvision's| 0" in proc.stdout, proc.stdout
+    assert "aten op" in proc.stdout
+
+
 def test_bench_ops(tmp_path):
     report = run_bench("bench_ops.py", "--height", "128", "--width", "192", "--iters", "1", tmp_path=tmp_path)
     backward = {f"roi_align_backward_{case}" for case in ("s4_large", "s8_large", "s8_fpn", "s16_fpn")}

@@ -194,13 +194,15 @@ CUDA = pytest.param(
 
 
 @pytest.mark.parametrize("device", [CUDA])
-def test_faster_rcnn_checkpoint_of_torchvision_builder(tmp_path, device):
+def test_faster_rcnn_checkpoint_of_torchvision_builder(tmp_path, device, torchvision_arithmetic):
     """A checkpoint straight from torchvision's Faster R-CNN builder, on CUDA (the CPU cases above)."""
     sizes = dict(min_size=256, max_size=320)
     torch.manual_seed(0)
     tv = _randomise_and_bias(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **sizes))
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
-    dk = build_model("faster_rcnn_r50_fpn", num_classes=90, weights=str(tmp_path / "tv.pth"), **sizes)
+    dk = build_model(
+        "faster_rcnn_r50_fpn", num_classes=90, weights=str(tmp_path / "tv.pth"), **sizes, **torchvision_arithmetic
+    )
     dk, tv = dk.eval().to(device), tv.to(device)
     images = [img.to(device) for img in _images([(240, 300), (200, 180)])]
     with torch.no_grad():
