@@ -8,9 +8,9 @@ the feature map per layer (53 layers in a ResNet-50: ~10% of a CPU predict at 80
 9 of the ~20 ops each layer dispatches, i.e. 9 kernel launches on a GPU).
 
 The module's parameters and state dict do not change: the folded weight and bias are computed
-on first use and cached per (conv, norm) pair, keyed on the identity and version counter of
-every source tensor, so loading a state dict, an optimiser step or `.to()` makes the next call
-fold again. The cache holds one extra copy of the folded convolutions' weights (~94 MB for a
+on first use and cached per convolution, checked against the identity, storage and version
+counter of every source tensor, so loading a state dict, an optimiser step or `.to()` makes the
+next call fold again. The cache holds one extra copy of the folded convolutions' weights (~94 MB for a
 ResNet-50 in float32) and is dropped with the module.
 
 Folding is used only where it gives the same function:

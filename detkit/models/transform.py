@@ -83,7 +83,8 @@ class DetectionTransform(nn.Module):
     `memory_format` is the batch's layout, which every convolution after it keeps:
     "channels_last" (NHWC), "contiguous" (NCHW) or "auto", channels-last on the CPU and NCHW on
     other devices. On the CPU (oneDNN) channels-last convolutions are faster: a ResNet-50-FPN
-    predict ~15-25%, a training step ~30% (benchmarks/bench_infer.py, bench_train.py). On GPUs
+    predict by ~10% at 320x320 and ~30% at 800x1216, a training step by ~30% at 320x320
+    (benchmarks/bench_infer.py, bench_train.py). On GPUs
     it was not measured here, so "auto" leaves them NCHW. "auto" also stays NCHW while tracing,
     exporting or compiling, and with `DETKIT_CPU_KERNELS=0` (the CUDA code path on a CPU).
     Values are the same up to float rounding (oneDNN picks other kernels for NHWC).
