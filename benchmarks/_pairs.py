@@ -58,8 +58,7 @@ def make_detkit_plain(model) -> None:
 def plain_arithmetic(model):
     """detkit with torchvision's arithmetic for the block: NCHW batch, frozen BNs not folded."""
     layout, fold = model.transform.memory_format, os.environ.get("DETKIT_FOLD_BN")
-    model.transform.memory_format = "contiguous"
-    os.environ["DETKIT_FOLD_BN"] = "0"
+    make_detkit_plain(model)
     try:
         yield
     finally:

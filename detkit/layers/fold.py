@@ -109,10 +109,6 @@ def _still_valid(state: tuple, sources: list[Tensor], norm: nn.Module) -> bool:
     )
 
 
-def _needs_grad(conv: nn.Conv2d, norm: nn.Module) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in _sources(conv, norm))
-
-
 def conv_norm_folded(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor | None:
     """`norm(conv(x))` computed as one convolution with cached folded parameters, or None when
     folding does not apply here (see the module docstring); the caller then runs the two ops."""
@@ -122,10 +118,11 @@ def conv_norm_folded(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor | No
         or not eager_mode()
         or not fold_bn_enabled()
         or _norm_statistics(norm) is None
-        or _needs_grad(conv, norm)
     ):
         return None
     sources = _sources(conv, norm)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in sources):  # a gradient for the parameters
+        return None
     cached = _CACHE.get(conv)
     if cached is None or not _still_valid(cached[0], sources, norm):
         try:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.utils.cpu_kernels import cpu_kernels_enabled
+from detkit.utils.cpu_kernels import cpu_kernels_enabled, eager_mode
 
 # aten runs an elementwise op on one thread below this many elements (at::internal::GRAIN_SIZE)
 _PARALLEL_GRAIN = 32768
@@ -83,9 +83,7 @@ def max_pool2d_3x3s2(x: Tensor) -> Tensor:
     """F.max_pool2d(x, 3, stride=2, padding=1); on contiguous CPU float input that needs no
     gradient (and with CPU kernels enabled) computed as strided maxima, several times faster."""
     if (
-        not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not torch.compiler.is_compiling()
+        eager_mode()
         and x.device.type == "cpu"
         and x.is_floating_point()
         and x.dim() in (3, 4)
