@@ -15,6 +15,7 @@ from detkit.structures.boxes import (
     xyxy_to_xywh,
 )
 from detkit.structures.containers import Detections, ImageBatch, PackedTargets, pad_images
+from detkit.structures.label_map import LabelMap, LabelMapMismatchError
 from detkit.structures.packed import (
     PackedRows,
     count_per_image,
@@ -30,6 +31,8 @@ from detkit.structures.packed import (
 __all__ = [
     "Detections",
     "ImageBatch",
+    "LabelMap",
+    "LabelMapMismatchError",
     "PackedRows",
     "PackedTargets",
     "batched_box_iou",
