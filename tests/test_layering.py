@@ -22,6 +22,7 @@ LAYERS = [
     "proposals",
     "heads",
     "models",
+    "io",
     "data",
     "evaluation",
     "engine",

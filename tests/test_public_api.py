@@ -64,17 +64,17 @@ PUBLIC_NAMES: dict[str, str] = {
     "detkit.data.voc": "VOC_CLASSES VocDetection parse_voc_xml",
     "detkit.engine": (
         "AtomicCheckpointIO CocoDataModule CocoPredictionWriter DetectionCheckpoint DetectionDataModule "
-        "DetectionModule LossCurveCallback ShapesDataModule UnsafeCheckpointError VocDataModule WarmupSchedule "
-        "load_checkpoint parameter_groups plot_training_curves"
+        "DetectionModule LossCurveCallback ShapesDataModule VocDataModule WarmupSchedule parameter_groups "
+        "plot_training_curves"
     ),
     "detkit.engine.callbacks": (
         "CocoPredictionWriter DetectionCheckpoint LossCurveCallback plot_training_curves read_metrics_csv"
     ),
-    "detkit.engine.checkpoint_io": "AtomicCheckpointIO UnsafeCheckpointError load_checkpoint",
-    "detkit.engine.cli": "DetkitCLI build_model_from_checkpoint cli_main predict_files_main",
+    "detkit.engine.checkpoint_io": "AtomicCheckpointIO",
+    "detkit.engine.cli": "DetkitCLI cli_main predict_files_main",
     "detkit.engine.datamodule": "CocoDataModule DetectionDataModule ShapesDataModule VocDataModule",
     "detkit.engine.module": (
-        "DetectionModule WarmupSchedule build_warmup_schedule parameter_groups resolve_milestones with_warmup STATS_KEY"
+        "DetectionModule WarmupSchedule build_warmup_schedule parameter_groups resolve_milestones with_warmup"
     ),
     "detkit.engine.visualize": "class_colour draw_detections plot_curves save_png to_uint8_rgb",
     "detkit.evaluation": (
@@ -89,6 +89,14 @@ PUBLIC_NAMES: dict[str, str] = {
     "detkit.evaluation.proposal_recall": "AR_IOU_THRESHOLDS proposal_recall",
     "detkit.evaluation.results": "detections_to_coco_results label_lookup_table save_results_json atomic_write_bytes",
     "detkit.evaluation.voc_eval": "VOC_METRICS VOCGroundTruth VOCResult evaluate_voc voc_ap voc_evaluate_main",
+    "detkit.io": (
+        "STATS_KEY CheckpointInfo CheckpointReadError UnsafeCheckpointError build_model_from_checkpoint "
+        "checkpoint_info load_checkpoint"
+    ),
+    "detkit.io.checkpoint": (
+        "STATS_KEY CheckpointInfo CheckpointReadError UnsafeCheckpointError build_model_from_checkpoint "
+        "checkpoint_info load_checkpoint"
+    ),
     "detkit.export": (
         "DEFAULT_OPSET ExportableDetector OnnxDetector check_exportable export_onnx export_program exportable "
         "model_metadata paste_masks_numpy split_packed"

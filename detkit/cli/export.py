@@ -1,7 +1,10 @@
 """`detkit export`: write a detector as an ONNX file or a torch.export program (.pt2).
 
-detkit export --checkpoint last.ckpt --format onnx --output model.onnx
-detkit export --model faster_rcnn_r50_fpn --num-classes 90 --weights tv.pth --format pt2 --output model.pt2
+detkit export --checkpoint last.ckpt --output model.onnx
+detkit export --model faster_rcnn_r50_fpn --num-classes 90 --weights tv.pth --output model.pt2
+
+The format follows the output's suffix (.onnx / .pt2) unless --format says it. `--model` without
+`--weights` is refused unless `--random-weights` asks for an untrained detector.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 
-__all__ = ["export_main", "load_for_export", "main"]
+__all__ = ["export_main", "load_for_export", "main", "output_format"]
 
 
 def load_for_export(
@@ -19,27 +22,44 @@ def load_for_export(
 ) -> tuple[object, dict]:
     """(eval-mode model, metadata: class names and label -> category id when the checkpoint has them)."""
     if checkpoint:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-        from detkit.engine.checkpoint_io import build_model_from_checkpoint, load_checkpoint
-        from detkit.engine.module import STATS_KEY
+        from detkit.io.checkpoint import build_model_from_checkpoint
 
-        model, class_names = build_model_from_checkpoint(checkpoint)
-        info = load_checkpoint(checkpoint).get(STATS_KEY) or {}
-        meta = {"model_name": info.get("model_name", "")}
-        if class_names:
-            meta["class_names"] = list(class_names)
-        if info.get("label_to_category_id"):
-            meta["label_to_category_id"] = {str(k): int(v) for k, v in info["label_to_category_id"].items()}
-        if info.get("proposals"):
-            meta["proposals"] = dict(info["proposals"])  # selective-search settings, for `detkit predict --onnx`
-        return model.eval(), meta
+        model, info = build_model_from_checkpoint(checkpoint)
+        meta = {"model_name": info.model_name}
+        if info.class_names:
+            meta["class_names"] = list(info.class_names)
+        if info.label_map is not None:
+            meta["label_to_category_id"] = {str(k): v for k, v in info.label_map.label_to_category_id.items()}
+        if info.proposal_settings:
+            meta["proposals"] = dict(info.proposal_settings)  # selective-search settings, for `detkit predict --onnx`
+        return model, meta
     from detkit.models import build_model
 
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"weights not found: {weights}")
     model = build_model(model_name, num_classes=int(num_classes), weights=weights)
     return model.eval(), {"model_name": model_name}
+
+
+FORMAT_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+
+
+def output_format(output: str, requested: str | None) -> str:
+    """The export format: `requested` (--format), else the one `output`'s suffix names.
+
+    Raises ValueError when the suffix names the other format, or names none and no format is requested.
+    """
+    suffix = os.path.splitext(output)[1].lower()
+    implied = FORMAT_SUFFIXES.get(suffix)
+    if requested is None:
+        if implied is None:
+            raise ValueError(f"--output {output}: cannot tell the format from the suffix: name it .onnx or .pt2, "
+                             "or pass --format onnx|pt2")  # fmt: skip
+        return implied
+    if implied is not None and implied != requested:
+        raise ValueError(f"--output {output} names a .{implied} file but --format is {requested}: "
+                         f"use a .{requested} suffix or --format {implied}")  # fmt: skip
+    return requested
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
@@ -51,10 +71,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
     source.add_argument("--model", help="registered model name (see detkit.models.list_models())")
     parser.add_argument("--weights", help="with --model: weights file (detkit or torchvision checkpoint)")
     parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="with --model and no --weights: export the untrained detector (refused without this flag)",
+    )
+    parser.add_argument(
         "--num-classes", type=int, help="with --model: classes without background (default 90, as COCO checkpoints)"
     )
-    parser.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
-    parser.add_argument("--output", required=True, help="output file (.onnx or .pt2)")
+    parser.add_argument(
+        "--format", choices=("onnx", "pt2"), default=None, help="default: from the --output suffix (.onnx / .pt2)"
+    )
+    parser.add_argument("--output", required=True, help="output file (.onnx or .pt2: the suffix picks the format)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18, at least 16)")
     parser.add_argument("--max-detections", type=int, default=None, help="detections per image (default: the model's)")
     parser.add_argument(
@@ -65,6 +92,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
     args = parser.parse_args(argv)
     if args.model is None and (args.weights or args.num_classes) and args.checkpoint:
         parser.error("--weights / --num-classes go with --model, not --checkpoint")
+    if args.random_weights and not args.model:
+        parser.error("--random-weights goes with --model")
+    if args.model and args.weights and args.random_weights:
+        parser.error("--random-weights and --weights exclude each other")
+    if args.model and not args.weights and not args.random_weights:
+        parser.error(f"--model {args.model} without --weights would export random weights: pass --weights FILE, "
+                     "or --random-weights to export the untrained detector")  # fmt: skip
+    try:
+        args.format = output_format(args.output, args.format)
+    except ValueError as e:
+        parser.error(str(e))
     if args.max_detections is not None and args.max_detections < 1:
         parser.error("--max-detections must be >= 1")
     if args.opset is not None and args.format != "onnx":

@@ -22,9 +22,10 @@ from torch.optim import Optimizer
 
 from detkit.cli.configs import resolve_config_args
 from detkit.engine.callbacks import CocoPredictionWriter, DetectionCheckpoint, LossCurveCallback
-from detkit.engine.checkpoint_io import AtomicCheckpointIO, load_checkpoint
+from detkit.engine.checkpoint_io import AtomicCheckpointIO
 from detkit.engine.datamodule import DetectionDataModule
 from detkit.engine.module import DetectionModule
+from detkit.io.checkpoint import load_checkpoint
 
 __all__ = ["PREDICT_CONFIG_HELP", "SUBCOMMANDS", "DetkitCLI", "cli_main", "run"]
 

@@ -153,12 +153,14 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
         from detkit.export.runner import OnnxPredictor
 
         model = OnnxPredictor(args.onnx)
-        class_names = model.class_names
+        class_names, proposal_settings = model.class_names, model.proposal_settings
+        label_map = model.label_to_category_id
     else:
-        from detkit.engine.checkpoint_io import build_model_from_checkpoint
+        from detkit.io.checkpoint import build_model_from_checkpoint
 
-        model, class_names = build_model_from_checkpoint(args.checkpoint)
-    label_map = getattr(model, "label_to_category_id", None)
+        model, info = build_model_from_checkpoint(args.checkpoint)
+        class_names, proposal_settings = info.class_names, info.proposal_settings
+        label_map = info.label_map.label_to_category_id if info.label_map is not None else None
     by_name: dict[str, int] = {}
     if args.annotations is not None:
         if not os.path.isfile(args.annotations):
@@ -190,7 +192,7 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     with contextlib.ExitStack() as cleanup:
         proposals = itertools.repeat(None)
         if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
-            proposals = _region_proposals(model, files, image_ids, args, prog, cleanup)
+            proposals = _region_proposals(proposal_settings, files, image_ids, args, prog, cleanup)
         for (path, name), image_id, png, boxes in zip(files, image_ids, out_names, proposals):
             try:
                 image = read_image_rgb(path)
@@ -253,11 +255,11 @@ class _CacheBoxes:
             yield _NO_PROPOSALS if key is None else self.cache.get(key)[: self.cap]
 
 
-def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int], args, prog: str, cleanup):
+def _region_proposals(settings, files: list[tuple[Path, str]], image_ids: list[int], args, prog: str, cleanup):
     """Selective-search boxes of every input file (input pixels), in file order, as at training time.
 
     With `--proposals CACHE` they are read from that cache; otherwise computed on the CPU with the
-    settings recorded with the model (`proposal_settings`, else the library defaults and a warning)
+    settings recorded with the model (`settings`, else the library defaults and a warning)
     by `compute_proposals` (its process pool and progress bar) into a temporary cache, which
     `cleanup` (an ExitStack) removes.
     """
@@ -271,7 +273,6 @@ def _region_proposals(model, files: list[tuple[Path, str]], image_ids: list[int]
     )
 
     source = args.checkpoint or args.onnx
-    settings = getattr(model, "proposal_settings", None)
     if settings:
         settings = {k: settings[k] for k in SELECTIVE_SEARCH_KEYS if k in settings}
     if args.proposals:

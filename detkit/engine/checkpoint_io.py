@@ -1,9 +1,8 @@
-"""Checkpoint I/O: atomic writes and safe (`weights_only=True`) loading."""
+"""Lightning's checkpoint I/O plugin: atomic writes and safe loading (`detkit.io.load_checkpoint`)."""
 
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any
 
 import torch
@@ -11,51 +10,14 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from detkit.io.checkpoint import UnsafeCheckpointError, load_checkpoint
 from detkit.utils.io import atomic_write
 
-__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError", "build_model_from_checkpoint", "load_checkpoint"]
-
-
-class UnsafeCheckpointError(RuntimeError, ValueError):
-    """A checkpoint holds objects that `torch.load(weights_only=True)` refuses to unpickle."""
+__all__ = ["AtomicCheckpointIO"]
 
 
 def _is_local(path: _PATH) -> bool:
     return "://" not in str(path) or str(path).startswith("file://")
-
-
-def load_checkpoint(path: _PATH, map_location: Any = "cpu") -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)` with clear errors.
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnsafeCheckpointError: the file needs arbitrary unpickling; it is never loaded unsafely.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise UnsafeCheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(e)})") from None
-        reason = next(
-            (ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), _first_line(e)
-        )
-        raise UnsafeCheckpointError(
-            f"{path}: torch.load(weights_only=True) refused this checkpoint ({reason}). detkit never falls back "
-            "to unsafe unpickling. If you trust the file, load it yourself with weights_only=False and re-save "
-            "only tensors, numbers, strings, lists and dicts."
-        ) from None
-    except Exception as e:  # truncated / corrupt files raise many kinds of errors
-        raise UnsafeCheckpointError(
-            f"{path}: not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)})"
-        ) from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -92,48 +54,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not fs.exists(path):
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return load_checkpoint(os.fspath(path).removeprefix("file://"), map_location=map_location or "cpu")
-
-
-def build_model_from_checkpoint(
-    path: str | os.PathLike, map_location: str = "cpu"
-) -> tuple[torch.nn.Module, list[str] | None]:
-    """Detector and class names from a detkit Lightning checkpoint (loaded with weights_only=True).
-
-    The detector's `label_to_category_id` attribute holds the training data's `{label: category id}`
-    (None for checkpoints written before detkit stored it).
-
-    `backbone_weights` in the saved model arguments is ignored: the checkpoint holds all weights.
-    """
-    from detkit.engine.module import STATS_KEY
-    from detkit.models import build_model
-
-    ckpt = load_checkpoint(path, map_location=map_location)
-    info = ckpt.get(STATS_KEY) or {}
-    hparams = ckpt.get("hyper_parameters") or {}
-    model_name = info.get("model_name", hparams.get("model_name"))
-    num_classes = info.get("num_classes", hparams.get("num_classes"))
-    model_kwargs = dict(info.get("model_kwargs", hparams.get("model_kwargs")) or {})
-    if model_name is None or num_classes is None or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a detkit training checkpoint (no model name / num_classes / state_dict)")
-    model_kwargs.pop("backbone_weights", None)
-    model = build_model(model_name, num_classes=int(num_classes), **model_kwargs)
-    state = {k[len("model.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: checkpoint does not match {model_name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    model.label_to_category_id = _load_category_map(path, info, int(num_classes))  # type: ignore[assignment]
-    model.proposal_settings = info.get("proposals")  # type: ignore[assignment]  # selective search of training
-    return model.eval(), info.get("class_names")
-
-
-def _load_category_map(path: str | os.PathLike, info: dict, num_classes: int) -> dict[int, int] | None:
-    """`{label: category_id}` stored in a checkpoint (None for checkpoints written before it was stored)."""
-    stored = info.get("label_to_category_id")
-    if not stored:
-        return None
-    mapping = {int(k): int(v) for k, v in dict(stored).items()}
-    if sorted(mapping) != list(range(1, num_classes + 1)):
-        raise ValueError(f"{path}: label_to_category_id does not cover labels 1..{num_classes}: {mapping}")
-    return mapping

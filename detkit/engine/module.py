@@ -26,6 +26,7 @@ from detkit import __version__
 from detkit.engine.evaluation_writer import Evaluation, EvaluationWriter
 from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate
 from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
+from detkit.io.checkpoint import STATS_KEY
 from detkit.layers import is_norm
 from detkit.models import build_model
 
@@ -37,8 +38,6 @@ __all__ = [
     "resolve_milestones",
     "with_warmup",
 ]
-
-STATS_KEY = "detkit"  # extra checkpoint entry: class names and how to rebuild the detector
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

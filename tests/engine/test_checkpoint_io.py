@@ -1,11 +1,12 @@
-"""AtomicCheckpointIO: no half-written checkpoints, safe loading only."""
+"""AtomicCheckpointIO: no half-written checkpoints, safe loading only (the reading itself: tests/io)."""
 
 import os
 
 import pytest
 import torch
 
-from detkit.engine.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint
+from detkit.engine.checkpoint_io import AtomicCheckpointIO
+from detkit.io.checkpoint import UnsafeCheckpointError
 
 
 class NotATensor:  # pickled by reference: torch.load(weights_only=True) rejects it
@@ -56,21 +57,10 @@ def test_interrupt_mid_write_cleans_up(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_unsafe_checkpoint_is_refused_with_a_clear_message(tmp_path):
+def test_unsafe_checkpoint_is_refused(tmp_path):
     path = tmp_path / "unsafe.ckpt"
     torch.save({"obj": NotATensor()}, path)
     with pytest.raises(UnsafeCheckpointError, match="weights_only=True.*never falls back"):
-        load_checkpoint(path)
-    with pytest.raises(UnsafeCheckpointError):
         AtomicCheckpointIO().load_checkpoint(path)
     with pytest.raises(UnsafeCheckpointError, match="weights_only=False was requested"):
         AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
-
-
-def test_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        load_checkpoint(tmp_path / "nope.ckpt")
-    bad = tmp_path / "bad.ckpt"
-    bad.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(UnsafeCheckpointError, match="not a readable torch checkpoint"):
-        load_checkpoint(bad)

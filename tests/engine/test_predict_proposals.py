@@ -14,9 +14,9 @@ import torch
 
 from detkit.cli import main
 from detkit.data import read_image_rgb
-from detkit.engine.checkpoint_io import build_model_from_checkpoint, load_checkpoint
 from detkit.engine.module import DetectionModule
 from detkit.evaluation.results import detections_to_coco_results
+from detkit.io.checkpoint import build_model_from_checkpoint, load_checkpoint
 from detkit.proposals.cache import compute_proposals
 
 # not the library defaults (fast, 2000, resize_to None): the test sees that these are the ones used
@@ -79,12 +79,13 @@ def _python_api(checkpoint: str, images, proposals_path) -> list[dict]:
     """`model.predict(image, proposals=...)` of every image, as COCO results (ids 1..N)."""
     settings = dict(TRAINING, max_proposals=DATA_MAX_PROPOSALS)
     cache = compute_proposals(_files(images), proposals_path, workers=1, progress=False, **settings)
-    model, _ = build_model_from_checkpoint(checkpoint)
+    model, info = build_model_from_checkpoint(checkpoint)
+    label_map = info.label_map.label_to_category_id
     results = []
     for image_id, path in _files(images):
         image = torch.from_numpy(read_image_rgb(path)).permute(2, 0, 1).float().div(255)
         (det,) = model.predict([image], proposals=[torch.from_numpy(cache.get(image_id))])
-        results += detections_to_coco_results([image_id], [det], label_to_category_id=model.label_to_category_id)
+        results += detections_to_coco_results([image_id], [det], label_to_category_id=label_map)
     return results
 
 

@@ -106,7 +106,7 @@ def mask_export(tmp_path_factory):
 
 @pytest.mark.slow
 def test_mask_rcnn_tiny_exports_and_matches_eager(mask_export, tmp_path):
-    from detkit.engine.cli import build_model_from_checkpoint
+    from detkit.io import build_model_from_checkpoint
 
     model, _ = build_model_from_checkpoint(mask_export / "mask.ckpt")
     export_program(model, tmp_path / "model.pt2")
@@ -157,10 +157,69 @@ def test_export_needs_eval_mode():
 
 def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
-        export_main(["--model", "faster_rcnn_tiny", "--format", "pt2", "--output", "x.pt2", "--opset", "17"])
+        export_main(
+            ["--model", "faster_rcnn_tiny", "--random-weights", "--format", "pt2", "--output", "x.pt2", "--opset", "17"]
+        )
     assert "--opset applies to --format onnx only" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="checkpoint not found: nope.ckpt"):
         export_main(["--checkpoint", "nope.ckpt", "--output", "x.onnx"])
+
+
+def test_model_without_weights_is_refused_unless_random_weights_is_asked_for(tmp_path, monkeypatch, capsys):
+    import detkit.export.api as api
+
+    written = []
+    monkeypatch.setattr(api, "export_onnx", lambda model, path, **kw: written.append(("onnx", path)))
+    with pytest.raises(SystemExit):
+        export_main(["--model", "faster_rcnn_tiny", "--num-classes", "3", "--output", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--model faster_rcnn_tiny without --weights would export random weights" in err and "--random-weights" in err
+    assert written == [] and not (tmp_path / "m.onnx").exists()
+    args = [
+        "--model",
+        "faster_rcnn_tiny",
+        "--num-classes",
+        "3",
+        "--random-weights",
+        "--output",
+        str(tmp_path / "m.onnx"),
+    ]
+    assert export_main(args) == 0
+    assert written == [("onnx", str(tmp_path / "m.onnx"))]
+    with pytest.raises(SystemExit):
+        export_main(["--checkpoint", "c.ckpt", "--random-weights", "--output", "m.onnx"])
+    assert "--random-weights goes with --model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "output, requested, expected",
+    [("y.pt2", None, "pt2"), ("y.onnx", None, "onnx"), ("Y.PT2", None, "pt2"), ("y.bin", "pt2", "pt2")],
+)
+def test_the_output_suffix_picks_the_format(tmp_path, monkeypatch, output, requested, expected):
+    import detkit.export.api as api
+
+    written = []
+    monkeypatch.setattr(api, "export_onnx", lambda model, path, **kw: written.append(("onnx", path)))
+    monkeypatch.setattr(api, "export_program", lambda model, path, **kw: written.append(("pt2", path)))
+    fmt = ["--format", requested] if requested else []
+    args = ["--model", "faster_rcnn_tiny", "--num-classes", "3", "--random-weights", *fmt]
+    assert export_main([*args, "--output", str(tmp_path / output)]) == 0
+    assert written == [(expected, str(tmp_path / output))]
+
+
+@pytest.mark.parametrize(
+    "output, requested, message",
+    [
+        ("y.pt2", "onnx", "--output y.pt2 names a .pt2 file but --format is onnx"),
+        ("y.onnx", "pt2", "--output y.onnx names a .onnx file but --format is pt2"),
+        ("y.bin", None, "--output y.bin: cannot tell the format from the suffix"),
+    ],
+)
+def test_a_suffix_that_contradicts_the_format_is_an_error(capsys, output, requested, message):
+    fmt = ["--format", requested] if requested else []
+    with pytest.raises(SystemExit) as info:
+        export_main(["--model", "faster_rcnn_tiny", "--random-weights", *fmt, "--output", output])
+    assert info.value.code == 2 and message in capsys.readouterr().err
 
 
 # FPN detectors with random weights, scaled so that scores neither saturate nor tie (random R50

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-import detkit.engine.checkpoint_io as checkpoint_io
+import detkit.io.checkpoint as checkpoint_io
 from detkit.cli import main
+from detkit.io.checkpoint import CheckpointInfo
 
 
 class OutOfMemoryDetector(nn.Module):
@@ -34,7 +35,8 @@ def test_predict_out_of_memory_suggests_smaller_batch(tmp_path, monkeypatch, cap
     for name in ("a.png", "b.png"):
         cv2.imwrite(str(images / name), np.full((64, 64, 3), 100, np.uint8))
     model = OutOfMemoryDetector()
-    monkeypatch.setattr(checkpoint_io, "build_model_from_checkpoint", lambda path, map_location="cpu": (model, None))
+    info = CheckpointInfo(model_name="faster_rcnn_tiny", num_classes=3)
+    monkeypatch.setattr(checkpoint_io, "build_model_from_checkpoint", lambda path, map_location="cpu": (model, info))
     args = ["predict", "--checkpoint", str(tmp_path / "x.ckpt"), "--input", str(images)]
     try:
         code = main([*args, "--output", str(tmp_path / "out"), "--batch-size", "2", "--device", "cpu"])

@@ -18,7 +18,8 @@ import torch
 from detkit.backbones import build_backbone
 from detkit.data import CocoDetection, VocDetection
 from detkit.data.coco import resolve_under_root
-from detkit.engine.checkpoint_io import AtomicCheckpointIO, UnsafeCheckpointError, load_checkpoint
+from detkit.engine.checkpoint_io import AtomicCheckpointIO
+from detkit.io.checkpoint import UnsafeCheckpointError, load_checkpoint
 from detkit.models import build_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,7 +158,7 @@ def test_hostile_checkpoint_is_refused(hostile, loader):
 
 def test_hostile_checkpoint_refused_by_predict_checkpoint_loader(hostile):
     """The loader behind `detkit predict --checkpoint`."""
-    from detkit.engine.cli import build_model_from_checkpoint
+    from detkit.io.checkpoint import build_model_from_checkpoint
 
     path, marker = hostile
     with pytest.raises(UnsafeCheckpointError, match="weights_only"):
