@@ -99,26 +99,29 @@ class DetectionDataModule(LightningDataModule):
 
     def _check_resize(self, min_size: int | Sequence[int] | None, max_size: int | None) -> None:
         """The detector's transform resizes every image (train, validation, test, predict); the data
-        pipeline never does. `min_size` / `max_size` given to the data module must agree with it."""
+        pipeline never does. `min_size` / `max_size` given to the data module must equal the model's
+        (checked once the trainer holds the model); a difference is a one-line error that says to
+        remove them and set the sizes in `model.model_kwargs`."""
         if min_size is None and max_size is None:
             return
-        if min_size is not None and not isinstance(min_size, int):
-            raise ValueError(
-                f"data min_size={list(min_size)}: the model resizes every image; for multi-scale training set "
-                f"model.model_kwargs.min_size: {list(min_size)} (one drawn per training image, the largest in eval)"
-            )
         module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
         transform = getattr(getattr(module, "model", None), "transform", None)
         if transform is None:
             return
-        given = {"min_size": min_size, "max_size": max_size}
-        wrong = {k: v for k, v in given.items() if v is not None and v != getattr(transform, k, v)}
+
+        def plain(size):  # a list from YAML and a tuple from a builder compare equal
+            return size if size is None or isinstance(size, int) else [int(v) for v in size]
+
+        given = {"min_size": plain(min_size), "max_size": max_size}
+        wrong = {k: v for k, v in given.items() if v is not None and v != plain(getattr(transform, k, v))}
         if wrong:
-            have = ", ".join(f"{k}={getattr(transform, k)}" for k in wrong)
             asked = ", ".join(f"{k}={v}" for k, v in wrong.items())
+            have = ", ".join(f"{k}={plain(getattr(transform, k))}" for k in wrong)
+            keep = ", ".join(f"{k}: {v}" for k, v in given.items() if v is not None)
             raise ValueError(
                 f"data {asked} differs from the model's {have}: the model resizes every image (training, "
-                "validation and prediction alike); set model.model_kwargs.min_size / max_size instead"
+                "validation and prediction alike), the data never does; remove data.min_size / data.max_size "
+                f"and set the sizes in model.model_kwargs (for the data's: {keep})"
             )
 
     @staticmethod
