@@ -175,7 +175,10 @@ PUBLIC_NAMES: dict[str, str] = {
     ),
     "detkit.structures.containers": "Detections ImageBatch PackedTargets avoid_host_syncs count_per_image",
     "detkit.utils": "",
-    "detkit.utils.optional": "EXTRAS MissingExtraError extra_for missing_message require",
+    "detkit.utils.optional": (
+        "EXTRAS OPENCV_PACKAGE BrokenOpenCVError MissingExtraError extra_for installed_opencv missing_message require "
+        "require_opencv"
+    ),
     "detkit.utils.rle": "compressed_rle_counts compressed_rle_problem",
 }
 

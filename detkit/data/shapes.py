@@ -30,11 +30,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from detkit.utils.optional import require_opencv
+
 from .coco import CocoDetection
+
+cv2 = require_opencv("the shapes data set", ("fillPoly", "circle", "imwrite", "cvtColor"))
 
 try:
     import fcntl

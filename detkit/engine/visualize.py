@@ -10,11 +10,13 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 
-import cv2
 import numpy as np
 import torch
 
 from detkit.utils.io import atomic_write
+from detkit.utils.optional import require_opencv
+
+cv2 = require_opencv("drawing", ("FONT_HERSHEY_SIMPLEX", "putText", "rectangle", "imencode"))
 
 __all__ = ["class_colour", "draw_detections", "plot_curves", "save_png", "to_uint8_rgb"]
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 from detkit.utils.io import atomic_write
+from detkit.utils.optional import require_opencv
+
+cv2 = require_opencv("precision-recall curves", ("FONT_HERSHEY_SIMPLEX", "putText", "rotate", "imencode"))
 
 __all__ = ["plot_pr_curves"]
 

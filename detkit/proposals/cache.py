@@ -44,11 +44,11 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no lock
     fcntl = None
 
-from detkit.proposals.selective_search import _check_args, selective_search_bgr
+from detkit.proposals.selective_search import _check_args, _opencv_contrib, selective_search_bgr
 from detkit.utils.io import atomic_write
-from detkit.utils.optional import require
+from detkit.utils.optional import require, require_opencv
 
-cv2 = require("cv2", "proposals", "selective search")
+cv2 = require_opencv("proposal caches", ("imdecode", "IMREAD_COLOR", "setNumThreads"), "proposals")
 tqdm = require("tqdm.auto", "proposals", "detkit proposals").tqdm
 
 __all__ = [
@@ -571,7 +571,9 @@ def compute_proposals(
     (`imap_unordered`, one image per task, OpenCV single-threaded in each); only this
     process writes the file, one record per finished image, so an interrupted run loses
     at most the images in flight. Images that fail (unreadable files) do not stop the
-    run: a RuntimeError names them at the end, the others are cached.
+    run: a RuntimeError names them at the end, the others are cached (a new file in which
+    no image succeeded is removed). An OpenCV without selective search fails before any file
+    is written.
 
     Args:
         dataset_images: `(image_id, image_path)` pairs.
@@ -585,8 +587,10 @@ def compute_proposals(
         The cache (file handles closed; they reopen on use).
     """
     params = selective_search_params(mode, max_proposals, min_size, resize_to, seed)
+    _opencv_contrib()  # a non-contrib or broken OpenCV fails here, once, before any file is written
     ss_kwargs = {k: params[k] for k in ("mode", "max_proposals", "min_size", "resize_to", "seed")}
     dataset_images = [(int(i), os.fspath(p)) for i, p in dataset_images]
+    created = not os.path.exists(cache_path)
     cache = ProposalCache(cache_path, params, images=image_records(dataset_images))
 
     todo, seen = [], set()
@@ -637,8 +641,14 @@ def compute_proposals(
 
     if failures:
         shown = "; ".join(f"id {i}: {e}" for i, e in failures[:5])
-        raise RuntimeError(
-            f"selective search failed for {len(failures)} image(s), the others are cached "
-            f"in {cache.path}: {shown}" + (" ..." if len(failures) > 5 else "")
-        )
+        done = len(todo) - len(failures)
+        if done:
+            kept = f"the other {done} are cached in {cache.path}"
+        elif created and len(cache) == 0:  # nothing worth resuming: no empty file left behind
+            cache.path.unlink()
+            kept = f"none cached ({cache.path} not written)"
+        else:
+            kept = f"no other image cached in {cache.path}"
+        more = " ..." if len(failures) > 5 else ""
+        raise RuntimeError(f"selective search failed for {len(failures)} image(s), {kept}: {shown}{more}")
     return cache

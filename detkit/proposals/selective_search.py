@@ -15,7 +15,7 @@ import functools
 
 import numpy as np
 
-from detkit.utils.optional import require
+from detkit.utils.optional import require_opencv
 
 __all__ = ["SS_MODES", "default_min_size", "selective_search", "selective_search_bgr"]
 
@@ -42,14 +42,10 @@ def _libc_srand():
 
 
 def _opencv_contrib():
-    """cv2 with the contrib module `ximgproc` (selective search), or a one-line ImportError."""
-    cv2 = require("cv2", "proposals", "selective search")
-    if not hasattr(cv2, "ximgproc"):
-        raise ImportError(
-            "selective search needs OpenCV's contrib modules (cv2.ximgproc): replace "
-            "opencv-python(-headless) with opencv-contrib-python-headless (pip install 'detkit[proposals]')"
-        )
-    return cv2
+    """cv2 with the contrib module `ximgproc` (selective search), or a one-line ImportError naming the fix."""
+    return require_opencv(
+        "selective search", ("ximgproc.segmentation.createSelectiveSearchSegmentation", "resize"), "proposals"
+    )
 
 
 def default_min_size(height: int, width: int) -> float:
