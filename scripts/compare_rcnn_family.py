@@ -43,6 +43,7 @@ from detkit.proposals import compute_proposals
 MODELS = ("rcnn_tiny", "fast_rcnn_tiny", "faster_rcnn_tiny", "rcnn_alexnet")
 DEFAULT_MODELS = ("rcnn_tiny", "fast_rcnn_tiny", "faster_rcnn_tiny")
 WITHOUT_PROPOSALS = ("faster_rcnn_tiny",)  # its RPN makes its own
+OUTPUT_FORMATS = {".json": "json", ".md": "markdown"}  # --output name suffix -> what is written
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,8 +59,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for selective search on train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--output", default=None, help="also write the table and raw numbers (json) here")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--output",
+        default=None,
+        help="also write the results here: a .json file gets the raw numbers (args, rows, settings) as JSON, "
+        "a .md file the tables as Markdown followed by the raw numbers in a json block",
+    )
+    args = p.parse_args(argv)
+    if args.output is not None and os.path.splitext(args.output)[1].lower() not in OUTPUT_FORMATS:
+        p.error(f"--output {args.output}: the name must end in .json (JSON) or .md (Markdown)")
+    return args
+
+
+def write_output(path: str, text: str, raw: dict) -> None:
+    """The run's results at `path`: JSON (`raw`) for .json, Markdown (`text`, then `raw` in a json block) for .md."""
+    kind = OUTPUT_FORMATS[os.path.splitext(path)[1].lower()]
+    with open(path, "w", encoding="utf-8") as f:
+        if kind == "json":
+            json.dump(raw, f, indent=1)
+            f.write("\n")
+        else:
+            f.write(text + "\n```json\n" + json.dumps(raw, indent=1) + "\n```\n")
 
 
 def image_list(dataset: ShapesDataset) -> list[tuple[int, str]]:
@@ -276,9 +296,7 @@ def main(argv=None) -> int:
         )
     print("\n" + text)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            raw = {"args": vars(args), "rows": rows, "settings": settings}
-            f.write(text + "\n```json\n" + json.dumps(raw, indent=1) + "\n```\n")
+        write_output(args.output, text, {"args": vars(args), "rows": rows, "settings": settings})
     return 0
 
 

@@ -32,6 +32,20 @@ def test_defaults_keep_the_tiny_lineage_and_reject_unknown_models(script):
         script.parse_args(["--models", "rcnn_resnet9000"])
 
 
+def test_output_is_json_for_json_and_markdown_for_md(script, tmp_path, capsys):
+    raw = {"args": {"train_steps": 1}, "rows": [{"model": "rcnn_tiny", "AP": 0.25}], "settings": {"rcnn_tiny": {}}}
+    text = "| model | AP |\n|---|---|\n| rcnn_tiny | 25.0 |\n"
+    script.write_output(str(tmp_path / "x.json"), text, raw)
+    assert json.loads((tmp_path / "x.json").read_text(encoding="utf-8")) == raw  # plain JSON, no Markdown around it
+    script.write_output(str(tmp_path / "x.md"), text, raw)
+    md = (tmp_path / "x.md").read_text(encoding="utf-8")
+    assert md.startswith(text) and json.loads(md.split("```json\n")[1].split("```")[0]) == raw
+    assert script.parse_args(["--output", "r.JSON"]).output == "r.JSON"
+    with pytest.raises(SystemExit):  # refused before any training, not after it
+        script.parse_args(["--output", "results.txt"])
+    assert "--output results.txt: the name must end in .json (JSON) or .md (Markdown)" in capsys.readouterr().err
+
+
 def test_differing_lists_only_settings_that_differ(script):
     settings = {"a": {"crop_size": 64, "dropout": 0.0, "box_features": "fc7"}, "b": {"crop_size": 227, "dropout": 0.0}}
     assert script.differing(settings) == ["crop_size: a=64, b=227", "box_features: a=fc7, b=-"]
