@@ -140,11 +140,16 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     Writes `OUT/detections.json`, a COCO results list (`image_id`, `category_id` -- the data set's
     own ids --, `bbox` XYWH, `score`, and RLE `segmentation` for mask models) that
     `detkit evaluate` reads as it is; `OUT/images.json` (`images`: id, file_name, width, height
-    of every predicted file; `categories`; `skipped`: unreadable files and why); and one PNG per
-    image with its detections drawn. Image ids come from `--annotations` (matched by `file_name`
-    relative to the input folder), else they are 1..N in sorted file order.
+    of every predicted file; `categories`; `skipped`: unreadable files and why; `image_ids`: where
+    the ids come from); and one PNG per image with its detections drawn (with OpenCV installed).
+    Image ids come from `--annotations` (matched by `file_name` relative to the input folder;
+    `image_ids: "annotations"` and the file's path), else they are 1..N in sorted file order
+    (`image_ids: "sequential"`: `detkit evaluate` then maps them to the ground truth's by file name).
+
+    Nothing is left behind when it fails (an unreadable file with `--strict`, no readable file at
+    all): the files it wrote are removed, and the output folder if it made it.
     """
-    from detkit.data import ImageReadError, read_image_rgb
+    from detkit.data import ImageReadError, read_image_rgb  # neither needs OpenCV nor pycocotools
     from detkit.evaluation.results import save_results_json
 
     device = _resolve_device(args.device)
@@ -181,8 +186,14 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
         files, image_ids = _match_annotations(files, args.annotations, by_name, prog)
     if args.proposals and not getattr(model, "requires_proposals", False):
         raise ValueError(f"--proposals: {args.checkpoint or args.onnx} has an RPN and takes no external proposals")
+    if getattr(getattr(model, "detector", model), "has_masks", False):  # an OnnxPredictor's detector knows
+        from detkit.utils.optional import require
+
+        require("pycocotools", "eval", "writing mask detections as COCO RLEs")
     model.to(device)
     out_names = _output_names([name for _, name in files])
+    drawing = None if args.no_draw else _drawing(prog)
+    made_output = not os.path.exists(args.output)
     os.makedirs(args.output, exist_ok=True)
 
     results: list[dict] = []
@@ -190,6 +201,7 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     skipped: list[dict] = []
     readable = []
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(_removed_on_failure(args.output, images_meta, made_output))
         proposals = itertools.repeat(None)
         if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
             proposals = _region_proposals(proposal_settings, files, image_ids, args, prog, cleanup)
@@ -208,10 +220,16 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
                 else:
                     readable.append((name, image_id, png, image, boxes))
             if len(readable) == args.batch_size:
-                _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+                _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names, drawing)
                 readable = []
         if readable:
-            _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names)
+            _predict_chunk(model, readable, device, args, results, images_meta, label_map, class_names, drawing)
+        if not images_meta:
+            first = skipped[0]
+            raise ValueError(
+                f"none of the {len(files)} input file(s) could be read (first: {first['file_name']}: "
+                f"{first['reason']}); nothing written"
+            )
 
     out_json = os.path.join(args.output, "detections.json")
     save_results_json(results, out_json)
@@ -221,6 +239,9 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     ]
     meta = {
         "checkpoint": os.fspath(args.checkpoint or args.onnx),
+        # where the ids come from: `detkit evaluate` maps "sequential" ones to the ground truth's by file name
+        "image_ids": "sequential" if args.annotations is None else "annotations",
+        **({} if args.annotations is None else {"annotations": os.fspath(args.annotations)}),
         "images": images_meta,
         "categories": categories,
         "skipped": skipped,
@@ -415,11 +436,43 @@ def _resolve_device(device: str):
     return dev
 
 
-def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, class_names) -> None:
-    """Predict one batch of read images; append its COCO results and image entries."""
+def _drawing(prog: str):
+    """`(draw_detections, save_png)`, or None with a line on stderr where drawing's dependencies are missing."""
+    try:
+        from detkit.engine.visualize import draw_detections, save_png
+    except ImportError as e:
+        from detkit.utils.optional import extra_for, missing_message
+
+        name = getattr(e, "name", None) or ""
+        if extra_for(name) is None:
+            raise
+        print(f"{prog}: no drawings: {missing_message(name, extra_for(name, 'predict'), 'drawing detections')} "
+              "(--no-draw: the json files only)", file=sys.stderr)  # fmt: skip
+        return None
+    return draw_detections, save_png
+
+
+@contextlib.contextmanager
+def _removed_on_failure(output: str, images_meta: list[dict], made_output: bool):
+    """On an exception inside: remove the drawings written so far (listed in `images_meta`), and the
+    output folder if this run made it and it is empty; then re-raise."""
+    try:
+        yield
+    except BaseException:
+        for entry in images_meta:
+            if "drawing" in entry:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(output, entry["drawing"]))
+        if made_output:
+            with contextlib.suppress(OSError):
+                os.rmdir(output)
+        raise
+
+
+def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, class_names, drawing) -> None:
+    """Predict one batch of read images; append its COCO results and image entries (and draw them)."""
     import torch
 
-    from detkit.engine.visualize import draw_detections, save_png
     from detkit.evaluation.results import detections_to_coco_results
 
     arrays = [item[3] for item in chunk]
@@ -443,7 +496,8 @@ def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, 
         det = {k: v[keep] for k, v in det.items()}
         results.extend(detections_to_coco_results([image_id], [det], label_to_category_id=label_map))
         entry = {"id": image_id, "file_name": name, "width": int(array.shape[1]), "height": int(array.shape[0])}
-        if not args.no_draw:
+        if drawing is not None:
+            draw_detections, save_png = drawing
             shown = det["scores"] >= args.draw_threshold
             drawn = draw_detections(
                 array,

@@ -5,20 +5,13 @@ Every data set returns ``(image, target)`` with ``boxes`` XYXY float32 in absolu
 ``class_names``, ``label_to_category_id``, ``category_id_to_label``, ``ann_file`` and a cheap
 ``aspect_ratios()``.
 
-``WithProposals`` (cached region proposals in ``target["proposals"]``) is imported on first
-use: its proposal caches need OpenCV (``pip install 'detkit[proposals]'``).
+The data sets are imported on first use (they need pycocotools and OpenCV), so reading an
+image file (:func:`read_image_rgb`) needs neither; ``WithProposals`` (cached region proposals
+in ``target["proposals"]``) needs OpenCV's contrib module (``pip install 'detkit[proposals]'``).
 """
 
 import importlib
 
-from .coco import (
-    AnnotationFormatError,
-    CocoDetection,
-    decode_segmentation,
-    load_coco_json,
-    xywh_to_xyxy,
-    xywh_to_xyxy_array,
-)
 from .collate import collate_detection
 from .io import ImageReadError, read_image_rgb
 from .samplers import (
@@ -26,15 +19,26 @@ from .samplers import (
     GroupedBatchSampler,
     aspect_ratio_groups,
 )
-from .shapes import (
-    SHAPES_CLASSES,
-    ShapesConfig,
-    ShapesDataset,
-    ensure_shapes,
-    generate_shapes,
-)
 from .transforms import build_transforms
-from .voc import VOC_CLASSES, VocDetection
+
+# Imported on first use: the data sets need pycocotools and OpenCV (`detkit[train]`), while
+# reading an image file (`detkit predict --onnx` with `detkit[export]`) needs neither.
+_LAZY = {
+    "AnnotationFormatError": "coco",
+    "CocoDetection": "coco",
+    "decode_segmentation": "coco",
+    "load_coco_json": "coco",
+    "xywh_to_xyxy": "coco",
+    "xywh_to_xyxy_array": "coco",
+    "SHAPES_CLASSES": "shapes",
+    "ShapesConfig": "shapes",
+    "ShapesDataset": "shapes",
+    "ensure_shapes": "shapes",
+    "generate_shapes": "shapes",
+    "VOC_CLASSES": "voc",
+    "VocDetection": "voc",
+    "WithProposals": "proposals",  # its proposal caches need OpenCV's contrib module
+}
 
 __all__ = [
     "SHAPES_CLASSES",
@@ -62,6 +66,6 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "WithProposals":  # detkit.data.proposals needs cv2 (through the proposal cache)
-        return importlib.import_module("detkit.data.proposals").WithProposals
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"detkit.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'detkit.data' has no attribute {name!r}")

@@ -14,7 +14,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import operator
 import os
 import warnings
@@ -28,7 +27,7 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from detkit.utils.rle import compressed_rle_problem
+from detkit.utils.coco_format import annotation_box
 
 from .io import ImageReadError, load_first_readable, read_image_rgb
 from .records import Record, RecordStore, clean_coco_store, paused_gc
@@ -128,43 +127,6 @@ def missing_files(paths: Iterable[str]) -> list[str]:
         if name not in by_folder[folder]:
             missing.append(path)
     return missing
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _check_segmentation(seg: Any, height: int, width: int) -> str | None:
-    """Return why ``seg`` is not a valid COCO segmentation, or None."""
-    if isinstance(seg, list):
-        if not seg:
-            return "empty polygon list"
-        for poly in seg:
-            if not isinstance(poly, list) or not all(_is_number(v) for v in poly):
-                return "polygon is not a list of numbers"
-            if len(poly) % 2:
-                return f"polygon has an odd number of coordinates ({len(poly)})"
-            if len(poly) < 6:
-                return f"polygon with fewer than 3 points ({len(poly) // 2})"
-            xs, ys = poly[0::2], poly[1::2]  # far-out coordinates crash or exhaust pycocotools
-            if min(xs) < -width or max(xs) > 2 * width or min(ys) < -height or max(ys) > 2 * height:
-                return "polygon coordinates lie far outside the image"
-        return None
-    if isinstance(seg, dict):
-        size, counts = seg.get("size"), seg.get("counts")
-        if not isinstance(size, list) or [v for v in size if isinstance(v, int)] != [
-            height,
-            width,
-        ]:
-            return f"RLE size {size!r} does not match the image size [{height}, {width}]"
-        if isinstance(counts, list):
-            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
-                return "uncompressed RLE counts are not non-negative ints summing to H*W"
-            return None
-        if isinstance(counts, (str, bytes)) and counts:
-            return compressed_rle_problem(counts, height, width)
-        return "RLE without counts"
-    return f"segmentation of unsupported type {type(seg).__name__}"
 
 
 def segmentation_to_rle(seg: list | dict, height: int, width: int) -> dict:
@@ -450,31 +412,16 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _check_annotation(self, ann: dict, height: int, width: int) -> list[float] | None:
         """Validated, clipped XYXY box of ``ann``; None for a dropped zero-size box."""
-        cat = ann.get("category_id")
-        if not isinstance(cat, int) or cat not in self.category_id_to_label:
-            raise _Invalid(f"unknown category id {cat!r}")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
-            raise _Invalid(f"malformed bbox {bbox!r}")
-        x, y, w, h = (float(v) for v in bbox)
-        if w < 0 or h < 0:
-            raise _Invalid(f"negative box size (w={w}, h={h})")
-        if w == 0 or h == 0:
+        try:
+            checked = annotation_box(ann, height, width, self.category_id_to_label, with_masks=self.with_masks)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        if checked is None:
             self.stats["degenerate_boxes"] += 1
             return None
-        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
-        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
-        if x2 <= x1 or y2 <= y1:
-            raise _Invalid(f"box {bbox} lies outside the {width}x{height} image")
-        if (x1, y1, x2, y2) != (x, y, x + w, y + h):
-            self.stats["clipped_boxes"] += 1
-        if self.with_masks:
-            if "segmentation" not in ann:
-                raise _Invalid("missing segmentation")
-            reason = _check_segmentation(ann["segmentation"], height, width)
-            if reason:
-                raise _Invalid(reason)
-        return [x1, y1, x2, y2]
+        box, clipped = checked
+        self.stats["clipped_boxes"] += clipped
+        return box
 
     def _report(self) -> None:
         if self.stats["degenerate_boxes"]:

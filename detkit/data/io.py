@@ -1,12 +1,18 @@
-"""Image reading for the data sets (OpenCV underneath, RGB uint8 out)."""
+"""Image reading for the data sets and `detkit predict` (RGB uint8 out).
+
+OpenCV decodes where it is installed (`detkit[train]`); without it (`detkit[export]`) Pillow,
+which torchvision installs, decodes the same files to the same pixels (PNG, JPEG, BMP, TIFF,
+WebP). `_decode` makes that choice; a test compares the two on the same files.
+"""
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
 __all__ = ["ImageReadError", "read_image_rgb"]
@@ -88,9 +94,7 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(path, "empty file")
     if data[:2] == b"\xff\xd8" and _jpeg_is_truncated(data):
         raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
-    # JPEGs (8-bit, no alpha): IMREAD_COLOR applies the EXIF orientation; other formats unchanged
-    flags = cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    img = _decode(data, path)
     if img is None or img.size == 0:
         raise ImageReadError(path, "not a decodable image (corrupt, truncated or unknown format)")
 
@@ -99,13 +103,60 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         img = np.repeat(img[:, :, None], 3, axis=2)
     elif img.ndim == 3 and img.shape[2] in (1, 2):  # gray or gray+alpha
         img = np.repeat(img[:, :, :1], 3, axis=2)
-    elif img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
+    elif img.ndim == 3 and img.shape[2] == 4:  # RGBA
+        img = img[:, :, :3]
+    elif img.ndim != 3 or img.shape[2] != 3:
         raise ImageReadError(path, f"unsupported image shape {img.shape}")
     return np.ascontiguousarray(img)
+
+
+@functools.cache
+def _opencv():
+    """The `cv2` module, or None where OpenCV is not installed."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def _decode(data: bytes, path: str, *, use_opencv: bool | None = None) -> np.ndarray | None:
+    """The pixels of an encoded image, channels in RGB(A) order (gray: `[H, W]`), in their own
+    type (uint8, uint16, float); None when the data does not decode. OpenCV where installed
+    (`use_opencv=None`), else Pillow."""
+    cv2 = _opencv() if use_opencv in (None, True) else None
+    if use_opencv and cv2 is None:
+        raise ModuleNotFoundError("OpenCV is not installed", name="cv2")
+    if cv2 is None:
+        return _decode_pillow(data, path)
+    # JPEGs (8-bit, no alpha): IMREAD_COLOR applies the EXIF orientation; other formats unchanged
+    flags = cv2.IMREAD_COLOR if data[:2] == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+    if img is None or img.ndim != 3 or img.shape[2] < 3:
+        return img
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+
+
+def _decode_pillow(data: bytes, path: str) -> np.ndarray | None:
+    """`_decode` with Pillow: a JPEG's EXIF orientation applied, 16-bit and float gray kept as such."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            if data[:2] == b"\xff\xd8":
+                im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I;16") or im.mode == "F":
+                return np.array(im, dtype=np.float32 if im.mode == "F" else np.uint16)
+            if im.mode == "I":  # 32-bit integer gray: 16-bit data as Pillow widens it (else refused as int32)
+                arr = np.asarray(im)
+                in_range = arr.size and arr.min() >= 0 and arr.max() <= 65535
+                return arr.astype(np.uint16) if in_range else arr
+            if im.mode in ("L", "LA", "1"):
+                return np.array(im.convert("L"))
+            return np.array(im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
 
 
 def load_first_readable(

@@ -145,8 +145,9 @@ def _annotation_area(ann: Mapping[str, Any], images: Mapping[int, Mapping[str, A
 
 
 def _with_areas(annotations: Sequence[Any], images: Sequence[Any]) -> tuple[list[Any], dict[str, int]]:
-    """Annotations with `area` filled in where missing (new dicts; the input is not changed), and how
-    many areas came from a segmentation / a box. Duplicate annotation ids are refused."""
+    """Annotations with `area` filled in where missing and `iscrowd` 0 where missing (new dicts; the
+    input is not changed), and how many areas came from a segmentation / a box and how many had no
+    `iscrowd` (key "iscrowd": both backends then see 0). Duplicate annotation ids are refused."""
     seen: set = set()
     for ann in annotations:
         if not isinstance(ann, Mapping):
@@ -155,8 +156,8 @@ def _with_areas(annotations: Sequence[Any], images: Sequence[Any]) -> tuple[list
         if aid in seen:
             raise ValueError(f"duplicate annotation id {aid!r}: annotation ids must be unique")
         seen.add(aid)
-    counts = {"segmentation": 0, "bbox": 0}
-    if all(_is_finite_number(a.get("area")) for a in annotations):
+    counts = {"segmentation": 0, "bbox": 0, "iscrowd": 0}
+    if all(_is_finite_number(a.get("area")) and "iscrowd" in a for a in annotations):
         return list(annotations), counts
     out = []
     by_id = {img.get("id"): img for img in images if isinstance(img, Mapping)}
@@ -165,6 +166,9 @@ def _with_areas(annotations: Sequence[Any], images: Sequence[Any]) -> tuple[list
             area, source = _annotation_area(ann, by_id)
             counts[source] += 1
             ann = {**ann, "area": area}
+        if "iscrowd" not in ann:  # faster-coco-eval takes 0, pycocotools fails: 0 for both
+            counts["iscrowd"] += 1
+            ann = {**ann, "iscrowd": 0}
         out.append(ann)
     return out, counts
 
@@ -247,8 +251,10 @@ class COCOEvaluator:
         if not isinstance(dataset, Mapping) or "images" not in dataset or "categories" not in dataset:
             raise ValueError("ground truth must be a COCO dict with 'images' and 'categories'")
         dataset.setdefault("annotations", [])
-        # `computed_areas`: how many missing `area` values came from a segmentation / a box
+        # `computed_areas`: how many missing `area` values came from a segmentation / a box;
+        # `missing_iscrowd`: how many annotations had no `iscrowd` (taken as 0 by both backends)
         dataset["annotations"], self.computed_areas = _with_areas(dataset["annotations"], dataset["images"])
+        self.missing_iscrowd = self.computed_areas.pop("iscrowd")
         self._dataset = dataset
         self.image_ids: frozenset[int] = frozenset(int(img["id"]) for img in dataset["images"])
         self.category_names: dict[int, str] = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}

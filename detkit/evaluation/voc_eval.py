@@ -30,7 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,7 @@ class VOCGroundTruth:
         difficult: ``bool[G]``.
         inclusive: VOC devkit pixel convention (+1 in widths and heights).
         source: where it came from (for messages).
+        file_names: image id -> file name (the COCO ``file_name``; ``<name>.jpg`` for a VOC folder).
     """
 
     image_ids: np.ndarray
@@ -86,9 +87,10 @@ class VOCGroundTruth:
     difficult: np.ndarray
     inclusive: bool = False
     source: str = "ground truth"
+    file_names: dict[int, str] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def _build(cls, image_ids, cats, objects, *, inclusive: bool, source: str) -> VOCGroundTruth:
+    def _build(cls, image_ids, cats, objects, *, inclusive: bool, source: str, file_names=None) -> VOCGroundTruth:
         ids = np.unique(np.asarray(list(image_ids), dtype=np.int64))
         rows = list(objects)  # (image_id, category_id, x1, y1, x2, y2, difficult)
         arr = np.asarray([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
@@ -102,6 +104,7 @@ class VOCGroundTruth:
             difficult=np.asarray([bool(r[6]) for r in rows], dtype=bool),
             inclusive=inclusive,
             source=source,
+            file_names=dict(file_names or {}),
         )
 
     @classmethod
@@ -128,7 +131,8 @@ class VOCGroundTruth:
             x, y, w, h = (float(v) for v in bbox)
             difficult = bool(ann["difficult"]) if "difficult" in ann else bool(ann.get("iscrowd", 0))
             objects.append((ann["image_id"], ann["category_id"], x, y, x + w, y + h, difficult))
-        return cls._build(image_ids, cats, objects, inclusive=False, source=source)
+        names = {im["id"]: im["file_name"] for im in coco["images"] if isinstance(im.get("file_name"), str)}
+        return cls._build(image_ids, cats, objects, inclusive=False, source=source, file_names=names)
 
     @classmethod
     def from_voc(
@@ -139,8 +143,10 @@ class VOCGroundTruth:
         Boxes stay as the XML writes them (1-based inclusive); category ids are ``1..K`` in
         the order of ``class_names`` (default: the 20 VOC classes), image ids as
         :class:`detkit.data.VocDetection` makes them. Objects of other classes are ignored.
+        The images are those the data set keeps (as validation counts them): an image whose
+        XML or file it skips as invalid (``skip_invalid=True``) is left out, with its count line.
         """
-        from detkit.data.voc import VOC_CLASSES, _image_ids, parse_voc_xml
+        from detkit.data.voc import VOC_CLASSES, VocDetection, _image_ids, parse_voc_xml
 
         root = os.fspath(root)
         names = list(class_names or VOC_CLASSES)
@@ -152,9 +158,12 @@ class VOCGroundTruth:
         label = {n: i + 1 for i, n in enumerate(names)}
         objects, other = [], 0
         ids = _image_ids(stems)
-        for stem, image_id in zip(stems, ids):
+        for stem in stems:
             if os.sep in stem or "/" in stem or stem.startswith(".."):
                 raise ValueError(f"{split_file}: invalid image name {stem!r}")
+        kept = set(VocDetection(root, image_set, class_names=names, use_difficult=True, skip_invalid=True).image_ids)
+        stems, ids = [s for s, i in zip(stems, ids) if i in kept], [i for i in ids if i in kept]
+        for stem, image_id in zip(stems, ids):
             ann = parse_voc_xml(os.path.join(root, "Annotations", f"{stem}.xml"))
             for obj in ann["objects"]:
                 if obj["name"] not in label:
@@ -164,7 +173,8 @@ class VOCGroundTruth:
         if other:
             log.warning("%s (%s): %d objects of classes not evaluated were ignored", root, image_set, other)
         cats = [(i + 1, n) for i, n in enumerate(names)]
-        return cls._build(ids, cats, objects, inclusive=True, source=f"{root} ({image_set})")
+        file_names = {i: f"{stem}.jpg" for stem, i in zip(stems, ids)}
+        return cls._build(ids, cats, objects, inclusive=True, source=f"{root} ({image_set})", file_names=file_names)
 
 
 @dataclass

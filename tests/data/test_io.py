@@ -1,3 +1,5 @@
+import os
+
 import cv2
 import numpy as np
 import pytest
@@ -71,3 +73,33 @@ def test_bad_files_raise_image_read_error(tmp_path, kind, reason):
     with pytest.raises(ImageReadError, match=reason) as info:
         read_image_rgb(path)
     assert info.value.path == str(path) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, array",
+    [
+        ("rgb.png", np.random.default_rng(1).integers(0, 255, (9, 7, 3), dtype=np.uint8)),
+        ("gray.png", np.random.default_rng(2).integers(0, 255, (9, 7), dtype=np.uint8)),
+        ("rgba.png", np.random.default_rng(3).integers(0, 255, (9, 7, 4), dtype=np.uint8)),
+        ("gray16.png", np.random.default_rng(4).integers(0, 65535, (9, 7), dtype=np.uint16)),
+        (
+            "photo.jpg",
+            cv2.GaussianBlur(np.random.default_rng(5).integers(0, 255, (48, 64, 3), dtype=np.uint8), (5, 5), 0),
+        ),
+        ("rgb.bmp", np.random.default_rng(6).integers(0, 255, (9, 7, 3), dtype=np.uint8)),
+    ],
+)
+def test_pillow_decodes_what_opencv_decodes(tmp_path, monkeypatch, name, array):
+    """Without OpenCV (`detkit[export]`) Pillow reads the files: the same pixels as OpenCV."""
+    import detkit.data.io as image_io
+
+    path = _write(tmp_path / name, array, os.path.splitext(name)[1])
+    with_opencv = read_image_rgb(path)
+    monkeypatch.setattr(image_io, "_opencv", lambda: None)
+    np.testing.assert_array_equal(read_image_rgb(path), with_opencv)
+    for kind in ("garbage", "png_trunc"):  # and refuses the same files
+        bad = tmp_path / f"{kind}.png"
+        data = path.read_bytes()
+        bad.write_bytes(b"not an image" * 5 if kind == "garbage" else data[: len(data) * 2 // 3])
+        with pytest.raises(ImageReadError, match="not a decodable|truncated JPEG"):
+            read_image_rgb(bad)
