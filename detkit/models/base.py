@@ -184,6 +184,8 @@ class Detector(nn.Module, abc.ABC):
 
         Runs in eval mode whatever the model's mode, and leaves the mode as it was.
         """
+        if not isinstance(images, (Tensor, list, tuple)):
+            raise TypeError(f"images must be a list of Tensor[3, H, W] (or a Tensor[N, 3, H, W]), got {type(images)}")
         with evaluation_mode(self):
             batch, _ = self.prepare(images)
             return self.batch_detections(batch, proposals=proposals).split()
