@@ -192,7 +192,7 @@ def _predictions(path: str, gt_names: dict, gt_source: str, known_ids: set | Non
         if unknown:
             shown = ", ".join(map(str, sorted(unknown, key=repr)[:5]))
             raise _Failed(
-                f"{detections_path}: {len(unknown)} image id(s) not in {gt_source} ({shown}); for the output of "
+                f"{detections_path}: {len(unknown)} image ids not in {gt_source} ({shown}); for the output of "
                 f"`detkit predict` evaluate its folder (with images.json), or {advice}",
                 1,
             )

@@ -78,7 +78,7 @@ def test_ids_without_images_json_not_in_the_ground_truth_are_refused(tmp_path, c
     dets.write_text(json.dumps([{"image_id": 1, "category_id": 1, "bbox": BOX_A, "score": 0.9}]))
     code, _, err = _ap(tmp_path, ["--annotations", str(gt), "--predictions", str(dets)], capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "image id(s) not in" in err and f"pass --annotations {gt}" in err
+    assert "1 image ids not in" in err and f"pass --annotations {gt}" in err
 
 
 def test_ids_from_other_annotations_are_refused(tmp_path, capsys):
