@@ -5,7 +5,22 @@ Shape shorthand: R RoIs, C channels, S pooled resolution, K classes (without bac
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch import Tensor, nn
+
+
+class ClassRows(NamedTuple):
+    """How the rows (dim 0) of a class-specific parameter map to classes.
+
+    `per_class` consecutive rows per class; with `background` the first `per_class` rows are the
+    background's, then classes 1..K follow, else classes 1..K start at row 0. Class logits over
+    K+1 classes: `ClassRows(1, True)`; class-specific deltas `Tensor[(K+1)*4, D]`: `ClassRows(4, True)`;
+    mask logits (one channel per class): `ClassRows(1, False)`.
+    """
+
+    per_class: int
+    background: bool
 
 
 class TwoFCHead(nn.Module):
@@ -35,6 +50,13 @@ class BoxPredictor(nn.Module):
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The class-specific parameters (class-agnostic box deltas are not) and their row layouts."""
+        rows = {"cls_score.weight": ClassRows(1, True), "cls_score.bias": ClassRows(1, True)}
+        if self.bbox_pred.out_features != 4:
+            rows |= {"bbox_pred.weight": ClassRows(4, True), "bbox_pred.bias": ClassRows(4, True)}
+        return rows
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(1)

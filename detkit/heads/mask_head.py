@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from detkit.heads.box_head import ClassRows
 from detkit.layers import NormSpec
 from detkit.structures.boxes import box_math_dtype
 from detkit.structures.packed import count_per_image
@@ -37,6 +38,10 @@ class MaskHead(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The per-class mask logits (one channel per class, no background) are class-specific."""
+        return {"mask_logits.weight": ClassRows(1, False), "mask_logits.bias": ClassRows(1, False)}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mask_logits(F.relu(self.deconv(self.convs(x))))

@@ -5,13 +5,16 @@ from detkit.models import fast_rcnn as _fast_rcnn  # noqa: F401
 from detkit.models import rcnn as _rcnn  # noqa: F401
 from detkit.models import zoo as _zoo  # noqa: F401
 from detkit.models.base import Detector
+from detkit.models.coco_names import COCO_CATEGORY_NAMES
 from detkit.models.fast_rcnn import FastRCNN
 from detkit.models.rcnn import RCNN
 from detkit.models.registry import build_model, list_models, register_model, unregister_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
+from detkit.models.weights import load_detector_weights
 
 __all__ = [
+    "COCO_CATEGORY_NAMES",
     "Detector",
     "FastRCNN",
     "RCNN",
@@ -21,4 +24,5 @@ __all__ = [
     "unregister_model",
     "DetectionTransform",
     "TwoStageDetector",
+    "load_detector_weights",
 ]

@@ -11,7 +11,7 @@ external proposals (`requires_proposals`) also takes `proposals=`: one Tensor[P_
 per image in original-image pixels (e.g. `target["proposals"]` of `detkit.data.WithProposals`).
 
 `Detector` validates and packs the inputs, sends `forward` to the losses or the detections,
-runs `predict` in eval mode, and declares what the model is (`has_masks`,
+runs `predict` in eval mode, and declares what the model is (`has_masks`, `class_rows`,
 `requires_proposals`) so that callers never look into its parts. A subclass sets
 `transform` and `num_classes` and implements `batch_losses` and `batch_detections` on the
 prepared `ImageBatch`.
@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from detkit.heads.box_head import ClassRows
 from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections, ImageBatch, PackedTargets
 from detkit.structures.packed import resize_boxes
@@ -140,6 +141,23 @@ class Detector(nn.Module, abc.ABC):
     def requires_proposals(self) -> bool:
         """True when the model takes external `proposals=` (one Tensor[P_i, 4] per image) instead of making them."""
         return False
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """The class-specific parameters (state-dict keys) and how their rows map to classes.
+
+        Gathered from the submodules that declare theirs with a `class_rows()` method (the box
+        predictor, the mask head); what fine-tuning to other classes re-initialises or carries
+        over row by row (`detkit.models.weights.load_detector_weights`).
+        """
+        rows: dict[str, ClassRows] = {}
+        declared: list[str] = []
+        for prefix, module in self.named_modules():
+            if module is self or not callable(getattr(module, "class_rows", None)):
+                continue
+            if not any(prefix.startswith(p + ".") for p in declared):  # not inside a declaring module
+                declared.append(prefix)
+                rows |= {f"{prefix}.{name}": layout for name, layout in module.class_rows().items()}
+        return rows
 
     # ------------------------------------------------------------------ inputs
     def prepare(

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.backbones import build_backbone
-from detkit.heads.box_head import TwoFCHead
+from detkit.heads.box_head import ClassRows, TwoFCHead
 from detkit.heads.poolers import roi_align
 from detkit.heads.postprocess import select_detections
 from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
@@ -293,6 +293,16 @@ class RCNN(Detector):
     @property
     def requires_proposals(self) -> bool:
         return True
+
+    def class_rows(self) -> dict[str, ClassRows]:
+        """Softmax logits have a background row, SVM scores none; box deltas are 4 rows per class, no background."""
+        softmax = self.classifier == "softmax"
+        return {
+            "cls_score.weight": ClassRows(1, softmax),
+            "cls_score.bias": ClassRows(1, softmax),
+            "bbox_pred.weight": ClassRows(4, False),
+            "bbox_pred.bias": ClassRows(4, False),
+        }
 
     # ------------------------------------------------------------------ network
     def region_features(self, images: Tensor, boxes: Tensor, batch_idx: Tensor) -> tuple[Tensor, Tensor]:
