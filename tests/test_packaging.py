@@ -125,6 +125,92 @@ def test_version_has_one_source():
     assert not re.search(r"^__version__|version\s*=\s*['\"]\d", cfg, flags=re.M)
 
 
+# What `pip install detkit[export]` does not install: what deployment must do without.
+TRAINING_STACK = ("lightning", "pycocotools", "faster_coco_eval", "cv2")
+
+
+def _meta_path_block(modules) -> str:
+    """Code that makes every import of `modules` (and their submodules) fail, as when not installed."""
+    return textwrap.dedent(f"""
+        import importlib.abc, sys
+
+        class _NotInstalled(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] in {sorted(modules)!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, _NotInstalled())
+    """)
+
+
+def _tiny_training_checkpoint(path: Path) -> None:
+    """A faster_rcnn_tiny checkpoint as `detkit fit` writes it (without Lightning's own entries)."""
+    import torch
+
+    from detkit.io import STATS_KEY
+    from detkit.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("faster_rcnn_tiny", num_classes=2)
+    stats = {
+        "model_name": "faster_rcnn_tiny",
+        "num_classes": 2,
+        "model_kwargs": {},
+        "class_names": ["disk", "square"],
+        "label_to_category_id": {1: 4, 2: 9},
+    }
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, STATS_KEY: stats}, path)
+
+
+# export a checkpoint, then predict two PNGs with the ONNX file; prints what it found
+DEPLOYMENT = """
+import json, os, sys
+import torch
+from torchvision.io import write_png
+from detkit.cli import main
+
+folder = os.path.join(WORK, "images")
+os.makedirs(folder, exist_ok=True)
+g = torch.Generator().manual_seed(0)
+for name, (h, w) in (("a.png", (96, 128)), ("b.png", (120, 80))):
+    write_png((torch.rand(3, h, w, generator=g) * 255).to(torch.uint8), os.path.join(folder, name))
+onnx_path = os.path.join(WORK, "model.onnx")
+export_rc = main(["export", "--checkpoint", CHECKPOINT, "--output", onnx_path])
+out = os.path.join(WORK, "out")
+predict_rc = main(["predict", "--onnx", onnx_path, "--input", folder, "--output", out])
+meta = json.load(open(os.path.join(out, "images.json"))) if predict_rc == 0 else {}
+print(json.dumps({"export": export_rc, "predict": predict_rc, "images": [i["file_name"] for i in meta["images"]],
+                  "categories": meta["categories"]} if meta else {"export": export_rc, "predict": predict_rc}))
+"""
+
+
+def _deployment_report(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+DEPLOYED = {
+    "export": 0,
+    "predict": 0,
+    "images": ["a.png", "b.png"],
+    "categories": [{"id": 4, "name": "disk"}, {"id": 9, "name": "square"}],
+}
+
+
+@pytest.mark.slow  # the export traces the detector: ~40 s of CPU
+def test_export_and_predict_onnx_run_without_the_training_stack(tmp_path):
+    """`detkit export --checkpoint` and `detkit predict --onnx` with lightning, the COCO tools and OpenCV
+    not importable (what `pip install detkit[export]` gives)."""
+    pytest.importorskip("onnxruntime")
+    _tiny_training_checkpoint(tmp_path / "tiny.ckpt")
+    setup = f"WORK = {str(tmp_path)!r}\nCHECKPOINT = {str(tmp_path / 'tiny.ckpt')!r}\n"
+    out = _python(_meta_path_block(TRAINING_STACK) + setup + DEPLOYMENT, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _deployment_report(out.stdout) == DEPLOYED, out.stderr[-3000:]
+    detections = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert {r["image_id"] for r in detections} <= {1, 2} and {r["category_id"] for r in detections} <= {4, 9}
+
+
 @pytest.mark.parametrize(
     "command, blocked, extra",
     [
@@ -213,19 +299,33 @@ def _not_source(folder, names):
     ]
 
 
-@pytest.mark.slow
-def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
-    """Build the wheel, install the core then `[train]` into a fresh venv, train and evaluate from an empty folder."""
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The detkit wheel, built from a copy of the checkout."""
     # pip builds in the source folder (build/, *.egg-info): build in a copy, so the checkout stays clean
     # and no stale build/lib of an earlier build ends up in the wheel.
-    src = tmp_path / "src"
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=_not_source)
-    _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "dist", src],
-        cwd=tmp_path,
-        timeout=600,
-    )
-    (wheel,) = (tmp_path / "dist").glob("detkit-*.whl")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", src], cwd=tmp, timeout=600)
+    (built,) = (tmp / "dist").glob("detkit-*.whl")
+    return built
+
+
+def _fresh_venv(folder: Path, request) -> tuple[Path, list, dict]:
+    """A virtual environment without the system's packages: (python, pip install command, environment)."""
+    venv.create(folder, with_pip=True)
+    request.addfinalizer(lambda: shutil.rmtree(folder, ignore_errors=True))  # ~1 GB with torch
+    py = folder / "bin" / "python"
+    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{py.parent}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1")
+    return py, pip, env
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_outside_the_repository(wheel, tmp_path, request):
+    """Build the wheel, install the core then `[train]` into a fresh venv, train and evaluate from an empty folder."""
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
@@ -238,14 +338,9 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
     ]
     assert sorted(re.split(r"[<>=\[ ]", r)[0] for r in core) == ["numpy", "torch", "torchvision"], core
 
-    venv.create(tmp_path / "venv", with_pip=True)
-    request.addfinalizer(lambda: shutil.rmtree(tmp_path / "venv", ignore_errors=True))  # ~1 GB with torch
-    py = tmp_path / "venv" / "bin" / "python"
-    pip = [py, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    py, pip, env = _fresh_venv(tmp_path / "venv", request)
     work = tmp_path / "empty"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{py.parent}{os.pathsep}{env.get('PATH', '')}", PYTHONNOUSERSITE="1")
 
     _run([*pip, wheel, *TORCH_PINS], cwd=work, env=env, timeout=900)  # the core only
     _run([py, "-c", LEAN_CORE], cwd=work, env=env, timeout=300)  # none of OPTIONAL is installed
@@ -307,6 +402,26 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, request):
     fit_stats = json.loads((run_dir / "eval" / "epoch_000" / "metrics.json").read_text())
     cli_stats = json.loads((work / "metrics.json").read_text())["stats"]
     assert cli_stats == pytest.approx(fit_stats["bbox"]["stats"], abs=1e-12)  # the command = the validation
+
+
+@pytest.mark.slow
+def test_wheel_with_the_export_extra_alone_exports_and_predicts(wheel, tmp_path, request):
+    """`pip install detkit[export]` (and the core) into a fresh venv: `detkit export --checkpoint` and
+    `detkit predict --onnx` on PNG files work, with Lightning, the COCO tools and OpenCV not installed."""
+    py, pip, env = _fresh_venv(tmp_path / "venv", request)
+    work = tmp_path / "empty"
+    work.mkdir()
+    _run([*pip, f"{wheel}[export]", *TORCH_PINS], cwd=work, env=env, timeout=900)
+    installed = _run(
+        [py, "-c", f"import importlib.util as u; print([m for m in {list(TRAINING_STACK)!r} if u.find_spec(m)])"],
+        cwd=work,
+        env=env,
+    )
+    assert installed.stdout.strip() == "[]"  # none of the training stack came with [export]
+    _tiny_training_checkpoint(tmp_path / "tiny.ckpt")
+    setup = f"WORK = {str(work)!r}\nCHECKPOINT = {str(tmp_path / 'tiny.ckpt')!r}\n"
+    out = _run([py, "-c", setup + DEPLOYMENT], cwd=work, env=env, timeout=900)
+    assert _deployment_report(out.stdout) == DEPLOYED, out.stderr[-3000:]
 
 
 def test_output_piped_into_a_reader_that_stops_is_not_an_error(tmp_path):

@@ -46,16 +46,33 @@ def check_exportable(model: nn.Module) -> None:
     raise ValueError(f"cannot export {name}: only detkit two-stage detectors (Faster / Fast / Mask R-CNN) export")
 
 
+# Two boxes appended to every NMS call: left of and above the image (no overlap with any clipped,
+# shifted box or with each other), scored below every probability, so NMS keeps both, last.
+NMS_SENTINEL_BOXES = ((-4.0, -4.0, -3.0, -3.0), (-2.0, -2.0, -1.0, -1.0))
+NMS_SENTINEL_SCORE = -1.0
+
+
 def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, bound) -> Tensor:
     """NMS inside each group in one call: boxes are shifted by group * (bound + 1).
 
     `bound` is an upper bound of every coordinate (boxes are clipped to the image), so the
-    shift needs no reduction over `boxes`. Returns kept indices sorted by decreasing score.
+    shift needs no reduction over `boxes`; `scores` are probabilities (>= 0). Returns kept
+    indices sorted by decreasing score.
+
+    torchvision's fake `nms` (what export traces) declares at least 2 kept boxes; export then
+    asserts that at run time, and calls with 0 or 1 box left (a blank image) would fail. Two
+    sentinel boxes that NMS always keeps, after every real box, make that true; they are
+    sliced off the result.
     """
     offsets = groups.to(boxes.dtype) * (bound + 1)
-    kept = nms(boxes + offsets[:, None], scores, iou_threshold)
-    torch._check(kept.shape[0] <= boxes.shape[0])  # bounds the export's symbolic size (unbounded otherwise)
-    return kept
+    sentinels = torch.tensor(NMS_SENTINEL_BOXES, dtype=boxes.dtype, device=boxes.device)
+    sentinel_scores = torch.full(
+        (len(NMS_SENTINEL_BOXES),), NMS_SENTINEL_SCORE, dtype=scores.dtype, device=scores.device
+    )
+    kept = nms(torch.cat([boxes + offsets[:, None], sentinels]), torch.cat([scores, sentinel_scores]), iou_threshold)
+    # bounds the export's symbolic size (unbounded otherwise)
+    torch._check(kept.shape[0] <= boxes.shape[0] + len(NMS_SENTINEL_BOXES))
+    return kept[: kept.shape[0] - len(NMS_SENTINEL_BOXES)]
 
 
 def first_k_per_image(batch_idx: Tensor, num_images, k: int) -> tuple[Tensor, Tensor]:

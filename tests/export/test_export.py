@@ -139,6 +139,33 @@ def test_fast_rcnn_tiny_takes_proposals_as_inputs_and_matches_eager(tmp_path):
     check_parity(model, path, program, calls[:3] + calls[3:8], proposals_for)
 
 
+# Scores of the seed-0 faster_rcnn_tiny test detector (`detector`) spread over about 0.32..0.38:
+# with this threshold the white image and shapes image 0 have no detection, shapes image 1 has
+# exactly one, shapes image 5 has several (checked on eager detkit below).
+FEW_DETECTIONS_THRESHOLD = 0.365
+
+
+@pytest.mark.slow
+def test_batches_with_zero_one_and_many_detections_run_and_match_eager(tmp_path):
+    """The .pt2 program and the ONNX file run batches with 0, 1 and many detections in all."""
+    model = detector("faster_rcnn_tiny")
+    model.roi_heads.score_threshold = FEW_DETECTIONS_THRESHOLD
+    shapes = shapes_images(6)
+    white = np.ones_like(shapes[0])  # (a black image scores many exactly tied boxes: no parity check)
+    calls = {
+        0: [[white], [shapes[0]], [white, shapes[0]]],
+        1: [[shapes[1]], [white, shapes[1], shapes[0]]],
+        "many": [[shapes[5]], [shapes[5], shapes[1], white]],
+    }
+    for count, batches in calls.items():
+        for images in batches:
+            found = sum(len(d["labels"]) for d in eager_predict(model, images))
+            assert found >= 2 if count == "many" else found == count, (count, found)
+    program = export_program(model)
+    path = export_onnx(model, tmp_path / "model.onnx", program=program)
+    check_parity(model, path, program, [images for batches in calls.values() for images in batches])
+
+
 def test_rcnn_refuses_with_the_reason():
     model = build_model("rcnn_tiny", num_classes=3).eval()
     with pytest.raises(ValueError, match="R-CNN cannot be exported: it warps every proposal"):
