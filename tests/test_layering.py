@@ -25,6 +25,7 @@ LAYERS = [
     "io",
     "data",
     "evaluation",
+    "analysis",
     "engine",
     "export",
     "cli",

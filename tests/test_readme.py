@@ -35,7 +35,7 @@ def _shell_lines() -> list[str]:
 def test_shell_examples_use_existing_commands_configs_and_targets():
     from detkit.cli import LIGHTNING_COMMANDS, resolve_config
 
-    known = set(LIGHTNING_COMMANDS) | {"evaluate", "proposals", "configs", "export"}
+    known = set(LIGHTNING_COMMANDS) | {"evaluate", "analyze", "proposals", "configs", "export"}
     for line in _shell_lines():
         words = shlex.split(line)
         if words[0] == "make":

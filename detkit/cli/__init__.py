@@ -57,6 +57,7 @@ COMMANDS = {
     "proposals": "proposals",
     "export": "export",
     "configs": "configs",
+    "analyze": "analyze",
 }
 
 _resolve_config_args = resolve_config_args  # the name before the commands became a package

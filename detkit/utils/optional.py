@@ -32,6 +32,7 @@ _DISTRIBUTIONS = {
     "tqdm": ("tqdm", ("proposals", "train")),
     "pycocotools": ("pycocotools", ("eval", "train")),
     "faster_coco_eval": ("faster-coco-eval", ("eval", "train")),
+    "matplotlib": ("matplotlib", ("eval", "train")),  # detkit analyze's charts
     "cv2": ("opencv-contrib-python-headless", ("proposals", "train")),
     "onnx": ("onnx", ("export",)),
     "onnxruntime": ("onnxruntime", ("export",)),

@@ -1,0 +1,65 @@
+"""`detkit analyze`: an HTML report of a data set and of a model's mistakes on it.
+
+    detkit analyze --annotations GT.json --predictions RESULTS.json --images DIR --output REPORT/
+    detkit analyze --annotations GT.json --images DIR --output REPORT/      (the data set part alone)
+
+Writes REPORT/index.html (open it from disk: charts and pictures are files beside it) and
+REPORT/analysis.json with every number. Exit status 0 on success, 2 for a missing /
+unreadable input or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+PROG = "detkit analyze"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="HTML report: data set statistics and error analysis.")
+    parser.add_argument("--annotations", required=True, help="COCO ground-truth annotation json")
+    parser.add_argument("--predictions", help="COCO results json (boxes); without it the report shows the data set")
+    parser.add_argument("--images", help="image folder (file_name of the annotations) to draw the worst images")
+    parser.add_argument("--output", required=True, help="report folder (index.html, analysis.json, charts)")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="confusion matrix and drawings (0.3)")
+    parser.add_argument("--iou-threshold", type=float, default=0.5, help="confusion matrix IoU (0.5)")
+    parser.add_argument("--worst", type=int, default=12, help="images drawn per list (lowest AP50, most FP / missed)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """`detkit analyze ...` (`argv` without the command name); returns the exit status."""
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    from detkit.analysis.analyze import analyze
+    from detkit.evaluation.voc_eval import _read_json  # the one json reader with one-line errors
+
+    try:
+        if args.worst < 0:
+            raise ValueError(f"--worst must be >= 0, got {args.worst}")
+        if args.images is not None and not os.path.isdir(args.images):
+            raise ValueError(f"--images folder not found: {args.images}")
+        dataset = _read_json(args.annotations, "annotations")
+        predictions = None if args.predictions is None else _read_json(args.predictions, "predictions")
+        start = time.perf_counter()
+        report = analyze(dataset, predictions, args.output, images_dir=args.images,
+                         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
+                         worst=args.worst, title=f"detkit analyze: {os.path.basename(args.annotations)}")  # fmt: skip
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    for note in report["notes"]:
+        print(f"{prog}: note: {note}", file=sys.stderr)
+    if "errors" in report:
+        stats = report["errors"]["stats"]
+        print(f"AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}  AP75 {stats['AP75']:.3f}")
+    print(f"report: {os.path.join(args.output, 'index.html')} ({time.perf_counter() - start:.1f} s)")
+    return 0
