@@ -111,3 +111,11 @@ def test_page_in_headless_chromium(files):
     assert 'data-broken=""' in dom  # every <img> decoded (naturalWidth > 0)
     count = int(dom.split('data-images="')[1].split('"')[0])
     assert count >= 7 + len(json.loads((tmp_path / "report" / "analysis.json").read_text())["worst_images"])
+
+    # the checks catch what they look for: a script error and a missing picture
+    faults = '<img src="charts/missing.png"><script>undefinedFunction();</script></main>'
+    broken = tmp_path / "report" / "broken.html"
+    broken.write_text((tmp_path / "report" / "index.html").read_text().replace("</main>", faults))
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom", broken.as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    assert dom.split("<title>")[1].startswith("JS-ERROR") and 'data-broken="charts/missing.png"' in dom
