@@ -68,6 +68,8 @@ class Matches:
     @property
     def det_ignored(self) -> np.ndarray:
         """Detections COCO ignores: matched to a crowd."""
+        if len(self.gt_crowd) == 0:
+            return np.zeros(len(self.det_gt), bool)
         return (self.det_gt >= 0) & self.gt_crowd[np.maximum(self.det_gt, 0)]
 
     @property
@@ -326,7 +328,7 @@ def _mean_ap(det_class, det_score, det_order, det_tp, num_gt: np.ndarray) -> flo
     cls, tp = det_class[rank], det_tp[rank]
     bounds = np.searchsorted(cls, np.arange(len(num_gt) + 1))
     aps = [average_precision(tp[bounds[k] : bounds[k + 1]], int(num_gt[k])) for k in np.flatnonzero(num_gt > 0)]
-    return float(np.mean(aps)) if aps else float("nan")
+    return float(np.mean(aps)) if aps else -1.0  # COCO's "undefined"
 
 
 def _image_ap(m: Matches, per_image) -> dict[int, float | None]:

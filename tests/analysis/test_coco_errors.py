@@ -176,3 +176,10 @@ def test_tide_each_error_alone(kind, objects, dets, n_classes, ap50, gain):
             assert value == pytest.approx(gain if name == kind else 0.0, abs=1e-12), name
     assert res.error_counts[kind] >= 1
     assert sum(res.error_counts.values()) == res.error_counts[kind]
+
+
+def test_ground_truth_without_objects_gives_undefined_not_nan():
+    gt, results = one_class([], [(1, A, 0.5)])
+    res = analyze_coco_errors(COCOEvaluator(gt), results)
+    assert res.tide["AP50"] == -1.0 and res.ap["all"]["C50"] == -1.0  # COCO's "undefined"
+    assert res.error_counts["background"] == 1
