@@ -37,7 +37,8 @@ commands:
   predict     image files:              detkit predict --checkpoint CKPT --input IMG_OR_DIR --output DIR
               (COCO results json; --annotations GT.json for its image ids; --onnx M.onnx for an export)
               or the config's data:     detkit predict --config CONFIG --ckpt_path CKPT
-  evaluate    COCO metrics of a json:   detkit evaluate --annotations GT.json --predictions RES.json
+  evaluate    COCO metrics of a json:   detkit evaluate --annotations GT.json --predictions OUT/
+  analyze     HTML report of mistakes:  detkit analyze --annotations GT.json --predictions OUT/ --output REPORT/
   proposals   selective-search cache:   detkit proposals --annotations A.json --image-root DIR --output CACHE
   configs     the packaged configs:     detkit configs            (one: detkit configs NAME > my.yaml)
   export      ONNX / torch.export file: detkit export --checkpoint CKPT --format onnx|pt2 --output PATH

@@ -1,6 +1,6 @@
 """`detkit analyze`: an HTML report of a data set and of a model's mistakes on it.
 
-    detkit analyze --annotations GT.json --predictions RESULTS.json --images DIR --output REPORT/
+    detkit analyze --annotations GT.json --predictions RESULTS.json|PREDICT_OUT/ --images DIR --output REPORT/
     detkit analyze --annotations GT.json --images DIR --output REPORT/      (the data set part alone)
 
 Writes REPORT/index.html (open it from disk: charts and pictures are files beside it) and
@@ -24,7 +24,10 @@ PROG = "detkit analyze"
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="HTML report: data set statistics and error analysis.")
     parser.add_argument("--annotations", required=True, help="COCO ground-truth annotation json")
-    parser.add_argument("--predictions", help="COCO results json (boxes); without it the report shows the data set")
+    parser.add_argument(
+        "--predictions",
+        help="COCO results json (boxes) or a `detkit predict` output folder; without it the report shows the data set",
+    )
     parser.add_argument("--images", help="image folder (file_name of the annotations) to draw the worst images")
     parser.add_argument("--output", required=True, help="report folder (index.html, analysis.json, charts)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="confusion matrix and drawings (0.3)")
@@ -40,15 +43,22 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     from detkit.analysis.analyze import analyze
-    from detkit.evaluation.voc_eval import _read_json  # the one json reader with one-line errors
+    from detkit.evaluation.inputs import read_json, read_predictions
 
     try:
         if args.worst < 0:
             raise ValueError(f"--worst must be >= 0, got {args.worst}")
         if args.images is not None and not os.path.isdir(args.images):
             raise ValueError(f"--images folder not found: {args.images}")
-        dataset = _read_json(args.annotations, "annotations")
-        predictions = None if args.predictions is None else _read_json(args.predictions, "predictions")
+        dataset = read_json(args.annotations, "annotations")
+        predictions = None
+        if args.predictions is not None:  # a results json or a `detkit predict` folder, on the ground truth's ids
+            gt_names = {
+                img.get("id"): img.get("file_name") for img in dataset.get("images") or [] if isinstance(img, dict)
+            }
+            predictions = read_predictions(
+                args.predictions, gt_names, args.annotations, say=lambda line: print(f"{prog}: {line}", file=sys.stderr)
+            )
         start = time.perf_counter()
         report = analyze(dataset, predictions, args.output, images_dir=args.images,
                          score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,

@@ -26,7 +26,6 @@ devkit's inclusive pixel convention is used: widths are ``x2 - x1 + 1``, and a d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from detkit.evaluation.inputs import read_json
 
 __all__ = ["VOC_METRICS", "VOCGroundTruth", "VOCResult", "evaluate_voc", "voc_ap"]
 
@@ -117,7 +118,7 @@ class VOCGroundTruth:
         source = "ground truth"
         if isinstance(coco, (str, os.PathLike)):
             source = os.fspath(coco)
-            coco = _read_json(source, "annotations")
+            coco = read_json(source, "annotations")
         if not isinstance(coco, Mapping) or not all(isinstance(coco.get(k), list) for k in ("images", "categories")):
             raise ValueError(f"{source}: not COCO-format ground truth (needs 'images' and 'categories' lists)")
         cats = sorted((c["id"], c["name"]) for c in coco["categories"])
@@ -360,16 +361,6 @@ def _unique_names(names: Sequence[str], cat_ids: Sequence[int]) -> list[str]:
     for n in names:
         seen[n] = seen.get(n, 0) + 1
     return [f"{n} ({c})" if seen[n] > 1 else n for n, c in zip(names, cat_ids)]
-
-
-def _read_json(path: str, label: str) -> Any:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{label} file not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {label} file {path}: {e}") from None
 
 
 def __getattr__(name: str):

@@ -61,13 +61,16 @@ def test_data_set_only(files):
 
 def test_bad_input_is_reported(files, capsys):
     tmp_path, gt, dets = files
-    dets = dets + [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5},
-                   {"image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5], "score": 0.5}]  # fmt: skip
-    (tmp_path / "bad.json").write_text(json.dumps(dets))
-    assert run(tmp_path, "--predictions", str(tmp_path / "bad.json")) == 0
+    unknown_image = [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}]
+    (tmp_path / "other_ids.json").write_text(json.dumps(dets + unknown_image))
+    # image ids of other ground truth (e.g. `detkit predict` without --annotations): refused, as evaluate does
+    assert run(tmp_path, "--predictions", str(tmp_path / "other_ids.json")) == 2
     err = capsys.readouterr().err
-    assert "left out 1 predictions with 1 image ids not in the annotations: 999" in err
-    assert "left out 1 predictions with 1 category ids not in the annotations: 3" in err
+    assert err.count("\n") == 1 and "1 image ids not in" in err and "--annotations" in err
+    unknown_category = [{"image_id": 1, "category_id": 3, "bbox": [0, 0, 5, 5], "score": 0.5}]
+    (tmp_path / "bad.json").write_text(json.dumps(dets + unknown_category))
+    assert run(tmp_path, "--predictions", str(tmp_path / "bad.json")) == 0
+    assert "left out 1 predictions with 1 category ids not in the annotations: 3" in capsys.readouterr().err
     (tmp_path / "empty.json").write_text("[]")
     assert run(tmp_path, "--predictions", str(tmp_path / "empty.json")) == 0
     assert "hold no detection" in capsys.readouterr().err

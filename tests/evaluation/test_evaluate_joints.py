@@ -143,3 +143,12 @@ def test_voc_root_counts_the_images_validation_counts(tmp_path, capsys, caplog):
     assert json.loads((tmp_path / "m.json").read_text())["mAP"] == pytest.approx(6 / 11)
     assert "IoU > 0.5, 2 images" in captured.out
     assert "skipped 0 invalid objects, 1 invalid files and 0 unreadable images" in caplog.text  # the data set's line
+
+
+def test_analyze_maps_predict_ids_as_evaluate_does(tmp_path, capsys):
+    gt = _ground_truth(tmp_path, [(1, "sub/a.png", BOX_A), (2, "b.png", BOX_B)])
+    out = _predict_output(tmp_path, [("b.png", BOX_B), ("sub/a.png", BOX_A)])
+    report = tmp_path / "report"
+    assert main(["analyze", "--annotations", str(gt), "--predictions", str(out), "--output", str(report)]) == 0
+    assert "by file name (2 images)" in capsys.readouterr().err
+    assert json.loads((report / "analysis.json").read_text())["errors"]["stats"]["AP"] == pytest.approx(1.0)
