@@ -48,10 +48,20 @@ OPTIMIZER_HELP = (
 )
 
 
+def _data_class_names(data: DetectionDataModule) -> list[str] | None:
+    """The data module's class names for `model.class_names`; None where they are read from annotation
+    files that do not exist yet (a config instantiated without its data: setup names the missing file)."""
+    try:
+        return [str(n) for n in data.class_names]
+    except FileNotFoundError:
+        return None
+
+
 class DetkitCLI(LightningCLI):
     """LightningCLI with detkit defaults.
 
-    - `model.num_classes` is taken from the data module (`data.num_classes`).
+    - `model.num_classes` and `model.class_names` are taken from the data module: `--model.weights CK`
+      with other classes fine-tunes, carrying over the classes whose names CK records.
     - A `DetectionCheckpoint` (section `checkpoint`) keeps the best `val/AP` and an always
       current `last.ckpt` in `<log dir>/checkpoints`; checkpoints are written atomically
       (`AtomicCheckpointIO`).
@@ -104,6 +114,7 @@ class DetkitCLI(LightningCLI):
         parser.add_optimizer_args((Optimizer,))
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data", "model.class_names", compute_fn=_data_class_names, apply_on="instantiate")
         parser.add_lightning_class_args(DetectionCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -144,7 +155,9 @@ class DetkitCLI(LightningCLI):
         }
         hparams, kept = {}, []
         for k, v in (ckpt.get("hyper_parameters") or {}).items():
-            if k in ("_instantiator", "_class_path", "num_classes"):
+            # the classes are linked from the data (and compared with the checkpoint's); the starting
+            # weights are replaced by the checkpoint's own
+            if k in ("_instantiator", "_class_path", "num_classes", "class_names", "weights"):
                 continue
             mine = given.get(k) if given is not None else None
             if given is not None and k in given and k in defaults and mine != defaults[k] and mine != v:

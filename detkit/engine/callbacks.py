@@ -108,7 +108,8 @@ class CocoPredictionWriter(BasePredictionWriter):
     """Writes the predictions of `trainer.predict` as a COCO results json.
 
     Batches must be `(images, targets)` with `targets[i]["image_id"]` (detkit data modules
-    provide them). Label -> category id mapping comes from the datamodule.
+    provide them). Label -> category id mapping: a `DetectionModule`'s `category_ids_for_results()`
+    (its classes, the data's ids), else the datamodule's.
 
     Args:
         output: json path; default `<log dir>/predictions.json`.
@@ -126,9 +127,11 @@ class CocoPredictionWriter(BasePredictionWriter):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ValueError("CocoPredictionWriter needs (images, targets) batches with targets[i]['image_id']")
         ids = [int(t["image_id"]) for t in batch[1]]
-        label_map = (
-            getattr(trainer.datamodule, "label_to_category_id", None) if trainer.datamodule is not None else None
-        )
+        if hasattr(pl_module, "category_ids_for_results"):  # a DetectionModule: its labels, the data's ids
+            label_map = pl_module.category_ids_for_results()
+        else:
+            datamodule = trainer.datamodule
+            label_map = getattr(datamodule, "label_to_category_id", None) if datamodule is not None else None
         if label_map is None:
             label_map = {k: k for k in range(1, pl_module.hparams.num_classes + 1)}
         self._results.extend(detections_to_coco_results(ids, prediction, label_to_category_id=label_map))

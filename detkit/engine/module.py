@@ -9,6 +9,7 @@ per image (`boxes`, `labels`, `masks` for mask models, `image_id`).
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import os
 import warnings
@@ -29,6 +30,7 @@ from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
 from detkit.io.checkpoint import STATS_KEY
 from detkit.layers import is_norm
 from detkit.models import build_model
+from detkit.structures.label_map import LabelMap, LabelMapMismatchError
 
 __all__ = [
     "DetectionModule",
@@ -38,6 +40,10 @@ __all__ = [
     "resolve_milestones",
     "with_warmup",
 ]
+
+STAGE_OF_FN = {"fit": "fit", "validate": "val", "test": "test", "predict": "predict"}  # trainer.state.fn -> stage
+
+log = logging.getLogger(__name__)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -190,11 +196,22 @@ class DetectionModule(LightningModule):
     `weight_decay` / `lr_schedule` / `lr_milestones` / `lr_gamma` below, which remain the shorthand
     used when the keys are absent.
 
+    Classes: the detector's label map (class names and data set category ids of labels 1..K) comes
+    from the checkpoint it was loaded from, else from the data of its first fit, and is saved in every
+    checkpoint. At validate, test, predict and resume it is compared with the data's categories:
+    other classes are a `LabelMapMismatchError` showing both maps (fine-tune with `weights` instead);
+    the same names under other ids are mapped by name (one logged line), results then carry the data's
+    ids and targets are put in the detector's label order for the losses.
+
     Args:
         model_name: a name from `detkit.models.list_models()`.
         num_classes: object classes, background excluded (the CLI links it from the data).
         model_kwargs: keyword arguments of the model builder (anchors, sizes, backbone_weights...).
-        weights: detector checkpoint to start from (see `build_model`).
+        weights: detector checkpoint to start from (see `build_model`); it may have other classes:
+            what fits is kept, the class-specific layers are re-initialised (fine-tuning).
+        class_names: the classes' names in label order (the CLI links them from the data). With
+            `weights` of other classes, the rows of classes whose names the weights record are
+            carried over; the data's categories must have these names.
         optimizer: shorthand "sgd" (momentum) or "adamw"; any other optimiser: the top-level
             `optimizer:` key (see above).
         lr: base learning rate.
@@ -229,6 +246,7 @@ class DetectionModule(LightningModule):
         num_classes: int = 3,
         model_kwargs: dict[str, Any] | None = None,
         weights: str | None = None,
+        class_names: list[str] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.02,
         momentum: float = 0.9,
@@ -259,8 +277,12 @@ class DetectionModule(LightningModule):
                 raise FileNotFoundError(
                     f"model.{key}: file not found: {os.fspath(path)} (null starts without these weights)"
                 )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
         try:
-            self.model = build_model(model_name, num_classes=num_classes, weights=weights, **(model_kwargs or {}))
+            self.model = build_model(
+                model_name, num_classes=num_classes, weights=weights, class_names=class_names, **(model_kwargs or {})
+            )
         except TypeError as e:  # a misspelt model_kwargs key: one line naming it
             raise ValueError(f"model_kwargs of {model_name}: {e}") from e
         if channels_last:
@@ -271,7 +293,14 @@ class DetectionModule(LightningModule):
         if "segm" in eval_iou_types and not has_masks:
             raise ValueError(f"eval_iou_types contains 'segm' but {model_name} predicts no masks")
         self.eval_iou_types = list(eval_iou_types)
-        self.class_names: list[str] | None = None
+        # The detector's label map (names and data set category ids of labels 1..K): from the checkpoint
+        # it was loaded from, else from the data of its first fit; other data is compared with it, never
+        # written over it (`_join_data`).
+        self.class_names: list[str] | None = None if class_names is None else [str(n) for n in class_names]
+        self.label_to_category_id: dict[int, int] | None = None
+        self._result_category_ids: dict[int, int] | None = None  # the data's ids of labels 1..K (last joint)
+        self._target_labels: Tensor | None = None  # data label -> detector label, where their orders differ
+        self._told: set[str] = set()
         self.skipped_steps = 0
         self._bad_streak = 0
         self._bad_losses: dict[str, str] = {}
@@ -293,11 +322,17 @@ class DetectionModule(LightningModule):
         return self.model.predict(images)
 
     def _data_attr(self, name: str, stage: str) -> Any:
-        """`name` from the datamodule, else from the dataset of the stage's first dataloader."""
+        """`name` from the datamodule, else from the dataset of the stage's first dataloader
+        (stage "fit": the training loader, "val", "test", "predict")."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, name, None) is not None:
             return getattr(dm, name)
-        loaders = self.trainer.test_dataloaders if stage == "test" else self.trainer.val_dataloaders
+        trainer = self.trainer
+        loaders = {
+            "fit": lambda: trainer.train_dataloader,
+            "test": lambda: trainer.test_dataloaders,
+            "predict": lambda: trainer.predict_dataloaders,
+        }.get(stage, lambda: trainer.val_dataloaders)()
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if loaders else None
         dataset = getattr(loaders, "dataset", None)
@@ -305,11 +340,107 @@ class DetectionModule(LightningModule):
         return getattr(dataset, key, None)
 
     def _class_names(self) -> list[str] | None:
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        names = getattr(dm, "class_names", None)
-        if names is not None:
-            self.class_names = [str(n) for n in names]
+        """The detector's class names in label order; the data's only while it has none of its own."""
+        if self.class_names is None and self._trainer is not None:
+            names = getattr(getattr(self._trainer, "datamodule", None), "class_names", None)
+            if names is not None:
+                self.class_names = [str(n) for n in names]
         return self.class_names
+
+    # ------------------------------------------------------------------ label map joints
+    def _data_label_map(self, stage: str) -> LabelMap | None:
+        """The data's categories (`class_names` and `label_to_category_id`), None where it does not say."""
+        ids = self._data_attr("label_to_category_id", stage)
+        names = self._data_attr("class_names", stage)
+        if not ids or names is None:
+            return None
+        return LabelMap.from_label_to_category_id(ids, names)
+
+    def _own_label_map(self, data: LabelMap) -> LabelMap | None:
+        """The detector's label map; where it knows only names (no category ids), the data's ids by name."""
+        names, ids = self.class_names, self.label_to_category_id
+        if ids:
+            if names is None:  # ids alone: compared as ids, named as the data names them
+                by_id = dict(zip(data.category_ids, data.names))
+                names = [by_id.get(c, f"category {c}") for c in ids.values()]
+            return LabelMap.from_label_to_category_id(ids, names)
+        if names is None:
+            return None
+        by_name = dict(zip(data.names, data.category_ids))
+        if sorted(names) != sorted(data.names):
+            shown = "[" + ", ".join(names) + "]"
+            raise LabelMapMismatchError(
+                f"the checkpoint's classes {shown} are not the data's categories {data.describe()} (category id: "
+                "name): use data with the checkpoint's categories, or fine-tune on the new ones with --model.weights"
+            )
+        return LabelMap(tuple(by_name[n] for n in names), tuple(names))
+
+    def _join_data(self, stage: str) -> None:
+        """Compare the detector's label map with the data's categories where the two meet.
+
+        Equal maps: results carry the data's ids. The same names with other ids: mapped by name, said
+        once; results carry the data's id of each name, and target labels (data order) are put in the
+        detector's label order for the losses. Other classes: `LabelMapMismatchError`, both maps shown.
+        A detector without a label map takes the data's when it is fitted (its first training).
+        """
+        self._result_category_ids, self._target_labels = None, None
+        data = self._data_label_map(stage)
+        if data is None:
+            return
+        own = self._own_label_map(data)
+        if own is None:
+            if stage == "fit":  # the classes this detector learns
+                self.class_names, self.label_to_category_id = list(data.names), data.label_to_category_id
+            self._result_category_ids = data.label_to_category_id
+            return
+        if stage == "fit" and self.label_to_category_id is None:  # names alone: it learns the data's ids
+            self.label_to_category_id = own.label_to_category_id
+        ann_file = self._data_attr("val_ann_file", "test" if stage == "test" else "val")
+        mapped = own.reconcile(data, what=os.fspath(ann_file) if ann_file else "the data")
+        if mapped is None:
+            self._result_category_ids = data.label_to_category_id
+            return
+        self._result_category_ids = mapped.label_to_category_id
+        to_own = {name: label for label, name in enumerate(own.names, start=1)}
+        order = [0, *(to_own[name] for name in data.names)]
+        if order != sorted(order):
+            self._target_labels = torch.tensor(order, dtype=torch.int64)
+        note = (
+            f"the data numbers the checkpoint's classes {own.describe()} as {data.describe()} "
+            "(category id: name): mapped by name"
+        )
+        if note not in self._told and self._is_global_zero():
+            log.warning(note)
+        self._told.add(note)
+
+    def _is_global_zero(self) -> bool:
+        return self._trainer is None or self.trainer.is_global_zero
+
+    def category_ids_for_results(self) -> dict[int, int]:
+        """`{label: category id}` to write this detector's results on the current data with: the data's id
+        of each label's class (mapped by name where the data numbers the classes otherwise)."""
+        if self._result_category_ids is not None:
+            return dict(self._result_category_ids)
+        if self.label_to_category_id:
+            return dict(self.label_to_category_id)
+        return {k: k for k in range(1, self.hparams.num_classes + 1)}
+
+    def _in_own_labels(self, targets: list[dict] | None) -> list[dict] | None:
+        """Targets with the data's labels put in the detector's label order (where the two differ)."""
+        order = self._target_labels
+        if order is None or targets is None:
+            return targets
+        out = []
+        for t in targets:
+            labels = t["labels"]
+            out.append({**t, "labels": order.to(labels.device)[labels]})
+        return out
+
+    def on_train_start(self) -> None:
+        self._join_data("fit")
+
+    def on_predict_epoch_start(self) -> None:
+        self._join_data("predict")
 
     def _world_size(self) -> int:
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -340,6 +471,7 @@ class DetectionModule(LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx: int):
         images, targets = self._split_batch(batch)
+        targets = self._in_own_labels(targets)
         losses = self.model(images, targets, **self._proposals(targets))
         total = sum(losses.values())
         names = [*losses, "loss"]
@@ -450,10 +582,12 @@ class DetectionModule(LightningModule):
         return writers[0].last_dir if writers else None
 
     def on_validation_epoch_start(self) -> None:
+        self._join_data("val")
         self._eval = self._new_eval_state()
         self.last_evaluation = None
 
     def on_test_epoch_start(self) -> None:
+        self._join_data("test")
         self._eval = self._new_eval_state()
         self.last_evaluation = None
 
@@ -465,6 +599,7 @@ class DetectionModule(LightningModule):
             raise ValueError(f"{stage} batches must be (images, targets) with targets[i]['image_id']")
         if not images:  # every image of the batch was unreadable and skipped (skip_invalid)
             return None
+        targets = self._in_own_labels(targets)
         n = len(images)
         extra = self._proposals(targets)
         if self.hparams.compute_val_loss:
@@ -479,16 +614,10 @@ class DetectionModule(LightningModule):
             self.log(f"{stage}/loss", sum(losses.values()), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         detections = self.model.predict(images, **extra)
         image_ids = [int(t["image_id"]) for t in targets]
-        label_map = self._label_map(stage)
+        label_map = self.category_ids_for_results()
         self._eval["results"].extend(detections_to_coco_results(image_ids, detections, label_to_category_id=label_map))
         self._eval["image_ids"].extend(image_ids)
         return detections
-
-    def _label_map(self, stage: str):
-        label_map = self._data_attr("label_to_category_id", stage)
-        if label_map is None:
-            label_map = {k: k for k in range(1, self.hparams.num_classes + 1)}
-        return label_map
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Tensor]] | None:
         return self._eval_step(batch, "val")
@@ -612,15 +741,17 @@ class DetectionModule(LightningModule):
         return getattr(self, "proposal_settings", None)
 
     def _category_ids(self) -> dict[int, int] | None:
-        """`{label: data set category id}` of the training data (kept from a loaded checkpoint)."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        try:
-            mapping = getattr(dm, "label_to_category_id", None)
-        except (OSError, ValueError):  # a data module whose files are gone
-            mapping = None
-        if mapping:
-            self.label_to_category_id = {int(k): int(v) for k, v in dict(mapping).items()}
-        return getattr(self, "label_to_category_id", None)
+        """`{label: data set category id}` of the detector (from its checkpoint or its first training data);
+        the data module's only while it has none of its own."""
+        if self.label_to_category_id is None and self._trainer is not None:
+            dm = getattr(self._trainer, "datamodule", None)
+            try:
+                mapping = getattr(dm, "label_to_category_id", None)
+            except (OSError, ValueError):  # a data module whose files are gone
+                mapping = None
+            if mapping:
+                self.label_to_category_id = {int(k): int(v) for k, v in dict(mapping).items()}
+        return self.label_to_category_id
 
     def _check_checkpoint_fits(self, state: dict[str, Any], info: dict[str, Any]) -> None:
         """One-line error, before Lightning's strict load, when a checkpoint's weights do not fit this model."""
@@ -659,9 +790,15 @@ class DetectionModule(LightningModule):
         info = checkpoint.get(STATS_KEY) or {}
         self._check_checkpoint_fits(checkpoint.get("state_dict") or {}, info)
         if info.get("class_names"):
-            self.class_names = list(info["class_names"])
+            self.class_names = [str(n) for n in info["class_names"]]
+            self.hparams["class_names"] = list(self.class_names)  # a resumed run saves the checkpoint's names
         if info.get("label_to_category_id"):
             self.label_to_category_id = {int(k): int(v) for k, v in info["label_to_category_id"].items()}
+        trainer = self._trainer
+        if trainer is not None and getattr(trainer, "datamodule", None) is not None:
+            # set up before the checkpoint is restored: refuse other classes before loading anything
+            fn = trainer.state.fn
+            self._join_data(STAGE_OF_FN.get(getattr(fn, "value", fn), "val"))
         if info.get("proposals"):
             self.proposal_settings = dict(info["proposals"])
         self.skipped_steps = int(info.get("skipped_steps", 0))
