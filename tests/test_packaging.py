@@ -148,8 +148,8 @@ def _tiny_training_checkpoint(path: Path) -> None:
     """A faster_rcnn_tiny checkpoint as `detkit fit` writes it (without Lightning's own entries)."""
     import torch
 
-    from detkit.io import STATS_KEY
     from detkit.models import build_model
+    from detkit.utils.checkpoint import STATS_KEY
 
     torch.manual_seed(0)
     model = build_model("faster_rcnn_tiny", num_classes=2)

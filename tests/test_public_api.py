@@ -89,14 +89,8 @@ PUBLIC_NAMES: dict[str, str] = {
     "detkit.evaluation.proposal_recall": "AR_IOU_THRESHOLDS proposal_recall",
     "detkit.evaluation.results": "detections_to_coco_results label_lookup_table save_results_json atomic_write_bytes",
     "detkit.evaluation.voc_eval": "VOC_METRICS VOCGroundTruth VOCResult evaluate_voc voc_ap voc_evaluate_main",
-    "detkit.io": (
-        "STATS_KEY CheckpointInfo CheckpointReadError UnsafeCheckpointError build_model_from_checkpoint "
-        "checkpoint_info load_checkpoint"
-    ),
-    "detkit.io.checkpoint": (
-        "STATS_KEY CheckpointInfo CheckpointReadError UnsafeCheckpointError build_model_from_checkpoint "
-        "checkpoint_info load_checkpoint"
-    ),
+    "detkit.io": "CheckpointInfo build_model_from_checkpoint checkpoint_info",
+    "detkit.io.checkpoint": "CheckpointInfo build_model_from_checkpoint checkpoint_info",
     "detkit.export": (
         "DEFAULT_OPSET ExportableDetector OnnxDetector check_exportable export_onnx export_program exportable "
         "model_metadata paste_masks_numpy split_packed"
@@ -175,6 +169,7 @@ PUBLIC_NAMES: dict[str, str] = {
     ),
     "detkit.structures.containers": "Detections ImageBatch PackedTargets avoid_host_syncs count_per_image",
     "detkit.utils": "",
+    "detkit.utils.checkpoint": "STATS_KEY CheckpointReadError UnsafeCheckpointError load_checkpoint",
     "detkit.utils.optional": (
         "EXTRAS OPENCV_PACKAGE BrokenOpenCVError MissingExtraError extra_for installed_opencv missing_message require "
         "require_opencv"

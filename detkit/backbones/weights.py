@@ -21,15 +21,14 @@ BatchNorm's ``num_batches_tracked`` counters are dropped when the target norm ha
 from __future__ import annotations
 
 import importlib
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike, fspath
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from detkit.backbones.base import Backbone, StagedBackbone
+from detkit.utils.checkpoint import load_checkpoint
 
 KeyMap = Callable[[str], "str | None"]
 #: wrapper(body_map, in_features) -> key map of a backbone wrapping another (FPN)
@@ -149,19 +148,12 @@ def convert_torchvision_state_dict(
 
 
 def read_checkpoint(path: str | PathLike) -> dict[str, Tensor]:
-    """Load a state dict with `weights_only=True`; unwrap {"state_dict": ...} / {"model": ...}."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refusing to load {fspath(path)!r}: torch.load(weights_only=True) rejected it because it "
-            "holds pickled Python objects besides tensors (unsafe: unpickling can run arbitrary code). "
-            f"Re-save only a state dict of tensors. Details: {e}"
-        ) from None
-    return _as_state_dict(obj, fspath(path))
+    """Load a state dict with `weights_only=True` (`detkit.utils.checkpoint.load_checkpoint`: one-line
+    errors, never unsafe unpickling); unwrap {"state_dict": ...} / {"model": ...}."""
+    return as_state_dict(load_checkpoint(path), fspath(path))
 
 
-def _as_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
+def as_state_dict(obj: Any, source: str) -> dict[str, Tensor]:
     if isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model"):
             if isinstance(obj.get(wrapper), Mapping):
@@ -197,7 +189,7 @@ def load_backbone_weights(
         ValueError naming the file and the missing / unexpected / mis-shaped keys.
     """
     if isinstance(weights, Mapping):
-        source, state_dict = "state dict", _as_state_dict(weights, "state dict")
+        source, state_dict = "state dict", as_state_dict(weights, "state dict")
     else:
         source, state_dict = repr(fspath(weights)), read_checkpoint(weights)
     if prefix:

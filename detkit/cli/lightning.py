@@ -25,7 +25,7 @@ from detkit.engine.callbacks import CocoPredictionWriter, DetectionCheckpoint, L
 from detkit.engine.checkpoint_io import AtomicCheckpointIO
 from detkit.engine.datamodule import DetectionDataModule
 from detkit.engine.module import DetectionModule
-from detkit.io.checkpoint import load_checkpoint
+from detkit.utils.checkpoint import load_checkpoint
 
 __all__ = ["PREDICT_CONFIG_HELP", "SUBCOMMANDS", "DetkitCLI", "cli_main", "run"]
 

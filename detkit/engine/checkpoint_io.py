@@ -1,4 +1,4 @@
-"""Lightning's checkpoint I/O plugin: atomic writes and safe loading (`detkit.io.load_checkpoint`)."""
+"""Lightning's checkpoint I/O plugin: atomic writes and safe loading (`detkit.utils.checkpoint.load_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from detkit.io.checkpoint import UnsafeCheckpointError, load_checkpoint
+from detkit.utils.checkpoint import UnsafeCheckpointError, load_checkpoint
 from detkit.utils.io import atomic_write
 
 __all__ = ["AtomicCheckpointIO"]

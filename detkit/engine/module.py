@@ -27,10 +27,10 @@ from detkit import __version__
 from detkit.engine.evaluation_writer import Evaluation, EvaluationWriter
 from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_and_deduplicate
 from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
-from detkit.io.checkpoint import STATS_KEY
 from detkit.layers import is_norm
 from detkit.models import build_model
 from detkit.structures.label_map import LabelMap, LabelMapMismatchError
+from detkit.utils.checkpoint import STATS_KEY
 
 __all__ = [
     "DetectionModule",

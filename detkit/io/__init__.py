@@ -1,24 +1,9 @@
-"""Reading what training wrote, without the training stack: checkpoints (`weights_only=True`) and the
-detector and label map a training checkpoint describes. Used by `detkit predict --checkpoint`,
-`detkit export` and the Lightning glue in `detkit.engine`; imports no Lightning and no COCO tools.
+"""Reading what training wrote, without the training stack: the detector and label map a training
+checkpoint describes. Used by `detkit predict --checkpoint`, `detkit export` and the Lightning glue
+in `detkit.engine`; imports no Lightning and no COCO tools. The file itself is read by
+`detkit.utils.checkpoint.load_checkpoint` (`weights_only=True`).
 """
 
-from detkit.io.checkpoint import (
-    STATS_KEY,
-    CheckpointInfo,
-    CheckpointReadError,
-    UnsafeCheckpointError,
-    build_model_from_checkpoint,
-    checkpoint_info,
-    load_checkpoint,
-)
+from detkit.io.checkpoint import CheckpointInfo, build_model_from_checkpoint, checkpoint_info
 
-__all__ = [
-    "STATS_KEY",
-    "CheckpointInfo",
-    "CheckpointReadError",
-    "UnsafeCheckpointError",
-    "build_model_from_checkpoint",
-    "checkpoint_info",
-    "load_checkpoint",
-]
+__all__ = ["CheckpointInfo", "build_model_from_checkpoint", "checkpoint_info"]

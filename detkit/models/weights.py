@@ -13,18 +13,17 @@ shares with the model (by name) are carried over, the others keep the model's in
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from os import PathLike, fspath
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from detkit.backbones.weights import _as_state_dict, convert_torchvision_state_dict, read_checkpoint
+from detkit.backbones.weights import as_state_dict, convert_torchvision_state_dict
 from detkit.heads.box_head import ClassRows
 from detkit.models.coco_names import COCO_CATEGORY_NAMES
+from detkit.utils.checkpoint import STATS_KEY, load_checkpoint
 
 __all__ = [
     "convert_torchvision_detector",
@@ -34,10 +33,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: where a detkit Lightning checkpoint keeps its class names: `ckpt[INFO_KEY]["class_names"]`
-#: (`detkit.engine.module.STATS_KEY`, read here without importing Lightning)
-INFO_KEY = "detkit"
 
 
 def _torchvision_head_key(key: str) -> str | None:
@@ -102,19 +97,11 @@ def read_detector_checkpoint(
     (`{"state_dict": {"model.<key>": ...}, "detkit": {"class_names": [...]}}`, "model." kept)
     or `{"model": state dict}`. A path is read with `torch.load(weights_only=True)`.
     """
-    if isinstance(weights, (str, PathLike)):
-        try:
-            obj = torch.load(weights, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            read_checkpoint(weights)  # raises its refusal, naming the file
-            raise
-    else:
-        obj = weights
+    obj = load_checkpoint(weights) if isinstance(weights, (str, PathLike)) else weights
     source = fspath(weights) if isinstance(weights, (str, PathLike)) else "state dict"
-    info = obj.get(INFO_KEY) if isinstance(obj, Mapping) else None
+    info = obj.get(STATS_KEY) if isinstance(obj, Mapping) else None
     names = info.get("class_names") if isinstance(info, Mapping) else None
-    # the unwrapping and checks of `read_checkpoint`, on the object already loaded
-    return _as_state_dict(obj, source), None if names is None else [str(n) for n in names]
+    return as_state_dict(obj, source), None if names is None else [str(n) for n in names]
 
 
 def load_detector_weights(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detkit.engine.checkpoint_io import AtomicCheckpointIO
-from detkit.io.checkpoint import UnsafeCheckpointError
+from detkit.utils.checkpoint import UnsafeCheckpointError
 
 
 class NotATensor:  # pickled by reference: torch.load(weights_only=True) rejects it

@@ -10,7 +10,7 @@ import yaml
 
 from detkit import __version__
 from detkit.cli import main
-from detkit.io.checkpoint import load_checkpoint
+from detkit.utils.checkpoint import load_checkpoint
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 

@@ -270,7 +270,7 @@ def test_cached_proposals_reach_the_detector(tmp_path, shapes_root):
 
 def test_last_checkpoint_is_current_when_the_metric_stops_improving(tmp_path, shapes_root):
     from detkit.engine import AtomicCheckpointIO, DetectionCheckpoint
-    from detkit.io import load_checkpoint
+    from detkit.utils.checkpoint import load_checkpoint
 
     torch.manual_seed(0)
     module = DetectionModule(num_classes=3, model_kwargs=FAST, num_visualize=0, compute_val_loss=False)

@@ -16,8 +16,9 @@ from detkit.cli import main
 from detkit.data import read_image_rgb
 from detkit.engine.module import DetectionModule
 from detkit.evaluation.results import detections_to_coco_results
-from detkit.io.checkpoint import build_model_from_checkpoint, load_checkpoint
+from detkit.io import build_model_from_checkpoint
 from detkit.proposals.cache import compute_proposals
+from detkit.utils.checkpoint import load_checkpoint
 
 # not the library defaults (fast, 2000, resize_to None): the test sees that these are the ones used
 TRAINING = {"mode": "fast", "max_proposals": 300, "min_size": None, "resize_to": 64, "seed": 0}

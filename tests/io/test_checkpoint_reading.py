@@ -1,5 +1,5 @@
-"""detkit.io.checkpoint: weights-only loading with errors that say what the file is, and the detector
-and label map of a training checkpoint, without Lightning."""
+"""detkit.utils.checkpoint / detkit.io.checkpoint: weights-only loading with errors that say what the file
+is, and the detector and label map of a training checkpoint, without Lightning."""
 
 import os
 import pickle
@@ -9,16 +9,10 @@ import sys
 import pytest
 import torch
 
-from detkit.io.checkpoint import (
-    STATS_KEY,
-    CheckpointInfo,
-    CheckpointReadError,
-    UnsafeCheckpointError,
-    build_model_from_checkpoint,
-    load_checkpoint,
-)
+from detkit.io.checkpoint import CheckpointInfo, build_model_from_checkpoint
 from detkit.models import build_model
 from detkit.structures.label_map import LabelMap
+from detkit.utils.checkpoint import STATS_KEY, CheckpointReadError, UnsafeCheckpointError, load_checkpoint
 
 
 class NotATensor:  # pickled by reference: torch.load(weights_only=True) rejects it
@@ -132,3 +126,19 @@ def test_reading_a_checkpoint_imports_no_lightning_or_coco_tools(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
+
+
+def test_weights_loaders_share_the_messages(tmp_path):
+    """`build_model(weights=)` and backbone weights read files through the same loader: random bytes
+    are 'not a torch checkpoint', without the advice to unpickle them unsafely."""
+    from detkit.backbones import build_backbone
+
+    bad = tmp_path / "random.ckpt"
+    bad.write_bytes(os.urandom(4096))
+    for load in (
+        lambda: build_model("faster_rcnn_tiny", num_classes=3, weights=bad),
+        lambda: build_backbone("resnet18", weights=bad),
+    ):
+        with pytest.raises(CheckpointReadError, match=r"random\.ckpt: not a torch checkpoint") as info:
+            load()
+        assert "weights_only" not in str(info.value)

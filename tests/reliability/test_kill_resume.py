@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from detkit.engine.checkpoint_io import AtomicCheckpointIO
-from detkit.io.checkpoint import load_checkpoint
+from detkit.utils.checkpoint import load_checkpoint
 
 CONFIG = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),

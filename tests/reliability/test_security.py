@@ -19,8 +19,8 @@ from detkit.backbones import build_backbone
 from detkit.data import CocoDetection, VocDetection
 from detkit.data.coco import resolve_under_root
 from detkit.engine.checkpoint_io import AtomicCheckpointIO
-from detkit.io.checkpoint import UnsafeCheckpointError, load_checkpoint
 from detkit.models import build_model
+from detkit.utils.checkpoint import UnsafeCheckpointError, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = [REPO / "detkit", REPO / "scripts"]
