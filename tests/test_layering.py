@@ -25,6 +25,7 @@ LAYERS = [
     "io",
     "data",
     "evaluation",
+    "visualize",
     "analysis",
     "engine",
     "export",

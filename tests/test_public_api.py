@@ -76,7 +76,8 @@ PUBLIC_NAMES: dict[str, str] = {
     "detkit.engine.module": (
         "DetectionModule WarmupSchedule build_warmup_schedule parameter_groups resolve_milestones with_warmup"
     ),
-    "detkit.engine.visualize": "class_colour draw_detections plot_curves save_png to_uint8_rgb",
+    "detkit.visualize": "class_colour draw_detections plot_curves save_png to_uint8_rgb",
+    "detkit.visualize.drawing": "class_colour draw_detections plot_curves save_png to_uint8_rgb",
     "detkit.evaluation": (
         "STAT_NAMES COCOEvaluator EvalResult VOCGroundTruth VOCResult detections_to_coco_results evaluate_main "
         "evaluate_voc format_summary gather_and_deduplicate plot_pr_curves proposal_recall save_results_json "

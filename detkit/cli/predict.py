@@ -439,7 +439,7 @@ def _resolve_device(device: str):
 def _drawing(prog: str):
     """`(draw_detections, save_png)`, or None with a line on stderr where drawing's dependencies are missing."""
     try:
-        from detkit.engine.visualize import draw_detections, save_png
+        from detkit.visualize import draw_detections, save_png
     except ImportError as e:
         from detkit.utils.optional import extra_for, missing_message
 

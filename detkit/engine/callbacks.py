@@ -17,9 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from detkit.engine.visualize import plot_curves
 from detkit.evaluation import detections_to_coco_results
 from detkit.evaluation.results import save_results_json
+from detkit.visualize import plot_curves
 
 __all__ = [
     "CocoPredictionWriter",

@@ -121,8 +121,8 @@ class EvaluationWriter(Callback):
         reports = evaluation.reports.items()
         curves = [(kind, r) for kind, r in reports if getattr(r, "precision", None) is not None]
         if curves or self._visuals:
-            from detkit.engine.visualize import draw_detections, save_png
             from detkit.evaluation.pr_curve import plot_pr_curves
+            from detkit.visualize import draw_detections, save_png
 
             for kind, r in curves:
                 if r.precision.size and r.precision.ndim == 5:  # COCO reports

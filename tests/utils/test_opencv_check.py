@@ -66,12 +66,12 @@ def test_a_working_contrib_build_passes(monkeypatch):
 def test_half_uninstalled_cv2_breaks_drawing_with_the_fix(monkeypatch):
     """`pip uninstall opencv-python` after both were installed: the shared cv2 folder is left without its
     Python files, `import cv2` finds an empty namespace package. Importing the drawing module says so."""
-    importlib.import_module("detkit.engine.visualize")
-    monkeypatch.delitem(sys.modules, "detkit.engine.visualize")  # imported afresh below, restored afterwards
+    importlib.import_module("detkit.visualize.drawing")
+    monkeypatch.delitem(sys.modules, "detkit.visualize.drawing")  # imported afresh below, restored afterwards
     monkeypatch.setitem(sys.modules, "cv2", types.ModuleType("cv2"))
     _installed(monkeypatch, {"opencv-contrib-python-headless": "4.10.0.84"})
     with pytest.raises(BrokenOpenCVError) as e:
-        importlib.import_module("detkit.engine.visualize")
+        importlib.import_module("detkit.visualize.drawing")
     message = str(e.value)
     assert message.startswith("OpenCV does not work for drawing: cv2 has no cv2.FONT_HERSHEY_SIMPLEX")
     assert "installed OpenCV packages: opencv-contrib-python-headless 4.10.0.84 " in message

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from detkit.engine.callbacks import plot_training_curves, read_metrics_csv
-from detkit.engine.visualize import class_colour, draw_detections, plot_curves, save_png
+from detkit.visualize import class_colour, draw_detections, plot_curves, save_png
 
 
 def test_draw_boxes_labels_and_threshold():
