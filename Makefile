@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TRAIN_CONFIG ?= configs/shapes_faster_rcnn_tiny.yaml
 TRAIN_ARGS ?=
 
-.PHONY: install train test test-fast lint
+.PHONY: install train test test-fast lint browser
 
 install: $(STAMP)
 
@@ -33,3 +33,9 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check detkit tests scripts benchmarks
 	$(VENV)/bin/ruff format --check detkit tests scripts benchmarks
+
+# Headless Chromium (Debian's package) for the tests that open detkit's HTML pages (detkit analyze);
+# without it those tests skip.
+browser:
+	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends chromium; }

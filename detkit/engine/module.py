@@ -266,7 +266,10 @@ class DetectionModule(LightningModule):
         channels_last: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # `weights` is where training started, not part of the model: a checkpoint holds every weight, so
+        # `load_from_checkpoint` must not read that file again (it may be gone); it is kept in STATS_KEY
+        self.save_hyperparameters(ignore=["weights"])
+        self.initial_weights = None if weights is None else os.fspath(weights)
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
         if eval_metric not in ("coco", *VOC_METRICS):
@@ -727,6 +730,7 @@ class DetectionModule(LightningModule):
             "label_to_category_id": self._category_ids(),
             "proposals": self._proposal_settings(),
             "skipped_steps": self.skipped_steps,
+            "initial_weights": self.initial_weights,
         }
 
     def _proposal_settings(self) -> dict[str, Any] | None:
@@ -802,3 +806,4 @@ class DetectionModule(LightningModule):
         if info.get("proposals"):
             self.proposal_settings = dict(info["proposals"])
         self.skipped_steps = int(info.get("skipped_steps", 0))
+        self.initial_weights = info.get("initial_weights", self.initial_weights)

@@ -266,3 +266,9 @@ def test_fine_tuning_follows_the_ckpt_path_advice(shapes_ckpt, shapes, tmp_path,
     assert info["class_names"] == ["circle", "triangle"] and info["label_to_category_id"] == {1: 1, 2: 3}
     start.unlink()  # the checkpoint's own weights replace the ones it started from
     assert main(["validate", "--config", config, "--ckpt_path", str(fine_tuned)]) == 0
+    # the Python API too: load_from_checkpoint rebuilds the fine-tuned model without the starting file
+    from detkit.engine import DetectionModule
+
+    restored = DetectionModule.load_from_checkpoint(fine_tuned, map_location="cpu")
+    assert "weights" not in restored.hparams and restored.initial_weights == str(start)
+    torch.testing.assert_close(restored.state_dict()[key], torch.load(fine_tuned, weights_only=True)["state_dict"][key])
