@@ -104,13 +104,19 @@ def analyze(
     iou_threshold: float = 0.5,
     worst: int = 12,
     title: str = "detkit analyze",
+    model: Any = None,
 ) -> dict[str, Any]:
     """Analyse `predictions` (COCO box results, or None for the data set alone) against the COCO
     annotation dict `dataset`; writes `output/index.html` and `output/analysis.json`, returns the
-    json's content. `worst` images are drawn from `images_dir` (none without it, or with 0)."""
+    json's content. `worst` images are drawn from `images_dir` (none without it, or with 0).
+    `model` (a detector) adds its input size and how many objects its RPN's anchors reach."""
     evaluator = COCOEvaluator(dataset)
     report: dict[str, Any] = {"title": title, "notes": []}
     report["dataset"] = dataset_statistics(evaluator._dataset)
+    if model is not None:
+        from detkit.analysis.anchors import anchor_coverage  # torch only when a model is given
+
+        report["anchors"] = anchor_coverage(model, evaluator._dataset)
     analysis = None
     if predictions is not None:
         if not isinstance(predictions, list):

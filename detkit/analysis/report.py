@@ -151,6 +151,76 @@ def _chart_histogram(edges: Sequence[str], counts: Sequence[int], xlabel: str, p
     _save(fig, path)
 
 
+def _chart_anchor_histogram(centres, reached, unreached, marks, xlabel: str, log_x: bool, path: str) -> None:
+    """Objects per bin (reached / not reached by an anchor, stacked) with the anchors' values as lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    widths = np.diff(centres[1]) if log_x else None
+    left = centres[1][:-1] if log_x else np.arange(len(reached))
+    kwargs = {"width": widths, "align": "edge"} if log_x else {"width": 0.9}
+    ax.bar(left, reached, color="#9bbb59", label="reached", **kwargs)
+    ax.bar(left, unreached, bottom=reached, color="#c0504d", label="no anchor reaches it", **kwargs)
+    if log_x:
+        ax.set_xscale("log", base=2)
+        used = np.flatnonzero(np.asarray(reached) + np.asarray(unreached))
+        lo = min([centres[1][used[0]]] + [m / 1.5 for m in marks]) if len(used) else min(marks) / 2
+        hi = max([centres[1][used[-1] + 1]] + [m * 1.5 for m in marks]) if len(used) else max(marks) * 2
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_xticks(range(len(reached)), centres[0], rotation=45, ha="right", fontsize=8)
+    for i, m in enumerate(marks):
+        ax.axvline(m, color="#24324a", linestyle="--", linewidth=1.2, label="anchors" if i == 0 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("objects")
+    ax.legend(fontsize=8, framealpha=0.85)
+    _save(fig, path)
+
+
+def _anchor_section(anchors: Mapping[str, Any], output: str) -> str:
+    """The data set section's part on the model: input size, anchors, objects no anchor reaches."""
+    size = anchors.get("input_size")
+    body = "<h3>The model's input and anchors</h3>"
+    if size:
+        met = ", ".join(f"{w}&times;{h} ({n} images)" for h, w, n in size.get("resized_sizes", [])[:4])
+        body += (f"<p>Images are resized so the shorter side is {size['min_size']} pixels and the longer at most "
+                 f"{size['max_size']}, padded to a multiple of {size['size_divisible']}"
+                 + (f"; resized sizes (width&times;height): {met}" if met else "") + ".</p>")  # fmt: skip
+    if not anchors["applies"]:
+        return body + f'<div class="note">{_esc(anchors["reason"])}</div>'
+    levels = ", ".join(
+        f"{'/'.join(f'{v:g}' for v in s)} px" for s in anchors["anchor_sizes"]
+    )  # one group per pyramid level
+    ratios = sorted({r for level in anchors["aspect_ratios"] for r in level})
+    share = anchors["unreached_share"]
+    cls = "note" if share > 0.1 else "key"
+    body += (f'<p>Anchor sizes per level: {_esc(levels)}; aspect ratios (height / width): '
+             f'{", ".join(f"{r:g}" for r in ratios)}. The RPN counts an anchor positive at IoU &ge; '
+             f'{anchors["fg_iou_threshold"]:g} with an object (and each object\'s best anchor, whatever its IoU).</p>'
+             f'<div class="{cls}"><b>{100 * share:.1f}%</b> of the objects ({anchors["unreached"]} of '
+             f'{anchors["objects"]}) have no anchor at IoU &ge; {anchors["fg_iou_threshold"]:g} in the model\'s '
+             "input; the RPN learns them only from their single best anchor. Median best IoU "
+             f'{anchors["best_iou_median"] or 0:.2f}.</div>')  # fmt: skip
+    rows = [[name, n, total, float(n / total) if total else -1.0]
+            for name, (n, total) in anchors["unreached_per_class"].items()]  # fmt: skip
+    body += _table(["class", "not reached", "objects", "share"], rows)
+    marks = sorted({v for level in anchors["anchor_sizes"] for v in level})
+    edges = np.asarray(anchors["size_bins"])
+    hist = anchors["size_histogram"]
+    _chart_anchor_histogram((None, edges), hist["reached"], hist["unreached"], marks,
+                            "box size in the model's input: sqrt(width x height), pixels", True,
+                            os.path.join(output, "charts", "anchor_sizes.png"))  # fmt: skip
+    ratio_edges = anchors["ratio_bins"]
+    hist = anchors["ratio_histogram"]
+    positions = [float(np.interp(np.log2(r), ratio_edges, np.arange(len(ratio_edges)) - 0.5)) for r in ratios]
+    _chart_anchor_histogram(([f"{2**b:.2g}" for b in ratio_edges[1:]], None), hist["reached"], hist["unreached"],
+                            positions, "aspect ratio height / width (upper bin edge)", False,
+                            os.path.join(output, "charts", "anchor_ratios.png"))  # fmt: skip
+    body += '<div class="grid">' + _figure("charts/anchor_sizes.png", "Box sizes after resizing, anchor sizes dashed")
+    body += _figure("charts/anchor_ratios.png", "Aspect ratios, anchor ratios dashed") + "</div>"
+    return body
+
+
 # ---------------------------------------------------------------------------- images
 def _dashed_rectangle(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, colour, thickness: int = 2) -> None:
     import cv2
@@ -363,6 +433,8 @@ def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures
     body += '<div class="grid">' + _figure("charts/objects_per_class.png", "Objects per class")
     body += _figure("charts/box_sizes.png", "Box sizes (COCO: small < 32, large >= 96)")
     body += _figure("charts/aspect_ratios.png", "Aspect ratios") + "</div>"
+    if "anchors" in report:
+        body += _anchor_section(report["anchors"], output)
     section("dataset", "Data set", body)
 
     title = _esc(report.get("title", "detkit analyze"))

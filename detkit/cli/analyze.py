@@ -2,6 +2,7 @@
 
     detkit analyze --annotations GT.json --predictions RESULTS.json|PREDICT_OUT/ --images DIR --output REPORT/
     detkit analyze --annotations GT.json --images DIR --output REPORT/      (the data set part alone)
+    ... --checkpoint CK      (adds the model's input size and the objects its anchors do not reach)
 
 Writes REPORT/index.html (open it from disk: charts and pictures are files beside it) and
 REPORT/analysis.json with every number. Exit status 0 on success, 2 for a missing /
@@ -29,6 +30,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="COCO results json (boxes) or a `detkit predict` output folder; without it the report shows the data set",
     )
     parser.add_argument("--images", help="image folder (file_name of the annotations) to draw the worst images")
+    parser.add_argument(
+        "--checkpoint",
+        help="detkit training checkpoint: its input size, and the objects its RPN's anchors do not reach",
+    )
     parser.add_argument("--output", required=True, help="report folder (index.html, analysis.json, charts)")
     parser.add_argument("--score-threshold", type=float, default=0.3, help="confusion matrix and drawings (0.3)")
     parser.add_argument("--iou-threshold", type=float, default=0.5, help="confusion matrix IoU (0.5)")
@@ -59,15 +64,25 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
             predictions = read_predictions(
                 args.predictions, gt_names, args.annotations, say=lambda line: print(f"{prog}: {line}", file=sys.stderr)
             )
+        model = None
+        if args.checkpoint is not None:
+            from detkit.io import build_model_from_checkpoint
+
+            model, _ = build_model_from_checkpoint(args.checkpoint)
         start = time.perf_counter()
         report = analyze(dataset, predictions, args.output, images_dir=args.images,
                          score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
-                         worst=args.worst, title=f"detkit analyze: {os.path.basename(args.annotations)}")  # fmt: skip
+                         worst=args.worst, title=f"detkit analyze: {os.path.basename(args.annotations)}",
+                         model=model)  # fmt: skip
     except (OSError, ValueError, TypeError, KeyError) as e:
         print(f"{prog}: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     for note in report["notes"]:
         print(f"{prog}: note: {note}", file=sys.stderr)
+    if report.get("anchors", {}).get("applies"):
+        a = report["anchors"]
+        print(f"{a['unreached']} of {a['objects']} objects ({100 * a['unreached_share']:.1f}%) reached by no anchor "
+              f"at IoU >= {a['fg_iou_threshold']:g}")  # fmt: skip
     if "errors" in report:
         stats = report["errors"]["stats"]
         print(f"AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}  AP75 {stats['AP75']:.3f}")
