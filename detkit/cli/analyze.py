@@ -23,7 +23,15 @@ PROG = "detkit analyze"
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="HTML report: data set statistics and error analysis.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="HTML report: data set statistics and error analysis.",
+        epilog="examples (the output of `detkit predict ... --output predictions/`, see `detkit predict --help`):\n"
+        "  detkit analyze --annotations data/shapes/val/annotations.json --predictions predictions/ \\\n"
+        "      --images data/shapes/val/images --output report/\n"
+        "  detkit analyze --annotations data/shapes/val/annotations.json --output report_data/   # data set only\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--annotations", required=True, help="COCO ground-truth annotation json")
     parser.add_argument(
         "--predictions",

@@ -10,6 +10,11 @@ from pathlib import Path
 
 __all__ = ["config_dir", "list_configs", "main", "resolve_config", "resolve_config_args"]
 
+EXAMPLES = """examples (the second copies a config to edit; then `detkit fit --config my.yaml`):
+  detkit configs
+  detkit configs shapes_faster_rcnn_tiny > my.yaml
+"""
+
 
 def config_dir() -> Path:
     """The packaged configs: detkit/configs (in a checkout, a link to the top-level configs/)."""
@@ -71,7 +76,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit configs") -> int
     argv = list(sys.argv[1:] if argv is None else argv)
     configs = list_configs()
     if argv and argv[0] in ("-h", "--help"):
-        print(f"usage: {prog} [NAME]\n\nLists the packaged configs, or prints config NAME.")
+        print(f"usage: {prog} [NAME]\n\nLists the packaged configs, or prints config NAME.\n\n{EXAMPLES}", end="")
         return 0
     if len(argv) > 1:
         raise ValueError(f"usage: {prog} [NAME]")

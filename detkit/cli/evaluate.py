@@ -35,8 +35,20 @@ class _Failed(Exception):
         self.code = code
 
 
+EXAMPLES = """examples (the output of `detkit predict ... --output predictions/`, see `detkit predict --help`):
+  detkit evaluate --annotations data/shapes/val/annotations.json --predictions predictions/
+  detkit evaluate --annotations data/shapes/val/annotations.json --predictions predictions/detections.json \\
+      --output metrics.json --pr-curve pr.png
+"""
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="COCO or Pascal VOC evaluation of a predictions json.")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="COCO or Pascal VOC evaluation of a predictions json.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--annotations", help="COCO ground-truth annotation json (required unless --voc-root)")
     parser.add_argument(
         "--predictions", required=True,

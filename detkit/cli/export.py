@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 
-__all__ = ["export_main", "load_for_export", "main", "output_format"]
+__all__ = ["build_parser", "export_main", "load_for_export", "main", "output_format", "parse_args"]
 
 
 def load_for_export(
@@ -62,9 +62,18 @@ def output_format(output: str, requested: str | None) -> str:
     return requested
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
+EXAMPLES = """examples (the first with the checkpoint of `detkit fit --config shapes_faster_rcnn_tiny`):
+  detkit export --checkpoint runs/shapes_faster_rcnn_tiny/version_0/checkpoints/last.ckpt --output shapes.onnx
+  detkit export --model faster_rcnn_tiny --num-classes 3 --random-weights --output tiny.pt2   # untrained
+"""
+
+
+def build_parser(prog: str = "detkit export") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Export a detector (whole inference path) to ONNX or a torch.export .pt2 program."
+        prog=prog,
+        description="Export a detector (whole inference path) to ONNX or a torch.export .pt2 program.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="Lightning checkpoint written by `detkit fit`")
@@ -89,6 +98,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
         action="store_true",
         help="with --checkpoint: output the data set's category ids as `labels` instead of 1..num_classes",
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None, prog: str = "detkit export") -> argparse.Namespace:
+    """The checked options of `detkit export` (`args.format` filled in from the output suffix); a bad
+    combination exits through argparse's error (status 2)."""
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.model is None and (args.weights or args.num_classes) and args.checkpoint:
         parser.error("--weights / --num-classes go with --model, not --checkpoint")
@@ -109,6 +125,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
         parser.error("--opset applies to --format onnx only")
     if args.category_ids and not args.checkpoint:
         parser.error("--category-ids needs --checkpoint (the mapping is stored there)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
+    args = parse_args(argv, prog)
 
     from detkit.export.api import DEFAULT_OPSET, export_onnx, export_program
 

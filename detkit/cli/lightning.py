@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, LRSchedulerTypeTuple
 from lightning.pytorch.plugins.io import CheckpointIO
 from torch.optim import Optimizer
@@ -27,7 +28,7 @@ from detkit.engine.datamodule import DetectionDataModule
 from detkit.engine.module import DetectionModule
 from detkit.utils.checkpoint import load_checkpoint
 
-__all__ = ["PREDICT_CONFIG_HELP", "SUBCOMMANDS", "DetkitCLI", "cli_main", "run"]
+__all__ = ["EXAMPLES", "PREDICT_CONFIG_HELP", "SUBCOMMANDS", "DetkitCLI", "ExamplesHelpFormatter", "cli_main", "run"]
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI subcommands
 
@@ -46,6 +47,39 @@ OPTIMIZER_HELP = (
     "the scheduler starts, stepped per optimizer step. Without these keys --model.optimizer sgd|adamw, "
     "--model.lr, --model.lr_schedule step|cosine|constant and --model.lr_milestones apply."
 )
+
+# `detkit <command> --help` ends with these (tests/test_cli_help.py parses each example)
+SHAPES_CHECKPOINT = "runs/shapes_faster_rcnn_tiny/version_0/checkpoints/last.ckpt"  # what `make train` writes first
+AFTER_FIT = "examples (with the checkpoint of `detkit fit --config shapes_faster_rcnn_tiny`):"
+EXAMPLES = {
+    "fit": """examples (the first is `make train`; results under runs/shapes_faster_rcnn_tiny/version_N/):
+  detkit fit --config shapes_faster_rcnn_tiny
+  detkit fit --config shapes_faster_rcnn_tiny --trainer.max_epochs 1 --data.batch_size 8   # a quicker run""",
+    "validate": f"""{AFTER_FIT}
+  detkit validate --config shapes_faster_rcnn_tiny \\
+      --ckpt_path {SHAPES_CHECKPOINT}""",
+    "test": f"""{AFTER_FIT}
+  detkit test --config shapes_faster_rcnn_tiny \\
+      --ckpt_path {SHAPES_CHECKPOINT}""",
+    "predict": f"""{AFTER_FIT}
+  detkit predict --config shapes_faster_rcnn_tiny \\
+      --ckpt_path {SHAPES_CHECKPOINT}   # writes <log dir>/predictions.json""",
+}
+
+
+class ExamplesHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help formatter that keeps the epilog's examples as written: a paragraph whose
+    lines after the first are indented is printed line by line; other paragraphs are re-wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if len(lines) > 1 and all(line.startswith(" ") for line in lines[1:]):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
 
 
 def _data_class_names(data: DetectionDataModule) -> list[str] | None:
@@ -83,7 +117,12 @@ class DetkitCLI(LightningCLI):
         # after_instantiate_classes, not turned into LightningCLI's one-group `configure_optimizers`
         kwargs["auto_configure_optimizers"] = False
         parser_kwargs = kwargs["parser_kwargs"] = dict(kwargs.get("parser_kwargs") or {})
-        parser_kwargs["predict"] = {"description": PREDICT_CONFIG_HELP, **(parser_kwargs.get("predict") or {})}
+        parser_kwargs.setdefault("formatter_class", ExamplesHelpFormatter)  # the subcommands' parsers take it over
+        for command, examples in EXAMPLES.items():
+            own = {"epilog": examples}
+            if command == "predict":
+                own["description"] = PREDICT_CONFIG_HELP
+            parser_kwargs[command] = {**own, **(parser_kwargs.get(command) or {})}
         defaults = kwargs.pop("trainer_defaults", {}) or {}
         defaults = {
             "logger": {
@@ -110,7 +149,7 @@ class DetkitCLI(LightningCLI):
         return config.get(str(self.subcommand), config) if self.subcommand else config
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.epilog = OPTIMIZER_HELP
+        parser.epilog = f"{OPTIMIZER_HELP}\n\n{parser.epilog}" if parser.epilog else OPTIMIZER_HELP  # then the examples
         parser.add_optimizer_args((Optimizer,))
         parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

@@ -40,6 +40,12 @@ EPILOG = """modes (the model source decides):
   detkit predict --config CONFIG.yaml --ckpt_path CKPT [--key value ...]
       LightningCLI on the config's validation split -> <log dir>/predictions.json (COCO results);
       `detkit predict --config CONFIG.yaml --help` lists its options
+
+examples (with the checkpoint of `detkit fit --config shapes_faster_rcnn_tiny`; then `detkit evaluate --help`):
+  detkit predict --checkpoint runs/shapes_faster_rcnn_tiny/version_0/checkpoints/last.ckpt \\
+      --input data/shapes/val/images --output predictions/
+  detkit predict --checkpoint runs/shapes_faster_rcnn_tiny/version_0/checkpoints/last.ckpt \\
+      --input data/shapes/val/images --annotations data/shapes/val/annotations.json --output predictions/
 """
 
 # options of the image-file mode: refused with --config, where the config's data is predicted

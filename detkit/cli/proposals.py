@@ -26,9 +26,19 @@ from detkit.proposals.cache import compute_proposals
 __all__ = ["build_parser", "main"]
 
 
+EXAMPLES = """examples (the shapes data of `make train`; R-CNN and Fast R-CNN configs take such caches):
+  detkit proposals --annotations data/shapes/val/annotations.json --image-root data/shapes/val/images \\
+      --output proposals_val.bin
+  detkit proposals --annotations data/shapes/val/annotations.json --image-root data/shapes/val/images \\
+      --output proposals_val_quality.bin --mode quality --max-proposals 1000 --workers 2
+"""
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     description = "Precompute selective-search proposals of a COCO-format dataset into a proposal cache."
-    p = argparse.ArgumentParser(prog=prog, description=description)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--annotations", required=True, type=Path, help="COCO json (its 'images' list is used)")
     p.add_argument("--image-root", required=True, type=Path, help="folder the file_name entries are relative to")
     p.add_argument("--output", required=True, type=Path, help="proposal cache file (created or resumed)")
