@@ -9,6 +9,9 @@ found in `module.last_evaluation`; this callback writes it to `<log dir>/eval/<n
     pr_curve_<iou type>.png      precision-recall curves per class (COCO metrics)
     detections_<image id>.png    the first `num_visualize` images with their detections drawn
                                  (scoring at least `visualize_score_threshold`)
+    report/index.html            with `analysis_report`: the `detkit analyze` report (and its
+                                 analysis.json) of the last evaluation only: of `validate` / `test`,
+                                 and of the last epoch when `fit` ends (boxes; needs matplotlib)
 
 `<name>` is `epoch_NNN` while fitting and `validate_epoch_NNN` / `test_epoch_NNN` when a
 checkpoint is evaluated. The settings are the module's hyper-parameters, so configs keep
@@ -19,7 +22,8 @@ that has none.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -41,6 +45,9 @@ class Evaluation:
     reports: dict[str, Any]  # "bbox" / "segm": EvalResult, "voc07" / "voc2010": VOCResult
     skipped_images: int = 0  # unreadable images of the split that never reached the model
     class_names: list[str] | None = None
+    ann_file: str | None = None  # the ground truth evaluated against (COCO json)
+    image_root: str | None = None  # its image folder (None when the data set has none)
+    image_ids: list[int] = field(default_factory=list)  # the images evaluated
 
     @property
     def name(self) -> str:
@@ -69,7 +76,9 @@ class EvaluationWriter(Callback):
 
     def __init__(self) -> None:
         self.last_dir: str | None = None
+        self.last_report: str | None = None  # index.html of the latest analysis report (None before one)
         self._visuals: list[tuple[int, Any, dict[str, Any]]] = []  # (image id, image, detections) on the CPU
+        self._fit_evaluation: tuple[Evaluation, str] | None = None  # the latest evaluation of a fit, its folder
 
     # ------------------------------------------------------------------ pictures: the first images
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -135,3 +144,46 @@ class EvaluationWriter(Callback):
                 save_png(os.path.join(out, f"detections_{image_id}.png"), drawn)
         self._visuals = []
         self.last_dir = out
+        if pl_module.hparams.get("analysis_report", False):
+            if evaluation.fitting:  # written once, for the last epoch, when the fit ends
+                self._fit_evaluation = (evaluation, out)
+            else:
+                self._write_report(evaluation, out)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._fit_evaluation = None
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._fit_evaluation is not None:
+            self._write_report(*self._fit_evaluation)
+            self._fit_evaluation = None
+
+    def _write_report(self, evaluation: Evaluation, out: str) -> None:
+        """`out/report/`: `detkit analyze` of the evaluation's box results on the images it evaluated.
+        Skipped with one line without matplotlib or ground truth; a failure is one line, not an error."""
+        try:
+            import matplotlib  # noqa: F401  (the report's charts)
+        except ImportError:
+            print("analysis report skipped: matplotlib is not installed (pip install 'detkit[eval]')", file=sys.stderr)
+            return
+        if evaluation.ann_file is None:
+            print("analysis report skipped: the evaluation has no ground-truth file", file=sys.stderr)
+            return
+        from detkit.analysis.analyze import analyze
+        from detkit.evaluation.inputs import read_json
+
+        report_dir = os.path.join(out, "report")
+        try:
+            dataset = read_json(evaluation.ann_file, "annotations")
+            evaluated = set(evaluation.image_ids)
+            if evaluated:  # a partial pass (limit_val_batches): the report covers the images the model saw
+                images = [i for i in dataset["images"] if i["id"] in evaluated]
+                annotations = [a for a in dataset.get("annotations", []) if a["image_id"] in evaluated]
+                dataset = {**dataset, "images": images, "annotations": annotations}
+            boxes = [{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in evaluation.results]
+            root = evaluation.image_root if evaluation.image_root and os.path.isdir(evaluation.image_root) else None
+            analyze(dataset, boxes, report_dir, images_dir=root, title=f"detkit {evaluation.name}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"analysis report skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return
+        self.last_report = os.path.join(report_dir, "index.html")

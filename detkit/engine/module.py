@@ -234,6 +234,8 @@ class DetectionModule(LightningModule):
         compute_val_loss: also compute and log the losses on the validation data.
         visualize_score_threshold: detections drawn on the validation images score at least this.
         save_predictions: write the COCO results json of each evaluation next to its metrics.
+        analysis_report: write the `detkit analyze` report (`report/index.html`) of the last
+            evaluation (of validate / test, and of the last epoch of a fit) next to its metrics.
         channels_last: keep the model's 4-D weights in channels-last (NHWC) memory format, so
             that convolutions run NHWC on every device: the faster layout for bf16/fp16 on recent
             GPUs (Tensor Cores). On the CPU the batches are already channels-last by default
@@ -263,6 +265,7 @@ class DetectionModule(LightningModule):
         compute_val_loss: bool = True,
         visualize_score_threshold: float = 0.5,
         save_predictions: bool = True,
+        analysis_report: bool = False,
         channels_last: bool = False,
     ):
         super().__init__()
@@ -695,6 +698,9 @@ class DetectionModule(LightningModule):
             reports=reports,
             skipped_images=skipped,
             class_names=self._class_names(),
+            ann_file=os.fspath(ann_file),
+            image_root=self._data_attr("image_root", stage),
+            image_ids=sorted(set(image_ids)),
         )
         return metrics
 
