@@ -15,6 +15,8 @@ install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# the distribution was named detkit before 0.2.0 (now detkit-rcnn): one distribution owns the package
+	$(PY) -m pip uninstall --quiet --yes detkit 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]' $(TORCH_PINS)
 	touch $(STAMP)

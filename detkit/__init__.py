@@ -1,3 +1,3 @@
 """detkit: two-stage object detection and instance segmentation in PyTorch."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -20,7 +20,7 @@ import pytest
 
 import detkit
 from detkit.cli import _resolve_config_args, config_dir, list_configs, main, resolve_config
-from detkit.utils.optional import _DISTRIBUTIONS, EXTRAS
+from detkit.utils.optional import _DISTRIBUTIONS, DISTRIBUTION, EXTRAS
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the core does not install: every optional module (the table is checked against setup.cfg below).
@@ -66,7 +66,7 @@ print("LEAN OK")
 
 
 def test_core_works_without_optional_dependencies():
-    """`pip install detkit` (no extra) gives backbones, layers, losses and detectors that train and predict."""
+    """`pip install detkit-rcnn` (no extra) gives backbones, layers, losses and detectors that train and predict."""
     out = _python(_block(OPTIONAL) + LEAN_CORE)
     assert out.returncode == 0 and "LEAN OK" in out.stdout, out.stderr[-3000:]
 
@@ -118,6 +118,26 @@ def test_python_m_detkit_is_the_detkit_command(tmp_path):
     assert run.returncode == 2 and "unknown command" in run.stderr
 
 
+def test_distribution_name_is_detkit_rcnn():
+    """`detkit` on PyPI is an unrelated project: setup.cfg names the distribution detkit-rcnn, and the
+    missing-extra messages tell to install that name (the import name stays detkit)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    assert cfg["metadata"]["name"] == DISTRIBUTION == "detkit-rcnn"
+    assert cfg["options.entry_points"]["console_scripts"].strip() == "detkit = detkit.cli:main"
+    from detkit.utils.optional import missing_message
+
+    assert missing_message("lightning", "train") == "lightning is not installed: pip install 'detkit-rcnn[train]'"
+    plugin = (ROOT / "examples" / "detkit_backbone_plugin" / "pyproject.toml").read_text()
+    assert re.search(r'^dependencies = \["detkit-rcnn", ', plugin, flags=re.M)  # not PyPI's unrelated detkit
+
+
+def test_changelog_has_the_version():
+    """CHANGELOG.md starts with the section of the current version."""
+    sections = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
+    assert sections[0] == detkit.__version__ and len(set(sections)) == len(sections), sections
+
+
 def test_version_has_one_source():
     assert re.fullmatch(r"\d+\.\d+\.\d+\S*", detkit.__version__)
     cfg = (ROOT / "setup.cfg").read_text()
@@ -125,7 +145,7 @@ def test_version_has_one_source():
     assert not re.search(r"^__version__|version\s*=\s*['\"]\d", cfg, flags=re.M)
 
 
-# What `pip install detkit[export]` does not install: what deployment must do without.
+# What `pip install detkit-rcnn[export]` does not install: what deployment must do without.
 TRAINING_STACK = ("lightning", "pycocotools", "faster_coco_eval", "cv2")
 
 
@@ -200,7 +220,7 @@ DEPLOYED = {
 @pytest.mark.slow  # the export traces the detector: ~40 s of CPU
 def test_export_and_predict_onnx_run_without_the_training_stack(tmp_path):
     """`detkit export --checkpoint` and `detkit predict --onnx` with lightning, the COCO tools and OpenCV
-    not importable (what `pip install detkit[export]` gives)."""
+    not importable (what `pip install detkit-rcnn[export]` gives)."""
     pytest.importorskip("onnxruntime")
     _tiny_training_checkpoint(tmp_path / "tiny.ckpt")
     setup = f"WORK = {str(tmp_path)!r}\nCHECKPOINT = {str(tmp_path / 'tiny.ckpt')!r}\n"
@@ -227,7 +247,7 @@ def test_missing_extra_is_one_line_naming_it(command, blocked, extra, tmp_path):
     out = _python(_block(blocked) + f"from detkit.cli import main\nsys.exit(main({command!r}))", cwd=tmp_path)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
-    assert lines[0].startswith(f"detkit {command[0]}: error: ") and f"pip install 'detkit[{extra}]'" in lines[0]
+    assert lines[0].startswith(f"detkit {command[0]}: error: ") and f"pip install 'detkit-rcnn[{extra}]'" in lines[0]
 
 
 def test_extras_table_matches_setup_cfg():
@@ -238,7 +258,7 @@ def test_extras_table_matches_setup_cfg():
         name: {re.split(r"[<>=!~\[ ;]", line.strip())[0].lower() for line in value.splitlines() if line.strip()}
         for name, value in cfg["options.extras_require"].items()
     }
-    assert extras["all"] == {"detkit"} and set(EXTRAS.values()) <= set(extras)
+    assert extras["all"] == {DISTRIBUTION} and set(EXTRAS.values()) <= set(extras)
     for module, (dist, declared) in _DISTRIBUTIONS.items():
         name = dist.split("[")[0].lower()
         assert set(declared) == {e for e, dists in extras.items() if name in dists}, module
@@ -308,7 +328,7 @@ def wheel(tmp_path_factory) -> Path:
     src = tmp / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=_not_source)
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", src], cwd=tmp, timeout=600)
-    (built,) = (tmp / "dist").glob("detkit-*.whl")
+    (built,) = (tmp / "dist").glob("detkit_rcnn-*.whl")
     return built
 
 
@@ -331,6 +351,7 @@ def test_wheel_installs_and_runs_outside_the_repository(wheel, tmp_path, request
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert {f"detkit/configs/{n}.yaml" for n in list_configs()} <= set(names)
     assert re.search(rf"^Version: {re.escape(detkit.__version__)}$", meta, flags=re.M)
+    assert re.search(r"^Name: detkit-rcnn$", meta, flags=re.M)
     core = [
         line.split(":", 1)[1].strip()
         for line in meta.splitlines()
@@ -351,12 +372,14 @@ def test_wheel_installs_and_runs_outside_the_repository(wheel, tmp_path, request
         cwd=work,
         env=env,
     )
-    assert missing.returncode == 2 and "pip install 'detkit[train]'" in missing.stderr, missing.stderr
+    assert missing.returncode == 2 and "pip install 'detkit-rcnn[train]'" in missing.stderr, missing.stderr
 
     _run([*pip, f"{wheel}[train]", *TORCH_PINS], cwd=work, env=env, timeout=900)
     detkit_cmd = py.parent / "detkit"
     version = _run([py, "-m", "detkit", "--version"], cwd=work, env=env).stdout.strip()
-    dist_version = _run([py, "-c", "import importlib.metadata as m; print(m.version('detkit'))"], cwd=work, env=env)
+    dist_version = _run(
+        [py, "-c", f"import importlib.metadata as m; print(m.version({DISTRIBUTION!r}))"], cwd=work, env=env
+    )
     assert version == f"detkit {detkit.__version__}" and dist_version.stdout.strip() == detkit.__version__
     _run(
         [
@@ -406,7 +429,7 @@ def test_wheel_installs_and_runs_outside_the_repository(wheel, tmp_path, request
 
 @pytest.mark.slow
 def test_wheel_with_the_export_extra_alone_exports_and_predicts(wheel, tmp_path, request):
-    """`pip install detkit[export]` (and the core) into a fresh venv: `detkit export --checkpoint` and
+    """`pip install detkit-rcnn[export]` (and the core) into a fresh venv: `detkit export --checkpoint` and
     `detkit predict --onnx` on PNG files work, with Lightning, the COCO tools and OpenCV not installed."""
     py, pip, env = _fresh_venv(tmp_path / "venv", request)
     work = tmp_path / "empty"

@@ -7,7 +7,7 @@ Every data set returns ``(image, target)`` with ``boxes`` XYXY float32 in absolu
 
 The data sets are imported on first use (they need pycocotools and OpenCV), so reading an
 image file (:func:`read_image_rgb`) needs neither; ``WithProposals`` (cached region proposals
-in ``target["proposals"]``) needs OpenCV's contrib module (``pip install 'detkit[proposals]'``).
+in ``target["proposals"]``) needs OpenCV's contrib module (``pip install 'detkit-rcnn[proposals]'``).
 """
 
 import importlib
@@ -21,8 +21,8 @@ from .samplers import (
 )
 from .transforms import build_transforms
 
-# Imported on first use: the data sets need pycocotools and OpenCV (`detkit[train]`), while
-# reading an image file (`detkit predict --onnx` with `detkit[export]`) needs neither.
+# Imported on first use: the data sets need pycocotools and OpenCV (`detkit-rcnn[train]`), while
+# reading an image file (`detkit predict --onnx` with `detkit-rcnn[export]`) needs neither.
 _LAZY = {
     "AnnotationFormatError": "coco",
     "CocoDetection": "coco",

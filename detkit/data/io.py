@@ -1,6 +1,6 @@
 """Image reading for the data sets and `detkit predict` (RGB uint8 out).
 
-OpenCV decodes where it is installed (`detkit[train]`); without it (`detkit[export]`) Pillow,
+OpenCV decodes where it is installed (`detkit-rcnn[train]`); without it (`detkit-rcnn[export]`) Pillow,
 which torchvision installs, decodes the same files to the same pixels (PNG, JPEG, BMP, TIFF,
 WebP). `_decode` makes that choice; a test compares the two on the same files.
 """

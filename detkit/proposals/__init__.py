@@ -1,6 +1,6 @@
 """Region proposals: the RPN (`RPN`, `RPNHead`), selective search (offline, CPU) and proposal caches.
 
-Selective search and the caches need OpenCV (`pip install 'detkit[proposals]'`): the cache
+Selective search and the caches need OpenCV (`pip install 'detkit-rcnn[proposals]'`): the cache
 names are imported on first use and `selective_search` imports cv2 when called, so
 `detkit.proposals.rpn` (used by every detector) works without it.
 """

@@ -1,7 +1,7 @@
 """Optional dependencies: import one, or fail with a one-line message naming the extra.
 
-`pip install detkit` gives the models; commands and tools need extras (see the README's
-Install section), e.g. selective search needs OpenCV from `detkit[proposals]`.
+`pip install detkit-rcnn` gives the models; commands and tools need extras (see the README's
+Install section), e.g. selective search needs OpenCV from `detkit-rcnn[proposals]`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 __all__ = [
+    "DISTRIBUTION",
     "EXTRAS",
     "OPENCV_PACKAGE",
     "BrokenOpenCVError",
@@ -22,6 +23,8 @@ __all__ = [
     "require",
     "require_opencv",
 ]
+
+DISTRIBUTION = "detkit-rcnn"  # detkit's own name on the package index (setup.cfg's [metadata] name)
 
 # Top-level import name -> (pip distribution, the extras that install it; as in setup.cfg,
 # which a test checks).
@@ -74,10 +77,10 @@ def extra_for(module: str, command: str = "") -> str | None:
 
 
 def missing_message(module: str, extra: str, feature: str = "") -> str:
-    """`<distribution> is not installed (<feature> needs it): pip install 'detkit[<extra>]'`."""
+    """`<distribution> is not installed (<feature> needs it): pip install 'detkit-rcnn[<extra>]'`."""
     dist = _DISTRIBUTIONS.get(module.partition(".")[0], (module,))[0]
     needs = f" ({feature} needs it)" if feature else ""
-    return f"{dist} is not installed{needs}: pip install 'detkit[{extra}]'"
+    return f"{dist} is not installed{needs}: pip install '{DISTRIBUTION}[{extra}]'"
 
 
 def require(module: str, extra: str, feature: str = "") -> ModuleType:

@@ -55,7 +55,7 @@ def _run_blocked(blocked, argv, cwd):
 
 
 def test_predict_onnx_needs_no_lightning_coco_tools_or_opencv(tmp_path):
-    """`detkit[export]` alone: ONNX Runtime, torch, Pillow; no Lightning, pycocotools, faster-coco-eval, OpenCV."""
+    """`detkit-rcnn[export]` alone: ONNX Runtime, torch, Pillow; no Lightning, pycocotools, faster-coco-eval, OpenCV."""
     _fake_onnx(tmp_path / "m.onnx")
     _images(tmp_path / "in", ["a.png", "b.jpg"])
     blocked = ("lightning", "lightning_fabric", "pytorch_lightning", "pycocotools", "faster_coco_eval", "cv2")
@@ -63,7 +63,7 @@ def test_predict_onnx_needs_no_lightning_coco_tools_or_opencv(tmp_path):
     run = _run_blocked(blocked, argv, tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]  # was: "pycocotools is not installed"
     assert "IMPORTED []" in run.stdout
-    assert "no drawings:" in run.stderr and "pip install 'detkit[train]'" in run.stderr
+    assert "no drawings:" in run.stderr and "pip install 'detkit-rcnn[train]'" in run.stderr
     meta = json.loads((tmp_path / "out" / "images.json").read_text())
     assert meta["image_ids"] == "sequential" and "annotations" not in meta
     assert [(e["id"], e["file_name"], e["width"], e["height"]) for e in meta["images"]] == [
@@ -90,7 +90,7 @@ def test_mask_model_without_pycocotools_is_one_line_naming_the_extra(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "detkit predict: error: pycocotools is not installed (writing mask detections as COCO RLEs needs it): "
-        "pip install 'detkit[eval]'"
+        "pip install 'detkit-rcnn[eval]'"
     ]
     assert not (tmp_path / "o").exists()
 

@@ -108,7 +108,8 @@ def test_cv2_not_installed_names_the_extra_or_stays_a_missing_module(monkeypatch
         require_opencv("selective search", SELECTIVE_SEARCH, "proposals")
     assert not isinstance(e.value, BrokenOpenCVError)
     assert str(e.value) == (
-        "opencv-contrib-python-headless is not installed (selective search needs it): pip install 'detkit[proposals]'"
+        "opencv-contrib-python-headless is not installed (selective search needs it): "
+        "pip install 'detkit-rcnn[proposals]'"
     )
     with pytest.raises(ModuleNotFoundError) as e:  # no extra given: the command names its own
         require_opencv("drawing", ("putText",))
