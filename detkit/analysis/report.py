@@ -38,6 +38,7 @@ ERROR_HELP = {
     "missed": "an object no detection found nor any error above points at (fix: removed from the ground truth)",
 }
 GT_COLOUR = (40, 200, 40)  # RGB, solid boxes
+PICTURE_SIDE = 360  # drawn images' longer side in pixels: three to a row on a 1280-pixel-wide page
 
 
 def _pyplot():
@@ -50,7 +51,7 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=80, bbox_inches="tight")
+    fig.savefig(path, dpi=96, bbox_inches="tight")
     _pyplot().close(fig)
 
 
@@ -73,12 +74,9 @@ def _error_curves_axes(ax, curves: Mapping[str, np.ndarray], aps: Mapping[str, f
 
 def _chart_error_curves(analysis, path: str) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.2))
-    for ax, area in zip(axes, AREA_NAMES):
-        if analysis.ap[area]["C50"] < 0:
-            ax.set_title(f"{area}: no objects", fontsize=10)
-            ax.axis("off")
-            continue
+    areas = [area for area in AREA_NAMES if analysis.ap[area]["C50"] >= 0]  # sizes without objects: no panel
+    fig, axes = plt.subplots(1, max(1, len(areas)), figsize=(4 * max(1, len(areas)), 4.2), squeeze=False)
+    for ax, area in zip(axes[0], areas):
         curves = {name: analysis.curve(name, area) for name in CURVE_NAMES}
         _error_curves_axes(ax, curves, analysis.ap[area], f"all classes, {area} objects")
     _save(fig, path)
@@ -256,7 +254,7 @@ def draw_image(
     objects: Sequence[tuple[str, Sequence[float]]],
     detections: Sequence[tuple[str, int, float, Sequence[float]]],
     out_path: str,
-    max_side: int = 512,
+    max_side: int = PICTURE_SIDE,
 ) -> None:
     """Draw ground truth (solid green, class name) and detections (dashed, one colour per class,
     "class score") on the image at `path`, scaled to at most `max_side` pixels, into `out_path`."""
@@ -301,6 +299,7 @@ th.sortable:after{content:" \\2195";color:#8a94a6}td:first-child,th:first-child{
 .grid{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
 .grid figure{margin:0;background:#fafbfc;border:1px solid #e5e8ee;border-radius:4px;padding:6px}
 figcaption{font-size:12px;color:#555;max-width:520px}
+.pictures figcaption{max-width:360px}
 img.chart{max-width:100%;height:auto}
 dl{font-size:13px;margin:6px 0}dt{font-weight:600;float:left;width:120px;clear:left}dd{margin:0 0 4px 130px}
 .note{background:#fff6e0;border:1px solid #f0d48a;border-radius:4px;padding:6px 10px;margin:8px 0;font-size:13px}
@@ -382,7 +381,8 @@ def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures
         _chart_tide(err["tide"], err["error_counts"], os.path.join(output, "charts", "tide.png"))
         helps = "".join(f"<dt>{n}</dt><dd>{_esc(h)}</dd>" for n, h in CURVE_HELP.items())
         body = _figure("charts/error_curves.png", "The COCO site's error analysis: the area under each curve "
-                       "(in brackets) is the AP with that error and those above it forgiven.")  # fmt: skip
+                       "(in brackets) is the AP with that error and those above it forgiven; sizes without objects "
+                       "are left out.")  # fmt: skip
         body += f"<dl>{helps}</dl>"
         tide_help = "".join(f"<dt>{n}</dt><dd>{_esc(h)}</dd>" for n, h in ERROR_HELP.items())
         body += '<h3>AP lost per error type (TIDE)</h3><div class="grid">'
@@ -409,7 +409,8 @@ def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures
     if pictures:
         body = ('<p class="key">Ground truth: <span class="solid">solid green, class</span> &nbsp; detections: '
                 '<span class="dashed">dashed, class score</span> (score &ge; the confusion threshold)</p>')  # fmt: skip
-        body += '<div class="grid">' + "".join(_figure(p["file"], p["caption"], 520) for p in pictures) + "</div>"
+        body += '<div class="grid pictures">'
+        body += "".join(_figure(p["file"], p["caption"], PICTURE_SIDE) for p in pictures) + "</div>"
         section("images", "Images", body)
     elif "images_note" in report:
         section("images", "Images", f'<div class="note">{_esc(report["images_note"])}</div>')
