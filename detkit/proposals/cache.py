@@ -417,6 +417,13 @@ class ProposalCache:
                 f.close()
                 setattr(self, attr, None)
 
+    def __del__(self) -> None:
+        # dropped without close() (a data set's reader, say): close the handles, no ResourceWarning
+        for attr in ("_writer", "_reader"):
+            f = self.__dict__.get(attr)
+            if f is not None:
+                f.close()
+
     def __enter__(self) -> Self:
         return self
 

@@ -1,3 +1,4 @@
+import gc
 import json
 import os
 import warnings
@@ -338,3 +339,21 @@ def test_compute_proposals_refuses_a_cache_of_other_images(tmp_path, image_files
     compute_proposals(image_files[:2], out, workers=1, progress=False, max_proposals=20)
     with pytest.raises(ValueError, match="made for other images"):
         compute_proposals(image_files, out, workers=1, progress=False, max_proposals=20)
+
+
+def test_a_cache_dropped_without_close_closes_its_files(tmp_path):
+    """A reader or writer nobody closes (a data set's cache) releases its file handles when it is
+    collected, without a ResourceWarning."""
+    path = tmp_path / "p.bin"
+    writer = ProposalCache(path, PARAMS)
+    writer.put(1, torch.tensor([[0.0, 0.0, 4.0, 4.0]]))
+    reader = ProposalCache(path, readonly=True)
+    assert reader.get(1).shape == (1, 4)
+    handles = [writer._writer, reader._reader]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del writer, reader
+        gc.collect()
+    assert [w.message for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert all(f.closed for f in handles)
+    assert ProposalCache(path, readonly=True).get(1).shape == (1, 4)  # the writer's record was flushed
