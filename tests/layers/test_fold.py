@@ -151,6 +151,9 @@ def test_folds_made_in_inference_mode_work_with_autograd_later():
     assert x.grad is not None
 
 
+# torch.jit.trace on purpose (what the CPU fast paths do under tracing): torch deprecates jit tracing, and
+# the tracer warns about the Python values it records as constants
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*` is deprecated:FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_tracing_records_the_plain_ops():
     module = block()
     x = torch.randn(1, 8, 9, 9)

@@ -40,6 +40,9 @@ def test_unknown_memory_format_is_refused():
         DetectionTransform(memory_format="nhwc")
 
 
+# torch.jit.trace on purpose (what the CPU fast paths do under tracing): torch deprecates jit tracing, and
+# the tracer warns about the Python values it records as constants
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*` is deprecated:FutureWarning", "ignore::torch.jit.TracerWarning")
 def test_tracing_keeps_nchw():
     transform = DetectionTransform(min_size=32, max_size=None, memory_format="auto")
     seen = []
