@@ -164,7 +164,9 @@ class EvaluationWriter(Callback):
         try:
             import matplotlib  # noqa: F401  (the report's charts)
         except ImportError:
-            print("analysis report skipped: matplotlib is not installed (pip install 'detkit[eval]')", file=sys.stderr)
+            from detkit.utils.optional import missing_message
+
+            print(f"analysis report skipped: {missing_message('matplotlib', 'eval', 'the report')}", file=sys.stderr)
             return
         if evaluation.ann_file is None:
             print("analysis report skipped: the evaluation has no ground-truth file", file=sys.stderr)

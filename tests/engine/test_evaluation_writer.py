@@ -83,7 +83,10 @@ def test_analysis_report_is_off_by_default_and_skipped_without_matplotlib(tmp_pa
                              analysis_report=True, save_predictions=False)  # fmt: skip
     trainer, _ = _validate(tmp_path / "no_matplotlib", module, [EvaluationWriter()])
     err = capsys.readouterr().err
-    assert "analysis report skipped: matplotlib is not installed (pip install 'detkit[eval]')" in err
+    assert (
+        "analysis report skipped: matplotlib is not installed (the report needs it): pip install 'detkit-rcnn[eval]'"
+        in err
+    )
     assert not os.path.exists(os.path.join(trainer.log_dir, "eval", "validate_epoch_000", "report"))
 
 
