@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TRAIN_CONFIG ?= configs/shapes_faster_rcnn_tiny.yaml
 TRAIN_ARGS ?=
 
-.PHONY: install train test test-fast lint browser
+.PHONY: install train test test-all lint browser
 
 install: $(STAMP)
 
@@ -26,11 +26,13 @@ $(STAMP): setup.cfg pyproject.toml
 train: install
 	$(VENV)/bin/detkit fit --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
 
+# Every package, with one small fit -> validate -> predict -> evaluate: a few minutes.
 test: install
-	$(PY) -m pytest -q
-
-test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Everything, the slow tests too (torchvision parity at 800x1216, export parity, wheels in fresh venvs): CI.
+test-all: install
+	$(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check detkit tests scripts benchmarks

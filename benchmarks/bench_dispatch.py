@@ -120,7 +120,7 @@ def cuda_code_path():
         (module, name)
         for module in list(sys.modules.values())
         for name in ("batched_nms",)
-        if getattr(module, name, None) is original
+        if getattr(module, "__dict__", {}).get(name) is original  # not getattr: no module __getattr__ hooks
     ]
     for module, name in patched:
         setattr(module, name, _cuda_batched_nms)

@@ -63,6 +63,7 @@ def test_cli_help_and_override_parsing():
     assert "max_epochs: 2" in out.stdout and "batch_size: 8" in out.stdout
 
 
+@pytest.mark.slow  # > 6 s: `make test-all`
 def test_referenced_scripts_exist_and_accept_the_flags_shown():
     commands = set(re.findall(r"python ((?:benchmarks|scripts)/\w+\.py)([^`\n]*)", README))
     assert commands, "the README shows no script commands"

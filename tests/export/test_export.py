@@ -70,6 +70,7 @@ def check_parity(model, onnx_path, program, calls, proposals_for=None) -> None:
     assert total > 0, "the check needs detections"
 
 
+@pytest.mark.slow  # > 6 s: `make test-all`
 def test_faster_rcnn_tiny_cli_export_runs_with_onnxruntime_and_matches_eager(tmp_path):
     model = detector("faster_rcnn_tiny")
     weights = tmp_path / "w.pt"

@@ -1,5 +1,6 @@
 """A small detector must be able to memorise one image: the whole training path works."""
 
+import pytest
 import torch
 
 from detkit.models import build_model
@@ -17,6 +18,7 @@ def _scene():
     return image, {"boxes": boxes, "labels": torch.tensor([1, 2]), "masks": masks}
 
 
+@pytest.mark.slow  # > 6 s: `make test-all`
 def test_overfit_one_image():
     torch.manual_seed(0)
     image, target = _scene()

@@ -189,5 +189,6 @@ def test_sampling_labels_quota_regression_and_svm_positives():
     assert torch.equal(first.boxes, s.boxes[idx[:1]]) and torch.equal(first.matched_gt, s.matched_gt[idx[:1]])
 
 
+@pytest.mark.slow  # > 6 s: `make test-all`
 def test_overfit_one_image():
     overfit_one_image_and_detect_both("rcnn_tiny", steps=40)

@@ -86,6 +86,7 @@ def _gather_worker(rank: int, port: int, ann_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # > 6 s: `make test-all`
 def test_gloo_gather_deduplicates_padded_images_and_matches_single_process(tmp_path):
     ann_file = generate_shapes(tmp_path, split="val", num_images=7, seed=3)
     mp.spawn(_gather_worker, args=(_free_port(), str(ann_file), str(tmp_path)), nprocs=WORLD, join=True)
