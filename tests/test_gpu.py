@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detkit.heads.poolers import roi_align
+from detkit.heads.roi_align_cpu import roi_align
 from detkit.models import build_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 
 from detkit.backbones import build_backbone
 from detkit.heads.box_head import ClassRows, TwoFCHead
-from detkit.heads.poolers import roi_align
 from detkit.heads.postprocess import select_detections
+from detkit.heads.roi_align_cpu import roi_align
 from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder

@@ -9,8 +9,7 @@ from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops import roi_pool as tv_roi_pool
 
 from detkit.heads import RoIPooler, assign_fpn_levels, roi_align_cpu
-from detkit.heads.poolers import roi_align, roi_pool
-from detkit.heads.roi_align_cpu import roi_align_backward_cpu
+from detkit.heads.roi_align_cpu import roi_align, roi_align_backward_cpu, roi_pool
 
 
 def _rois(num, batch, size, seed=0):

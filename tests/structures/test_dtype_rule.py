@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from detkit.heads import paste_masks
-from detkit.heads.poolers import roi_align
+from detkit.heads.roi_align_cpu import roi_align
 from detkit.matching import BoxCoder
 from detkit.structures import batched_box_iou, box_iou, box_math_dtype
 

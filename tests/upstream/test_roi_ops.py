@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torchvision.ops import MultiScaleRoIAlign
 
 from detkit.heads import RoIPooler, roi_align_cpu
-from detkit.heads.poolers import roi_align, roi_pool
+from detkit.heads.roi_align_cpu import roi_align, roi_pool
 
 
 def _bilinear(img, y, x):
