@@ -29,7 +29,7 @@ from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_
 from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
 from detkit.layers import is_norm
 from detkit.models import build_model
-from detkit.structures.label_map import LabelMap, LabelMapMismatchError
+from detkit.structures.label_map import LabelMap
 from detkit.utils.checkpoint import STATS_KEY
 
 __all__ = [
@@ -362,7 +362,7 @@ class DetectionModule(LightningModule):
             return None
         return LabelMap.from_label_to_category_id(ids, names)
 
-    def _own_label_map(self, data: LabelMap) -> LabelMap | None:
+    def _own_label_map(self, data: LabelMap, what: str) -> LabelMap | None:
         """The detector's label map; where it knows only names (no category ids), the data's ids by name."""
         names, ids = self.class_names, self.label_to_category_id
         if ids:
@@ -370,16 +370,7 @@ class DetectionModule(LightningModule):
                 by_id = dict(zip(data.category_ids, data.names))
                 names = [by_id.get(c, f"category {c}") for c in ids.values()]
             return LabelMap.from_label_to_category_id(ids, names)
-        if names is None:
-            return None
-        by_name = dict(zip(data.names, data.category_ids))
-        if sorted(names) != sorted(data.names):
-            shown = "[" + ", ".join(names) + "]"
-            raise LabelMapMismatchError(
-                f"the checkpoint's classes {shown} are not the data's categories {data.describe()} (category id: "
-                "name): use data with the checkpoint's categories, or fine-tune on the new ones with --model.weights"
-            )
-        return LabelMap(tuple(by_name[n] for n in names), tuple(names))
+        return None if names is None else LabelMap.from_names(names, data, what=what)
 
     def _join_data(self, stage: str) -> None:
         """Compare the detector's label map with the data's categories where the two meet.
@@ -393,7 +384,9 @@ class DetectionModule(LightningModule):
         data = self._data_label_map(stage)
         if data is None:
             return
-        own = self._own_label_map(data)
+        ann_file = self._data_attr("val_ann_file", "test" if stage == "test" else "val")
+        what = os.fspath(ann_file) if ann_file else "the data"
+        own = self._own_label_map(data, what)
         if own is None:
             if stage == "fit":  # the classes this detector learns
                 self.class_names, self.label_to_category_id = list(data.names), data.label_to_category_id
@@ -401,8 +394,7 @@ class DetectionModule(LightningModule):
             return
         if stage == "fit" and self.label_to_category_id is None:  # names alone: it learns the data's ids
             self.label_to_category_id = own.label_to_category_id
-        ann_file = self._data_attr("val_ann_file", "test" if stage == "test" else "val")
-        mapped = own.reconcile(data, what=os.fspath(ann_file) if ann_file else "the data")
+        mapped = own.reconcile(data, what=what)
         if mapped is None:
             self._result_category_ids = data.label_to_category_id
             return

@@ -52,6 +52,15 @@ class LabelMap:
             raise ValueError(f"label map: {len(ids)} labels but {len(names)} class names")
         return cls(ids, tuple(names))
 
+    @classmethod
+    def from_names(cls, names: Sequence[str], data: LabelMap, *, what: str = "the data") -> LabelMap:
+        """The map of a detector that knows only its class names (label order): `data`'s category id of
+        each name. `LabelMapMismatchError` (both shown) when the names are not `data`'s."""
+        if sorted(names) != sorted(data.names):
+            raise _mismatch("[" + ", ".join(names) + "]", data, what)
+        by_name = dict(zip(data.names, data.category_ids))
+        return cls(tuple(by_name[n] for n in names), tuple(names))
+
     def __len__(self) -> int:
         return len(self.category_ids)
 
@@ -75,8 +84,11 @@ class LabelMap:
         if sorted(self.names) == sorted(data.names) and len(set(self.names)) == len(self.names):
             by_name = dict(zip(data.names, data.category_ids))
             return LabelMap(tuple(by_name[n] for n in self.names), self.names)
-        raise LabelMapMismatchError(
-            f"the checkpoint's classes {self.describe()} are not {what}'s categories {data.describe()} "
-            "(category id: name): use data with the checkpoint's categories, or fine-tune on the new ones "
-            "with --model.weights CHECKPOINT"
-        )
+        raise _mismatch(self.describe(), data, what)
+
+
+def _mismatch(shown: str, data: LabelMap, what: str) -> LabelMapMismatchError:
+    return LabelMapMismatchError(
+        f"the checkpoint's classes {shown} are not {what}'s categories {data.describe()} (category id: name): "
+        "use data with the checkpoint's categories, or fine-tune on the new ones with --model.weights CHECKPOINT"
+    )
