@@ -12,8 +12,7 @@ import os
 import pytest
 import torch
 import yaml
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import CSVLogger
+from trainers import cpu_trainer
 
 from detkit.cli import main
 from detkit.data import ensure_shapes
@@ -59,21 +58,6 @@ def _data(shapes, ann) -> CocoDataModule:
     )
 
 
-def _trainer(tmp_path, **kw) -> Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=CSVLogger(str(tmp_path), name="t"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    args.update(kw)
-    return Trainer(**args)
-
-
 def _module() -> DetectionModule:
     return DetectionModule(num_classes=3, model_kwargs=FAST, lr=0.01, warmup_steps=0, num_visualize=0)
 
@@ -81,7 +65,7 @@ def _module() -> DetectionModule:
 def _train(shapes, folder, categories) -> str:
     torch.manual_seed(0)
     module = _module()
-    trainer = _trainer(folder, max_steps=2, limit_val_batches=0)
+    trainer = cpu_trainer(folder, max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=_data(shapes, _annotations(shapes, folder, categories)))
     path = folder / "trained.ckpt"
     trainer.save_checkpoint(path)
@@ -109,7 +93,7 @@ def test_the_checkpoint_records_the_training_data_label_map(trained):
 @pytest.mark.parametrize("fn", ["validate", "test", "predict", "fit"])
 def test_other_categories_are_refused_at_every_joint(fn, trained, shapes, tmp_path):
     ann = _annotations(shapes, tmp_path, STAR)
-    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0)
+    trainer = cpu_trainer(tmp_path, max_steps=3, limit_val_batches=0)
     with pytest.raises(LabelMapMismatchError) as e:
         getattr(trainer, fn)(_module(), datamodule=_data(shapes, ann), ckpt_path=trained)
     text = str(e.value)
@@ -122,13 +106,13 @@ def test_a_renamed_shapes_category_is_refused(shapes_ckpt, shapes, tmp_path):
     ann = _annotations(shapes, tmp_path, RING)
     with pytest.raises(LabelMapMismatchError, match=r"\{1: circle, 2: rectangle, 3: triangle\} .*"
                        r"\{2: rectangle, 3: triangle, 5: ring\}"):  # fmt: skip
-        _trainer(tmp_path).validate(_module(), datamodule=_data(shapes, ann), ckpt_path=shapes_ckpt)
+        cpu_trainer(tmp_path).validate(_module(), datamodule=_data(shapes, ann), ckpt_path=shapes_ckpt)
 
 
 def _validate(shapes_ckpt, shapes, tmp_path, categories):
     module = _module()
     torch.manual_seed(0)  # the same sampled RoIs for the validation losses
-    (metrics,) = _trainer(tmp_path).validate(
+    (metrics,) = cpu_trainer(tmp_path).validate(
         module, datamodule=_data(shapes, _annotations(shapes, tmp_path, categories)), ckpt_path=shapes_ckpt
     )
     return metrics, module.last_evaluation.results
@@ -154,7 +138,7 @@ def test_lightning_predict_writes_the_data_ids_of_each_name(shapes_ckpt, shapes,
     written = {}
     for name, categories in (("original", SHAPES), ("shuffled", SHUFFLED)):
         out = tmp_path / f"{name}.json"
-        trainer = _trainer(tmp_path / name, callbacks=[CocoPredictionWriter(str(out))])
+        trainer = cpu_trainer(tmp_path / name, callbacks=[CocoPredictionWriter(str(out))])
         datamodule = _data(shapes, _annotations(shapes, tmp_path, categories))
         trainer.predict(_module(), datamodule=datamodule, ckpt_path=shapes_ckpt, return_predictions=False)
         with open(out) as f:
@@ -169,7 +153,7 @@ def test_resuming_on_renumbered_data_keeps_the_checkpoint_map_and_trains_the_sam
     for name, categories in (("original", SHAPES), ("shuffled", SHUFFLED)):
         torch.manual_seed(1)
         module = _module()
-        trainer = _trainer(tmp_path / name, max_steps=3, limit_val_batches=0)  # one step after the checkpoint's 2
+        trainer = cpu_trainer(tmp_path / name, max_steps=3, limit_val_batches=0)  # one step after the checkpoint's 2
         trainer.fit(module, datamodule=_data(shapes, _annotations(shapes, tmp_path, categories)), ckpt_path=shapes_ckpt)
         trainer.save_checkpoint(tmp_path / f"{name}.ckpt")
         state[name] = module.model.state_dict()

@@ -7,9 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
+from trainers import cpu_trainer
 
 from detkit.engine import DetectionModule, ShapesDataModule, WarmupSchedule, parameter_groups
 from detkit.engine.module import resolve_milestones
@@ -29,24 +28,10 @@ def _data(root, **kw):
     return ShapesDataModule(**args)
 
 
-def _trainer(tmp_path, **kw):
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=CSVLogger(str(tmp_path), name="t"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    args.update(kw)
-    return Trainer(**args)
-
-
 def test_fit_logs_coco_metrics_and_writes_artifacts(tmp_path, shapes_root):
     torch.manual_seed(0)
     module = DetectionModule(num_classes=3, model_kwargs=FAST, lr=0.01, warmup_steps=2, num_visualize=3)
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1, log_every_n_steps=1)
+    trainer = cpu_trainer(tmp_path, max_steps=2, limit_val_batches=1, log_every_n_steps=1)
     trainer.fit(module, datamodule=_data(shapes_root))
 
     metrics = trainer.callback_metrics
@@ -75,7 +60,7 @@ def test_mask_model_validate_reports_segm(tmp_path, shapes_root):
         model_name="mask_rcnn_tiny", num_classes=3, model_kwargs=FAST, num_visualize=1, compute_val_loss=False
     )
     assert module.eval_iou_types == ["bbox", "segm"]
-    trainer = _trainer(tmp_path, limit_val_batches=1)
+    trainer = cpu_trainer(tmp_path, limit_val_batches=1)
     (result,) = trainer.validate(module, datamodule=_data(shapes_root, with_masks=True))
     assert 0.0 <= result["val/segm_AP"] <= 1.0 and 0.0 <= result["val/AP"] <= 1.0
     assert "val/loss" not in result
@@ -113,7 +98,7 @@ def test_nonfinite_loss_step_is_skipped(tmp_path, shapes_root):
     module = DetectionModule(num_classes=3, model_kwargs=FAST, max_bad_steps=5, weight_decay=0.1)
     before = {k: v.clone() for k, v in module.model.state_dict().items() if v.is_floating_point()}
     _nan_forward(module, bad_calls=2)
-    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, log_every_n_steps=1)
+    trainer = cpu_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0, log_every_n_steps=1)
     trainer.fit(module, datamodule=_data(shapes_root))
     assert module.skipped_steps == 2
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 2
@@ -128,7 +113,7 @@ def test_consecutive_nonfinite_losses_raise(tmp_path, shapes_root):
     torch.manual_seed(0)
     module = DetectionModule(num_classes=3, model_kwargs=FAST, max_bad_steps=2)
     _nan_forward(module, bad_calls=100)
-    trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
+    trainer = cpu_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=0)
     with pytest.raises(RuntimeError, match=r"2 consecutive .*loss_classifier=nan"):
         trainer.fit(module, datamodule=_data(shapes_root))
     assert module.skipped_steps == 2
@@ -148,7 +133,7 @@ def test_good_step_resets_the_bad_streak(tmp_path, shapes_root):
         return losses
 
     module.model.forward = forward
-    trainer = _trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0)
+    trainer = cpu_trainer(tmp_path, max_epochs=2, limit_train_batches=2, limit_val_batches=0)
     trainer.fit(module, datamodule=_data(shapes_root))
     assert module.skipped_steps == 2
 
@@ -265,7 +250,7 @@ def test_cached_proposals_reach_the_detector(tmp_path, shapes_root):
 
     module.model.predict, module.model.forward = predict, forward
     dm = _data(shapes_root, val_proposals=cache_path)
-    _trainer(tmp_path, limit_val_batches=1).validate(module, datamodule=dm)
+    cpu_trainer(tmp_path, limit_val_batches=1).validate(module, datamodule=dm)
     assert [kind for kind, _ in seen] == ["forward", "predict"]
     for _, proposals in seen:
         assert len(proposals) == 4 and proposals[0].shape == (2, 4)
@@ -289,7 +274,7 @@ def test_last_checkpoint_is_current_when_the_metric_stops_improving(tmp_path, sh
     ckpt = DetectionCheckpoint(
         dirpath=str(tmp_path / "ckpt"), monitor="train/skipped_steps", mode="max", save_last=True
     )
-    trainer = _trainer(
+    trainer = cpu_trainer(
         tmp_path,
         max_epochs=3,
         limit_train_batches=1,
