@@ -230,17 +230,10 @@ def test_proposals_dispatch(tmp_path, capsys):
 
 def test_predict_files_with_a_mask_model(tmp_path, capsys):
     import numpy as np
-    import torch
     from pycocotools import mask as mask_utils
+    from tiny_checkpoints import save_tiny_mask_checkpoint
 
-    from detkit.engine.module import DetectionModule
-
-    torch.manual_seed(0)
-    module = DetectionModule(model_name="mask_rcnn_tiny", num_classes=2, model_kwargs={"rpn_post_nms_top_n_test": 20})
-    module.class_names = ["cat", "dog"]
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, tmp_path / "mask.ckpt")
+    save_tiny_mask_checkpoint(tmp_path / "mask.ckpt")
     cv2.imwrite(str(tmp_path / "img.jpg"), np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8))
     args = ["predict", "--checkpoint", str(tmp_path / "mask.ckpt"), "--input", str(tmp_path / "img.jpg")]
     assert main([*args, "--output", str(tmp_path / "out"), "--score-threshold", "0"]) == 0

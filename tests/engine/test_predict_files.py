@@ -74,16 +74,9 @@ def test_predict_onnx_needs_no_lightning_coco_tools_or_opencv(tmp_path):
 
 
 def test_mask_model_without_pycocotools_is_one_line_naming_the_extra(tmp_path):
-    import torch
+    from tiny_checkpoints import save_tiny_mask_checkpoint
 
-    from detkit.engine.module import DetectionModule
-
-    torch.manual_seed(0)
-    module = DetectionModule(model_name="mask_rcnn_tiny", num_classes=2, model_kwargs={"rpn_post_nms_top_n_test": 20})
-    module.class_names = ["cat", "dog"]
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, tmp_path / "mask.ckpt")
+    save_tiny_mask_checkpoint(tmp_path / "mask.ckpt")
     _images(tmp_path / "in", ["a.png"])
     argv = ["predict", "--checkpoint", tmp_path / "mask.ckpt", "--input", tmp_path / "in", "--output", tmp_path / "o"]
     run = _run_blocked(("pycocotools",), [*argv, "--no-draw"], tmp_path)
