@@ -94,7 +94,7 @@ def build_parser(prog: str = "detkit predict") -> argparse.ArgumentParser:
     files.add_argument(
         "--proposals", metavar="CACHE",
         help="R-CNN / Fast R-CNN: read the proposals from this `detkit proposals` cache (it must hold every input "
-        "image, matched by file name and size, else by image id) instead of running selective search",
+        "image, matched by file name and size) instead of running selective search",
     )  # fmt: skip
     files.add_argument(
         "--proposal-workers", type=int, default=None, metavar="N",
@@ -322,8 +322,8 @@ def _region_proposals(settings, files: list[tuple[Path, str]], image_ids: list[i
 
 
 def _cached_proposals(path: str, files, image_ids, settings: dict | None, source: str, prog: str, cleanup):
-    """Boxes of every input file from a `detkit proposals` cache, matched by file name and size when the
-    cache records its images (else by image id); a one-line error names the first image it lacks."""
+    """Boxes of every input file from a `detkit proposals` cache, matched by file name and size with the
+    images the cache records; a one-line error names the first image it lacks."""
     from detkit.proposals.cache import SELECTIVE_SEARCH_KEYS, ProposalCache, cache_settings
 
     if not os.path.isfile(path):
@@ -338,27 +338,23 @@ def _cached_proposals(path: str, files, image_ids, settings: dict | None, source
         if differ:
             print(f"{prog}: warning: {path} was made with other selective-search settings than {source}'s "
                   f"training proposals: {', '.join(differ)}", file=sys.stderr)  # fmt: skip
-    cache = ProposalCache(path, readonly=True, verify=False)  # `get` checks each record it reads
+    cache = ProposalCache(path, readonly=True)
     cleanup.callback(cache.close)
     by_file: dict[tuple[str, int | None], list[int]] = {}
-    for cache_id, record in (cache.images or {}).items():
+    for cache_id, record in cache.images.items():
         by_file.setdefault(record, []).append(cache_id)
     keys, missing = [], []
     for (file, name), image_id in zip(files, image_ids):
-        if cache.images is not None:
-            ids = by_file.get((file.name, os.stat(file).st_size), [])
-            ids = [image_id] if image_id in ids else ids[:1]
-        else:
-            ids = [image_id]
+        ids = by_file.get((file.name, os.stat(file).st_size), [])
+        ids = [image_id] if image_id in ids else ids[:1]
         if not ids or ids[0] not in cache:
             missing.append(name)
         else:
             keys.append(ids[0])
     if missing:
-        how = "file name and size" if cache.images is not None else "image id"
         raise ValueError(
             f"proposal cache {path} has no proposals for input image {missing[0]} ({len(missing)} of {len(files)} "
-            f"input images missing, matched by {how}): compute them with `detkit proposals`, or leave out "
+            "input images missing, matched by file name and size): compute them with `detkit proposals`, or leave out "
             "--proposals to run selective search here"
         )
     return _CacheBoxes(cache, keys, (settings or {}).get("max_proposals"))

@@ -3,11 +3,11 @@
     detkit proposals --annotations instances_train.json \\
         --image-root images/train --output proposals_train.bin --workers 8
 
-Resumable: rerun the same command after an interruption and only missing images are
-computed. The cache records the images it is for (ids, file names, file sizes) and the
-selective-search settings; a rerun with other images or settings is refused, and training
-refuses a cache made for other images. Also `python scripts/precompute_proposals.py ...`
-from a source checkout.
+Resumable: the cache is one SQLite file written one image per transaction, so after an
+interruption (Ctrl-C, kill -9) the same command computes only the missing images. The cache
+records the images it is for (ids, file names, file sizes) and the selective-search settings;
+a rerun with other images or settings is refused, and training refuses a cache made for other
+images. Also `python scripts/precompute_proposals.py ...` from a source checkout.
 """
 
 from __future__ import annotations

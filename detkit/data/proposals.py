@@ -131,7 +131,7 @@ class WithProposals(Dataset):
         if self._owns_cache:
             state["_cache"] = None  # reopened in the receiving process
         elif self._cache is not None:
-            self._cache.close()  # file handles cannot be pickled; they reopen on use
+            self._cache.close()  # a connection cannot be pickled; it reopens on use
         return state
 
     def __setstate__(self, state: dict) -> None:
