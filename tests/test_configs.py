@@ -269,9 +269,9 @@ def test_num_classes_comes_from_the_data(shapes_config, tmp_path, monkeypatch, c
 
 def test_a_packaged_config_by_name_from_an_empty_folder(tmp_path, monkeypatch):
     """`detkit fit --config NAME` outside a checkout: the packaged YAML, data and runs under the cwd."""
-    from detkit.cli import _resolve_config_args
+    from detkit.cli.configs import resolve_config_args
 
     monkeypatch.chdir(tmp_path)
-    cli = cli_main(_resolve_config_args(["--config", "shapes_faster_rcnn_tiny"]), run=False)
+    cli = cli_main(resolve_config_args(["--config", "shapes_faster_rcnn_tiny"]), run=False)
     assert cli.datamodule.root == "data/shapes" and cli.trainer.logger.save_dir == "runs"
     assert cli.model.model.num_classes == cli.datamodule.num_classes

@@ -1,10 +1,6 @@
 """Imports point downwards only (the layers of README's "Layout" / DESIGN.md): a lower package
-never imports a higher one, at module level or inside a function.
-
-The exceptions are the former homes of the commands, kept so that old import paths work
-(`detkit.engine.cli`, `detkit.export.cli`, `detkit.proposals.precompute` and the lazy
-`evaluate_main` / `voc_evaluate_main` aliases in `detkit.evaluation`): each only re-exports
-from `detkit.cli`.
+never imports a higher one, at module level or inside a function, and the packages import each
+other without a cycle. No exceptions.
 """
 
 import ast
@@ -31,41 +27,80 @@ LAYERS = [
     "export",
     "cli",
 ]
-COMPAT_SHIMS = {
-    "engine/cli.py",
-    "export/cli.py",
-    "proposals/precompute.py",
-    "evaluation/__init__.py",
-    "evaluation/coco_eval.py",
-    "evaluation/voc_eval.py",
-}
+ROOT = Path(detkit.__file__).parent
 
 
 def _imported_packages(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, package) of every `detkit.<package>` import in `tree`, top level or inside a function."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("detkit."):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("detkit."):
             found.append((node.lineno, node.module.split(".")[1]))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("detkit.")]
     return found
 
 
-def test_imports_point_downwards():
-    root = Path(detkit.__file__).parent
-    rank = {name: i for i, name in enumerate(LAYERS)}
-    upward = []
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if len(rel.parts) < 2 or rel.parts[0] not in rank or rel.as_posix() in COMPAT_SHIMS:
+def _package_imports() -> dict[str, dict[str, str]]:
+    """package -> {imported package: where, as "detkit/<file>:<line>"}, between different packages."""
+    graph: dict[str, dict[str, str]] = {name: {} for name in LAYERS}
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if len(rel.parts) < 2:  # detkit/__init__.py, detkit/__main__.py
             continue
+        source = rel.parts[0]
         for line, target in _imported_packages(ast.parse(path.read_text(encoding="utf-8"))):
-            if target in rank and rank[target] > rank[rel.parts[0]]:
-                upward.append(f"detkit/{rel.as_posix()}:{line} imports detkit.{target}")
+            if target != source:
+                graph.setdefault(source, {}).setdefault(target, f"detkit/{rel.as_posix()}:{line}")
+    return graph
+
+
+def test_imports_point_downwards():
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    upward = [
+        f"{where} imports detkit.{target}"
+        for source, targets in _package_imports().items()
+        for target, where in targets.items()
+        if rank[target] > rank[source]
+    ]
     assert not upward, "imports that point upwards:\n" + "\n".join(upward)
 
 
+def _find_cycle(graph: dict[str, dict[str, str]]) -> list[str]:
+    """One cycle of `graph` as [a, b, ..., a], or [] when it has none (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, {}):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return []
+
+    for node in graph:
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return []
+
+
+def test_find_cycle():
+    assert _find_cycle({"a": {"b": ""}, "b": {"c": ""}, "c": {}}) == []
+    assert _find_cycle({"a": {"b": ""}, "b": {"c": ""}, "c": {"a": ""}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycle_between_packages():
+    graph = _package_imports()
+    cycle = _find_cycle(graph)
+    where = [graph[a][b] for a, b in zip(cycle, cycle[1:])]
+    assert not cycle, "import cycle " + " -> ".join(cycle) + ":\n" + "\n".join(where)
+
+
 def test_every_package_has_a_layer():
-    root = Path(detkit.__file__).parent
-    packages = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
     assert packages == set(LAYERS)

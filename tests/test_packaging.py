@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import detkit
-from detkit.cli import _resolve_config_args, config_dir, list_configs, main, resolve_config
+from detkit.cli import config_dir, list_configs, main, resolve_config
+from detkit.cli.configs import resolve_config_args
 from detkit.utils.optional import _DISTRIBUTIONS, DISTRIBUTION, EXTRAS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,7 +279,7 @@ def test_packaged_configs_resolve_by_name(tmp_path, monkeypatch):
     mine.parent.mkdir()
     mine.write_text("seed_everything: 1\n")
     assert resolve_config("configs/shapes_faster_rcnn_tiny.yaml") == "configs/shapes_faster_rcnn_tiny.yaml"
-    assert _resolve_config_args(["fit", "-c", "shapes_mask_rcnn_tiny", "--config=fast_rcnn_tiny_shapes"]) == [
+    assert resolve_config_args(["fit", "-c", "shapes_mask_rcnn_tiny", "--config=fast_rcnn_tiny_shapes"]) == [
         "fit",
         "-c",
         str(configs["shapes_mask_rcnn_tiny"]),

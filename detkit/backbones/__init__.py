@@ -13,7 +13,7 @@ registers their variants.
 """
 
 from detkit.backbones.alexnet import AlexNet
-from detkit.backbones.base import Backbone, FeatureSpec, StagedBackbone, make_divisible
+from detkit.backbones.base import Backbone, FeatureSpec, StagedBackbone
 from detkit.backbones.fpn import FPN, build_fpn_backbone
 from detkit.backbones.googlenet import GoogLeNet
 from detkit.backbones.lenet import LeNet5
@@ -60,7 +60,6 @@ __all__ = [
     "get_builder",
     "list_backbones",
     "load_backbone_weights",
-    "make_divisible",
     "read_checkpoint",
     "register_backbone",
     "unregister_backbone",

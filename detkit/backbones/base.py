@@ -12,10 +12,9 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from detkit.layers import freeze_module, make_divisible
+from detkit.layers import freeze_module
 
-# make_divisible lives in detkit.layers; re-exported here for its old import path
-__all__ = ["Backbone", "FeatureSpec", "StagedBackbone", "make_divisible"]
+__all__ = ["Backbone", "FeatureSpec", "StagedBackbone"]
 
 
 class FeatureSpec(NamedTuple):
@@ -114,15 +113,6 @@ class StagedBackbone(Backbone):
             if name in self._stage_names:
                 setattr(self, name, freeze_module(getattr(self, name)))
         self.freeze_at = max(self.freeze_at, freeze_at)
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        """Names of the stages that are built and run, in order."""
-        return tuple(self._stage_names)
-
-    def stage_specs(self) -> OrderedDict[str, FeatureSpec]:
-        """Specs of all stages of the architecture (including non-output and pruned ones)."""
-        return OrderedDict(self._stage_specs)
 
     def feature_specs(self) -> OrderedDict[str, FeatureSpec]:
         return OrderedDict((name, self._stage_specs[name]) for name in self._out_features)

@@ -20,7 +20,6 @@ BatchNorm's ``num_batches_tracked`` counters are dropped when the target norm ha
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from os import PathLike, fspath
 from typing import Any
@@ -84,27 +83,6 @@ def get_key_map(arch: str, *, fpn_in_features: tuple[str, ...] | None = None) ->
         return _KEY_MAPS[arch]
     wrapped = "".join(f" (and '<arch>{suffix}')" for suffix in _WRAPPERS)
     raise ValueError(f"no torchvision key map for architecture {arch!r}; known: {sorted(_KEY_MAPS)}{wrapped}")
-
-
-# names of the key maps before they moved into their backbone modules
-_MOVED = {
-    "resnet_key_map": "detkit.backbones.resnet",
-    "vgg_key_map": "detkit.backbones.vgg",
-    "mobilenet_v2_key_map": "detkit.backbones.mobilenet",
-    "alexnet_key_map": "detkit.backbones.alexnet",
-    "googlenet_key_map": "detkit.backbones.googlenet",
-    "fpn_key_map": "detkit.backbones.fpn",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Old import paths of the moved key maps: `weights.vgg_key_map` is `vgg.torchvision_key_map`.
-
-    Resolved on access, after `detkit.backbones` has imported every architecture module.
-    """
-    if name in _MOVED:
-        return importlib.import_module(_MOVED[name]).torchvision_key_map
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert_torchvision_state_dict(

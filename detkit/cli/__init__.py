@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from detkit.cli.configs import config_dir, list_configs, resolve_config, resolve_config_args
+from detkit.cli.configs import config_dir, list_configs, resolve_config
 
 __all__ = ["COMMANDS", "LIGHTNING_COMMANDS", "config_dir", "list_configs", "main", "resolve_config"]
 
@@ -65,8 +65,6 @@ COMMANDS = {
     "configs": "configs",
     "analyze": "analyze",
 }
-
-_resolve_config_args = resolve_config_args  # the name before the commands became a package
 
 
 def _fail(command: str, exc: BaseException) -> int:

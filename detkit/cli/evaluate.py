@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from detkit.utils.gc_pause import paused_gc
 
-__all__ = ["build_parser", "evaluate_main", "main", "voc_evaluate_main"]
+__all__ = ["build_parser", "main"]
 
 PROG = "detkit evaluate"
 
@@ -167,11 +167,3 @@ def _exit_status(evaluate, args: argparse.Namespace, prog: str = PROG) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
-
-
-def voc_evaluate_main(args: argparse.Namespace) -> int:
-    """`detkit evaluate --metric voc07|voc2010` on parsed arguments (the former `detkit.evaluation` name)."""
-    return _exit_status(_evaluate_voc, args)
-
-
-evaluate_main = main  # the former `detkit.evaluation` name

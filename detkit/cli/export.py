@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 
-__all__ = ["build_parser", "export_main", "load_for_export", "main", "output_format", "parse_args"]
+__all__ = ["build_parser", "load_for_export", "main", "output_format", "parse_args"]
 
 
 def load_for_export(
@@ -155,6 +155,3 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
         )
     print(f"{type(model).__name__} -> {args.output} ({args.format}, {time.perf_counter() - start:.0f} s)")
     return 0
-
-
-export_main = main  # the name before the commands moved to detkit.cli

@@ -18,7 +18,6 @@ __all__ = [
     "VOCGroundTruth",
     "VOCResult",
     "detections_to_coco_results",
-    "evaluate_main",
     "evaluate_voc",
     "format_summary",
     "gather_and_deduplicate",
@@ -34,8 +33,4 @@ def __getattr__(name: str):
         from detkit.evaluation.pr_curve import plot_pr_curves
 
         return plot_pr_curves
-    if name == "evaluate_main":  # `detkit evaluate` moved to detkit.cli.evaluate; the old name still imports
-        from detkit.cli.evaluate import main
-
-        return main
     raise AttributeError(f"module 'detkit.evaluation' has no attribute {name!r}")

@@ -473,11 +473,3 @@ def gather_and_deduplicate(results_per_rank: Sequence[Sequence[dict]]) -> list[d
         merged.extend(r for r in rank_results if r["image_id"] in new_images)
         claimed |= rank_images
     return merged
-
-
-def __getattr__(name: str):
-    if name == "evaluate_main":  # the command moved to detkit.cli.evaluate; the old name still imports
-        from detkit.cli.evaluate import main
-
-        return main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

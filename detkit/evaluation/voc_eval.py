@@ -361,11 +361,3 @@ def _unique_names(names: Sequence[str], cat_ids: Sequence[int]) -> list[str]:
     for n in names:
         seen[n] = seen.get(n, 0) + 1
     return [f"{n} ({c})" if seen[n] > 1 else n for n, c in zip(names, cat_ids)]
-
-
-def __getattr__(name: str):
-    if name == "voc_evaluate_main":  # the command moved to detkit.cli.evaluate; the old name still imports
-        from detkit.cli.evaluate import voc_evaluate_main
-
-        return voc_evaluate_main
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

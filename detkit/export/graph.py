@@ -190,11 +190,6 @@ class ExportableDetector(nn.Module):
             self.register_buffer("category_ids", ids, persistent=False)
 
     @property
-    def has_mask(self) -> bool:
-        """Former name of `has_masks`."""
-        return self.has_masks
-
-    @property
     def output_names(self) -> list[str]:
         names = ["boxes", "scores", "labels", "batch_idx"]
         return names + ["mask_probs"] if self.has_masks else names

@@ -79,11 +79,6 @@ class OnnxDetector:
         self.mask_threshold = float(self.metadata.get("detkit.mask_threshold") or 0.5)
 
     @property
-    def has_mask(self) -> bool:
-        """Former name of `has_masks`."""
-        return self.has_masks
-
-    @property
     def class_names(self) -> list[str] | None:
         names = self.metadata.get("detkit.class_names")
         return json.loads(names) if names else None

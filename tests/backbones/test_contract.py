@@ -16,7 +16,6 @@ from detkit.backbones import (
     build_backbone,
     build_fpn_backbone,
     list_backbones,
-    make_divisible,
 )
 
 BUILTIN = [
@@ -114,13 +113,6 @@ def test_mobilenet_v2_width_matches_torchvision_channels(width):
     }
     assert {k: s.channels for k, s in ours.feature_specs().items()} == tv_channels
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in tv.parameters())
-
-
-def test_make_divisible_old_import_paths():
-    from detkit.backbones import base
-    from detkit.layers import make_divisible as moved
-
-    assert make_divisible is moved and base.make_divisible is moved
 
 
 def test_odd_input_sizes():

@@ -92,26 +92,17 @@ def test_each_backbone_module_imports_alone_in_any_order():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-def test_moved_key_maps_keep_their_old_import_paths():
+def test_each_backbone_module_owns_its_key_map():
     from detkit.backbones import alexnet, fpn, googlenet, mobilenet, resnet, vgg, weights
-    from detkit.backbones.weights import (  # the names before the key maps moved
-        alexnet_key_map,
-        fpn_key_map,
-        googlenet_key_map,
-        mobilenet_v2_key_map,
-        resnet_key_map,
-        vgg_key_map,
-    )
 
-    assert resnet_key_map is resnet.torchvision_key_map and vgg_key_map is vgg.torchvision_key_map
-    assert mobilenet_v2_key_map is mobilenet.torchvision_key_map and fpn_key_map is fpn.torchvision_key_map
-    assert alexnet_key_map is alexnet.torchvision_key_map and googlenet_key_map is googlenet.torchvision_key_map
-    assert resnet_key_map("layer3.5.bn2.running_var") == "c4.5.conv2.norm.running_var"
-    assert vgg_key_map(16, True)("features.1.weight") == "c1.conv1.norm.weight"
-    assert fpn_key_map(resnet_key_map, ("c2", "c3"))("fpn.layer_blocks.1.0.bias") == "output.c3.conv.bias"
-    assert weights.get_key_map("mobilenet_v2") is mobilenet_v2_key_map
-    with pytest.raises(AttributeError, match="no_such_key_map"):
-        weights.no_such_key_map
+    assert resnet.torchvision_key_map("layer3.5.bn2.running_var") == "c4.5.conv2.norm.running_var"
+    assert vgg.torchvision_key_map(16, True)("features.1.weight") == "c1.conv1.norm.weight"
+    body = resnet.torchvision_key_map
+    assert fpn.torchvision_key_map(body, ("c2", "c3"))("fpn.layer_blocks.1.0.bias") == "output.c3.conv.bias"
+    assert weights.get_key_map("mobilenet_v2") is mobilenet.torchvision_key_map
+    assert weights.get_key_map("alexnet") is alexnet.torchvision_key_map
+    assert weights.get_key_map("googlenet") is googlenet.torchvision_key_map
+    assert not hasattr(weights, "resnet_key_map")  # one name per key map: `<module>.torchvision_key_map`
 
 
 def test_key_map_registration_refuses_duplicates():

@@ -9,8 +9,8 @@ import torch
 import yaml
 from torch import nn
 
+from detkit.cli.lightning import cli_main
 from detkit.engine import DetectionModule, WarmupSchedule
-from detkit.engine.cli import cli_main
 from detkit.engine.module import build_warmup_schedule, with_warmup
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")

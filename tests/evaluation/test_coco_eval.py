@@ -12,11 +12,11 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detkit.cli import evaluate as evaluate_command
 from detkit.evaluation import (
     STAT_NAMES,
     COCOEvaluator,
     detections_to_coco_results,
-    evaluate_main,
     gather_and_deduplicate,
     plot_pr_curves,
     save_results_json,
@@ -320,7 +320,7 @@ def test_cli(gt_path, results, tmp_path, capsys):
         "--pr-curve",
         str(png),
     ]
-    assert evaluate_main(argv) == 0
+    assert evaluate_command.main(argv) == 0
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in capsys.readouterr().out
     saved = json.loads(metrics.read_text())
     expected = COCOEvaluator(gt_path).evaluate(results, verbose=False)
@@ -329,11 +329,11 @@ def test_cli(gt_path, results, tmp_path, capsys):
     assert cv2.imread(str(png)) is not None
 
     missing = tmp_path / "nope.json"
-    assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(missing)]) == 2
+    assert evaluate_command.main(["--annotations", str(gt_path), "--predictions", str(missing)]) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "Traceback" not in err
     pred.write_text(json.dumps([dict(results[0], image_id=12345)]))
-    assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
+    assert evaluate_command.main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
     assert "12345" in capsys.readouterr().err
 
 
@@ -398,7 +398,7 @@ def test_missing_area_is_computed_from_segmentation_or_box(gt_path, results, bac
     path.write_text(json.dumps(data))
     pred = gt_path.parent / "pred.json"
     save_results_json(results, pred)
-    assert evaluate_main(["--annotations", str(path), "--predictions", str(pred), "--backend", backend]) == 0
+    assert evaluate_command.main(["--annotations", str(path), "--predictions", str(pred), "--backend", backend]) == 0
     assert "9 annotations" in capsys.readouterr().err
 
 
@@ -416,7 +416,7 @@ def test_bad_ground_truth_and_predictions_are_refused(gt_path, results, tmp_path
         ev.evaluate({"images": results}, verbose=False)
     pred = tmp_path / "obj.json"
     pred.write_text(json.dumps({"images": []}))
-    assert evaluate_main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
+    assert evaluate_command.main(["--annotations", str(gt_path), "--predictions", str(pred)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "got an object" in err[0]
 

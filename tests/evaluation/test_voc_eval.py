@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from detkit.cli import evaluate as evaluate_command
 from detkit.data import VocDetection
-from detkit.evaluation import VOCGroundTruth, evaluate_main, evaluate_voc, voc_ap
+from detkit.evaluation import VOCGroundTruth, evaluate_voc, voc_ap
 
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}, {"id": 4, "name": "d"}]
 
@@ -255,7 +256,7 @@ def test_cli_voc_metrics_and_duplicated_image_detections(tmp_path, capsys):
     perfect = [_det(i, c, (x - 1, y - 1, x2 - x + 1, y2 - y + 1), 0.9) for i, c, (x, y, x2, y2), _ in anns]
     pred_path.write_text(json.dumps(perfect))
     args = ["--metric", "voc07", "--annotations", str(gt_path), "--predictions", str(pred_path), "--output", str(out)]
-    assert evaluate_main(args) == 0
+    assert evaluate_command.main(args) == 0
     assert json.loads(out.read_text()) == {
         "metric": "voc07",
         "mAP": 1.0,
@@ -264,22 +265,22 @@ def test_cli_voc_metrics_and_duplicated_image_detections(tmp_path, capsys):
     assert "mAP" in capsys.readouterr().out
 
     pred_path.write_text(json.dumps(perfect + [dict(perfect[0], score=0.95)]))
-    assert evaluate_main(args) == 0
+    assert evaluate_command.main(args) == 0
     assert json.loads(out.read_text())["mAP"] < 1.0
 
     root = _voc_root(tmp_path, anns, 10)  # the same ground truth as VOC XML
     pred_path.write_text(json.dumps(perfect))
     xml_args = ["--metric", "voc2010", "--voc-root", str(root), "--image-set", "test", "--class-names", "a,b,c,d"]
-    assert evaluate_main([*xml_args, "--predictions", str(pred_path), "--output", str(out)]) == 0
+    assert evaluate_command.main([*xml_args, "--predictions", str(pred_path), "--output", str(out)]) == 0
     assert json.loads(out.read_text())["mAP"] == 1.0
 
     capsys.readouterr()
-    assert evaluate_main(["--metric", "voc07", "--predictions", str(pred_path)]) == 2
+    assert evaluate_command.main(["--metric", "voc07", "--predictions", str(pred_path)]) == 2
     assert "--voc-root" in capsys.readouterr().err
-    assert evaluate_main(["--voc-root", str(root), "--predictions", str(pred_path)]) == 2  # coco + voc root
-    assert evaluate_main([*args, "--iou-type", "segm"]) == 2
+    assert evaluate_command.main(["--voc-root", str(root), "--predictions", str(pred_path)]) == 2  # coco + voc root
+    assert evaluate_command.main([*args, "--iou-type", "segm"]) == 2
     pred_path.write_text(json.dumps([_det(99, 1, (0, 0, 5, 5), 0.5)]))
-    assert evaluate_main(args) == 1
+    assert evaluate_command.main(args) == 1
     assert "image ids not in" in capsys.readouterr().err
 
 

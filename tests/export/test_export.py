@@ -19,8 +19,8 @@ from export_parity import (  # noqa: E402
     shapes_images,
 )
 
+from detkit.cli import export as export_command  # noqa: E402
 from detkit.export import OnnxDetector, check_exportable, export_onnx, export_program  # noqa: E402
-from detkit.export.cli import export_main  # noqa: E402
 from detkit.models import build_model  # noqa: E402
 
 # 20 images: 8 shapes images (128 x 128, the training size) and 12 of other sizes
@@ -77,7 +77,7 @@ def test_faster_rcnn_tiny_cli_export_runs_with_onnxruntime_and_matches_eager(tmp
     torch.save(model.state_dict(), weights)
     onnx_path = tmp_path / "model.onnx"
     args = ["--model", "faster_rcnn_tiny", "--num-classes", "3", "--weights", str(weights)]
-    assert export_main([*args, "--format", "onnx", "--output", str(onnx_path), "--max-detections", "50"]) == 0
+    assert export_command.main([*args, "--format", "onnx", "--output", str(onnx_path), "--max-detections", "50"]) == 0
     session = OnnxDetector(onnx_path)
     assert session.input_names == ["images"]
     assert session.output_names == ["boxes", "scores", "labels", "batch_idx"]
@@ -185,12 +185,12 @@ def test_export_needs_eval_mode():
 
 def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
-        export_main(
+        export_command.main(
             ["--model", "faster_rcnn_tiny", "--random-weights", "--format", "pt2", "--output", "x.pt2", "--opset", "17"]
         )
     assert "--opset applies to --format onnx only" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="checkpoint not found: nope.ckpt"):
-        export_main(["--checkpoint", "nope.ckpt", "--output", "x.onnx"])
+        export_command.main(["--checkpoint", "nope.ckpt", "--output", "x.onnx"])
 
 
 def test_model_without_weights_is_refused_unless_random_weights_is_asked_for(tmp_path, monkeypatch, capsys):
@@ -199,7 +199,7 @@ def test_model_without_weights_is_refused_unless_random_weights_is_asked_for(tmp
     written = []
     monkeypatch.setattr(api, "export_onnx", lambda model, path, **kw: written.append(("onnx", path)))
     with pytest.raises(SystemExit):
-        export_main(["--model", "faster_rcnn_tiny", "--num-classes", "3", "--output", str(tmp_path / "m.onnx")])
+        export_command.main(["--model", "faster_rcnn_tiny", "--num-classes", "3", "--output", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--model faster_rcnn_tiny without --weights would export random weights" in err and "--random-weights" in err
     assert written == [] and not (tmp_path / "m.onnx").exists()
@@ -212,10 +212,10 @@ def test_model_without_weights_is_refused_unless_random_weights_is_asked_for(tmp
         "--output",
         str(tmp_path / "m.onnx"),
     ]
-    assert export_main(args) == 0
+    assert export_command.main(args) == 0
     assert written == [("onnx", str(tmp_path / "m.onnx"))]
     with pytest.raises(SystemExit):
-        export_main(["--checkpoint", "c.ckpt", "--random-weights", "--output", "m.onnx"])
+        export_command.main(["--checkpoint", "c.ckpt", "--random-weights", "--output", "m.onnx"])
     assert "--random-weights goes with --model" in capsys.readouterr().err
 
 
@@ -231,7 +231,7 @@ def test_the_output_suffix_picks_the_format(tmp_path, monkeypatch, output, reque
     monkeypatch.setattr(api, "export_program", lambda model, path, **kw: written.append(("pt2", path)))
     fmt = ["--format", requested] if requested else []
     args = ["--model", "faster_rcnn_tiny", "--num-classes", "3", "--random-weights", *fmt]
-    assert export_main([*args, "--output", str(tmp_path / output)]) == 0
+    assert export_command.main([*args, "--output", str(tmp_path / output)]) == 0
     assert written == [(expected, str(tmp_path / output))]
 
 
@@ -246,7 +246,7 @@ def test_the_output_suffix_picks_the_format(tmp_path, monkeypatch, output, reque
 def test_a_suffix_that_contradicts_the_format_is_an_error(capsys, output, requested, message):
     fmt = ["--format", requested] if requested else []
     with pytest.raises(SystemExit) as info:
-        export_main(["--model", "faster_rcnn_tiny", "--random-weights", *fmt, "--output", output])
+        export_command.main(["--model", "faster_rcnn_tiny", "--random-weights", *fmt, "--output", output])
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 

@@ -338,7 +338,7 @@ def test_last_ckpt_is_the_latest_state_even_when_val_ap_gets_worse(tmp_path, mon
     """`last.ckpt` is what a crashed run resumes from: it must follow every epoch, not only the
     epochs whose val/AP improved (Lightning >= 2.6 writes `save_last` only together with a top-k
     save of the same callback)."""
-    from detkit.engine.cli import cli_main
+    from detkit.cli.lightning import cli_main
 
     monkeypatch.chdir(tmp_path)
     args = _args(str(tmp_path / "shapes"), str(tmp_path / "ckpts"))[1:]  # no subcommand with run=False
@@ -368,8 +368,8 @@ def test_step_checkpoints_start_before_the_first_validation(tmp_path, monkeypatc
     """With `every_n_train_steps`, `last.ckpt` is written from the first save point on, not only
     once `val/AP` exists (a COCO epoch is hours of work); the best checkpoint is still kept,
     also when a validation ends at a step that was just saved (`save_on_train_epoch_end` false)."""
+    from detkit.cli.lightning import cli_main
     from detkit.engine.callbacks import DetectionCheckpoint
-    from detkit.engine.cli import cli_main
 
     monkeypatch.chdir(tmp_path)
     args = _args(str(tmp_path / "shapes"), str(tmp_path / "ckpts"))[1:]

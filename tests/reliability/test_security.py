@@ -200,7 +200,7 @@ def test_detkit_predict_cli_reports_an_unsafe_checkpoint_in_one_line(hostile, tm
 
 
 def test_fit_and_validate_refuse_hostile_ckpt_path(hostile, tmp_path, monkeypatch):
-    from detkit.engine.cli import cli_main
+    from detkit.cli.lightning import cli_main
 
     path, marker = hostile
     monkeypatch.chdir(tmp_path)
@@ -214,7 +214,7 @@ def test_fit_and_validate_refuse_hostile_ckpt_path(hostile, tmp_path, monkeypatc
 
 # ------------------------------------------------------------------------------ configs
 def test_yaml_python_tags_in_a_config_are_refused(tmp_path, monkeypatch, capsys):
-    from detkit.engine.cli import cli_main
+    from detkit.cli.lightning import cli_main
 
     marker = tmp_path / "pwned"
     monkeypatch.chdir(tmp_path)
@@ -239,7 +239,7 @@ def test_yaml_python_tags_in_a_config_are_refused(tmp_path, monkeypatch, capsys)
 )
 def test_config_class_paths_outside_the_expected_base_classes_are_refused(override, tmp_path, monkeypatch, capsys):
     """jsonargparse only instantiates subclasses of the declared type (a data module, a logger, a callback)."""
-    from detkit.engine.cli import cli_main
+    from detkit.cli.lightning import cli_main
 
     marker = tmp_path / "pwned"
     monkeypatch.chdir(tmp_path)
