@@ -28,8 +28,6 @@ _LAZY = {
     "CocoDetection": "coco",
     "decode_segmentation": "coco",
     "load_coco_json": "coco",
-    "xywh_to_xyxy": "coco",
-    "xywh_to_xyxy_array": "coco",
     "SHAPES_CLASSES": "shapes",
     "ShapesConfig": "shapes",
     "ShapesDataset": "shapes",
@@ -59,8 +57,6 @@ __all__ = [
     "generate_shapes",
     "load_coco_json",
     "read_image_rgb",
-    "xywh_to_xyxy",
-    "xywh_to_xyxy_array",
     "WithProposals",
 ]
 

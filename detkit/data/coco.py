@@ -3,8 +3,7 @@
 Shape shorthand: K instances of one image, H x W image size.
 
 Targets follow the detkit convention: ``boxes`` XYXY float32 in absolute pixels (COCO json is
-XYWH; :func:`xywh_to_xyxy_array` is the one conversion of json boxes; the Tensor one is
-``detkit.structures.xywh_to_xyxy``), ``labels`` int64 in ``1..num_classes``
+XYWH; converted and clipped when the annotations are read), ``labels`` int64 in ``1..num_classes``
 (0 is the background), categories mapped to contiguous labels in the order of their ids.
 """
 
@@ -14,10 +13,9 @@ import contextlib
 import io
 import json
 import logging
-import operator
 import os
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -25,11 +23,10 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
 from detkit.utils.coco_format import annotation_box
 
-from .io import ImageReadError, load_first_readable, read_image_rgb
+from .base import AnnotatedImages, Transform
 from .records import Record, RecordStore, clean_coco_store, paused_gc
 
 __all__ = [
@@ -41,29 +38,13 @@ __all__ = [
     "load_coco_json",
     "resolve_under_root",
     "segmentation_to_rle",
-    "xywh_to_xyxy",
-    "xywh_to_xyxy_array",
 ]
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
-
 
 class AnnotationFormatError(ValueError):
     """An annotation file is not valid COCO (a ``ValueError``)."""
-
-
-def xywh_to_xyxy_array(boxes: np.ndarray) -> np.ndarray:
-    """``[K, 4]`` XYWH (array or nested lists, e.g. COCO json ``bbox`` values) -> ``[K, 4]`` XYXY float32 array.
-
-    The Tensor version (any leading dimensions, dtype kept) is ``detkit.structures.xywh_to_xyxy``.
-    """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-
-
-xywh_to_xyxy = xywh_to_xyxy_array  # the old name, kept importable
 
 
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
@@ -158,7 +139,7 @@ class _Invalid(Exception):
     pass
 
 
-class CocoDetection(torch.utils.data.Dataset):
+class CocoDetection(AnnotatedImages):
     """COCO-format data set (read through pycocotools) returning detkit targets.
 
     ``__getitem__`` returns ``(image, target)``: without ``transforms`` the image is a
@@ -212,14 +193,15 @@ class CocoDetection(torch.utils.data.Dataset):
         check_files: bool = False,
         substitute_unreadable: bool = False,
     ) -> None:
+        super().__init__(
+            transforms=transforms, skip_invalid=skip_invalid, substitute_unreadable=substitute_unreadable,
+            source=os.fspath(ann_file), log=log,
+        )  # fmt: skip
         self.image_root = os.fspath(image_root)
-        self.substitute_unreadable = substitute_unreadable
         self.ann_file = os.fspath(ann_file)
-        self.transforms = transforms
         self.with_masks = with_masks
         self.keep_empty = keep_empty
         self.include_crowd = include_crowd
-        self.skip_invalid = skip_invalid
         self.allow_outside_root = allow_outside_root
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -237,7 +219,6 @@ class CocoDetection(torch.utils.data.Dataset):
             0,
         )
         self._skipped: list[str] = []
-        self._bad_indices: set[int] = set()
 
         data = load_coco_json(self.ann_file)
         self._init_categories(data["categories"])
@@ -440,9 +421,6 @@ class CocoDetection(torch.utils.data.Dataset):
             )
 
     # ------------------------------------------------------------------ access
-    def __len__(self) -> int:
-        return len(self._records)
-
     def aspect_ratios(self) -> list[float]:
         """Width / height of every image, from the annotation file (no decoding)."""
         return self._records.aspect_ratios()
@@ -451,24 +429,8 @@ class CocoDetection(torch.utils.data.Dataset):
         """The json ``images`` entry of ``index``."""
         return self._records.image_entry(index)
 
-    def _read(self, rec: Record) -> np.ndarray:
-        img = read_image_rgb(rec.path)
-        if img.shape[:2] != (rec.height, rec.width):
-            rotated = img.shape[:2] == (rec.width, rec.height)
-            raise ImageReadError(
-                rec.path,
-                f"size {img.shape[1]}x{img.shape[0]} differs from {rec.width}x{rec.height} "
-                f"in {self.ann_file} (image id {rec.image_id})"
-                + ("; its EXIF orientation rotates it: annotate the rotated image or drop the tag" if rotated else ""),
-            )
-        return img
-
-    def _load(self, index: int) -> tuple[Record, np.ndarray] | None:
-        return load_first_readable(
-            self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
-            stats=self.stats, logger=log, source=str(self.ann_file), describe=lambda rec: f" (image id {rec.image_id})",
-            substitute=self.substitute_unreadable,
-        )  # fmt: skip
+    def _annotation_of(self, rec: Record) -> str:
+        return self.ann_file
 
     def _target(self, rec: Record) -> dict[str, Any]:
         size = (rec.height, rec.width)
@@ -483,22 +445,6 @@ class CocoDetection(torch.utils.data.Dataset):
             masks = decode_rles([segmentation_to_rle(seg, *size) for seg in rec.segmentations], *size)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         return target
-
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        index = operator.index(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        loaded = self._load(index)
-        if loaded is None:  # unreadable, skip_invalid: collate_detection drops the sample
-            return None
-        rec, img = loaded
-        image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
-        target = self._target(rec)
-        if self.transforms is not None:
-            return self.transforms(image, target)
-        return TF.to_dtype(image, torch.float32, scale=True), target
 
     def __repr__(self) -> str:
         return (

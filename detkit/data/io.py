@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
-import logging
 import os
-from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -157,44 +155,3 @@ def _decode_pillow(data: bytes, path: str) -> np.ndarray | None:
             return np.array(im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
-
-
-def load_first_readable(
-    records: Sequence[Any],
-    index: int,
-    read: Callable[[Any], np.ndarray],
-    *,
-    skip_invalid: bool,
-    bad_indices: set[int],
-    stats: dict[str, int],
-    logger: logging.Logger,
-    source: str,
-    describe: Callable[[Any], str] = lambda rec: "",
-    substitute: bool = False,
-) -> tuple[Any, np.ndarray] | None:
-    """`(records[index], read(records[index]))`; with `skip_invalid`, None for an unreadable one.
-
-    An unreadable record raises its `ImageReadError`. With `skip_invalid` it is remembered in
-    `bad_indices`, counted in `stats["unreadable_images"]` and logged once; then None is
-    returned (the sample is skipped: `collate_detection` drops it, so evaluation never sees
-    an image twice). Only with `substitute=True` (training, where a batch must not shrink)
-    the following readable index is used instead (wrapping around).
-    """
-    n = len(records)
-    for step in range(n if substitute else 1):
-        j = (index + step) % n
-        if j in bad_indices:
-            continue
-        rec = records[j]
-        try:
-            return rec, read(rec)
-        except ImageReadError as e:
-            if not skip_invalid:
-                raise
-            bad_indices.add(j)
-            stats["unreadable_images"] += 1
-            action = "using the next image instead" if substitute else "skipped"
-            logger.warning("%s%s; %s (skip_invalid=True)", e, describe(rec), action)
-    if not substitute:
-        return None
-    raise RuntimeError(f"{source}: no readable image left")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import operator
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -28,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as TF
 
 from detkit.utils.io import atomic_write
 
-from .coco import Transform, resolve_under_root
-from .io import ImageReadError, load_first_readable, read_image_rgb
+from .base import AnnotatedImages, Transform
+from .coco import resolve_under_root
+from .io import ImageReadError
 
 __all__ = ["VOC_CLASSES", "VocDetection", "parse_voc_xml"]
 
@@ -160,7 +159,7 @@ def _image_ids(names: Sequence[str]) -> list[int]:
     return list(range(1, len(names) + 1))
 
 
-class VocDetection(torch.utils.data.Dataset):
+class VocDetection(AnnotatedImages):
     """Pascal VOC data set with detkit targets (same format as :class:`CocoDetection`).
 
     ``target``: ``boxes`` (``tv_tensors.BoundingBoxes`` XYXY float32 ``[K, 4]``), ``labels``
@@ -202,15 +201,16 @@ class VocDetection(torch.utils.data.Dataset):
         skip_invalid: bool = False,
         substitute_unreadable: bool = False,
     ) -> None:
+        super().__init__(
+            transforms=transforms, skip_invalid=skip_invalid, substitute_unreadable=substitute_unreadable,
+            source=f"{os.fspath(root)} ({image_set})", log=log,
+        )  # fmt: skip
         self.root = os.fspath(root)
-        self.substitute_unreadable = substitute_unreadable
         self.image_set = image_set
-        self.transforms = transforms
         self.class_names = list(class_names)
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError("duplicate class names")
         self.use_difficult = use_difficult
-        self.skip_invalid = skip_invalid
         # VOC has no category ids of its own: COCO-style ids equal the labels.
         self.label_to_category_id = {i + 1: i + 1 for i in range(len(self.class_names))}
         self.category_id_to_label = dict(self.label_to_category_id)
@@ -222,7 +222,6 @@ class VocDetection(torch.utils.data.Dataset):
             0,
         )  # fmt: skip
         self._skipped: list[str] = []
-        self._bad_indices: set[int] = set()
 
         split_file = resolve_under_root(self.root, os.path.join("ImageSets", "Main", f"{image_set}.txt"))
         if not os.path.isfile(split_file):
@@ -327,9 +326,6 @@ class VocDetection(torch.utils.data.Dataset):
             keep=keep,
         )
 
-    def __len__(self) -> int:
-        return len(self._records)
-
     def aspect_ratios(self) -> list[float]:
         """Width / height of every image, from the XML (no decoding)."""
         return [r.width / r.height for r in self._records]
@@ -339,46 +335,21 @@ class VocDetection(torch.utils.data.Dataset):
         rec = self._records[index]
         return {"id": rec.image_id, "file_name": f"{rec.name}.jpg", "width": rec.width, "height": rec.height}
 
-    def _read(self, rec: _VocRecord) -> np.ndarray:
-        img = read_image_rgb(rec.path)
-        if img.shape[:2] != (rec.height, rec.width):
-            raise ImageReadError(
-                rec.path,
-                f"size {img.shape[1]}x{img.shape[0]} differs from {rec.width}x{rec.height} in its XML",
-            )
-        return img
+    def _annotation_of(self, rec: _VocRecord) -> str:
+        return os.path.join(self.root, "Annotations", f"{rec.name}.xml")
 
-    def _load(self, index: int) -> tuple[_VocRecord, np.ndarray] | None:
-        return load_first_readable(
-            self._records, index, self._read, skip_invalid=self.skip_invalid, bad_indices=self._bad_indices,
-            stats=self.stats, logger=log, source=f"{self.root} ({self.image_set})",
-            substitute=self.substitute_unreadable,
-        )  # fmt: skip
-
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        index = operator.index(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        loaded = self._load(index)
-        if loaded is None:  # unreadable, skip_invalid: collate_detection drops the sample
-            return None
-        rec, img = loaded
-        size = (rec.height, rec.width)
-        image = tv_tensors.Image(torch.from_numpy(img).permute(2, 0, 1).contiguous())
+    def _target(self, rec: _VocRecord) -> dict[str, Any]:
         keep = rec.keep
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.from_numpy(rec.boxes[keep]), format="XYXY", canvas_size=size),
+        return {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(rec.boxes[keep]), format="XYXY", canvas_size=(rec.height, rec.width)
+            ),
             "labels": torch.from_numpy(rec.labels[keep]),
             "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.uint8),
             "difficult": torch.from_numpy(rec.difficult[keep]),
             "image_id": rec.image_id,
-            "orig_size": size,
+            "orig_size": (rec.height, rec.width),
         }
-        if self.transforms is not None:
-            return self.transforms(image, target)
-        return TF.to_dtype(image, torch.float32, scale=True), target
 
     def to_coco_json(self, path: str | os.PathLike, *, difficult_as_crowd: bool = True) -> str:
         """Write the split's ground truth as a COCO json (for the COCO evaluator).

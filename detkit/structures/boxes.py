@@ -34,10 +34,7 @@ __all__ = [
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """`Tensor[..., 4]` (x, y, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2).
-
-    For numpy arrays / COCO json lists: `detkit.data.coco.xywh_to_xyxy_array`.
-    """
+    """`Tensor[..., 4]` (x, y, w, h) -> `Tensor[..., 4]` (x1, y1, x2, y2)."""
     x, y, w, h = boxes.unbind(-1)
     return torch.stack((x, y, x + w, y + h), dim=-1)
 

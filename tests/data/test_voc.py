@@ -180,6 +180,25 @@ def test_xml_size_is_checked_against_the_image_header_when_parsed(tmp_path):
     assert ds.image_ids == [2] and ds.stats["unreadable_images"] == 1
 
 
+@pytest.mark.parametrize("kind", ["voc", "coco"])
+def test_image_resized_after_construction_names_its_annotation_and_id(tmp_path, kind):
+    """Both data sets read a sample the same way: a size that no longer matches the annotation
+    names the image, the annotation file and the image id, and is skipped alike."""
+    root = make_voc(tmp_path, {"000001": (40, 30, []), "000002": (40, 30, [("dog", (1, 1, 10, 20), False)])})
+    if kind == "voc":
+        ds, skipping, annotation = VocDetection(root), VocDetection(root, skip_invalid=True), r"000001\.xml"
+    else:
+        gt = VocDetection(root).to_coco_json(tmp_path / "gt.json")
+        ds, skipping = CocoDetection(root / "JPEGImages", gt), CocoDetection(root / "JPEGImages", gt, skip_invalid=True)
+        annotation = r"gt\.json"
+    cv2.imwrite(str(root / "JPEGImages" / "000001.jpg"), np.zeros((20, 40, 3), np.uint8))
+    with pytest.raises(
+        ImageReadError, match=rf"000001\.jpg.*size 40x20 differs from 40x30 in .*{annotation} \(image id 1\)$"
+    ):
+        ds[0]
+    assert skipping[0] is None and skipping[1][1]["image_id"] == 2 and skipping.stats["unreadable_images"] == 1
+
+
 def test_missing_image_set(tmp_path):
     make_voc(tmp_path, {"a": (40, 30, [])})
     with pytest.raises(FileNotFoundError, match="val.txt"):

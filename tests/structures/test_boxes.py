@@ -107,12 +107,7 @@ def test_validate_boxes():
         validate_boxes(torch.tensor([[0.0, 0.0, 1.0, 1.0], [3.0, 0.0, 1.0, 1.0]]), require_positive=True)
 
 
-def test_xywh_conversions_for_tensors_and_json_arrays_agree():
-    from detkit.data import xywh_to_xyxy as data_xywh_to_xyxy
-    from detkit.data.coco import xywh_to_xyxy_array
-
-    assert data_xywh_to_xyxy is xywh_to_xyxy_array  # the old name of the numpy one still imports
+def test_xywh_to_xyxy_of_coco_json_boxes():
     json_boxes = [[1.0, 2.0, 4.0, 8.0], [0.5, 0.25, 2.0, 3.0]]
-    out = xywh_to_xyxy_array(json_boxes)
-    assert out.dtype.name == "float32" and out.tolist() == [[1.0, 2.0, 5.0, 10.0], [0.5, 0.25, 2.5, 3.25]]
-    assert xywh_to_xyxy(torch.tensor(json_boxes)).tolist() == out.tolist()
+    out = xywh_to_xyxy(torch.tensor(json_boxes))
+    assert out.dtype == torch.float32 and out.tolist() == [[1.0, 2.0, 5.0, 10.0], [0.5, 0.25, 2.5, 3.25]]
