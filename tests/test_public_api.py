@@ -3,6 +3,7 @@ name listed there imports. The same holds for the `__all__` of every module unde
 import paths are kept, so there is no list of them to check.
 """
 
+import ast
 import importlib
 import subprocess
 import sys
@@ -51,6 +52,25 @@ def test_package_all_imports(package: str) -> None:
 @pytest.mark.parametrize("module", MODULES)
 def test_module_all_imports(module: str) -> None:
     assert not _missing_from_all(module), f"{module}.__all__ names that do not import"
+
+
+def test_no_module_re_exports_a_name_of_another_package() -> None:
+    """A name is public where it is defined: no `__all__` lists a name imported from another detkit package."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        package = path.relative_to(ROOT).parts[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        foreign = {
+            alias.asname or alias.name
+            for node in tree.body
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("detkit.")
+            if node.module.split(".")[1] != package
+            for alias in node.names
+        }
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+                found += [f"{path.relative_to(ROOT.parent)}: {n}" for n in ast.literal_eval(node.value) if n in foreign]
+    assert not found, "re-exported from another package:\n" + "\n".join(found)
 
 
 def test_proposals_command_imports_without_torch() -> None:

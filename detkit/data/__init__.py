@@ -16,7 +16,6 @@ from .collate import collate_detection
 from .io import ImageReadError, read_image_rgb
 from .samplers import (
     AspectRatioGroupedBatchSampler,
-    GroupedBatchSampler,
     aspect_ratio_groups,
 )
 from .transforms import build_transforms
@@ -44,7 +43,6 @@ __all__ = [
     "AnnotationFormatError",
     "AspectRatioGroupedBatchSampler",
     "CocoDetection",
-    "GroupedBatchSampler",
     "ImageReadError",
     "ShapesConfig",
     "ShapesDataset",

@@ -25,9 +25,10 @@ from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
 from detkit.utils.coco_format import annotation_box
+from detkit.utils.gc_pause import paused_gc
 
 from .base import AnnotatedImages, Transform
-from .records import Record, RecordStore, clean_coco_store, paused_gc
+from .records import Record, RecordStore, clean_coco_store
 
 __all__ = [
     "AnnotationFormatError",

@@ -24,7 +24,7 @@ import numpy as np
 
 from detkit.utils.gc_pause import paused_gc
 
-__all__ = ["ByteBuffer", "Record", "RecordStore", "clean_coco_store", "paused_gc"]
+__all__ = ["ByteBuffer", "Record", "RecordStore", "clean_coco_store"]
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ from torch.utils.data import Sampler
 
 __all__ = [
     "AspectRatioGroupedBatchSampler",
-    "GroupedBatchSampler",
     "aspect_ratio_groups",
 ]
 
@@ -83,6 +82,3 @@ class AspectRatioGroupedBatchSampler(Sampler[list[int]]):
         """Forward to the inner sampler (``DistributedSampler`` reshuffles per epoch)."""
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
-
-
-GroupedBatchSampler = AspectRatioGroupedBatchSampler
