@@ -30,12 +30,16 @@ LAYERS = [
 ROOT = Path(detkit.__file__).parent
 
 
-def _imported_packages(tree: ast.AST) -> list[tuple[int, str]]:
-    """(line, package) of every `detkit.<package>` import in `tree`, top level or inside a function."""
+def _imported_packages(tree: ast.AST, folder: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(line, package) of every `detkit.<package>` import in `tree`, top level or inside a function;
+    `folder`: the module's folder under detkit/, to resolve relative imports."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("detkit."):
-            found.append((node.lineno, node.module.split(".")[1]))
+        if isinstance(node, ast.ImportFrom):
+            here = ("detkit", *folder)[: len(folder) + 2 - node.level] if node.level else ()
+            full = [*here, *(node.module or "").split(".")]
+            if full[0] == "detkit" and len(full) > 1 and full[1]:
+                found.append((node.lineno, full[1]))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name.split(".")[1]) for a in node.names if a.name.startswith("detkit.")]
     return found
@@ -49,7 +53,7 @@ def _package_imports() -> dict[str, dict[str, str]]:
         if len(rel.parts) < 2:  # detkit/__init__.py, detkit/__main__.py
             continue
         source = rel.parts[0]
-        for line, target in _imported_packages(ast.parse(path.read_text(encoding="utf-8"))):
+        for line, target in _imported_packages(ast.parse(path.read_text(encoding="utf-8")), rel.parts[:-1]):
             if target != source:
                 graph.setdefault(source, {}).setdefault(target, f"detkit/{rel.as_posix()}:{line}")
     return graph
@@ -87,6 +91,11 @@ def _find_cycle(graph: dict[str, dict[str, str]]) -> list[str]:
         if node not in state and (cycle := visit(node)):
             return cycle
     return []
+
+
+def test_relative_imports_are_resolved():
+    tree = ast.parse("from .io import a\nfrom ..models import b\nfrom . import c\nimport detkit.heads.x")
+    assert _imported_packages(tree, ("data",)) == [(1, "data"), (2, "models"), (3, "data"), (4, "heads")]
 
 
 def test_find_cycle():
