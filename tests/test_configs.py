@@ -249,6 +249,22 @@ def test_unknown_key_in_the_yaml_is_a_clear_error(shapes_config, tmp_path, monke
     assert "bach_size" in capsys.readouterr().err
 
 
+def test_a_model_kwargs_key_the_model_does_not_use_stops_fit_at_the_start(shapes_config, tmp_path, monkeypatch, capsys):
+    """A mask head's keyword on a model without one is named in one line before anything runs."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _load(shapes_config)
+    cfg["model"]["model_kwargs"] = {"min_size": 96, "mask_conv_dims": [8]}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(
+        "detkit fit: error: model_kwargs of faster_rcnn_tiny: model 'faster_rcnn_tiny' takes no keyword "
+        "'mask_conv_dims'; its keywords: norm, backbone_weights, anchor_sizes, "
+    )
+    assert not (tmp_path / "runs").exists()  # stopped before the trainer wrote anything
+
+
 def test_wrong_type_is_a_clear_error(shapes_config, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit):

@@ -8,7 +8,14 @@ from detkit.models.base import Detector
 from detkit.models.coco_names import COCO_CATEGORY_NAMES
 from detkit.models.fast_rcnn import FastRCNN
 from detkit.models.rcnn import RCNN
-from detkit.models.registry import build_model, list_models, register_model, unregister_model
+from detkit.models.registry import (
+    build_model,
+    list_models,
+    model_keywords,
+    register_keywords,
+    register_model,
+    unregister_model,
+)
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
 from detkit.models.weights import load_detector_weights
@@ -20,6 +27,8 @@ __all__ = [
     "RCNN",
     "build_model",
     "list_models",
+    "model_keywords",
+    "register_keywords",
     "register_model",
     "unregister_model",
     "DetectionTransform",

@@ -1,15 +1,20 @@
 """Builders of a two-stage detector's parts (`build_rpn`, `build_roi_heads`, `build_transform`),
-`build_two_stage` on them, and the helpers every builder shares (`default_freeze_at`,
-`check_features`, `split_kwargs`). The registered variants are in `detkit.models.zoo` (two-stage),
+`build_two_stage` on them, the typed keyword sets the registered builders pass on to it
+(`TwoStageRules`, `TwoStageKeywords`, `MaskRCNNKeywords`), and the helpers every builder shares (`default_freeze_at`,
+`check_features`). The registered variants are in `detkit.models.zoo` (two-stage),
 `detkit.models.rcnn`, `detkit.models.fast_rcnn` and `detkit.models.classic`.
+
+Every keyword is explicit: a builder takes the keywords its signature lists and passes them on by
+name. A registered builder lists the keywords that make its variant (backbone, anchors, sizes)
+with the variant's values and passes the rest on through `**kwargs: Unpack[...]` of one of the
+TypedDicts below, which `detkit.models.registry.model_keywords` reads to list them.
 
 Defaults follow the papers and torchvision's detection references.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypedDict
 
 from detkit.backbones import FeatureSpec
 from detkit.heads.box_head import BoxPredictor, TwoFCHead
@@ -17,6 +22,7 @@ from detkit.heads.mask_head import MaskHead
 from detkit.heads.poolers import RoIPooler
 from detkit.heads.roi_heads import RoIHeads
 from detkit.matching import AnchorGenerator
+from detkit.models.registry import register_keywords
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
 from detkit.proposals.rpn import RPN, RPNHead
@@ -39,25 +45,10 @@ def check_features(specs: Mapping[str, FeatureSpec], names: Sequence[str]) -> li
     return list(names)
 
 
-def split_kwargs(owner: str, kwargs: dict, *builders: Callable) -> list[dict]:
-    """Deal `kwargs` out to the builders with a keyword-only argument of that name (a key may go to several).
-
-    A key no builder takes is a TypeError, worded as Python's own for `owner`.
-    """
-    accepted = [
-        {n for n, p in inspect.signature(b).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        for b in builders
-    ]
-    for key in kwargs:
-        if not any(key in names for names in accepted):
-            raise TypeError(f"{owner}() got an unexpected keyword argument {key!r}")
-    return [{k: v for k, v in kwargs.items() if k in names} for names in accepted]
-
-
 # --------------------------------------------------------------------------- parts
 def build_transform(
     *,
-    min_size: int | None = 800,
+    min_size: int | Sequence[int] | None = 800,
     max_size: int | None = 1333,
     size_divisible: int = 32,
     memory_format: str = "auto",
@@ -186,19 +177,178 @@ def build_roi_heads(
     )
 
 
-def build_two_stage(backbone, *, num_classes: int, with_rpn: bool = True, **kwargs) -> TwoStageDetector:
-    """Faster R-CNN (Mask R-CNN with `with_mask=True`; no RPN with `with_rpn=False`) around `backbone`.
+# --------------------------------------------------------------------------- the two-stage detector
+class TwoStageRules(TypedDict, total=False):
+    """The keywords of `build_two_stage` that every registered two-stage variant leaves at their defaults:
+    matching, sampling shares, losses, post-processing and padding (the papers' and torchvision's rules).
+    Types and defaults: `build_two_stage`."""
 
-    `kwargs` are the keyword arguments of `build_rpn` (`rpn_features`, `anchor_sizes`, `rpn_*`),
-    `build_roi_heads` (`roi_features`, `with_mask`, `box_*`, `roi_*`, `mask_*`, ...) and
-    `build_transform` (`min_size`, `max_size`, `size_divisible`), each given to every part that
-    takes it: `box_loss` / `cls_loss` serve the RoI heads and, unless `rpn_box_loss` /
-    `rpn_cls_loss` are set, the RPN. The parts are sized from the backbone's feature specs.
+    aspect_ratios: Sequence[float]
+    rpn_nms_threshold: float
+    rpn_positive_fraction: float
+    rpn_fg_iou_threshold: float
+    rpn_bg_iou_threshold: float
+    rpn_box_loss: str | None
+    rpn_cls_loss: str | None
+    box_loss: str
+    cls_loss: str
+    smooth_l1_beta: float
+    roi_positive_fraction: float
+    roi_fg_iou_threshold: float
+    roi_bg_iou_threshold: float
+    roi_matcher: Callable | None
+    box_score_threshold: float
+    box_nms_threshold: float
+    detections_per_image: int
+    size_divisible: int
+    memory_format: str
+
+
+class TwoStageKeywords(TwoStageRules, total=False):
+    """`TwoStageRules` and the sizes a variant may set: proposal and sample counts, box head, image size.
+    Everything of `build_two_stage` but the structure (anchors, feature levels, mask head) and the mask
+    head's keywords (`MaskHeadKeywords`)."""
+
+    rpn_pre_nms_top_n_train: int
+    rpn_post_nms_top_n_train: int
+    rpn_pre_nms_top_n_test: int
+    rpn_post_nms_top_n_test: int
+    rpn_batch_size_per_image: int
+    roi_batch_size_per_image: int
+    pool_type: str
+    box_resolution: int
+    representation_size: int
+    dropout: float
+    min_size: int | Sequence[int] | None
+    max_size: int | None
+
+
+class MaskHeadKeywords(TypedDict, total=False):
+    """The keywords of `build_two_stage` only a Mask R-CNN uses: its mask head's."""
+
+    mask_resolution: int
+    mask_conv_dims: Sequence[int]
+    mask_threshold: float
+
+
+class MaskRCNNKeywords(TwoStageKeywords, MaskHeadKeywords, total=False):
+    """`TwoStageKeywords` and `MaskHeadKeywords`: what a Mask R-CNN variant passes on to `build_two_stage`."""
+
+
+def build_two_stage(
+    backbone,
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]],
+    rpn_features: Sequence[str] | None = None,
+    roi_features: Sequence[str] | None = None,
+    with_mask: bool = False,
+    # sizes
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_batch_size_per_image: int = 256,
+    roi_batch_size_per_image: int = 512,
+    pool_type: str = "align",
+    box_resolution: int = 7,
+    representation_size: int = 1024,
+    dropout: float = 0.0,
+    mask_resolution: int = 14,
+    mask_conv_dims: Sequence[int] = (256, 256, 256, 256),
+    min_size: int | Sequence[int] | None = 800,
+    max_size: int | None = 1333,
+    # rules
+    aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    rpn_nms_threshold: float = 0.7,
+    rpn_positive_fraction: float = 0.5,
+    rpn_fg_iou_threshold: float = 0.7,
+    rpn_bg_iou_threshold: float = 0.3,
+    rpn_box_loss: str | None = None,
+    rpn_cls_loss: str | None = None,
+    box_loss: str = "smooth_l1",
+    cls_loss: str = "ce",
+    smooth_l1_beta: float = 1.0 / 9,
+    roi_positive_fraction: float = 0.25,
+    roi_fg_iou_threshold: float = 0.5,
+    roi_bg_iou_threshold: float = 0.5,
+    roi_matcher: Callable | None = None,
+    box_score_threshold: float = 0.05,
+    box_nms_threshold: float = 0.5,
+    detections_per_image: int = 100,
+    mask_threshold: float = 0.5,
+    size_divisible: int = 32,
+    memory_format: str = "auto",
+) -> TwoStageDetector:
+    """Faster R-CNN (Mask R-CNN with `with_mask=True`) around `backbone`: `build_rpn`, `build_roi_heads`
+    and `build_transform`, each given its keywords by name, sized from the backbone's feature specs.
+
+    The one place the two-stage keywords are documented:
+    - RPN on `rpn_features` (default: every backbone output), one `anchor_sizes` tuple per level and
+      `aspect_ratios`; `rpn_pre/post_nms_top_n_train/test` proposals per image before / after NMS at
+      `rpn_nms_threshold`; `rpn_batch_size_per_image` anchors sampled with at most
+      `rpn_positive_fraction` positives (IoU >= `rpn_fg_iou_threshold`; background < `rpn_bg_iou_threshold`).
+    - RoI heads on `roi_features` (default: every backbone output): `pool_type` ("align" / "pool") at
+      `box_resolution`, fc6 / fc7 of `representation_size` with `dropout` after each;
+      `roi_batch_size_per_image` RoIs sampled with at most `roi_positive_fraction` positives (IoU >=
+      `roi_fg_iou_threshold`, background < `roi_bg_iou_threshold`; `roi_matcher` replaces that Matcher).
+    - Losses: `box_loss` ("smooth_l1" with `smooth_l1_beta`, "l1", "giou", "diou", "ciou") and `cls_loss`
+      ("ce", "focal") of the RoI heads and, unless `rpn_box_loss` / `rpn_cls_loss` are set, of the RPN.
+    - Detections: score >= `box_score_threshold`, per-class NMS at `box_nms_threshold`, top
+      `detections_per_image`; masks (`with_mask`) of a `mask_conv_dims` head on `mask_resolution` RoIAlign,
+      binarised at `mask_threshold`.
+    - Images: shorter side `min_size` (a list: multi-scale training), longer at most `max_size` (None: as
+      given), padded to a multiple of `size_divisible`, laid out as `memory_format` (see `DetectionTransform`).
     """
-    rpn_kwargs, roi_kwargs, transform_kwargs = split_kwargs(
-        "build_two_stage", kwargs, build_rpn, build_roi_heads, build_transform
+    rpn = build_rpn(
+        backbone,
+        rpn_features=rpn_features,
+        anchor_sizes=anchor_sizes,
+        aspect_ratios=aspect_ratios,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_nms_threshold=rpn_nms_threshold,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        rpn_positive_fraction=rpn_positive_fraction,
+        rpn_fg_iou_threshold=rpn_fg_iou_threshold,
+        rpn_bg_iou_threshold=rpn_bg_iou_threshold,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
+        rpn_box_loss=rpn_box_loss,
+        rpn_cls_loss=rpn_cls_loss,
     )
-    rpn = build_rpn(backbone, **rpn_kwargs) if with_rpn else None
-    roi_heads = build_roi_heads(backbone, num_classes=num_classes, **roi_kwargs)
-    transform = build_transform(**transform_kwargs)
+    roi_heads = build_roi_heads(
+        backbone,
+        num_classes=num_classes,
+        roi_features=roi_features,
+        with_mask=with_mask,
+        pool_type=pool_type,
+        box_resolution=box_resolution,
+        mask_resolution=mask_resolution,
+        representation_size=representation_size,
+        dropout=dropout,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
+        smooth_l1_beta=smooth_l1_beta,
+        mask_conv_dims=mask_conv_dims,
+        roi_batch_size_per_image=roi_batch_size_per_image,
+        roi_positive_fraction=roi_positive_fraction,
+        roi_fg_iou_threshold=roi_fg_iou_threshold,
+        roi_bg_iou_threshold=roi_bg_iou_threshold,
+        roi_matcher=roi_matcher,
+        box_score_threshold=box_score_threshold,
+        box_nms_threshold=box_nms_threshold,
+        detections_per_image=detections_per_image,
+        mask_threshold=mask_threshold,
+    )
+    transform = build_transform(
+        min_size=min_size, max_size=max_size, size_divisible=size_divisible, memory_format=memory_format
+    )
     return TwoStageDetector(backbone, roi_heads, rpn=rpn, transform=transform, num_classes=num_classes)
+
+
+register_keywords(TwoStageRules, build_two_stage)
+register_keywords(TwoStageKeywords, build_two_stage)
+register_keywords(MaskRCNNKeywords, build_two_stage)

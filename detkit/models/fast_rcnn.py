@@ -14,24 +14,19 @@ Shape shorthand: N images, G gt slots per image, P proposals per image.
 
 from __future__ import annotations
 
+from typing import Sequence, TypedDict, Unpack
+
 from torch import Tensor
 
 from detkit.backbones import build_backbone
 from detkit.heads.roi_heads import RoIHeads
 from detkit.matching import Matcher
-from detkit.models.builders import (
-    build_roi_heads,
-    build_rpn,
-    build_transform,
-    check_features,
-    default_freeze_at,
-    split_kwargs,
-)
-from detkit.models.registry import register_model
+from detkit.models.builders import build_roi_heads, build_transform, check_features, default_freeze_at
+from detkit.models.registry import register_keywords, register_model
 from detkit.models.transform import DetectionTransform
 from detkit.models.two_stage import TwoStageDetector
 
-__all__ = ["BackgroundBandMatcher", "FastRCNN", "build_fast_rcnn"]
+__all__ = ["BackgroundBandMatcher", "FastRCNN", "FastRCNNRules", "build_fast_rcnn"]
 
 
 class BackgroundBandMatcher:
@@ -75,52 +70,91 @@ class FastRCNN(TwoStageDetector):
         super().__init__(backbone, roi_heads, rpn=None, transform=transform, num_classes=num_classes)
 
 
+class FastRCNNRules(TypedDict, total=False):
+    """The keywords of `build_fast_rcnn` every registered Fast R-CNN variant leaves at their defaults:
+    sampling share, matching, losses, post-processing, padding. Types and defaults: `build_fast_rcnn`."""
+
+    roi_positive_fraction: float
+    roi_fg_iou_threshold: float
+    roi_bg_iou_threshold: float
+    roi_bg_iou_low: float
+    box_loss: str
+    cls_loss: str
+    smooth_l1_beta: float
+    box_score_threshold: float
+    box_nms_threshold: float
+    detections_per_image: int
+    size_divisible: int
+    memory_format: str
+
+
 def build_fast_rcnn(
     backbone,
     *,
     num_classes: int,
     feature: str | None = None,
+    # sizes
+    roi_batch_size_per_image: int = 64,
+    pool_type: str = "pool",
+    box_resolution: int = 7,
     representation_size: int = 4096,
     dropout: float = 0.0,
-    roi_batch_size_per_image: int = 64,
+    min_size: int | Sequence[int] | None = 600,
+    max_size: int | None = 1000,
+    # rules
     roi_positive_fraction: float = 0.25,
     roi_fg_iou_threshold: float = 0.5,
     roi_bg_iou_threshold: float = 0.5,
     roi_bg_iou_low: float = 0.1,
+    box_loss: str = "smooth_l1",
+    cls_loss: str = "ce",
     smooth_l1_beta: float = 1.0,
+    box_score_threshold: float = 0.05,
     box_nms_threshold: float = 0.3,
-    min_size: int | None = 600,
-    max_size: int | None = 1000,
-    **kwargs,
+    detections_per_image: int = 100,
+    size_divisible: int = 32,
+    memory_format: str = "auto",
 ) -> FastRCNN:
-    """Fast R-CNN around `backbone`: RoIPool 7x7 of one feature map, fc6/fc7, softmax + class-specific boxes.
+    """Fast R-CNN around `backbone`: RoIPool of one feature map, fc6/fc7, softmax + class-specific boxes.
 
-    `kwargs` go to `build_roi_heads` (box_resolution, box_score_threshold, detections_per_image,
-    ...) and `build_transform` (size_divisible); `build_rpn`'s are accepted and unused (no RPN).
-    `roi_bg_iou_low` = 0 turns the background band into [0, 0.5).
+    The one place the Fast R-CNN keywords are documented:
+    - RoI head on `feature` (default: the backbone's last output): `pool_type` ("pool" as the paper,
+      "align") at `box_resolution`, fc6 / fc7 of `representation_size` with `dropout` after each.
+    - `roi_batch_size_per_image` RoIs sampled per image with at most `roi_positive_fraction` positives
+      (IoU >= `roi_fg_iou_threshold`), background from IoU in [`roi_bg_iou_low`, `roi_bg_iou_threshold`)
+      (`roi_bg_iou_low` = 0 turns the band into [0, 0.5); see `BackgroundBandMatcher`).
+    - Losses: `box_loss` ("smooth_l1" with `smooth_l1_beta`, "l1", "giou", "diou", "ciou"), `cls_loss` ("ce", "focal").
+    - Detections: score >= `box_score_threshold`, per-class NMS at `box_nms_threshold`, top `detections_per_image`.
+    - Images: shorter side `min_size`, longer at most `max_size` (None: as given), padded to a multiple of
+      `size_divisible`, laid out as `memory_format` (see `DetectionTransform`).
     """
     specs = backbone.feature_specs()
     roi_features = check_features(specs, [feature or list(specs)[-1]])  # one level: the last by default
-    kwargs.setdefault("pool_type", "pool")
-    # build_rpn's keywords are accepted (and unused) as before
-    _, roi_kwargs, transform_kwargs = split_kwargs(
-        "build_fast_rcnn", kwargs, build_rpn, build_roi_heads, build_transform
-    )
     roi_heads = build_roi_heads(
         backbone,
         num_classes=num_classes,
         roi_features=roi_features,
+        pool_type=pool_type,
+        box_resolution=box_resolution,
         representation_size=representation_size,
         dropout=dropout,
+        box_loss=box_loss,
+        cls_loss=cls_loss,
+        smooth_l1_beta=float(smooth_l1_beta),
         roi_batch_size_per_image=roi_batch_size_per_image,
         roi_positive_fraction=roi_positive_fraction,
         roi_matcher=BackgroundBandMatcher(roi_fg_iou_threshold, roi_bg_iou_threshold, roi_bg_iou_low),
-        smooth_l1_beta=float(smooth_l1_beta),
+        box_score_threshold=box_score_threshold,
         box_nms_threshold=box_nms_threshold,
-        **roi_kwargs,
+        detections_per_image=detections_per_image,
     )
-    transform = build_transform(min_size=min_size, max_size=max_size, **transform_kwargs)
+    transform = build_transform(
+        min_size=min_size, max_size=max_size, size_divisible=size_divisible, memory_format=memory_format
+    )
     return FastRCNN(backbone, roi_heads, transform=transform, num_classes=num_classes)
+
+
+register_keywords(FastRCNNRules, build_fast_rcnn)
 
 
 @register_model("fast_rcnn_vgg16")
@@ -129,15 +163,33 @@ def fast_rcnn_vgg16(
     num_classes: int,
     backbone_weights: str | None = None,
     freeze_at: int | None = None,
+    roi_batch_size_per_image: int = 64,
+    pool_type: str = "pool",
+    box_resolution: int = 7,
     representation_size: int = 4096,
     dropout: float = 0.5,
-    **kwargs,
+    min_size: int | Sequence[int] | None = 600,
+    max_size: int | None = 1000,
+    **kwargs: Unpack[FastRCNNRules],
 ) -> FastRCNN:
-    """The Fast R-CNN paper's model: VGG-16 conv5_3 (stride 16), RoIPool 7x7, fc6/fc7 4096, images at 600 px."""
+    """The Fast R-CNN paper's model: VGG-16 conv5_3 (stride 16), RoIPool 7x7, fc6/fc7 4096, images at 600 px.
+
+    Keywords: `build_fast_rcnn`; `backbone_weights`: ImageNet weights, `freeze_at`: stages frozen
+    (default: conv1-conv2 when fine-tuning, as the paper).
+    """
     freeze_at = default_freeze_at(freeze_at, backbone_weights)  # the paper fine-tunes from conv3_1 on
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
     return build_fast_rcnn(
-        backbone, num_classes=num_classes, representation_size=representation_size, dropout=dropout, **kwargs
+        backbone,
+        num_classes=num_classes,
+        roi_batch_size_per_image=roi_batch_size_per_image,
+        pool_type=pool_type,
+        box_resolution=box_resolution,
+        representation_size=representation_size,
+        dropout=dropout,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
     )
 
 
@@ -148,15 +200,36 @@ def fast_rcnn_r18(
     backbone_weights: str | None = None,
     norm: str = "frozen_bn",
     freeze_at: int | None = None,
+    roi_batch_size_per_image: int = 64,
+    pool_type: str = "pool",
+    box_resolution: int = 7,
     representation_size: int = 1024,
-    **kwargs,
+    dropout: float = 0.0,
+    min_size: int | Sequence[int] | None = 600,
+    max_size: int | None = 1000,
+    **kwargs: Unpack[FastRCNNRules],
 ) -> FastRCNN:
-    """Fast R-CNN on ResNet-18 c4 (stride 16, 256 channels): RoIPool 7x7, fc6/fc7 1024."""
+    """Fast R-CNN on ResNet-18 c4 (stride 16, 256 channels): RoIPool 7x7, fc6/fc7 1024.
+
+    Keywords: `build_fast_rcnn`; `backbone_weights`, `norm`, `freeze_at`: the backbone's (stem and res2
+    frozen when fine-tuning).
+    """
     freeze_at = default_freeze_at(freeze_at, backbone_weights)
     backbone = build_backbone(
         "resnet18", weights=backbone_weights, out_features=("c4",), freeze_at=freeze_at, norm=norm
     )
-    return build_fast_rcnn(backbone, num_classes=num_classes, representation_size=representation_size, **kwargs)
+    return build_fast_rcnn(
+        backbone,
+        num_classes=num_classes,
+        roi_batch_size_per_image=roi_batch_size_per_image,
+        pool_type=pool_type,
+        box_resolution=box_resolution,
+        representation_size=representation_size,
+        dropout=dropout,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
+    )
 
 
 @register_model("fast_rcnn_tiny")
@@ -165,17 +238,28 @@ def fast_rcnn_tiny(
     num_classes: int,
     norm: str = "bn",
     backbone_weights: str | None = None,
+    roi_batch_size_per_image: int = 64,
+    pool_type: str = "pool",
+    box_resolution: int = 7,
     representation_size: int = 256,
-    min_size: int | None = None,
+    dropout: float = 0.0,
+    min_size: int | Sequence[int] | None = None,
     max_size: int | None = None,
-    **kwargs,
+    **kwargs: Unpack[FastRCNNRules],
 ) -> FastRCNN:
-    """Fast R-CNN on the 7-conv `simple_convnet` (c3, stride 8), images at their own size: shapes on a CPU."""
+    """Fast R-CNN on the 7-conv `simple_convnet` (c3, stride 8), images at their own size: shapes on a CPU.
+
+    Keywords: `build_fast_rcnn`; `norm`, `backbone_weights`: the backbone's.
+    """
     backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
     return build_fast_rcnn(
         backbone,
         num_classes=num_classes,
+        roi_batch_size_per_image=roi_batch_size_per_image,
+        pool_type=pool_type,
+        box_resolution=box_resolution,
         representation_size=representation_size,
+        dropout=dropout,
         min_size=min_size,
         max_size=max_size,
         **kwargs,

@@ -32,7 +32,7 @@ Shape shorthand:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -47,13 +47,14 @@ from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder
 from detkit.models.base import Detector, validate_proposals
 from detkit.models.builders import check_features, default_freeze_at
-from detkit.models.registry import register_model
+from detkit.models.registry import register_keywords, register_model
 from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
 from detkit.structures.packed import PackedRows, pack_to_padded, take_rows
 
 __all__ = [
     "RCNN",
+    "RCNNRules",
     "CropFeatureHead",
     "SampledRegions",
     "build_rcnn",
@@ -455,24 +456,68 @@ class RCNN(Detector):
 
 
 # --------------------------------------------------------------------------- builders
+class RCNNRules(TypedDict, total=False):
+    """The keywords of `RCNN` every registered R-CNN variant leaves at their defaults: classifier,
+    labelling, sampling, losses, post-processing. Types, defaults and meaning: `RCNN`."""
+
+    classifier: str
+    fg_iou_threshold: float
+    bg_iou_threshold: float
+    reg_iou_threshold: float
+    batch_size: int
+    positive_fraction: float
+    add_gt_as_proposals: bool
+    svm_fg_iou_threshold: float | None
+    svm_bg_iou_threshold: float
+    svm_hard_negatives: int
+    svm_margin: float
+    bbox_reg_weights: tuple[float, float, float, float]
+    box_loss: str
+    smooth_l1_beta: float
+    score_threshold: float | None
+    nms_threshold: float
+    detections_per_image: int
+    min_box_size: float
+
+
+register_keywords(RCNNRules, RCNN)
+
+
 def build_rcnn(
     backbone: nn.Module,
     *,
     num_classes: int,
     feature: str | None = None,
+    crop_size: int = 224,
+    context_padding: float = 16.0,
     pool_size: int = 7,
     representation_size: int = 4096,
     dropout: float = 0.5,
+    box_features: str = "fc7",
+    test_batch_size: int = 256,
     min_size: int | None = None,
     max_size: int | None = None,
-    **kwargs,
+    **kwargs: Unpack[RCNNRules],
 ) -> RCNN:
-    """R-CNN around `backbone`, its head sized from the backbone's feature specs; `kwargs` go to `RCNN`."""
+    """R-CNN around `backbone`, its head (max pool to `pool_size`, fc6 / fc7 of `representation_size`
+    with `dropout`) sized from the backbone's feature specs; images resized to `min_size` / `max_size`
+    (None: as given, as the paper). The other keywords are `RCNN`'s, where they are documented."""
     specs = backbone.feature_specs()
     [feature] = check_features(specs, [feature or list(specs)[-1]])
     head = CropFeatureHead(specs[feature].channels, pool_size, representation_size, dropout=dropout)
     transform = DetectionTransform(min_size=min_size, max_size=max_size, size_divisible=1)
-    return RCNN(backbone, head, num_classes=num_classes, feature=feature, transform=transform, **kwargs)
+    return RCNN(
+        backbone,
+        head,
+        num_classes=num_classes,
+        feature=feature,
+        transform=transform,
+        crop_size=crop_size,
+        context_padding=context_padding,
+        box_features=box_features,
+        test_batch_size=test_batch_size,
+        **kwargs,
+    )
 
 
 @register_model("rcnn_vgg16")
@@ -482,12 +527,37 @@ def rcnn_vgg16(
     backbone_weights: str | None = None,
     freeze_at: int | None = None,
     crop_size: int = 224,
-    **kwargs,
+    context_padding: float = 16.0,
+    pool_size: int = 7,
+    representation_size: int = 4096,
+    dropout: float = 0.5,
+    box_features: str = "fc7",
+    test_batch_size: int = 256,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    **kwargs: Unpack[RCNNRules],
 ) -> RCNN:
-    """The R-CNN paper's model on VGG-16: 224 x 224 warps with 16 px context, pool5, fc6/fc7 4096 with dropout."""
+    """The R-CNN paper's model on VGG-16: 224 x 224 warps with 16 px context, pool5, fc6/fc7 4096 with dropout.
+
+    Keywords: `build_rcnn` and `RCNN`; `backbone_weights`: ImageNet weights, `freeze_at`: stages frozen
+    (default: conv1-conv2 when fine-tuning, as Fast R-CNN).
+    """
     freeze_at = default_freeze_at(freeze_at, backbone_weights)  # conv1-conv2 fixed when fine-tuning, as Fast R-CNN
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
-    return build_rcnn(backbone, num_classes=num_classes, crop_size=crop_size, **kwargs)
+    return build_rcnn(
+        backbone,
+        num_classes=num_classes,
+        crop_size=crop_size,
+        context_padding=context_padding,
+        pool_size=pool_size,
+        representation_size=representation_size,
+        dropout=dropout,
+        box_features=box_features,
+        test_batch_size=test_batch_size,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
+    )
 
 
 @register_model("rcnn_tiny")
@@ -501,13 +571,17 @@ def rcnn_tiny(
     pool_size: int = 4,
     representation_size: int = 256,
     dropout: float = 0.0,
+    box_features: str = "fc7",
     test_batch_size: int = 512,
-    **kwargs,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    **kwargs: Unpack[RCNNRules],
 ) -> RCNN:
     """R-CNN on the 7-conv `simple_convnet` (stride 8) for the shapes data set on a CPU.
 
     64 x 64 warps with 4 px of context (the paper's 16 / 224 share of the crop), a 4 x 4 max
-    pool of c3 and two 256-d fc layers.
+    pool of c3 and two 256-d fc layers. Keywords: `build_rcnn` and `RCNN`; `norm`, `backbone_weights`:
+    the backbone's.
     """
     backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
     return build_rcnn(
@@ -518,6 +592,9 @@ def rcnn_tiny(
         pool_size=pool_size,
         representation_size=representation_size,
         dropout=dropout,
+        box_features=box_features,
         test_batch_size=test_batch_size,
+        min_size=min_size,
+        max_size=max_size,
         **kwargs,
     )

@@ -1,6 +1,9 @@
 """Model registry: named builder functions (`build_model("faster_rcnn_r50_fpn", num_classes=3)`).
 
-A builder is a callable ``builder(*, num_classes, **overrides) -> nn.Module``. Third-party
+A builder is a callable ``builder(*, num_classes, <keywords>) -> nn.Module`` whose keyword-only
+parameters are the model's keywords; a ``**kwargs: Unpack[SomeTypedDict]`` parameter adds the
+TypedDict's keys, with the defaults of the function `register_keywords` names for it.
+`model_keywords(name)` lists them; `build_model` refuses any other keyword. Third-party
 packages add detectors without touching detkit through the "detkit.models" entry-point group,
 as backbones do through "detkit.backbones" (see `detkit.utils.registry.Registry`, the class
 both registries are)::
@@ -12,8 +15,12 @@ both registries are)::
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from os import PathLike
+from typing import Any
 
 from torch import nn
 
@@ -27,8 +34,12 @@ Builder = Callable[..., nn.Module]
 MODELS: Registry[nn.Module] = Registry("model", nn.Module, entry_point_group=ENTRY_POINT_GROUP)
 
 
+#: the function whose keyword defaults stand for each TypedDict of a builder's `**kwargs: Unpack[...]`
+_KEYWORD_SOURCES: dict[type, Callable[..., Any]] = {}
+
+
 def register_model(name: str, *, overwrite: bool = False) -> Callable[[Builder], Builder]:
-    """Decorator registering `builder(*, num_classes, **overrides) -> nn.Module` under `name`
+    """Decorator registering `builder(*, num_classes, <keywords>) -> nn.Module` under `name`
     (ValueError if taken, unless `overwrite`)."""
     return MODELS.register(name, overwrite=overwrite)
 
@@ -46,6 +57,73 @@ def list_models() -> list[str]:
 def get_model_builder(name: str) -> Builder:
     """The builder registered as `name`; plugins are imported here. ValueError if unknown."""
     return MODELS.get(name)
+
+
+def register_keywords(keywords: type, source: Callable[..., Any]) -> None:
+    """Declare that a builder's `**kwargs: Unpack[keywords]` (a TypedDict) reach `source`, whose signature
+    gives their defaults to `model_keywords`. TypeError if a key of `keywords` is not a keyword of `source`."""
+    taken, _ = _keywords(source)
+    missing = [key for key in keywords.__annotations__ if key not in taken]
+    if missing:
+        raise TypeError(f"{keywords.__name__} has keys {missing} that {source.__qualname__} does not take")
+    _KEYWORD_SOURCES[keywords] = source
+
+
+def _keywords(function: Callable[..., Any]) -> tuple[dict[str, Any], bool]:
+    """The keyword-only parameters of `function` with their defaults (`inspect.Parameter.empty` if
+    required), a `**kwargs: Unpack[TD]` resolved through `register_keywords`; and whether `function` takes
+    any other keyword (a `**kwargs` untyped or typed by a TypedDict `register_keywords` does not know)."""
+    found: dict[str, Any] = {}
+    takes_any = False
+    for param in inspect.signature(function).parameters.values():
+        if param.kind is inspect.Parameter.KEYWORD_ONLY:
+            found[param.name] = param.default
+        elif param.kind is inspect.Parameter.VAR_KEYWORD:
+            typed_dict = _unpacked(function.__init__ if isinstance(function, type) else function, param.name)
+            if typed_dict not in _KEYWORD_SOURCES:
+                takes_any = True
+                continue
+            defaults, _ = _keywords(_KEYWORD_SOURCES[typed_dict])
+            found.update({key: value for key, value in defaults.items() if key in typed_dict.__annotations__})
+    return found, takes_any
+
+
+def _unpacked(function: Callable[..., Any], name: str) -> type | None:
+    """The TypedDict of `function`'s `**name: Unpack[TD]`; None if untyped or if the annotation does not evaluate."""
+    try:
+        hint = typing.get_type_hints(function).get(name)
+    except (NameError, TypeError):
+        return None
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Unpack else None
+
+
+def model_keywords(name: str) -> dict[str, Any]:
+    """The keywords the builder of `name` takes besides `num_classes`, each with the model's default
+    (`inspect.Parameter.empty`: required); `build_model(name, ...)` refuses any other.
+
+    A builder (a plugin's) with an untyped `**kwargs` may take more: `build_model` then leaves the
+    checking to it. ValueError if `name` is unknown.
+    """
+    keywords, _ = _keywords(get_model_builder(name))
+    keywords.pop("num_classes", None)
+    return keywords
+
+
+def _check_keywords(name: str, keywords: Sequence[str]) -> None:
+    """TypeError, one line naming the model `name`, the first of `keywords` its builder does not take
+    (and the closest one it takes) and the keywords it takes."""
+    taken, takes_any = _keywords(get_model_builder(name))
+    taken.pop("num_classes", None)
+    if takes_any:
+        return
+    for key in keywords:
+        if key not in taken:
+            close = difflib.get_close_matches(key, list(taken), n=1, cutoff=0.85)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"model {name!r} takes no keyword {key!r}{hint}; its keywords: {', '.join(taken)} "
+                f"(defaults: detkit.models.model_keywords({name!r}))"
+            )
 
 
 def build_model(
@@ -69,9 +147,11 @@ def build_model(
             `load_detector_weights`), and one warning says what was re-initialised.
         class_names: the `num_classes` class names in label order, matched (exactly, after
             `strip()`) with the names the checkpoint records to carry over the rows of shared classes.
-        overrides: keyword arguments of the builder (e.g. `min_size`, `backbone_weights`).
+        overrides: keywords of the builder (e.g. `min_size`, `backbone_weights`): those
+            `model_keywords(name)` lists; any other is a TypeError naming it and the model.
     """
     MODELS.get(name)  # an unknown name is the first error, whatever num_classes is
+    _check_keywords(name, list(overrides))
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int (background excluded), got {num_classes!r}")
     if class_names is not None and (isinstance(class_names, str) or len(class_names) != num_classes):

@@ -1,44 +1,68 @@
 """The registered two-stage variants (Faster / Mask R-CNN on ResNet-FPN, MobileNet-FPN, VGG, the
 tiny 7-conv net): small functions with explicit keyword arguments on `detkit.models.builders`.
 
-Defaults follow the papers and torchvision's detection references; every number can be
-overridden through `build_model(name, num_classes=..., **overrides)`.
+Each lists the keywords that make its variant (backbone, anchors, sizes) with the variant's values
+and passes the rest on to `build_two_stage`, where they are documented; `model_keywords(name)`
+lists them all with the model's defaults. Defaults follow the papers and torchvision's detection
+references; every number can be overridden through `build_model(name, num_classes=..., **keywords)`.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Unpack
 
 from detkit.backbones import FPN, build_backbone
-from detkit.models.builders import (  # noqa: F401  (re-exported: their former home)
-    build_roi_heads,
-    build_rpn,
-    build_transform,
+from detkit.models.builders import (
+    MaskHeadKeywords,
+    MaskRCNNKeywords,
+    TwoStageKeywords,
+    TwoStageRules,
     build_two_stage,
-    check_features,
     default_freeze_at,
-    split_kwargs,
 )
-from detkit.models.registry import register_model
+from detkit.models.registry import register_keywords, register_model
 from detkit.models.two_stage import TwoStageDetector
 
 FPN_ANCHOR_SIZES = ((32,), (64,), (128,), (256,), (512,))
+FPN_ANCHOR_SIZES_C3 = FPN_ANCHOR_SIZES[:-1]  # FPN on c3-c5 (+ P6): one level fewer, the same smallest anchors
 
 
-def _fpn_detector(
+class FPNDetectorKeywords(TwoStageKeywords, total=False):
+    """The keywords of `build_fpn_detector` an FPN variant passes on: `TwoStageKeywords` and the backbone's."""
+
+    backbone_weights: str | None
+    norm: str
+    freeze_at: int | None
+    fpn_channels: int
+
+
+class MaskFPNDetectorKeywords(FPNDetectorKeywords, MaskHeadKeywords, total=False):
+    """`FPNDetectorKeywords` and the mask head's: what a Mask R-CNN FPN variant passes on."""
+
+
+def build_fpn_detector(
     backbone_name: str,
     *,
     num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]],
     with_mask: bool = False,
+    in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
+    backbone_kwargs: dict | None = None,
     backbone_weights: str | None = None,
     norm: str = "frozen_bn",
     freeze_at: int | None = None,
     fpn_channels: int = 256,
-    in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
-    anchor_sizes: Sequence[Sequence[float]] | None = None,
-    backbone_kwargs: dict | None = None,
-    **kwargs,
+    **kwargs: Unpack[MaskRCNNKeywords],
 ) -> TwoStageDetector:
+    """Faster / Mask R-CNN on the registered backbone `backbone_name` with an FPN (`fpn_channels`, + P6 by
+    max pooling) on its `in_features`: the RPN on every FPN level (one `anchor_sizes` tuple each), the RoI
+    heads on all but P6.
+
+    `backbone_weights`: ImageNet weights of the backbone; `freeze_at`: stages frozen (default: the
+    stem and first stage when fine-tuning, none from scratch); `norm`: "frozen_bn" (default), "bn", ...;
+    `backbone_kwargs`: more keywords of the backbone builder. `kwargs`: see `build_two_stage` (the
+    mask head's only with `with_mask`).
+    """
     body = build_backbone(
         backbone_name,
         weights=backbone_weights,
@@ -49,7 +73,6 @@ def _fpn_detector(
     )
     backbone = FPN(body, out_channels=fpn_channels, extra_block="maxpool")
     names = list(backbone.feature_specs())
-    anchor_sizes = anchor_sizes or FPN_ANCHOR_SIZES[-len(names) :]
     return build_two_stage(
         backbone,
         num_classes=num_classes,
@@ -61,35 +84,60 @@ def _fpn_detector(
     )
 
 
+register_keywords(FPNDetectorKeywords, build_fpn_detector)
+register_keywords(MaskFPNDetectorKeywords, build_fpn_detector)
+
+
 @register_model("faster_rcnn_r50_fpn")
-def faster_rcnn_r50_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
-    """Faster R-CNN, ResNet-50 + FPN (P2-P6), RoIAlign: torchvision's fasterrcnn_resnet50_fpn layout."""
-    return _fpn_detector("resnet50", num_classes=num_classes, **kwargs)
+def faster_rcnn_r50_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
+    **kwargs: Unpack[FPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Faster R-CNN, ResNet-50 + FPN (P2-P6), RoIAlign: torchvision's fasterrcnn_resnet50_fpn layout.
+
+    Keywords: `build_fpn_detector` (backbone) and `build_two_stage` (the rest)."""
+    return build_fpn_detector("resnet50", num_classes=num_classes, anchor_sizes=anchor_sizes, **kwargs)
 
 
 @register_model("faster_rcnn_r18_fpn")
-def faster_rcnn_r18_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
-    """Faster R-CNN, ResNet-18 + FPN."""
-    return _fpn_detector("resnet18", num_classes=num_classes, **kwargs)
+def faster_rcnn_r18_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
+    **kwargs: Unpack[FPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Faster R-CNN, ResNet-18 + FPN. Keywords: `build_fpn_detector` (backbone) and `build_two_stage`."""
+    return build_fpn_detector("resnet18", num_classes=num_classes, anchor_sizes=anchor_sizes, **kwargs)
 
 
 @register_model("faster_rcnn_mobilenet_v2_fpn")
-def faster_rcnn_mobilenet_v2_fpn(*, num_classes: int, norm: str = "frozen_bn", **kwargs) -> TwoStageDetector:
-    """Faster R-CNN, MobileNetV2 (depthwise-separable) + FPN on strides 8-32 (+ P6)."""
-    return _fpn_detector(
-        "mobilenet_v2",
-        num_classes=num_classes,
-        norm=norm,
-        in_features=("c3", "c4", "c5"),
-        anchor_sizes=((32,), (64,), (128,), (256,)),
-        **kwargs,
+def faster_rcnn_mobilenet_v2_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES_C3,
+    **kwargs: Unpack[FPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Faster R-CNN, MobileNetV2 (depthwise-separable) + FPN on strides 8-32 (+ P6).
+
+    Keywords: `build_fpn_detector` (backbone) and `build_two_stage` (the rest)."""
+    return build_fpn_detector(
+        "mobilenet_v2", num_classes=num_classes, anchor_sizes=anchor_sizes, in_features=("c3", "c4", "c5"), **kwargs
     )
 
 
 @register_model("mask_rcnn_r50_fpn")
-def mask_rcnn_r50_fpn(*, num_classes: int, **kwargs) -> TwoStageDetector:
-    """Mask R-CNN, ResNet-50 + FPN: torchvision's maskrcnn_resnet50_fpn layout."""
-    return _fpn_detector("resnet50", num_classes=num_classes, with_mask=True, **kwargs)
+def mask_rcnn_r50_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
+    **kwargs: Unpack[MaskFPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Mask R-CNN, ResNet-50 + FPN: torchvision's maskrcnn_resnet50_fpn layout.
+
+    Keywords: `build_fpn_detector` (backbone) and `build_two_stage` (the rest)."""
+    return build_fpn_detector("resnet50", num_classes=num_classes, anchor_sizes=anchor_sizes, with_mask=True, **kwargs)
 
 
 @register_model("faster_rcnn_vgg16")
@@ -99,20 +147,38 @@ def faster_rcnn_vgg16(
     backbone_weights: str | None = None,
     freeze_at: int | None = None,
     anchor_sizes: Sequence[Sequence[float]] = ((128, 256, 512),),
+    rpn_pre_nms_top_n_train: int = 2000,
+    rpn_post_nms_top_n_train: int = 2000,
+    rpn_pre_nms_top_n_test: int = 1000,
+    rpn_post_nms_top_n_test: int = 1000,
+    rpn_batch_size_per_image: int = 256,
+    roi_batch_size_per_image: int = 512,
+    box_resolution: int = 7,
     representation_size: int = 4096,
     dropout: float = 0.5,
-    min_size: int | None = 600,
+    min_size: int | Sequence[int] | None = 600,
     max_size: int | None = 1000,
-    **kwargs,
+    **kwargs: Unpack[TwoStageRules],
 ) -> TwoStageDetector:
-    """The Faster R-CNN paper's model: VGG-16 conv5_3 (stride 16), one-level RPN, RoIPool 7x7, fc6/fc7 (dropout 0.5)."""
+    """The Faster R-CNN paper's model: VGG-16 conv5_3 (stride 16), one-level RPN, RoIPool 7x7, fc6/fc7 (dropout 0.5).
+
+    Keywords: `build_two_stage`; `backbone_weights`: ImageNet weights, `freeze_at`: stages frozen
+    (default: conv1-conv2 when fine-tuning, as the paper).
+    """
     freeze_at = default_freeze_at(freeze_at, backbone_weights)  # the paper fine-tunes from conv3_1 on
     backbone = build_backbone("vgg16", weights=backbone_weights, out_features=("c5",), freeze_at=freeze_at)
     return build_two_stage(
         backbone,
         num_classes=num_classes,
         anchor_sizes=anchor_sizes,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        roi_batch_size_per_image=roi_batch_size_per_image,
         pool_type="pool",
+        box_resolution=box_resolution,
         representation_size=representation_size,
         dropout=dropout,
         min_size=min_size,
@@ -121,39 +187,90 @@ def faster_rcnn_vgg16(
     )
 
 
-def _tiny_detector(
-    *, num_classes: int, with_mask: bool, norm: str = "bn", backbone_weights: str | None = None, **kwargs
+class TinyDetectorKeywords(TwoStageKeywords, total=False):
+    """The keywords of `build_tiny_detector` a tiny variant passes on: `TwoStageKeywords`, the backbone's
+    and the anchors."""
+
+    norm: str
+    backbone_weights: str | None
+    anchor_sizes: Sequence[Sequence[float]]
+
+
+class MaskTinyDetectorKeywords(TinyDetectorKeywords, MaskHeadKeywords, total=False):
+    """`TinyDetectorKeywords` and the mask head's: what `mask_rcnn_tiny` passes on."""
+
+
+def build_tiny_detector(
+    *,
+    num_classes: int,
+    with_mask: bool,
+    norm: str = "bn",
+    backbone_weights: str | None = None,
+    anchor_sizes: Sequence[Sequence[float]] = ((16, 32, 64),),
+    rpn_pre_nms_top_n_train: int = 600,
+    rpn_post_nms_top_n_train: int = 300,
+    rpn_pre_nms_top_n_test: int = 300,
+    rpn_post_nms_top_n_test: int = 100,
+    rpn_batch_size_per_image: int = 128,
+    roi_batch_size_per_image: int = 128,
+    pool_type: str = "align",
+    box_resolution: int = 7,
+    representation_size: int = 256,
+    dropout: float = 0.0,
+    mask_resolution: int = 14,
+    mask_conv_dims: Sequence[int] = (128, 128),
+    mask_threshold: float = 0.5,
+    min_size: int | Sequence[int] | None = 128,  # the scale these from-scratch models train at (shapes: 128x128)
+    max_size: int | None = 213,  # 128 * 1333 / 800: the usual 5:3 cap on the longer side
+    **kwargs: Unpack[TwoStageRules],
 ) -> TwoStageDetector:
+    """A from-scratch Faster R-CNN (Mask R-CNN with `with_mask`) that trains on a CPU in minutes: the
+    7-conv `simple_convnet` (c3, stride 8; `norm` "bn"), anchors 16-64 px, fewer proposals and samples,
+    fc6/fc7 of 256, images resized to a shorter side of 128 px (the synthetic shapes images' size).
+
+    Keywords: the sizes here (the mask head's only with `with_mask`); the rest: `build_two_stage`.
+    """
     backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
-    defaults = dict(
-        anchor_sizes=((16, 32, 64),),
-        representation_size=256,
-        min_size=128,  # the scale these from-scratch models are trained at (shapes images are 128x128)
-        max_size=213,  # 128 * 1333 / 800: the usual 5:3 cap on the longer side
-        rpn_pre_nms_top_n_train=600,
-        rpn_post_nms_top_n_train=300,
-        rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_test=100,
-        rpn_batch_size_per_image=128,
-        roi_batch_size_per_image=128,
-        mask_conv_dims=(128, 128),
+    return build_two_stage(
+        backbone,
+        num_classes=num_classes,
+        with_mask=with_mask,
+        anchor_sizes=anchor_sizes,
+        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
+        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        roi_batch_size_per_image=roi_batch_size_per_image,
+        pool_type=pool_type,
+        box_resolution=box_resolution,
+        representation_size=representation_size,
+        dropout=dropout,
+        mask_resolution=mask_resolution,
+        mask_conv_dims=mask_conv_dims,
+        mask_threshold=mask_threshold,
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
     )
-    defaults.update(kwargs)
-    return build_two_stage(backbone, num_classes=num_classes, with_mask=with_mask, **defaults)
+
+
+register_keywords(TinyDetectorKeywords, build_tiny_detector)
+register_keywords(MaskTinyDetectorKeywords, build_tiny_detector)
 
 
 @register_model("faster_rcnn_tiny")
-def faster_rcnn_tiny(*, num_classes: int, **kwargs) -> TwoStageDetector:
+def faster_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[TinyDetectorKeywords]) -> TwoStageDetector:
     """A from-scratch Faster R-CNN that trains on a CPU in minutes (7-conv backbone, stride 8).
 
     Images are resized so the shorter side is 128 px (longer side at most 213; `min_size` /
     `max_size` change it), the size of the synthetic shapes images; anchors 16-64 px. The
-    default model of the synthetic shapes data set.
+    default model of the synthetic shapes data set. Keywords: `build_tiny_detector`.
     """
-    return _tiny_detector(num_classes=num_classes, with_mask=False, **kwargs)
+    return build_tiny_detector(num_classes=num_classes, with_mask=False, **kwargs)
 
 
 @register_model("mask_rcnn_tiny")
-def mask_rcnn_tiny(*, num_classes: int, **kwargs) -> TwoStageDetector:
-    """`faster_rcnn_tiny` with a 2-conv mask head: instance segmentation on a CPU."""
-    return _tiny_detector(num_classes=num_classes, with_mask=True, **kwargs)
+def mask_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[MaskTinyDetectorKeywords]) -> TwoStageDetector:
+    """`faster_rcnn_tiny` with a 2-conv mask head: instance segmentation on a CPU. Keywords: `build_tiny_detector`."""
+    return build_tiny_detector(num_classes=num_classes, with_mask=True, **kwargs)

@@ -234,7 +234,11 @@ def test_cached_proposals_reach_the_detector(tmp_path, shapes_root):
         cache.put(image_id, torch.tensor([[0.0, 0.0, 32.0, 32.0], [10.0, 20.0, 60.0, 90.0]]))
     cache.close()
     module = DetectionModule(
-        model_name="fast_rcnn_tiny", num_classes=3, model_kwargs=FAST, compute_val_loss=True, num_visualize=0
+        model_name="fast_rcnn_tiny",
+        num_classes=3,
+        model_kwargs={"roi_batch_size_per_image": 32},  # no RPN: FAST's proposal counts are refused
+        compute_val_loss=True,
+        num_visualize=0,
     )
     assert module.model.requires_proposals
     seen = []

@@ -9,7 +9,7 @@ from torch import nn
 from detkit.backbones import build_backbone
 from detkit.data.shapes import ShapesConfig, render_shapes_image
 from detkit.models import build_model
-from detkit.models.zoo import build_two_stage
+from detkit.models.builders import build_two_stage
 from detkit.structures import box_iou
 
 

@@ -1,21 +1,10 @@
-"""The detector base (detkit.models.base.Detector) and the part builders of detkit.models.builders."""
+"""The detector base (detkit.models.base.Detector)."""
 
 import pytest
 import torch
 
-from detkit.backbones import build_backbone
-from detkit.models import Detector, build_model
+from detkit.models import Detector
 from detkit.models.base import validate_proposals
-from detkit.models.builders import (
-    build_roi_heads,
-    build_rpn,
-    build_transform,
-    build_two_stage,
-    check_features,
-    default_freeze_at,
-    split_kwargs,
-)
-from detkit.models.fast_rcnn import BackgroundBandMatcher
 from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections
 
@@ -101,68 +90,3 @@ def test_validate_proposals_error_names_an_importable_path():
     from detkit.data.proposals import WithProposals as defined
 
     assert WithProposals is defined
-
-
-def test_builder_helpers():
-    assert default_freeze_at(None, None) == 0 and default_freeze_at(None, "w.pth") == 2
-    assert default_freeze_at(None, "w.pth", 1) == 1 and default_freeze_at(3, None) == 3
-    specs = build_backbone("simple_convnet", out_features=("c2", "c3")).feature_specs()
-    assert check_features(specs, ("c3",)) == ["c3"]
-    with pytest.raises(ValueError, match=r"feature 'c5' is not an output of the backbone; it has \['c2', 'c3'\]"):
-        check_features(specs, ["c3", "c5"])
-
-    def a(x, *, p=1, q=2):
-        return x
-
-    def b(*, q=3, r=4):
-        return None
-
-    assert split_kwargs("f", {"p": 1, "q": 5, "r": 0}, a, b) == [{"p": 1, "q": 5}, {"q": 5, "r": 0}]
-    with pytest.raises(TypeError, match=r"^f\(\) got an unexpected keyword argument 'x'$"):
-        split_kwargs("f", {"x": 1}, a, b)  # positional parameters are not dealt out
-
-
-def test_two_stage_builder_deals_its_keywords_to_the_parts():
-    backbone = build_backbone("simple_convnet", out_features=("c3",))
-    model = build_two_stage(
-        backbone,
-        num_classes=2,
-        anchor_sizes=((16, 32),),
-        box_loss="giou",
-        rpn_cls_loss="focal",
-        rpn_pre_nms_top_n_test=77,
-        box_nms_threshold=0.4,
-        smooth_l1_beta=0.5,
-        min_size=100,
-        size_divisible=8,
-    )
-    assert model.rpn.box_loss_type == "giou" and model.rpn.cls_loss_type == "focal"
-    assert model.roi_heads.box_loss_type == "giou" and model.roi_heads.cls_loss_type == "ce"
-    assert model.rpn.pre_nms_top_n[False] == 77 and model.roi_heads.nms_threshold == 0.4
-    assert model.roi_heads.smooth_l1_beta == 0.5
-    assert model.transform.min_size == 100 and model.transform.size_divisible == 8
-    assert not model.has_masks and not model.requires_proposals
-    with pytest.raises(TypeError, match="build_two_stage\\(\\) got an unexpected keyword argument 'rpn_nms_thresh'"):
-        build_two_stage(backbone, num_classes=2, anchor_sizes=((16,),), rpn_nms_thresh=0.5)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'rpn_nms_thresh'"):
-        build_model("faster_rcnn_tiny", num_classes=2, rpn_nms_thresh=0.5)  # registered builders too
-
-    # the parts on their own
-    rpn = build_rpn(backbone, anchor_sizes=((16, 32),), rpn_nms_threshold=0.6)
-    assert rpn.nms_threshold == 0.6 and rpn.in_features == ["c3"]
-    heads = build_roi_heads(backbone, num_classes=2, with_mask=True, mask_conv_dims=(8,), box_resolution=5)
-    assert heads.has_masks and heads.box_pooler.output_size == 5 and heads.mask_pooler.output_size == 14
-    assert build_transform(min_size=None).min_size is None
-    without_rpn = build_two_stage(backbone, num_classes=2, with_rpn=False)
-    assert without_rpn.rpn is None and without_rpn.requires_proposals
-
-
-def test_fast_rcnn_gives_its_matcher_and_beta_to_the_roi_heads():
-    model = build_model("fast_rcnn_tiny", num_classes=2, roi_bg_iou_low=0.2, smooth_l1_beta=0.25)
-    matcher = model.roi_heads.matcher
-    assert isinstance(matcher, BackgroundBandMatcher) and matcher.bg_iou_low == 0.2
-    assert model.roi_heads.smooth_l1_beta == 0.25
-    # RPN keywords stay accepted (there is no RPN to use them), as before the split
-    assert build_model("fast_rcnn_tiny", num_classes=2, rpn_nms_threshold=0.5).rpn is None
-    with pytest.raises(TypeError, match=r"build_fast_rcnn\(\) got an unexpected keyword argument 'bogus'"):
-        build_model("fast_rcnn_tiny", num_classes=2, bogus=1)
