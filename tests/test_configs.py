@@ -259,7 +259,7 @@ def test_a_model_kwargs_key_the_model_does_not_use_stops_fit_at_the_start(shapes
     assert main(["fit", "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(
-        "detkit fit: error: model_kwargs of faster_rcnn_tiny: model 'faster_rcnn_tiny' takes no keyword "
+        "detkit fit: error: model.model_kwargs: model 'faster_rcnn_tiny' takes no keyword "
         "'mask_conv_dims'; its keywords: norm, backbone_weights, anchor_sizes, "
     )
     assert not (tmp_path / "runs").exists()  # stopped before the trainer wrote anything

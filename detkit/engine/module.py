@@ -290,7 +290,7 @@ class DetectionModule(LightningModule):
                 model_name, num_classes=num_classes, weights=weights, class_names=class_names, **(model_kwargs or {})
             )
         except TypeError as e:  # a misspelt model_kwargs key: one line naming it
-            raise ValueError(f"model_kwargs of {model_name}: {e}") from e
+            raise ValueError(f"model.model_kwargs: {e}") from e
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         has_masks = bool(getattr(self.model, "has_masks", False))  # the model says what it predicts
