@@ -60,7 +60,6 @@ __all__ = [
     "build_rcnn",
     "context_padded_boxes",
     "hard_negative_mask",
-    "validate_proposals",
     "warp_regions",
 ]
 
