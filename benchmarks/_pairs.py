@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from contextlib import nullcontext
 
@@ -17,7 +16,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
 
 from detkit.layers import convert_frozen_batchnorm
-from detkit.models import build_model
+from detkit.models import build_model, configure_kernels
 from detkit.models.weights import load_detector_weights
 
 TORCHVISION_BUILDERS = {"faster_rcnn_r50_fpn": fasterrcnn_resnet50_fpn, "mask_rcnn_r50_fpn": maskrcnn_resnet50_fpn}
@@ -49,24 +48,24 @@ def to_channels_last(*models) -> None:
 
 def make_detkit_plain(model) -> None:
     """detkit without its CPU shortcuts that change float rounding (channels-last batches, frozen
-    BNs folded into the convolutions): the same arithmetic as torchvision, to compare the work."""
+    BNs folded into the convolutions): the same arithmetic as torchvision, to compare the work.
+    Its CPU kernels stay on (the threaded RoIAlign and the strided stem pool give torchvision's
+    forward values)."""
     model.transform.memory_format = "contiguous"
-    os.environ["DETKIT_FOLD_BN"] = "0"
+    configure_kernels(model, fold_bn=False, cpu_kernels=True)
 
 
 @contextlib.contextmanager
 def plain_arithmetic(model):
-    """detkit with torchvision's arithmetic for the block: NCHW batch, frozen BNs not folded."""
-    layout, fold = model.transform.memory_format, os.environ.get("DETKIT_FOLD_BN")
+    """detkit with torchvision's arithmetic for the block: NCHW batch, frozen BNs not folded;
+    afterwards the batch layout as before and the default kernels."""
+    layout = model.transform.memory_format
     make_detkit_plain(model)
     try:
         yield
     finally:
         model.transform.memory_format = layout
-        if fold is None:
-            os.environ.pop("DETKIT_FOLD_BN")
-        else:
-            os.environ["DETKIT_FOLD_BN"] = fold
+        configure_kernels(model)
 
 
 def make_inputs(batch_size: int, height: int, width: int, *, device, with_masks: bool, seed: int = 0):

@@ -8,8 +8,9 @@ needs a value on the host (a size, a scalar) stalls the host until the GPU has c
 Both are counted here on the CPU with a `TorchDispatchMode`, for detkit and torchvision with
 the same weights and inputs, on the code path that runs on CUDA:
 
-- `DETKIT_CPU_KERNELS=0` (set by this script unless `--cpu-kernels`) turns off detkit's
-  CPU-only kernels (the threaded RoIAlign), so RoIAlign is torchvision's op as on a GPU;
+- `configure_kernels(model, cpu_kernels=False)` (unless `--cpu-kernels`) turns off detkit's
+  CPU-only kernels (the threaded RoIAlign, the strided stem pool, channels-last batches), so
+  detkit runs the kernels it runs on a GPU;
 - `torchvision.ops.batched_nms` picks its per-class loop or one offset NMS by the number of
   boxes with a device-dependent threshold; the CUDA threshold is used for both libraries;
 - the SGD step is torch.optim's multi-tensor (foreach) update, its default for CUDA tensors.
@@ -32,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections import Counter
 
@@ -171,6 +171,8 @@ def _summary(counter: DispatchCounter, top: int) -> dict:
 def main(argv=None) -> None:
     from _pairs import TORCHVISION_BUILDERS, build_pair, make_inputs, predict_step, train_step
 
+    from detkit.models import configure_kernels
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     models = sorted(TORCHVISION_BUILDERS)
     parser.add_argument("--model", nargs="+", default=models, choices=models)
@@ -181,22 +183,22 @@ def main(argv=None) -> None:
     parser.add_argument("--top", type=int, default=0, help="also list the N most dispatched ops")
     parser.add_argument("--cpu-kernels", action="store_true", help="keep detkit's CPU-only kernels on")
     args = parser.parse_args(argv)
-    os.environ["DETKIT_CPU_KERNELS"] = "1" if args.cpu_kernels else "0"  # read by detkit at each call
     device = torch.device("cpu")
     size = min(args.height, args.width)
     report = {
         "batch_size": args.batch_size,
         "image_size": [args.height, args.width],
         "torch": torch.__version__,
-        "cpu_kernels": os.environ["DETKIT_CPU_KERNELS"] != "0",
+        "cpu_kernels": args.cpu_kernels,
         "results": [],
     }
     print(
         f"batch {args.batch_size}, {args.height}x{args.width}, fp32, "
-        f"DETKIT_CPU_KERNELS={os.environ['DETKIT_CPU_KERNELS']}; counts of one call after a warm-up call"
+        f"cpu_kernels={args.cpu_kernels}; counts of one call after a warm-up call"
     )
     for name in args.model:
         dk, tv = build_pair(name, min_size=size, max_size=max(args.height, args.width), device=device)
+        configure_kernels(dk, cpu_kernels=args.cpu_kernels)
         images, targets = make_inputs(
             args.batch_size, args.height, args.width, device=device, with_masks=name.startswith("mask")
         )

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from detkit.heads.roi_align_cpu import roi_align, roi_pool
-from detkit.structures.packed import count_per_image
+from detkit.structures.packed import count_values
 
-__all__ = ["RoIPooler", "assign_fpn_levels", "roi_align", "roi_pool"]
+__all__ = ["RoIPooler", "assign_fpn_levels"]
 
 
 def assign_fpn_levels(
@@ -32,6 +32,10 @@ class RoIPooler(nn.Module):
 
     With several features (FPN), each RoI is pooled from the level its size maps to; the
     features must have power-of-two strides.
+
+    `cpu_kernels` (read at each call): RoIAlign on the CPU runs detkit's threaded forward and
+    matrix-product backward (`detkit.heads.roi_align_cpu.roi_align`: the forward bit-identical,
+    the gradient equal up to float summation order); False runs torchvision's kernels, as on CUDA.
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class RoIPooler(nn.Module):
         aligned: bool = False,
         canonical_scale: float = 224.0,
         canonical_level: int = 4,
+        cpu_kernels: bool = True,
     ):
         super().__init__()
         if pool_type not in ("align", "pool"):
@@ -59,13 +64,20 @@ class RoIPooler(nn.Module):
             raise ValueError(f"multi-level pooling needs power-of-two strides, got {strides}")
         self.k_min, self.k_max = int(round(levels[0])), int(round(levels[-1]))
         self.canonical_scale, self.canonical_level = canonical_scale, canonical_level
+        self.cpu_kernels = cpu_kernels
 
     def _pool(self, x: Tensor, rois: Tensor, stride: int) -> Tensor:
         size = (self.output_size, self.output_size)
         if self.pool_type == "pool":
             return roi_pool(x, rois, size, spatial_scale=1.0 / stride)
         return roi_align(
-            x, rois, size, spatial_scale=1.0 / stride, sampling_ratio=self.sampling_ratio, aligned=self.aligned
+            x,
+            rois,
+            size,
+            spatial_scale=1.0 / stride,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+            cpu_kernels=self.cpu_kernels,
         )
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> Tensor:
@@ -87,8 +99,8 @@ class RoIPooler(nn.Module):
         first = feats[0]
         out = first.new_zeros((rois.shape[0], first.shape[1], self.output_size, self.output_size))
         order = torch.argsort(levels, stable=True)
-        counts = count_per_image(levels, len(feats)).tolist()  # one host sync for all levels
-        for x, stride, idx in zip(feats, self.strides, order.split(counts)):
+        rois_per_level = count_values(levels, len(feats)).tolist()  # one host sync for all levels
+        for x, stride, idx in zip(feats, self.strides, order.split(rois_per_level)):
             if idx.numel():
                 out[idx] = self._pool(x, rois[idx], stride).to(out.dtype)
         return out

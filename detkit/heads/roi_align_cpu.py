@@ -32,8 +32,6 @@ from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops import roi_pool as tv_roi_pool
 
-from detkit.utils.cpu_kernels import cpu_kernels_enabled
-
 # elements (RoIs x window rows x window cols x channels) per chunk: bounds the temporaries
 _CHUNK_ELEMENTS = 1 << 23
 # one RoI's window (side^2 x channels) above this, or adaptive grids above this many
@@ -131,18 +129,23 @@ def roi_align(
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
+    *,
+    cpu_kernels: bool = True,
 ) -> Tensor:
     """`torchvision.ops.roi_align` with `rois` Tensor[R, 5] (batch index, x1, y1, x2, y2) or a
     list of per-image Tensor[R_i, 4].
+
+    The one place that picks the kernel: large float calls on the CPU with `cpu_kernels` take
+    the threaded forward and the matrix-product backward described above; everything else
+    (other devices, small calls, TorchScript, torch.compile, `cpu_kernels=False`) is
+    torchvision's op, the kernels CUDA runs.
 
     dtype rule: the output has the dtype of `x`. The RoIs are used in the dtype the op computes
     in: float32 for float16/bfloat16 features (as torchvision's autocast path: the features are
     widened, the result narrowed back), the features' dtype otherwise (float64 features take
     float64 RoIs). Autocast does not change this.
 
-    Same results as torchvision (the gradient up to float summation order). Large float calls
-    on the CPU take the faster paths described above; everything else (GPU, small calls,
-    TorchScript, torch.compile) is torchvision's op.
+    Same results as torchvision (the gradient up to float summation order).
     """
     rois = rois_from_boxes(rois)
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
@@ -153,7 +156,7 @@ def roi_align(
         rois = rois.to(device=x.device, dtype=work)
         if (
             x.device.type != "cpu"
-            or not cpu_kernels_enabled()
+            or not cpu_kernels
             or x.dim() != 4
             or x.dtype not in (torch.float32, torch.float64)
             or rois.shape[0] * x.shape[1] * size[0] * size[1] < _MIN_WORK

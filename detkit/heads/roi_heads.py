@@ -9,7 +9,6 @@ Shape shorthand:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -24,12 +23,9 @@ from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, classific
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder, Matcher
 from detkit.structures import Detections, ImageBatch, PackedTargets, batched_box_iou
-from detkit.structures.containers import avoid_host_syncs
-from detkit.structures.packed import PackedRows, count_per_image, pack_to_padded, resize_boxes, top_k_per_image
+from detkit.structures.packed import PackedRows, count_per_image, pack_to_padded, resize_boxes
 
-# pack_to_padded, select_detections and top_k_per_image moved to detkit.structures.packed and
-# detkit.heads.postprocess; they stay importable from here
-__all__ = ["RoIHeads", "SampledRoIs", "pack_to_padded", "select_detections", "top_k_per_image"]
+__all__ = ["RoIHeads", "SampledRoIs"]
 
 
 @dataclass(kw_only=True)
@@ -139,11 +135,6 @@ class RoIHeads(nn.Module):
         """True when the heads have a mask branch (Mask R-CNN)."""
         return self.mask_head is not None
 
-    @property
-    def has_mask(self) -> bool:
-        """Former name of `has_masks`."""
-        return self.has_masks
-
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def sample_proposals(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> SampledRoIs:
@@ -186,33 +177,20 @@ class RoIHeads(nn.Module):
             loss_cls = class_logits.sum() * 0
         # (R, C*4) -> (R, C, 4), C = K+1 class-specific or 1 class-agnostic
         deltas = box_deltas.view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
-        if avoid_host_syncs(labels) and not uses_decoded_boxes(self.box_loss_type):
-            # every RoI, the negatives contribute 0: no boolean masks (host syncs on a GPU)
-            is_pos = (labels > 0)[:, None]
-            column = labels if deltas.shape[1] > 1 else torch.zeros_like(labels)
-            pred = deltas.gather(1, column[:, None, None].expand(-1, 1, 4))[:, 0].float()  # (R, C, 4) -> (R, 4)
-            target = torch.where(is_pos, sampled.regression_targets.float(), pred.detach())
-            per_coord = box_regression_loss(
-                self.box_loss_type, pred, target, beta=self.smooth_l1_beta, reduction="none"
-            )
-            loss_box = torch.where(is_pos, per_coord, 0.0).sum()
-        else:
-            pos = torch.nonzero(labels > 0).squeeze(1)
-            if deltas.shape[1] > 1:
-                pred = deltas[pos, labels[pos]]
-            else:
-                pred = deltas[pos, 0]
-            target = sampled.regression_targets[pos]
-            if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
-                pred, target = self.box_coder.decode(pred.float(), sampled.boxes[pos]), sampled.matched_boxes[pos]
-            loss_box = box_regression_loss(
-                self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
-            )
+        # index selection of the positives (on a GPU a host sync, as in torchvision)
+        pos = torch.nonzero(labels > 0).squeeze(1)
+        pred = deltas[pos, labels[pos]] if deltas.shape[1] > 1 else deltas[pos, 0]
+        target = sampled.regression_targets[pos]
+        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
+            pred, target = self.box_coder.decode(pred.float(), sampled.boxes[pos]), sampled.matched_boxes[pos]
+        loss_box = box_regression_loss(
+            self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
+        )
         loss_box = loss_box / max(labels.numel(), 1)
         return {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
 
     def mask_loss(
-        self, features: dict[str, Tensor], sampled: SampledRoIs, targets: PackedTargets, images: ImageBatch
+        self, features: dict[str, Tensor], sampled: SampledRoIs, targets: PackedTargets, batch: ImageBatch
     ) -> Tensor:
         pos = torch.nonzero(sampled.labels > 0).squeeze(1)
         if pos.numel() == 0:
@@ -223,7 +201,7 @@ class RoIHeads(nn.Module):
         if targets.masks is None:
             raise ValueError("Mask R-CNN training needs targets[i]['masks'] (uint8 Tensor[K, H, W])")
         # gt masks are in original pixels: map the RoIs back instead of resizing every mask
-        orig_boxes = resize_boxes(rois.boxes, rois.batch_idx, images.image_sizes, images.original_sizes)
+        orig_boxes = resize_boxes(rois.boxes, rois.batch_idx, batch.image_sizes, batch.original_sizes)
         target = mask_targets(targets.masks, orig_boxes, rois.batch_idx, rois.matched_in_image, logits.shape[-1])
         return F.binary_cross_entropy_with_logits(logits.float(), target)
 
@@ -233,7 +211,7 @@ class RoIHeads(nn.Module):
         features: dict[str, Tensor],
         proposals: Tensor,
         batch_idx: Tensor,
-        images: ImageBatch,
+        batch: ImageBatch,
         targets: PackedTargets | None = None,
     ) -> tuple[Detections | None, dict[str, Tensor]]:
         """With targets: (None, losses). Without: (detections in resized-image pixels, {}).
@@ -247,11 +225,11 @@ class RoIHeads(nn.Module):
             class_logits, box_deltas = self.box_predictor(x)
             losses = self.box_loss(class_logits, box_deltas, sampled)
             if self.has_masks:
-                losses["loss_mask"] = self.mask_loss(features, sampled, targets, images)
+                losses["loss_mask"] = self.mask_loss(features, sampled, targets, batch)
             return None, losses
         x = self.box_head(self.box_pooler(features, proposals, batch_idx))
         class_logits, box_deltas = self.box_predictor(x)
-        dets = self.postprocess(class_logits, box_deltas, proposals, batch_idx, images.image_sizes)
+        dets = self.postprocess(class_logits, box_deltas, proposals, batch_idx, batch.image_sizes)
         if self.has_masks:
             dets.mask_probs = self.predict_mask_probs(features, dets)
         return dets, {}
@@ -306,8 +284,3 @@ class RoIHeads(nn.Module):
             paste_masks(mask_probs[idx], boxes[idx], (h, w), threshold=self.mask_threshold)
             for (h, w), idx in zip(sizes, order.split(counts))
         ]
-
-    def paste_masks(self, mask_probs: Tensor, boxes: Tensor, batch_idx: Tensor, original_sizes: Tensor) -> list[Tensor]:
-        """Deprecated name of `paste_detection_masks` (it shadowed the `paste_masks` function)."""
-        warnings.warn("RoIHeads.paste_masks is renamed paste_detection_masks", DeprecationWarning, stacklevel=2)
-        return self.paste_detection_masks(mask_probs, boxes, batch_idx, original_sizes)

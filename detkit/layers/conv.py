@@ -44,9 +44,10 @@ class ConvNormAct(nn.Sequential):
     unless `bias` is set explicitly. Sub-modules are named `conv`, `norm`, `act`; modules
     added after them (e.g. a ResNet stem's `pool`) run last, in order.
 
-    A fixed norm (frozen, or BatchNorm in eval mode) runs folded into the conv when no gradient
-    is needed for their parameters: one convolution instead of three passes, same state dict
-    (see `detkit.layers.fold`).
+    With `fold_bn` (the default; read at each call), a fixed norm (frozen, or BatchNorm in eval
+    mode) runs folded into the conv when no gradient is needed for their parameters: one
+    convolution instead of three passes, same state dict, equal up to float rounding (see
+    `detkit.layers.fold`). `fold_bn=False` keeps conv and norm as two ops.
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class ConvNormAct(nn.Sequential):
         bias: bool | None = None,
         norm: NormSpec = "bn",
         act: str | None = "relu",
+        fold_bn: bool = True,
     ):
         if padding is None:
             padding = same_padding(kernel_size, dilation)
@@ -82,9 +84,10 @@ class ConvNormAct(nn.Sequential):
         self.norm = build_norm(norm, out_channels)
         self.act = build_activation(act)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.fold_bn = fold_bn
 
     def forward(self, x: Tensor) -> Tensor:
-        out = conv_norm_folded(self.conv, self.norm, x)
+        out = conv_norm_folded(self.conv, self.norm, x) if self.fold_bn else None
         if out is None:
             out = self.norm(self.conv(x))
         for name, module in self._modules.items():

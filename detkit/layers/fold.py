@@ -16,8 +16,10 @@ ResNet-50 in float32) and is dropped with the module.
 Folding is used only where it gives the same function:
 - no gradient is needed for the convolution's or the norm's parameters (inference, or frozen
   stages during training; a trainable layer keeps the two ops and its exact gradients);
-- eager mode (tracing, ONNX export, TorchScript and `torch.compile` see the two plain ops);
-- `DETKIT_FOLD_BN` is not "0" (the switch, read at each call).
+- eager mode (tracing, ONNX export, TorchScript and `torch.compile` see the two plain ops).
+
+The layer that folds (`ConvNormAct`) has the option `fold_bn` (default True; False keeps the
+two ops); `detkit.models.configure_kernels` sets it across a model.
 
 The results equal the unfolded layers up to float rounding: the products `W * s` are rounded
 once instead of the convolution's output being scaled. Through a ResNet-50-FPN detector with
@@ -27,7 +29,6 @@ memory format moves torchvision's own scores.
 
 from __future__ import annotations
 
-import os
 import weakref
 
 import torch
@@ -35,17 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from detkit.utils.cpu_kernels import eager_mode
+from detkit.utils.eager import eager_mode
 
-__all__ = ["conv_norm_folded", "fold_bn_enabled", "folded_conv_parameters"]
+__all__ = ["conv_norm_folded", "folded_conv_parameters"]
 
 # conv -> (what the fold was made from, folded weight, folded bias); weak on the conv: dropped with it
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def fold_bn_enabled() -> bool:
-    """False when the environment sets DETKIT_FOLD_BN=0 (read at each call)."""
-    return os.environ.get("DETKIT_FOLD_BN", "1") != "0"
 
 
 def _norm_statistics(norm: nn.Module) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor, float] | None:
@@ -116,7 +112,6 @@ def conv_norm_folded(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor | No
         type(conv) is not nn.Conv2d
         or conv.padding_mode != "zeros"
         or not eager_mode()
-        or not fold_bn_enabled()
         or _norm_statistics(norm) is None
     ):
         return None

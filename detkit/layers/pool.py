@@ -12,7 +12,8 @@ strided maxima do not keep max_pool2d's first-in-window rule for ties; a convolu
 it gives the same values). Used only for inference: torch.maximum's backward splits the
 gradient of ties between the tied inputs while max_pool2d's sends it to one, so calls that need
 a gradient keep F.max_pool2d, as do channels-last inputs (aten's channels-last kernel is
-already fast), other devices, tracing and compiling, and `DETKIT_CPU_KERNELS=0`.
+already fast), other devices, tracing and compiling, and `cpu_kernels=False` (the option of
+`MaxPool2d` and `max_pool2d_3x3s2`: aten's kernel, the one CUDA runs).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detkit.utils.cpu_kernels import cpu_kernels_enabled, eager_mode
+from detkit.utils.eager import eager_mode
 
 # aten runs an elementwise op on one thread below this many elements (at::internal::GRAIN_SIZE)
 _PARALLEL_GRAIN = 32768
@@ -79,9 +80,10 @@ def _strided_max_pool_in_chunks(x: Tensor) -> Tensor:
     return out.view(*x.shape[:-2], *out.shape[1:])
 
 
-def max_pool2d_3x3s2(x: Tensor) -> Tensor:
-    """F.max_pool2d(x, 3, stride=2, padding=1); on contiguous CPU float input that needs no
-    gradient (and with CPU kernels enabled) computed as strided maxima, several times faster."""
+def max_pool2d_3x3s2(x: Tensor, *, cpu_kernels: bool = True) -> Tensor:
+    """F.max_pool2d(x, 3, stride=2, padding=1); with `cpu_kernels`, on contiguous CPU float input
+    that needs no gradient, computed as strided maxima, several times faster (the one place that
+    picks the kernel)."""
     if (
         eager_mode()
         and x.device.type == "cpu"
@@ -90,7 +92,7 @@ def max_pool2d_3x3s2(x: Tensor) -> Tensor:
         and x.numel() > 0
         and x.is_contiguous()
         and not (x.requires_grad and torch.is_grad_enabled())
-        and cpu_kernels_enabled()
+        and cpu_kernels
     ):
         plane_work = (x.shape[-2] + 1) // 2 * x.shape[-1]  # elements of one plane's row pass
         if 1 < torch.get_num_threads() <= _MAX_INLINE_THREADS and plane_work <= _PARALLEL_GRAIN:
@@ -101,7 +103,25 @@ def max_pool2d_3x3s2(x: Tensor) -> Tensor:
 
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d (same arguments, no parameters, same state_dict) that runs
-    :func:`max_pool2d_3x3s2` for kernel 3, stride 2, padding 1, dilation 1, floor mode."""
+    :func:`max_pool2d_3x3s2` for kernel 3, stride 2, padding 1, dilation 1, floor mode.
+
+    `cpu_kernels` (read at each call) is passed to :func:`max_pool2d_3x3s2`: False keeps aten's
+    kernel on the CPU too.
+    """
+
+    def __init__(
+        self,
+        kernel_size,
+        stride=None,
+        padding=0,
+        dilation=1,
+        return_indices: bool = False,
+        ceil_mode: bool = False,
+        *,
+        cpu_kernels: bool = True,
+    ):
+        super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
+        self.cpu_kernels = cpu_kernels
 
     def forward(self, x: Tensor) -> Tensor:
         if (
@@ -112,7 +132,7 @@ class MaxPool2d(nn.MaxPool2d):
             and _pair(self.padding) == (1, 1)
             and _pair(self.dilation) == (1, 1)
         ):
-            return max_pool2d_3x3s2(x)
+            return max_pool2d_3x3s2(x, cpu_kernels=self.cpu_kernels)
         return super().forward(x)
 
 

@@ -7,6 +7,7 @@ from detkit.models import zoo as _zoo  # noqa: F401
 from detkit.models.base import Detector
 from detkit.models.coco_names import COCO_CATEGORY_NAMES
 from detkit.models.fast_rcnn import FastRCNN
+from detkit.models.kernels import configure_kernels
 from detkit.models.rcnn import RCNN
 from detkit.models.registry import (
     build_model,
@@ -26,6 +27,7 @@ __all__ = [
     "FastRCNN",
     "RCNN",
     "build_model",
+    "configure_kernels",
     "list_models",
     "model_keywords",
     "register_keywords",

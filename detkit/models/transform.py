@@ -18,11 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detkit.structures import ImageBatch, pad_images
-from detkit.structures.packed import resize_boxes, scale_factors
-from detkit.utils.cpu_kernels import cpu_kernels_enabled, eager_mode
+from detkit.utils.eager import eager_mode
 
-# resize_boxes and scale_factors moved to detkit.structures.packed; they stay importable from here
-__all__ = ["DetectionTransform", "resize_boxes", "resized_size", "scale_factors", "validate_images"]
+__all__ = ["DetectionTransform", "resized_size", "validate_images"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,8 +84,8 @@ class DetectionTransform(nn.Module):
     predict by ~10% at 320x320 and ~30% at 800x1216, a training step by ~30% at 320x320
     (benchmarks/bench_infer.py, bench_train.py). On GPUs
     it was not measured here, so "auto" leaves them NCHW. "auto" also stays NCHW while tracing,
-    exporting or compiling, and with `DETKIT_CPU_KERNELS=0` (the CUDA code path on a CPU).
-    Values are the same up to float rounding (oneDNN picks other kernels for NHWC).
+    exporting or compiling, and with `cpu_kernels=False` (read at each call: the layout CUDA
+    gets, on a CPU). Values are the same up to float rounding (oneDNN picks other kernels for NHWC).
     """
 
     def __init__(
@@ -99,12 +97,13 @@ class DetectionTransform(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         size_divisible: int = 32,
         memory_format: str = "auto",
+        cpu_kernels: bool = True,
     ):
         super().__init__()
         if memory_format not in MEMORY_FORMATS:
             raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
         self.min_size, self.max_size, self.size_divisible = min_size, max_size, size_divisible
-        self.memory_format = memory_format
+        self.memory_format, self.cpu_kernels = memory_format, cpu_kernels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -135,8 +134,9 @@ class DetectionTransform(nn.Module):
         return ImageBatch(tensor=tensor, image_sizes=sizes[0], original_sizes=sizes[1])
 
     def _channels_last(self, tensor: Tensor) -> bool:
+        """Whether the batch `tensor` becomes channels-last: the one place that picks the layout."""
         if self.memory_format == "auto":
-            return tensor.device.type == "cpu" and eager_mode() and cpu_kernels_enabled()
+            return tensor.device.type == "cpu" and eager_mode() and self.cpu_kernels
         return self.memory_format == "channels_last"
 
     def _min_sizes(self, n: int) -> list[int | None]:

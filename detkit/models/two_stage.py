@@ -9,12 +9,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from detkit.heads.roi_heads import RoIHeads
-from detkit.models.base import Detector, evaluation_mode, prepare_inputs, targets_required
+from detkit.models.base import Detector
 from detkit.models.transform import DetectionTransform
 from detkit.proposals.rpn import RPN
 from detkit.structures import Detections, ImageBatch, PackedTargets
 
-__all__ = ["TwoStageDetector", "evaluation_mode", "prepare_inputs", "targets_required"]
+__all__ = ["TwoStageDetector"]
 
 
 class TwoStageDetector(Detector):

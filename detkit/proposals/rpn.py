@@ -12,7 +12,6 @@ all images with (image, level) groups.
 
 from __future__ import annotations
 
-import warnings
 from typing import Sequence
 
 import torch
@@ -23,11 +22,9 @@ from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, objectnes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import AnchorGenerator, BalancedSampler, BoxCoder, Matcher
 from detkit.structures import ImageBatch, PackedTargets, batched_box_iou, clip_boxes, remove_small_boxes
-from detkit.structures.containers import avoid_host_syncs
 from detkit.structures.packed import take_rows, top_k_per_image
 
-# top_k_per_image moved to detkit.structures.packed; it stays importable from here
-__all__ = ["RPN", "RPNHead", "top_k_per_image"]
+__all__ = ["RPN", "RPNHead"]
 
 
 class RPNHead(nn.Module):
@@ -84,12 +81,9 @@ class RPN(nn.Module):
         nms_threshold: IoU of the per-(image, level) NMS.
         score_threshold: proposals need an objectness probability at or above this.
         min_box_size: proposals with a side under this many pixels (resized image) are dropped.
-            Its old name `min_size` is still accepted, with a DeprecationWarning.
         smooth_l1_beta: beta of the smooth L1 box loss.
         box_loss: box loss name ("smooth_l1" / "l1" / "giou" / "diou" / "ciou").
         cls_loss: objectness loss name ("ce" / "focal").
-        strides: deprecated and unused (the anchor generator holds the strides); accepted
-            with a DeprecationWarning.
     """
 
     def __init__(
@@ -112,16 +106,8 @@ class RPN(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
         box_loss: str = "smooth_l1",
         cls_loss: str = "ce",
-        min_size: float | None = None,
-        strides: Sequence[int] | None = None,
     ):
         super().__init__()
-        if min_size is not None:
-            warnings.warn("RPN(min_size=...) is renamed min_box_size", DeprecationWarning, stacklevel=2)
-            min_box_size = min_size
-        if strides is not None:
-            message = "RPN(strides=...) is unused and deprecated: the anchor generator holds the strides"
-            warnings.warn(message, DeprecationWarning, stacklevel=2)
         self.head = head
         self.anchor_generator = anchor_generator
         self.in_features = list(in_features)
@@ -136,35 +122,24 @@ class RPN(nn.Module):
         self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
         self.cls_loss_type = check_loss_name(cls_loss, CLS_LOSSES, "cls_loss")
 
-    @property
-    def min_size(self) -> float:
-        """Deprecated name of `min_box_size` (the attribute, as the keyword)."""
-        warnings.warn("RPN.min_size is renamed min_box_size", DeprecationWarning, stacklevel=2)
-        return self.min_box_size
-
-    @min_size.setter
-    def min_size(self, value: float) -> None:
-        warnings.warn("RPN.min_size is renamed min_box_size", DeprecationWarning, stacklevel=2)
-        self.min_box_size = value
-
     def forward(
-        self, features: dict[str, Tensor], images: ImageBatch, targets: PackedTargets | None = None
+        self, features: dict[str, Tensor], batch: ImageBatch, targets: PackedTargets | None = None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Return (proposals Tensor[R, 4], proposal batch_idx Tensor[R], losses).
+        """Return (proposals Tensor[R, 4] in the batch's pixels, proposal batch_idx Tensor[R], losses).
 
         Losses are computed when `targets` is given (training or validation loss).
         """
         feats = [features[name] for name in self.in_features]
         logits, deltas, counts = self.head(feats)
         anchor_levels = self.anchor_generator(
-            [f.shape[-2:] for f in feats], device=logits.device, image_size=images.padded_size
+            [f.shape[-2:] for f in feats], device=logits.device, image_size=batch.padded_size
         )
         anchors = torch.cat(anchor_levels)  # [A, 4]
         # proposals are detached: the RoI heads take them as fixed boxes (approximate joint
         # training, as in Faster R-CNN and torchvision); the RPN learns only from its own loss
         # below, and top-k / NMS have no useful gradient anyway
         proposals = self.box_coder.decode(deltas.detach(), anchors.expand(deltas.shape[0], -1, -1))  # [N, A, 4]
-        boxes, batch_idx = self.filter_proposals(proposals, logits.detach(), counts, images.image_sizes)
+        boxes, batch_idx = self.filter_proposals(proposals, logits.detach(), counts, batch.image_sizes)
         losses = {}
         if targets is not None:
             losses = self.loss(logits, deltas, anchors, targets)
@@ -219,27 +194,20 @@ class RPN(nn.Module):
             matched = gt_boxes.gather(1, matched_idx[..., None].expand(-1, -1, 4))  # [N, A, 4]
         sampled = pos | neg
         num_sampled = sampled.sum().clamp(min=1)
-        anchors = anchors.expand(n, -1, -1)
-        if avoid_host_syncs(logits) and not uses_decoded_boxes(self.box_loss_type):
-            # every anchor, the unsampled ones contribute 0: no boolean masks (host syncs on a GPU)
-            with torch.no_grad():
-                target = self.box_coder.encode(torch.where(pos[..., None], matched, anchors), anchors)
-            per_anchor = objectness_loss(self.cls_loss_type, logits.float(), pos.float(), reduction="none")
-            objectness = torch.where(sampled, per_anchor, 0.0).sum()
-            per_coord = box_regression_loss(
-                self.box_loss_type, deltas.float(), target, beta=self.smooth_l1_beta, reduction="none"
-            )
-            box = torch.where(pos[..., None], per_coord, 0.0).sum()
+        # the sampled anchors and the positives by index (N*A rows): two host syncs on a GPU
+        sampled_idx = torch.nonzero(sampled.flatten()).squeeze(1)
+        pos_idx = torch.nonzero(pos.flatten()).squeeze(1)
+        objectness = objectness_loss(
+            self.cls_loss_type,
+            logits.flatten()[sampled_idx].float(),
+            pos.flatten()[sampled_idx].float(),
+            reduction="sum",
+        )
+        pos_deltas, pos_matched = take_rows(pos_idx, deltas.flatten(0, 1), matched.flatten(0, 1))
+        pos_anchors = anchors[pos_idx % anchors.shape[0]]  # the same anchors in every image
+        if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the anchors
+            pred, target = self.box_coder.decode(pos_deltas.float(), pos_anchors), pos_matched
         else:
-            objectness = objectness_loss(
-                self.cls_loss_type, logits[sampled].float(), pos[sampled].float(), reduction="sum"
-            )
-            pos_anchors = anchors[pos]
-            if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the anchors
-                pred, target = self.box_coder.decode(deltas[pos].float(), pos_anchors), matched[pos]
-            else:
-                pred, target = deltas[pos].float(), self.box_coder.encode(matched[pos], pos_anchors)
-            box = box_regression_loss(
-                self.box_loss_type, pred, target.float(), beta=self.smooth_l1_beta, reduction="sum"
-            )
+            pred, target = pos_deltas.float(), self.box_coder.encode(pos_matched, pos_anchors)
+        box = box_regression_loss(self.box_loss_type, pred, target.float(), beta=self.smooth_l1_beta, reduction="sum")
         return {"loss_rpn_objectness": objectness / num_sampled, "loss_rpn_box": box / num_sampled}

@@ -25,9 +25,8 @@ import torch
 from torch import Tensor
 
 from detkit.structures.packed import PackedRows, count_per_image, position_in_image
-from detkit.utils.cpu_kernels import cpu_kernels_enabled
 
-__all__ = ["Detections", "ImageBatch", "PackedTargets", "avoid_host_syncs", "count_per_image", "pad_images"]
+__all__ = ["Detections", "ImageBatch", "PackedTargets", "pad_images"]
 
 
 def _move(x, device, non_blocking: bool):
@@ -36,13 +35,6 @@ def _move(x, device, non_blocking: bool):
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=non_blocking)
     return [t.to(device, non_blocking=non_blocking) for t in x]
-
-
-def avoid_host_syncs(x: Tensor) -> bool:
-    """Whether code on `x` should prefer fixed-shape ops to data-dependent ones (boolean masks):
-    on a GPU each of those waits for the device; on the CPU they wait for nothing and select
-    less, so the CPU keeps them unless DETKIT_CPU_KERNELS=0 (to run the GPU's code on a CPU)."""
-    return x.device.type != "cpu" or not cpu_kernels_enabled()
 
 
 def pad_images(images: Sequence[Tensor], *, size_divisible: int = 1, pad_value: float = 0.0) -> Tensor:
@@ -132,8 +124,12 @@ class ImageBatch:
 
 
 @dataclass(kw_only=True)
-class PackedTargets:
+class PackedTargets(PackedRows):
     """Ground truth of a batch, packed along one dimension.
+
+    `targets[index]` applies one row index to boxes, labels and batch_idx (see
+    `detkit.structures.packed.PackedRows`; targets with masks cannot be indexed by row);
+    `targets.clip(sizes)` / `targets.resize(a, b)` clip or rescale the boxes.
 
     Attributes:
         boxes: `Tensor[G, 4]` float32 XYXY in resized-image pixels.
@@ -146,6 +142,9 @@ class PackedTargets:
         max_per_image: the largest number of boxes of one image when known on the host (set by
             `from_list`), so that `padded()` needs no host sync; None to count it.
     """
+
+    row_fields: ClassVar[tuple[str, ...]] = ("boxes", "labels", "batch_idx")
+    image_fields: ClassVar[tuple[str, ...]] = ("masks",)
 
     boxes: Tensor
     labels: Tensor
@@ -165,6 +164,10 @@ class PackedTargets:
             )
         if self.masks is not None and len(self.masks) != self.num_images:
             raise ValueError(f"PackedTargets.masks must hold {self.num_images} tensors, got {len(self.masks)}")
+
+    def __getitem__(self, index) -> PackedTargets:
+        # a row index may change every image's count: `padded()` counts again
+        return dataclasses.replace(super().__getitem__(index), max_per_image=None)
 
     @property
     def device(self) -> torch.device:
@@ -320,6 +323,7 @@ class Detections(PackedRows):
     """
 
     row_fields: ClassVar[tuple[str, ...]] = ("boxes", "scores", "labels", "batch_idx", "mask_probs")
+    image_fields: ClassVar[tuple[str, ...]] = ("masks",)
 
     boxes: Tensor
     scores: Tensor
@@ -344,11 +348,6 @@ class Detections(PackedRows):
             )
         if self.masks is not None and len(self.masks) != self.num_images:
             raise ValueError(f"Detections.masks list must hold {self.num_images} tensors, got {len(self.masks)}")
-
-    def __getitem__(self, index) -> Detections:
-        if self.masks is not None:
-            raise ValueError("Detections with per-image masks cannot be indexed by row: index before pasting masks")
-        return super().__getitem__(index)
 
     def to(self, device, non_blocking: bool = False) -> Detections:
         return dataclasses.replace(

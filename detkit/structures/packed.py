@@ -26,6 +26,7 @@ from detkit.structures.boxes import clip_boxes, hw_to_whwh
 __all__ = [
     "PackedRows",
     "count_per_image",
+    "count_values",
     "image_starts",
     "pack_to_padded",
     "position_in_image",
@@ -36,10 +37,16 @@ __all__ = [
 ]
 
 
+def count_values(values: Tensor, num_values: int) -> Tensor:
+    """How many entries of `values` (integers in 0..num_values-1) equal each of 0..num_values-1:
+    `Tensor[num_values]` int64, without a host sync (`torch.bincount` reads its maximum on the
+    host on CUDA)."""
+    return (values == torch.arange(num_values, device=values.device)[:, None]).sum(1)
+
+
 def count_per_image(batch_idx: Tensor, num_images: int) -> Tensor:
-    """Rows per image `Tensor[N]` int64 of `batch_idx` values in 0..N-1, without a host sync
-    (`torch.bincount` reads its maximum on the host on CUDA)."""
-    return (batch_idx == torch.arange(num_images, device=batch_idx.device)[:, None]).sum(1)
+    """Rows per image `Tensor[N]` int64 of `batch_idx` values in 0..N-1, without a host sync."""
+    return count_values(batch_idx, num_images)
 
 
 def image_starts(counts: Tensor) -> Tensor:
@@ -138,13 +145,21 @@ class PackedRows:
 
     `container[index]` applies one index (integer `Tensor`, bool `Tensor` or slice) to every
     row field that is set, like detectron2's `Instances.__getitem__`, so parallel tensors can
-    not drift apart. The other fields are copied as they are. Subclasses name their box field
-    `boxes` and their image-index field `batch_idx`.
+    not drift apart. The other fields are copied as they are, except the per-image fields named
+    in `image_fields` (e.g. per-image masks, whose rows a row index cannot follow): indexing a
+    container with one of them set is a ValueError. Subclasses name their box field `boxes` and
+    their image-index field `batch_idx`.
     """
 
     row_fields: ClassVar[tuple[str, ...]] = ()
+    image_fields: ClassVar[tuple[str, ...]] = ()
 
     def __getitem__(self: Packed, index) -> Packed:
+        for name in self.image_fields:
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"{type(self).__name__} with per-image {name} cannot be indexed by row: index before setting {name}"
+                )
         rows = {name: getattr(self, name) for name in self.row_fields}
         return dataclasses.replace(self, **{name: v[index] for name, v in rows.items() if v is not None})
 

@@ -10,6 +10,7 @@ from torchvision.ops import roi_pool as tv_roi_pool
 
 from detkit.heads import RoIPooler, assign_fpn_levels, roi_align_cpu
 from detkit.heads.roi_align_cpu import roi_align, roi_align_backward_cpu, roi_pool
+from detkit.models import configure_kernels
 
 
 def _rois(num, batch, size, seed=0):
@@ -49,6 +50,30 @@ def test_cpu_roi_align_matches_torchvision(threads2, aligned, sampling_ratio, ch
     assert out.grad_fn is not None and "CPURoIAlign" in type(out.grad_fn).__name__
     assert torch.equal(out, ref)  # forward: the same kernel on channel slices
     torch.testing.assert_close(out_grad, ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_cpu_kernels_option_picks_torchvision_kernel_in_function_pooler_and_model(threads2):
+    """`cpu_kernels=False` runs torchvision's kernels (those CUDA runs) on the same inputs; the
+    threaded forward gives the same values, its backward the same up to summation order."""
+    x = torch.randn(2, 64, 24, 32, requires_grad=True)
+    rois = _rois(600, 2, 120)
+    grad = torch.randn(600, 64, 7, 7)
+    ref = tv_roi_align(x, rois, (7, 7), 0.25, 2, False)
+    (ref_grad,) = torch.autograd.grad(ref, x, grad)
+    plain = roi_align(x, rois, 7, 0.25, 2, cpu_kernels=False)
+    assert "CPURoIAlign" not in type(plain.grad_fn).__name__
+    assert torch.equal(plain, ref) and torch.equal(torch.autograd.grad(plain, x, grad)[0], ref_grad)
+
+    pooler = RoIPooler(["p2"], [4], sampling_ratio=2)
+    assert pooler.cpu_kernels is True
+    fast = pooler({"p2": x}, rois[:, 1:], rois[:, 0].long())
+    assert "CPURoIAlign" in type(fast.grad_fn).__name__ and torch.equal(fast, ref)
+    (fast_grad,) = torch.autograd.grad(fast, x, grad)
+    torch.testing.assert_close(fast_grad, ref_grad, rtol=1e-5, atol=1e-5 * ref_grad.abs().max().item())
+    configure_kernels(pooler, cpu_kernels=False)
+    plain = pooler({"p2": x}, rois[:, 1:], rois[:, 0].long())
+    assert "CPURoIAlign" not in type(plain.grad_fn).__name__ and torch.equal(plain, ref)
+    assert torch.equal(torch.autograd.grad(plain, x, grad)[0], ref_grad)
 
 
 def test_cpu_roi_align_gradcheck(threads2, monkeypatch):

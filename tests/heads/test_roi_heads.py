@@ -1,6 +1,5 @@
 """RoIHeads: proposal sampling into SampledRoIs, and the mask pasting method, on hand-checked cases."""
 
-import pytest
 import torch
 
 from detkit.heads.roi_heads import SampledRoIs
@@ -41,7 +40,7 @@ def test_sample_proposals_labels_matches_and_encodes_the_whole_batch():
     torch.testing.assert_close(pos.regression_targets[2], expected)
 
 
-def test_paste_detection_masks_and_its_deprecated_old_name():
+def test_paste_detection_masks():
     heads = build_model("mask_rcnn_tiny", num_classes=3).roi_heads
     probs = torch.zeros(3, 4, 4)
     probs[:, 1:3, 1:3] = 1.0
@@ -51,6 +50,5 @@ def test_paste_detection_masks_and_its_deprecated_old_name():
     masks = heads.paste_detection_masks(probs, boxes, batch_idx, sizes)
     assert [tuple(m.shape) for m in masks] == [(1, 12, 16), (2, 10, 10)] and masks[0].dtype == torch.uint8
     assert masks[0][0, 6, 6] == 1 and masks[0][0, 0, 0] == 0 and masks[1][0, 4, 4] == 1
-    with pytest.warns(DeprecationWarning, match="paste_detection_masks"):
-        old = heads.paste_masks(probs, boxes, batch_idx, sizes)
-    assert all(torch.equal(a, b) for a, b in zip(old, masks))
+    assert heads.has_masks
+    assert not hasattr(heads, "paste_masks") and not hasattr(heads, "has_mask")  # the former names

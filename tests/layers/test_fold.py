@@ -11,6 +11,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detkit.layers import ConvNormAct
 from detkit.layers.fold import conv_norm_folded, folded_conv_parameters
+from detkit.models import configure_kernels
 
 
 def randomise_norm(norm: nn.Module, seed: int = 0) -> nn.Module:
@@ -34,10 +35,13 @@ def block(norm="frozen_bn", seed=0, **kwargs) -> ConvNormAct:
     return module.eval()
 
 
-def unfolded(module: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
-    with monkeypatch.context() as m:
-        m.setenv("DETKIT_FOLD_BN", "0")
+def unfolded(module: ConvNormAct, x: torch.Tensor) -> torch.Tensor:
+    """The module's output with `fold_bn=False` (conv and norm as two ops)."""
+    module.fold_bn = False
+    try:
         return module(x)
+    finally:
+        module.fold_bn = True
 
 
 @pytest.mark.parametrize(
@@ -50,12 +54,12 @@ def unfolded(module: nn.Module, x: torch.Tensor, monkeypatch) -> torch.Tensor:
         {"kernel_size": 7, "stride": 2, "in_channels": 3},
     ],
 )
-def test_folded_equals_conv_then_norm(kwargs, monkeypatch):
+def test_folded_equals_conv_then_norm(kwargs):
     module = block(**kwargs)
     x = torch.randn(2, module.in_channels, 23, 37)
     with torch.no_grad():
         assert conv_norm_folded(module.conv, module.norm, x) is not None
-        got, want = module(x), unfolded(module, x, monkeypatch)
+        got, want = module(x), unfolded(module, x)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -69,12 +73,12 @@ def test_folded_parameters_in_float64_match_the_definition():
     assert weight.dtype == torch.float64 and not weight.requires_grad
 
 
-def test_eval_batchnorm_folds_training_batchnorm_does_not(monkeypatch):
+def test_eval_batchnorm_folds_training_batchnorm_does_not():
     module = block(norm="bn")
     x = torch.randn(2, 8, 16, 16)
     with torch.no_grad():
         assert conv_norm_folded(module.conv, module.norm, x) is not None
-        torch.testing.assert_close(module(x), unfolded(module, x, monkeypatch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module(x), unfolded(module, x), rtol=1e-5, atol=1e-5)
         module.train()
         assert conv_norm_folded(module.conv, module.norm, x) is None
         before = module.norm.running_mean.clone()
@@ -98,22 +102,22 @@ def test_state_dict_is_unchanged_by_folding():
     assert all(not name.startswith("_") for name in keys)
 
 
-def test_cache_follows_weight_updates(monkeypatch):
+def test_cache_follows_weight_updates():
     """An in-place write, a state dict load, a replaced tensor and a dtype change all fold again."""
     module = block()
     x = torch.randn(1, 8, 12, 12)
     with torch.no_grad():
         module(x)
         module.conv.weight.mul_(-2)  # in place (optimizer steps, copy_)
-        torch.testing.assert_close(module(x), unfolded(module, x, monkeypatch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module(x), unfolded(module, x), rtol=1e-5, atol=1e-5)
         module.load_state_dict(block(seed=1).state_dict())
-        torch.testing.assert_close(module(x), unfolded(module, x, monkeypatch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module(x), unfolded(module, x), rtol=1e-5, atol=1e-5)
         module.norm.running_var = module.norm.running_var * 4  # a new tensor object
-        torch.testing.assert_close(module(x), unfolded(module, x, monkeypatch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module(x), unfolded(module, x), rtol=1e-5, atol=1e-5)
         module.double()
         out = module(x.double())
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, unfolded(module, x.double(), monkeypatch))
+    torch.testing.assert_close(out, unfolded(module, x.double()))
 
 
 def test_trainable_layers_keep_exact_gradients():
@@ -128,7 +132,7 @@ def test_trainable_layers_keep_exact_gradients():
     assert torch.equal(module.conv.weight.grad, reference.conv.weight.grad)
 
 
-def test_frozen_layers_fold_and_pass_gradients_to_the_input(monkeypatch):
+def test_frozen_layers_fold_and_pass_gradients_to_the_input():
     """Frozen conv + frozen BN in training (a frozen ResNet stage): folded, input gradient kept."""
     module = block()
     module.conv.weight.requires_grad_(False)
@@ -136,7 +140,7 @@ def test_frozen_layers_fold_and_pass_gradients_to_the_input(monkeypatch):
     assert conv_norm_folded(module.conv, module.norm, x) is not None
     (grad,) = torch.autograd.grad(module(x).sum(), x)
     x_ref = x.detach().requires_grad_()
-    (want,) = torch.autograd.grad(unfolded(module, x_ref, monkeypatch).sum(), x_ref)
+    (want,) = torch.autograd.grad(unfolded(module, x_ref).sum(), x_ref)
     torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-5)
 
 
@@ -164,7 +168,7 @@ def test_tracing_records_the_plain_ops():
         torch.testing.assert_close(traced(x), module(x), rtol=1e-5, atol=1e-5)
 
 
-def test_frozen_batchnorm_of_torchvision_folds_too(monkeypatch):
+def test_frozen_batchnorm_of_torchvision_folds_too():
     module = block()
     frozen = FrozenBatchNorm2d(16)
     for name in ("weight", "bias", "running_mean", "running_var"):
@@ -173,4 +177,19 @@ def test_frozen_batchnorm_of_torchvision_folds_too(monkeypatch):
     x = torch.randn(1, 8, 9, 9)
     with torch.no_grad():
         assert conv_norm_folded(module.conv, module.norm, x) is not None
-        torch.testing.assert_close(module(x), unfolded(module, x, monkeypatch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(module(x), unfolded(module, x), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_bn_false_runs_conv_then_norm_bit_for_bit():
+    x = torch.randn(2, 8, 23, 37)
+    folding, plain = block(), block(fold_bn=False)
+    plain.load_state_dict(folding.state_dict())
+    with torch.no_grad():
+        want = plain.act(plain.norm(plain.conv(x)))
+        assert torch.equal(plain(x), want)
+        assert not torch.equal(folding(x), want)  # the folded weights round differently
+        torch.testing.assert_close(folding(x), want, rtol=1e-5, atol=1e-5)
+        configure_kernels(folding, fold_bn=False)
+        assert folding.fold_bn is False and torch.equal(folding(x), want)
+        configure_kernels(folding)
+        assert folding.fold_bn is True and not torch.equal(folding(x), want)

@@ -7,6 +7,7 @@ from torch import nn
 
 from detkit.layers import MaxPool2d, max_pool2d_3x3s2, strided_max_pool_3x3s2
 from detkit.layers import pool as pool_module
+from detkit.models import configure_kernels
 
 SHAPES = [(1, 64, 400, 608), (2, 3, 7, 9), (1, 1, 1, 1), (1, 8, 2, 3), (1, 2, 5, 1), (1, 4, 1, 6), (3, 6, 10)]
 
@@ -77,9 +78,23 @@ def test_fast_path_only_without_gradient_and_with_cpu_kernels(monkeypatch, threa
     assert len(calls) == 2
     max_pool2d_3x3s2(x.contiguous(memory_format=torch.channels_last))  # aten's channels-last kernel
     assert len(calls) == 2
-    monkeypatch.setenv("DETKIT_CPU_KERNELS", "0")
-    assert_same(max_pool2d_3x3s2(x), reference(x))
+    assert_same(max_pool2d_3x3s2(x, cpu_kernels=False), reference(x))  # aten's kernel, as on CUDA
     assert len(calls) == 2
+
+
+def test_module_option_and_configure_kernels_pick_the_kernel(monkeypatch):
+    calls = _spy(monkeypatch)
+    x = torch.randn(2, 5, 13, 11)
+    pool = MaxPool2d(3, stride=2, padding=1, cpu_kernels=False)
+    assert_same(pool(x), reference(x))
+    assert not calls
+    configure_kernels(pool)  # the default: strided maxima, the same values
+    assert pool.cpu_kernels is True
+    assert_same(pool(x), reference(x))
+    assert len(calls) == 1
+    configure_kernels(pool, cpu_kernels=False)
+    assert_same(pool(x), reference(x))
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 100, 120), (1, 64, 160, 160), (3, 5, 7), (1, 3, 1, 1)])

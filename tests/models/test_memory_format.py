@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detkit.models import build_model
+from detkit.models import build_model, configure_kernels
 from detkit.models.transform import DetectionTransform
 
 CHANNELS_LAST = torch.channels_last
@@ -19,15 +19,14 @@ def images(n=2, seed=0):
 @pytest.mark.parametrize(
     ("memory_format", "cpu_kernels", "channels_last"),
     [
-        ("auto", "1", True),
-        ("auto", "0", False),  # the CUDA code path on a CPU
-        ("contiguous", "1", False),
-        ("channels_last", "0", True),
+        ("auto", True, True),
+        ("auto", False, False),  # the CUDA layout on a CPU
+        ("contiguous", True, False),
+        ("channels_last", False, True),
     ],
 )
-def test_batch_layout(memory_format, cpu_kernels, channels_last, monkeypatch):
-    monkeypatch.setenv("DETKIT_CPU_KERNELS", cpu_kernels)
-    transform = DetectionTransform(min_size=64, max_size=None, memory_format=memory_format)
+def test_batch_layout(memory_format, cpu_kernels, channels_last):
+    transform = DetectionTransform(min_size=64, max_size=None, memory_format=memory_format, cpu_kernels=cpu_kernels)
     batch = transform(images())
     assert batch.tensor.is_contiguous(memory_format=CHANNELS_LAST) == channels_last
     assert batch.tensor.is_contiguous() == (not channels_last)
@@ -57,8 +56,10 @@ def test_tracing_keeps_nchw():
 
 
 @pytest.mark.parametrize("name", ["faster_rcnn_tiny", "mask_rcnn_tiny"])
-def test_cpu_defaults_predict_what_the_plain_path_predicts(name, monkeypatch):
-    """Channels-last batches and folded eval-mode BNs (the CPU defaults) against NCHW and unfolded."""
+def test_cpu_defaults_predict_what_the_plain_path_predicts(name):
+    """The CPU defaults (channels-last batches, folded eval-mode BNs, strided stem pool, threaded
+    RoIAlign) against `configure_kernels(cpu_kernels=False, fold_bn=False)`: NCHW, unfolded, the
+    kernels CUDA runs."""
     torch.manual_seed(0)
     model = build_model(name, num_classes=3, min_size=96, max_size=128).eval()
     with torch.no_grad():
@@ -69,9 +70,7 @@ def test_cpu_defaults_predict_what_the_plain_path_predicts(name, monkeypatch):
                 norm.weight.uniform_(0.8, 1.2)
         model.roi_heads.box_predictor.cls_score.bias[1] += 3.0  # detections to compare
         fast = model.predict(images(3))
-        model.transform.memory_format = "contiguous"
-        monkeypatch.setenv("DETKIT_FOLD_BN", "0")
-        plain = model.predict(images(3))
+        plain = configure_kernels(model, cpu_kernels=False, fold_bn=False).predict(images(3))
     for a, b in zip(fast, plain):
         assert a["boxes"].shape == b["boxes"].shape and len(a["boxes"]) > 0
         torch.testing.assert_close(a["scores"], b["scores"], rtol=0, atol=1e-4)

@@ -9,8 +9,9 @@ One torchvision Mask R-CNN run serves both detkit models: its box branch is a Fa
 with the same weights, so detkit's Faster R-CNN (loaded from the same checkpoint without
 the mask keys) must give its proposals and boxes.
 
-The exactness tests run detkit with torchvision's arithmetic: NCHW batches and the frozen BNs
-as two ops (`torchvision_arithmetic`). detkit's CPU defaults (channels-last batches, BNs folded
+The exactness tests run detkit with torchvision's arithmetic: NCHW batches, the frozen BNs
+as two ops and torchvision's kernels (`torchvision_arithmetic`: `configure_kernels(fold_bn=False,
+cpu_kernels=False)`). detkit's CPU defaults (channels-last batches, BNs folded
 into the convolutions) round differently; `test_cpu_defaults_stay_close_to_torchvision` bounds
 how far that moves the detections.
 """
@@ -20,7 +21,7 @@ import torch
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
 
 from detkit.layers import convert_frozen_batchnorm
-from detkit.models import build_model
+from detkit.models import build_model, configure_kernels
 
 # (image sizes of the batch, min_size, max_size, detections per image); fewer detections at
 # the small sizes keep the mask head's cost (0.5 GFLOP per detection) down
@@ -90,10 +91,10 @@ def _capture_rpn(model, key, store):
 
 
 @pytest.fixture
-def torchvision_arithmetic(monkeypatch):
-    """Frozen BNs as torchvision runs them (not folded); models are built with memory_format="contiguous"."""
-    monkeypatch.setenv("DETKIT_FOLD_BN", "0")
-    return {"memory_format": "contiguous"}
+def torchvision_arithmetic():
+    """Sets a built detkit model to torchvision's arithmetic: NCHW batches, frozen BNs as two ops
+    (not folded), torchvision's kernels (`configure_kernels(fold_bn=False, cpu_kernels=False)`)."""
+    return lambda model: configure_kernels(model, fold_bn=False, cpu_kernels=False)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +145,8 @@ def test_same_proposals_and_detections_as_torchvision(checkpoints, case, torchvi
             min_size=min_size,
             max_size=max_size,
             detections_per_image=detections,
-            **torchvision_arithmetic,
-        ).eval()
+        )
+        dk = torchvision_arithmetic(dk).eval()
         caught = {}
         _capture_rpn(dk, "rpn", caught)
         dk_outs = dk.predict(images)
@@ -200,8 +201,8 @@ def test_faster_rcnn_checkpoint_of_torchvision_builder(tmp_path, device, torchvi
     torch.manual_seed(0)
     tv = _randomise_and_bias(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91, **sizes))
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
-    dk = build_model(
-        "faster_rcnn_r50_fpn", num_classes=90, weights=str(tmp_path / "tv.pth"), **sizes, **torchvision_arithmetic
+    dk = torchvision_arithmetic(
+        build_model("faster_rcnn_r50_fpn", num_classes=90, weights=str(tmp_path / "tv.pth"), **sizes)
     )
     dk, tv = dk.eval().to(device), tv.to(device)
     images = [img.to(device) for img in _images([(240, 300), (200, 180)])]
@@ -220,14 +221,8 @@ def test_bf16_autocast_matches_torchvision_layer_by_layer(checkpoints, torchvisi
 
     tv, root = checkpoints
     tv.transform.min_size, tv.transform.max_size = (288,), 352
-    dk = build_model(
-        "mask_rcnn_r50_fpn",
-        num_classes=90,
-        weights=str(root / "mask.pth"),
-        min_size=288,
-        max_size=352,
-        **torchvision_arithmetic,
-    ).eval()
+    dk = build_model("mask_rcnn_r50_fpn", num_classes=90, weights=str(root / "mask.pth"), min_size=288, max_size=352)
+    dk = torchvision_arithmetic(dk).eval()
     images = _images([(288, 352)])
     with torch.no_grad():
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -52,15 +52,10 @@ def test_filter_proposals_uses_the_training_counts_in_training_mode():
     assert batch_idx.tolist() == [0] and boxes.tolist() == [[0, 0, 10, 10]]  # image 1's best is too small
 
 
-def test_old_keyword_names_still_work_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="min_box_size"):
-        rpn = _rpn(min_box_size=1e-3, min_size=2.0)
-    assert rpn.min_box_size == 2.0
-    with pytest.warns(DeprecationWarning, match="min_box_size"):
-        assert rpn.min_size == 2.0  # the old attribute name too
-    with pytest.warns(DeprecationWarning, match="min_box_size"):
-        rpn.min_size = 3.0
-    assert rpn.min_box_size == 3.0
-    with pytest.warns(DeprecationWarning, match="strides"):
-        rpn = _rpn(strides=(8, 16))
-    assert not hasattr(rpn, "strides")
+@pytest.mark.parametrize("keyword", [{"min_size": 2.0}, {"strides": (8, 16)}])
+def test_removed_keywords_are_refused(keyword):
+    # min_size is min_box_size; the anchor generator holds the strides
+    with pytest.raises(TypeError, match=next(iter(keyword))):
+        _rpn(**keyword)
+    rpn = _rpn()
+    assert not hasattr(rpn, "min_size") and not hasattr(rpn, "strides")

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from detkit.structures import Detections, hw_to_whwh, pad_images
+from detkit.structures import Detections, PackedTargets, hw_to_whwh, pad_images
 from detkit.structures.packed import (
     count_per_image,
+    count_values,
     image_starts,
     pack_to_padded,
     position_in_image,
@@ -104,8 +105,39 @@ def test_packed_rows_index_every_field_at_once():
     assert dets[1:].batch_idx.tolist() == [1, 1]
     assert _dets()[torch.tensor([1])].mask_probs is None  # unset fields stay unset
     pasted = _dets(masks=[torch.zeros(1, 20, 30), torch.zeros(2, 40, 40)])
-    with pytest.raises(ValueError, match="index before pasting"):
+    with pytest.raises(ValueError, match="Detections with per-image masks cannot be indexed by row"):
         pasted[torch.tensor([0])]
+
+
+def test_packed_targets_index_every_row_field_as_packed_rows():
+    targets = PackedTargets.from_list(
+        [
+            {"boxes": torch.tensor([[0.0, 0.0, 4.0, 4.0], [1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([3, 1])},
+            {"boxes": torch.tensor([[2.0, 2.0, 5.0, 6.0]]), "labels": torch.tensor([2])},
+        ]
+    )
+    assert targets.max_per_image == 2
+    sub = targets[targets.labels != 1]
+    assert sub.labels.tolist() == [3, 2] and sub.batch_idx.tolist() == [0, 1]
+    assert sub.boxes.tolist() == [[0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 5.0, 6.0]]
+    assert sub.num_images == 2 and sub.max_per_image is None  # counted again by padded()
+    boxes, labels, valid = sub.padded()
+    assert boxes.shape == (2, 1, 4) and labels.tolist() == [[3], [2]] and valid.all()
+    repeated = targets[torch.tensor([2, 2, 2])]  # more rows of one image than before
+    assert repeated.padded()[0].shape == (2, 3, 4)
+    resized = targets.resize(torch.tensor([[10, 10], [10, 10]]), torch.tensor([[20, 10], [10, 5]]))
+    assert resized.boxes.tolist() == [[0.0, 0.0, 4.0, 8.0], [1.0, 2.0, 9.0, 18.0], [1.0, 2.0, 2.5, 6.0]]
+    masks = [torch.zeros(2, 10, 10, dtype=torch.uint8), torch.zeros(1, 10, 10, dtype=torch.uint8)]
+    with pytest.raises(ValueError, match="PackedTargets with per-image masks cannot be indexed by row"):
+        PackedTargets(
+            boxes=targets.boxes, labels=targets.labels, batch_idx=targets.batch_idx, num_images=2, masks=masks
+        )[:1]
+
+
+def test_count_values_counts_each_value():
+    levels = torch.tensor([2, 0, 2, 1, 2])  # e.g. the FPN level of each RoI
+    assert count_values(levels, 4).tolist() == [1, 1, 3, 0]
+    assert count_values(levels[:0], 2).tolist() == [0, 0]
 
 
 def test_packed_rows_clip_and_resize():
