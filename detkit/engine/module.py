@@ -240,6 +240,11 @@ class DetectionModule(LightningModule):
             that convolutions run NHWC on every device: the faster layout for bf16/fp16 on recent
             GPUs (Tensor Cores). On the CPU the batches are already channels-last by default
             (`model_kwargs.memory_format`, "auto"), which is what makes CPU convolutions faster.
+        fold_bn: run each fixed batch norm folded into its convolution where no gradient needs
+            them (see `detkit.models.configure_kernels`); false: conv and norm as two ops.
+        cpu_kernels: detkit's CPU kernels (threaded RoIAlign, strided stem pool, channels-last
+            batches); false: the CPU runs the kernels CUDA runs. Both change only float rounding;
+            both are recorded in config.yaml and the checkpoints.
     """
 
     def __init__(
@@ -267,6 +272,8 @@ class DetectionModule(LightningModule):
         save_predictions: bool = True,
         analysis_report: bool = False,
         channels_last: bool = False,
+        fold_bn: bool = True,
+        cpu_kernels: bool = True,
     ):
         super().__init__()
         # `weights` is where training started, not part of the model: a checkpoint holds every weight, so
@@ -287,7 +294,13 @@ class DetectionModule(LightningModule):
             raise ValueError(f"model.class_names has {len(class_names)} names but num_classes is {num_classes}")
         try:
             self.model = build_model(
-                model_name, num_classes=num_classes, weights=weights, class_names=class_names, **(model_kwargs or {})
+                model_name,
+                num_classes=num_classes,
+                weights=weights,
+                class_names=class_names,
+                fold_bn=fold_bn,
+                cpu_kernels=cpu_kernels,
+                **(model_kwargs or {}),
             )
         except TypeError as e:  # a misspelt model_kwargs key: one line naming it
             raise ValueError(f"model.model_kwargs: {e}") from e

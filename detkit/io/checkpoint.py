@@ -53,6 +53,9 @@ def checkpoint_info(checkpoint: dict[str, Any], source: str = "checkpoint") -> C
     num_classes = int(num_classes)
     model_kwargs = dict(stats.get("model_kwargs", hparams.get("model_kwargs")) or {})
     model_kwargs.pop("backbone_weights", None)
+    for option in ("fold_bn", "cpu_kernels"):  # the kernel options of the run (DetectionModule arguments)
+        if option in hparams:
+            model_kwargs[option] = bool(hparams[option])
     class_names = list(stats["class_names"]) if stats.get("class_names") else None
     label_map = None
     if stats.get("label_to_category_id"):

@@ -6,7 +6,7 @@ Two choices change which kernels run, and with them the float rounding (never th
   after a convolution runs folded into it, one convolution instead of conv + norm, where no
   gradient is needed for their parameters (`detkit.layers.fold`). False keeps conv and norm as
   two ops, torchvision's arithmetic.
-- `cpu_kernels` (`MaxPool2d`, `RoIPooler` and `DetectionTransform.cpu_kernels`): on the CPU,
+- `cpu_kernels` (`MaxPool2d`, `RoIPooler`, `DetectionTransform` and `RCNN.cpu_kernels`): on the CPU,
   the stem's 3x3 / stride-2 max pool as strided maxima (`detkit.layers.pool`), RoIAlign with a
   threaded forward and a matrix-product backward (`detkit.heads.roi_align_cpu`) and
   channels-last batches for `memory_format="auto"` (`detkit.models.transform`). False runs on
@@ -22,21 +22,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from detkit.heads.poolers import RoIPooler
-from detkit.layers.conv import ConvNormAct
-from detkit.layers.pool import MaxPool2d
-from detkit.models.transform import DetectionTransform
-
 __all__ = ["configure_kernels"]
 
 
 def configure_kernels(model: nn.Module, *, fold_bn: bool = True, cpu_kernels: bool = True) -> nn.Module:
     """Set `fold_bn` and `cpu_kernels` (see the module docstring) on every module of `model`
-    that has them, and return `model`. The options are read at each call: they can be changed
-    between calls, and `configure_kernels(model)` restores the defaults."""
+    that has the attribute (a module of another package joins by defining it), and return `model`.
+    The options are read at each call: they can be changed between calls, and
+    `configure_kernels(model)` restores the defaults."""
     for module in model.modules():
-        if isinstance(module, ConvNormAct):
+        if hasattr(module, "fold_bn"):
             module.fold_bn = fold_bn
-        if isinstance(module, (MaxPool2d, RoIPooler, DetectionTransform)):
+        if hasattr(module, "cpu_kernels"):
             module.cpu_kernels = cpu_kernels
     return model

@@ -45,7 +45,7 @@ from detkit.heads.roi_align_cpu import roi_align
 from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder
-from detkit.models.base import Detector, validate_proposals
+from detkit.models.base import Detector
 from detkit.models.builders import check_features, default_freeze_at
 from detkit.models.registry import register_keywords, register_model
 from detkit.models.transform import DetectionTransform
@@ -82,7 +82,15 @@ def context_padded_boxes(boxes: Tensor, crop_size: int, padding: float) -> Tenso
     return torch.cat([centre - half, centre + half], dim=1)
 
 
-def warp_regions(images: Tensor, boxes: Tensor, batch_idx: Tensor, crop_size: int, padding: float = 0.0) -> Tensor:
+def warp_regions(
+    images: Tensor,
+    boxes: Tensor,
+    batch_idx: Tensor,
+    crop_size: int,
+    padding: float = 0.0,
+    *,
+    cpu_kernels: bool = True,
+) -> Tensor:
     """Warp regions of a batch to fixed-size crops, all in one `roi_align` call.
 
     Args:
@@ -90,13 +98,16 @@ def warp_regions(images: Tensor, boxes: Tensor, batch_idx: Tensor, crop_size: in
         boxes: `Tensor[R, 4]` XYXY in `images`' pixels; batch_idx: `Tensor[R]` their images.
         crop_size: S.
         padding: context pixels at the warped size (see `context_padded_boxes`).
+        cpu_kernels: detkit's threaded RoIAlign on the CPU (False: torchvision's; see `roi_align`).
     Returns:
         `Tensor[R, C, S, S]`; samples outside the image (beyond its 1-px border) are 0.
     """
     padded = context_padded_boxes(boxes.float(), crop_size, padding) if padding else boxes.float()
     rois = torch.cat([batch_idx[:, None].to(padded.dtype), padded], dim=1)  # float32: see roi_align
     # sampling_ratio=0: ceil(box / S) samples per bin, i.e. area averaging when shrinking
-    return roi_align(images, rois, (crop_size, crop_size), spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    return roi_align(
+        images, rois, (crop_size, crop_size), spatial_scale=1.0, sampling_ratio=0, aligned=True, cpu_kernels=cpu_kernels
+    )
 
 
 def hard_negative_mask(scores: Tensor, negatives: Tensor, num_hard: int) -> Tensor:
@@ -289,6 +300,7 @@ class RCNN(Detector):
         self.score_threshold, self.nms_threshold = float(score_threshold), float(nms_threshold)
         self.detections_per_image, self.test_batch_size = int(detections_per_image), int(test_batch_size)
         self.min_box_size = float(min_box_size)
+        self.cpu_kernels = True  # the crop warp's RoIAlign (see `detkit.models.configure_kernels`)
 
     @property
     def requires_proposals(self) -> bool:
@@ -310,7 +322,9 @@ class RCNN(Detector):
 
         Returns the classifier's input `Tensor[R, D]` and the box regressor's (the same, or pool5).
         """
-        crops = warp_regions(images, boxes, batch_idx, self.crop_size, self.context_padding)
+        crops = warp_regions(
+            images, boxes, batch_idx, self.crop_size, self.context_padding, cpu_kernels=self.cpu_kernels
+        )
         feature_map = self.backbone(crops)[self.feature]
         if self.box_features == "pool5":
             return self.head(feature_map, return_pooled=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from detkit.models.kernels import configure_kernels
 from detkit.utils.registry import Registry
 
 ENTRY_POINT_GROUP = "detkit.models"
@@ -132,6 +133,8 @@ def build_model(
     num_classes: int,
     weights: str | PathLike | None = None,
     class_names: Sequence[str] | None = None,
+    fold_bn: bool = True,
+    cpu_kernels: bool = True,
     **overrides,
 ) -> nn.Module:
     """Build a registered detector.
@@ -147,6 +150,8 @@ def build_model(
             `load_detector_weights`), and one warning says what was re-initialised.
         class_names: the `num_classes` class names in label order, matched (exactly, after
             `strip()`) with the names the checkpoint records to carry over the rows of shared classes.
+        fold_bn, cpu_kernels: the kernel options (`detkit.models.configure_kernels`): the defaults
+            run detkit's fast CPU kernels; False runs torchvision's / CUDA's arithmetic on the CPU.
         overrides: keywords of the builder (e.g. `min_size`, `backbone_weights`): those
             `model_keywords(name)` lists; any other is a TypeError naming it and the model.
     """
@@ -163,4 +168,4 @@ def build_model(
         from detkit.models.weights import load_detector_weights
 
         load_detector_weights(model, weights, arch=name, class_names=class_names)
-    return model
+    return configure_kernels(model, fold_bn=fold_bn, cpu_kernels=cpu_kernels)

@@ -5,12 +5,12 @@ import torch
 from proposal_model_cases import check_predictions, images_targets_proposals, overfit_one_image_and_detect_both
 
 from detkit.models import build_model
+from detkit.models.base import validate_proposals
 from detkit.models.rcnn import (
     RCNN,
     SampledRegions,
     context_padded_boxes,
     hard_negative_mask,
-    validate_proposals,
     warp_regions,
 )
 from detkit.structures import PackedTargets, box_iou
