@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from detkit.heads.mask_head import mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler
-from detkit.heads.postprocess import select_detections
+from detkit.heads.postprocess import ClassDetectionsMixin
 from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, classification_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
 from detkit.matching import BalancedSampler, BoxCoder, Matcher
@@ -59,7 +59,7 @@ class SampledRoIs(PackedRows):
     matched_in_image: Tensor
 
 
-class RoIHeads(nn.Module):
+class RoIHeads(ClassDetectionsMixin, nn.Module):
     """Box branch (and optional mask branch) of Fast / Faster / Mask R-CNN.
 
     Args:
@@ -229,37 +229,13 @@ class RoIHeads(nn.Module):
             return None, losses
         x = self.box_head(self.box_pooler(features, proposals, batch_idx))
         class_logits, box_deltas = self.box_predictor(x)
-        dets = self.postprocess(class_logits, box_deltas, proposals, batch_idx, batch.image_sizes)
+        scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
+        dets = self.postprocess(scores, box_deltas, proposals, batch_idx, batch.image_sizes)
         if self.has_masks:
             dets.mask_probs = self.predict_mask_probs(features, dets)
         return dets, {}
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def postprocess(
-        self, class_logits: Tensor, box_deltas: Tensor, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor
-    ) -> Detections:
-        """Softmax, per-class decode and clip, score threshold, per-class NMS, top-k per image."""
-        k1 = class_logits.shape[1]  # K + 1
-        scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
-        # (R, C*4) -> (R, C, 4), C = K+1 class-specific or 1 class-agnostic
-        deltas = box_deltas.float().view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
-        boxes = self.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))  # [R, C, 4]
-        if boxes.shape[1] == k1:
-            boxes = boxes[:, 1:]  # drop the background column: [R, K, 4]
-        else:
-            boxes = boxes.expand(-1, k1 - 1, -1)  # one box for every class: [R, 1, 4] -> [R, K, 4]
-        return select_detections(
-            boxes,
-            scores,
-            batch_idx,
-            image_sizes,
-            score_threshold=self.score_threshold,
-            min_box_size=self.min_box_size,
-            nms_threshold=self.nms_threshold,
-            detections_per_image=self.detections_per_image,
-        )
-
     def predict_mask_probs(self, features: dict[str, Tensor], dets: Detections) -> Tensor:
         """Mask probabilities Tensor[D, M, M] of each detection's own class."""
         if dets.boxes.shape[0] == 0:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from detkit.backbones import build_backbone
 from detkit.heads.box_head import ClassRows, TwoFCHead
-from detkit.heads.postprocess import select_detections
+from detkit.heads.postprocess import ClassDetectionsMixin
 from detkit.heads.roi_align_cpu import roi_align
 from detkit.losses import BOX_LOSSES, box_regression_loss, multiclass_hinge_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
@@ -192,7 +192,7 @@ class CropFeatureHead(nn.Module):
 
 
 # --------------------------------------------------------------------------- model
-class RCNN(Detector):
+class RCNN(ClassDetectionsMixin, Detector):
     """R-CNN: per-region CNN features, softmax or per-class SVM scores, class-specific box regression.
 
     Args:
@@ -448,24 +448,6 @@ class RCNN(Detector):
             scores = F.softmax(scores, dim=1)[:, 1:]
         dets = self.postprocess(scores, deltas, boxes, batch_idx, batch.image_sizes)
         return dets.resize(batch.image_sizes, batch.original_sizes)  # boxes to original pixels
-
-    @torch.no_grad()
-    def postprocess(
-        self, scores: Tensor, box_deltas: Tensor, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor
-    ) -> Detections:
-        """Per-class decode `Tensor[R, K*4]` and clip, score threshold, per-class NMS, top-k per image."""
-        r, k = scores.shape
-        boxes = self.box_coder.decode(box_deltas.view(r, k, 4), proposals[:, None, :])  # [R, K, 4]
-        return select_detections(
-            boxes,
-            scores,
-            batch_idx,
-            image_sizes,
-            score_threshold=self.score_threshold,
-            min_box_size=self.min_box_size,
-            nms_threshold=self.nms_threshold,
-            detections_per_image=self.detections_per_image,
-        )
 
 
 # --------------------------------------------------------------------------- builders
