@@ -128,3 +128,25 @@ def test_model_predict_refuses_what_is_not_a_list_of_images():
         with pytest.raises(TypeError, match=r"images must be a list of Tensor\[3, H, W\]"):
             model.predict(bad)  # None was a TypeError from len()
     assert len(model.predict([torch.rand(3, 32, 32)])) == 1
+
+
+def test_predict_checkpoint_imports_no_lightning(tmp_path):
+    """Inference needs no training framework (DESIGN rule 17): a training checkpoint predicts with Lightning absent."""
+    import torch
+
+    from detkit.io import checkpoint_info
+    from detkit.models import build_model
+
+    model = build_model("faster_rcnn_tiny", num_classes=2)
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {"model_name": "faster_rcnn_tiny", "num_classes": 2, "model_kwargs": {}},
+    }
+    checkpoint_info(checkpoint)  # a well-formed detkit checkpoint
+    torch.save(checkpoint, tmp_path / "m.ckpt")
+    _images(tmp_path / "in", ["a.png"])
+    argv = ["predict", "--checkpoint", tmp_path / "m.ckpt", "--input", tmp_path / "in", "--output", tmp_path / "out"]
+    run = _run_blocked(("lightning", "lightning_fabric", "pytorch_lightning"), [*argv, "--no-draw"], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "IMPORTED []" in run.stdout
+    assert (tmp_path / "out" / "detections.json").is_file()
