@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -35,22 +37,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _operands(n: int, precision: str, device: torch.device):
+def _operands(n: int, precision: str, device: torch.device) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(0)
     if precision == "int8":
         a = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
         b = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
-        return a.to(device), b.to(device), torch._int_mm
+        return a.to(device), b.to(device)
     dtype = _FLOAT_DTYPES[precision]
-    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    return a, b, torch.mm
+    return tuple(torch.randn(n, n, generator=g).to(device=device, dtype=dtype) for _ in range(2))
 
 
-def _seconds_per_product(a, b, mm, device: torch.device) -> float:
+def _products(precision: str) -> tuple:
+    """The product kernels a model's layers reach: torch.mm, and F.linear (a @ b.T), which takes
+    oneDNN where torch.mm does not (bf16 on CPUs without native bf16); int8: torch._int_mm."""
+    if precision == "int8":
+        return (torch._int_mm,)
+    return (torch.mm, F.linear)
+
+
+def _seconds_per_product(a: Tensor, b: Tensor, product, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
-    mm(a, b)
+    product(a, b)
     _sync(device)
     return time.perf_counter() - start
 
@@ -60,32 +68,36 @@ def measure_peak(
 ) -> float | None:
     """Best GFLOP/s (GOP/s for int8) of square `precision` matrix products on `device`.
 
-    The size doubles from 256 up to `max_size` while one product takes under `call_seconds`
-    (a precision without fast kernels stays small instead of taking minutes); at that size the
-    best of the products run for `min_seconds` counts. int8 uses torch._int_mm (int32 results);
-    None where it is unavailable on the device."""
+    For each product kernel (`_products`) the size doubles from 256 up to `max_size` while one
+    product takes under `call_seconds` (a kernel without fast code stays small instead of taking
+    minutes); at that size the best of the products run for `min_seconds` counts; the fastest
+    kernel gives the peak. int8 uses torch._int_mm (int32 results); None where it is unavailable
+    on the device."""
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "int8" and not hasattr(torch, "_int_mm"):
         return None
-    n = 256
-    try:
-        a, b, mm = _operands(n, precision, device)
-        mm(a, b)  # warm-up: kernel selection, allocations
-        seconds = _seconds_per_product(a, b, mm, device)
-        while n < max_size and seconds < call_seconds:
-            n *= 2
-            a, b, mm = _operands(n, precision, device)
-            mm(a, b)
-            seconds = _seconds_per_product(a, b, mm, device)
-    except RuntimeError:  # e.g. no int8 product kernel for this device
-        return None
-    best, spent = seconds, seconds
-    while spent < min_seconds:
-        seconds = _seconds_per_product(a, b, mm, device)
-        best, spent = min(best, seconds), spent + seconds
-    return 2 * n**3 / best / 1e9
+    rates = []
+    for product in _products(precision):
+        n = 256
+        try:
+            a, b = _operands(n, precision, device)
+            product(a, b)  # warm-up: kernel selection, allocations
+            seconds = _seconds_per_product(a, b, product, device)
+            while n < max_size and seconds < call_seconds:
+                n *= 2
+                a, b = _operands(n, precision, device)
+                product(a, b)
+                seconds = _seconds_per_product(a, b, product, device)
+        except RuntimeError:  # e.g. no int8 product kernel for this device
+            continue
+        best, spent = seconds, seconds
+        while spent < min_seconds:
+            seconds = _seconds_per_product(a, b, product, device)
+            best, spent = min(best, seconds), spent + seconds
+        rates.append(2 * n**3 / best / 1e9)
+    return max(rates) if rates else None
 
 
 def measure_peaks(device, precisions=PRECISIONS) -> dict:
