@@ -29,6 +29,7 @@ from detkit.evaluation import COCOEvaluator, detections_to_coco_results, gather_
 from detkit.evaluation.voc_eval import VOC_METRICS, VOCGroundTruth, evaluate_voc
 from detkit.layers import is_norm
 from detkit.models import build_model
+from detkit.models.base import INFERENCE_PRECISIONS
 from detkit.structures.label_map import LabelMap
 from detkit.utils.checkpoint import STATS_KEY
 
@@ -245,6 +246,11 @@ class DetectionModule(LightningModule):
         cpu_kernels: detkit's CPU kernels (threaded RoIAlign, strided stem pool, channels-last
             batches); false: the CPU runs the kernels CUDA runs. Both change only float rounding;
             both are recorded in config.yaml and the checkpoints.
+        inference_precision: "bf16" computes the detections of validate, test and predict (and
+            of the validation during a fit) under bfloat16 autocast (`Detector.predict(...,
+            precision=)`: convolutions and matrix products in bfloat16, box arithmetic and NMS
+            in float32); "fp32" adds nothing to the trainer's precision. The validation losses
+            stay in the trainer's precision. Recorded in config.yaml and the checkpoints.
     """
 
     def __init__(
@@ -274,6 +280,7 @@ class DetectionModule(LightningModule):
         channels_last: bool = False,
         fold_bn: bool = True,
         cpu_kernels: bool = True,
+        inference_precision: Literal["fp32", "bf16"] = "fp32",
     ):
         super().__init__()
         # `weights` is where training started, not part of the model: a checkpoint holds every weight, so
@@ -282,6 +289,10 @@ class DetectionModule(LightningModule):
         self.initial_weights = None if weights is None else os.fspath(weights)
         if max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {max_bad_steps}")
+        if inference_precision not in INFERENCE_PRECISIONS:
+            raise ValueError(
+                f"model.inference_precision must be one of {INFERENCE_PRECISIONS}, got {inference_precision!r}"
+            )
         if eval_metric not in ("coco", *VOC_METRICS):
             raise ValueError(f"eval_metric must be coco, voc07 or voc2010, got {eval_metric!r}")
         backbone_weights = (model_kwargs or {}).get("backbone_weights")
@@ -338,7 +349,7 @@ class DetectionModule(LightningModule):
         return {"results": [], "image_ids": []}
 
     def forward(self, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
-        return self.model.predict(images)
+        return self.model.predict(images, precision=self.hparams.inference_precision)
 
     def _data_attr(self, name: str, stage: str) -> Any:
         """`name` from the datamodule, else from the dataset of the stage's first dataloader
@@ -623,7 +634,7 @@ class DetectionModule(LightningModule):
                 sync_dist=True,
             )
             self.log(f"{stage}/loss", sum(losses.values()), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
-        detections = self.model.predict(images, **extra)
+        detections = self.model.predict(images, precision=self.hparams.inference_precision, **extra)
         image_ids = [int(t["image_id"]) for t in targets]
         label_map = self.category_ids_for_results()
         self._eval["results"].extend(detections_to_coco_results(image_ids, detections, label_to_category_id=label_map))
@@ -726,7 +737,7 @@ class DetectionModule(LightningModule):
         images, targets = self._split_batch(batch)
         if not images:  # unreadable images skipped (skip_invalid)
             return []
-        detections = self.model.predict(images, **self._proposals(targets))
+        detections = self.model.predict(images, precision=self.hparams.inference_precision, **self._proposals(targets))
         return [{k: v.detach().cpu() for k, v in d.items()} for d in detections]
 
     # ------------------------------------------------------------------ checkpoints

@@ -3,6 +3,7 @@
 Calling convention (as torchvision's detection models):
     losses = model(images, targets)       # dict of named scalar losses, any mode
     detections = model.predict(images)    # one dict per image, original-image pixels
+    detections = model.predict(images, precision="bf16")  # convolutions / products in bfloat16
 
 `images` is a list of float 0..1 RGB Tensor[3, H, W]; `targets` one dict per image with
 `boxes` Tensor[K, 4] XYXY pixels, `labels` int64 Tensor[K] in 1..num_classes and, for Mask
@@ -34,7 +35,17 @@ from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections, ImageBatch, PackedTargets
 from detkit.structures.packed import resize_boxes
 
-__all__ = ["Detector", "evaluation_mode", "prepare_inputs", "targets_required", "validate_proposals"]
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "Detector",
+    "evaluation_mode",
+    "inference_autocast",
+    "prepare_inputs",
+    "targets_required",
+    "validate_proposals",
+]
+
+INFERENCE_PRECISIONS = ("fp32", "bf16")
 
 PROPOSALS_FORM = (
     "one Tensor[P, 4] XYXY per image, in original-image pixels (e.g. target['proposals'] of detkit.data.WithProposals)"
@@ -63,6 +74,23 @@ def prepare_inputs(
         raise ValueError(f"target labels must be in 1..{num_classes} (0 is background), got {bad}")
     packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
     return batch, packed
+
+
+def inference_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context detections run in at `precision` (one of INFERENCE_PRECISIONS).
+
+    "fp32" adds nothing (the model's own dtypes; an enclosing autocast, e.g. Lightning's
+    bf16-mixed, still applies). "bf16" is `torch.autocast(device, bfloat16)`: convolutions and
+    matrix products in bfloat16; box decoding, IoU, RoIAlign, scores and NMS stay float32 as in
+    training (their code casts and disables autocast), so detections come out in float32.
+    bf16 pays on CPUs with native bfloat16 arithmetic (AVX512-BF16, AMX) and on GPUs; without
+    it, oneDNN emulates it and runs slower than fp32.
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS}, got {precision!r}")
 
 
 @contextlib.contextmanager
@@ -197,16 +225,19 @@ class Detector(nn.Module, abc.ABC):
         return self.batch_losses(batch, packed, proposals=proposals)
 
     @torch.no_grad()
-    def predict(self, images: Sequence[Tensor], *, proposals=None) -> list[dict[str, Tensor]]:
+    def predict(self, images: Sequence[Tensor], *, proposals=None, precision: str = "fp32") -> list[dict[str, Tensor]]:
         """One dict per image: `boxes` Tensor[D, 4], `scores` [D], `labels` int64 [D] (and `masks` uint8 [D, H, W]).
 
-        Runs in eval mode whatever the model's mode, and leaves the mode as it was.
+        Runs in eval mode whatever the model's mode, and leaves the mode as it was. `precision`
+        "bf16" runs the network under bfloat16 autocast (see `inference_autocast`); boxes and
+        scores are float32 either way. The input checks and resizing run in float32.
         """
         if not isinstance(images, (Tensor, list, tuple)):
             raise TypeError(f"images must be a list of Tensor[3, H, W] (or a Tensor[N, 3, H, W]), got {type(images)}")
         with evaluation_mode(self):
             batch, _ = self.prepare(images)
-            return self.batch_detections(batch, proposals=proposals).split()
+            with inference_autocast(batch.tensor.device, precision):
+                return self.batch_detections(batch, proposals=proposals).split()
 
     @abc.abstractmethod
     def batch_losses(self, batch: ImageBatch, targets: PackedTargets, *, proposals=None) -> dict[str, Tensor]:
