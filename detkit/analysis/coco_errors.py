@@ -33,8 +33,13 @@ __all__ = [
 ]
 
 CURVE_NAMES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
+"""The COCO site's error-analysis PR curves, in drawing order: C75, C50 (IoU 0.75 / 0.5), Loc (IoU 0.1),
+Sim / Oth (confusions with classes of the same supercategory / any class forgiven), BG (no background
+false positives), FN (no missed objects)."""
 AREA_NAMES = ("all", "small", "medium", "large")
+"""The COCO object-size ranges of the analysis: all, small (< 32² px), medium, large (> 96² px)."""
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
+"""TIDE's error types, in report order: the AP at IoU 0.5 that fixing each one alone would gain."""
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 POS_IOU = 0.5  # a detection is a true positive at IoU >= 0.5 (TIDE's and the confusion matrix's threshold)
 BG_IOU = 0.1  # below this IoU with every object a false positive is background (the COCO site's Loc threshold)

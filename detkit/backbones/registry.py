@@ -23,6 +23,7 @@ from detkit.backbones.weights import load_backbone_weights
 from detkit.utils.registry import Registry
 
 ENTRY_POINT_GROUP = "detkit.backbones"
+"""The entry-point group through which installed packages add backbone builders."""
 
 Builder = Callable[..., Backbone]
 

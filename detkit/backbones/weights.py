@@ -37,9 +37,9 @@ KeyMapWrapper = Callable[[KeyMap, "tuple[str, ...] | None"], KeyMap]
 NORM_PARAMS = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
 CONV_PARAMS = r"(weight|bias)"
 
-#: torchvision keys dropped on purpose (classification heads), by architecture family
-#: ("resnet", "vgg", "mobilenet_v2", "alexnet", "googlenet"); filled by `register_key_maps`
 DROPPED_KEYS: dict[str, tuple[str, ...]] = {}
+"""torchvision keys dropped on purpose (classification heads), by architecture family
+("resnet", "vgg", "mobilenet_v2", "alexnet", "googlenet"); filled by `register_key_maps`."""
 
 _KEY_MAPS: dict[str, KeyMap] = {}  # torchvision architecture -> key map
 _WRAPPERS: dict[str, KeyMapWrapper] = {}  # architecture suffix ("_fpn") -> wrapper
@@ -164,7 +164,7 @@ def load_backbone_weights(
         prefix: use only keys starting with `prefix`, stripped (e.g. "model.backbone.").
 
     Raises:
-        ValueError naming the file and the missing / unexpected / mis-shaped keys.
+        ValueError: naming the file and the missing / unexpected / mis-shaped keys.
     """
     if isinstance(weights, Mapping):
         source, state_dict = "state dict", as_state_dict(weights, "state dict")

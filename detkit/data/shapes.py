@@ -57,6 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SHAPES_CLASSES = ("circle", "rectangle", "triangle")
+"""The synthetic shapes data set's class names, in label order (label 1 is "circle")."""
 SHAPES_SPLITS = {"train": 2000, "val": 200}
 # Bump when the drawing changes: cached data sets with another version are regenerated.
 SHAPES_VERSION = 1

@@ -43,6 +43,7 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
     "train", "tvmonitor",
 )  # fmt: skip
+"""The 20 Pascal VOC class names, in label order (label `i + 1` is `VOC_CLASSES[i]`)."""
 
 _MAX_XML_BYTES = 1 << 20
 _EXIF_ORIENTATION = 0x0112  # values 5..8 turn the image by 90 degrees

@@ -41,6 +41,8 @@ STAT_NAMES = (
     "ARm",
     "ARl",
 )
+"""Names of the 12 COCO summary numbers, in pycocotools' `stats` order (AP at IoU .50:.95, AP50, AP75,
+AP small / medium / large, AR at 1 / 10 / 100 detections, AR small / medium / large)."""
 # (is_ap, iou threshold or None for .50:.95, area range, max detections), in STAT_NAMES order.
 _STAT_SPECS = (
     (True, None, "all", 100),

@@ -20,6 +20,7 @@ from detkit.export.graph import ExportableDetector, check_exportable
 __all__ = ["DEFAULT_OPSET", "export_onnx", "export_program", "exportable", "model_metadata"]
 
 DEFAULT_OPSET = 18
+"""The ONNX opset `export_onnx` writes unless told otherwise."""
 MAX_BATCH = 256
 MAX_SIDE = 8192
 

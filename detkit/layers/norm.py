@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 NormSpec = Union[str, tuple, Callable[[int], nn.Module], None]
+"""What a `norm` argument accepts: a name ("bn", "gn", "frozen_bn", "none"), a `(name, kwargs)` tuple,
+a callable `channels -> nn.Module`, or None (no norm)."""
 
 _NORM_NAMES = ("bn", "gn", "frozen_bn", "none")
 _ACTIVATIONS = {

@@ -22,7 +22,9 @@ from .reduction import check_reduction, reduce_loss
 from .regression import ciou_loss, diou_loss, giou_loss, l1_loss, smooth_l1_loss
 
 BOX_LOSSES = ("smooth_l1", "l1", "giou", "diou", "ciou")
+"""Names `box_loss` accepts: smooth L1 and L1 on the encoded deltas, GIoU / DIoU / CIoU on decoded boxes."""
 CLS_LOSSES = ("ce", "focal")
+"""Names `cls_loss` accepts: softmax cross-entropy, focal loss."""
 _IOU_LOSSES = {"giou": giou_loss, "diou": diou_loss, "ciou": ciou_loss}
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 __all__ = ["COCO_CATEGORY_NAMES"]
 
-#: name of COCO category id k at index k - 1 (k = 1..90); None for the ids without a category
 COCO_CATEGORY_NAMES: tuple[str | None, ...] = (
     "person",  # 1
     "bicycle",
@@ -104,3 +103,4 @@ COCO_CATEGORY_NAMES: tuple[str | None, ...] = (
     "hair drier",
     "toothbrush",  # 90
 )
+"""Name of COCO category id k at index k - 1 (k = 1..90); None for the ids without a category."""
