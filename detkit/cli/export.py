@@ -3,8 +3,11 @@
 detkit export --checkpoint last.ckpt --output model.onnx
 detkit export --model faster_rcnn_r50_fpn --num-classes 90 --weights tv.pth --output model.pt2
 
+detkit export --checkpoint last.ckpt --output model_int8.onnx --quantize int8 --calibration-images train/
+
 The format follows the output's suffix (.onnx / .pt2) unless --format says it. `--model` without
-`--weights` is refused unless `--random-weights` asks for an untrained detector.
+`--weights` is refused unless `--random-weights` asks for an untrained detector. `--quantize int8`
+(ONNX only) calibrates on the image files of `--calibration-images` (see detkit.export.quantize).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def load_for_export(
 
 
 FORMAT_SUFFIXES = {".onnx": "onnx", ".pt2": "pt2"}
+DEFAULT_CALIBRATION_COUNT = 64
 
 
 def output_format(output: str, requested: str | None) -> str:
@@ -62,9 +66,10 @@ def output_format(output: str, requested: str | None) -> str:
     return requested
 
 
-EXAMPLES = """examples (the first with the checkpoint of `detkit fit --config shapes_faster_rcnn_tiny`):
+EXAMPLES = """examples (with the checkpoint and data of `detkit fit --config shapes_faster_rcnn_tiny`):
   detkit export --checkpoint runs/shapes_faster_rcnn_tiny/version_0/checkpoints/last.ckpt --output shapes.onnx
-  detkit export --model faster_rcnn_tiny --num-classes 3 --random-weights --output tiny.pt2   # untrained
+  detkit export --checkpoint runs/shapes_faster_rcnn_tiny/version_0/checkpoints/last.ckpt --output shapes_int8.onnx \\
+      --quantize int8 --calibration-images data/shapes/train/images   # int8, calibrated on training images
 """
 
 
@@ -98,6 +103,26 @@ def build_parser(prog: str = "detkit export") -> argparse.ArgumentParser:
         action="store_true",
         help="with --checkpoint: output the data set's category ids as `labels` instead of 1..num_classes",
     )
+    parser.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="ONNX only: int8 weights and activations for the convolutions and matrix products (ONNX Runtime "
+        "static quantization; needs --calibration-images)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        metavar="DIR",
+        help="with --quantize: folder of image files (searched recursively) that calibrate the int8 ranges: "
+        "images like those the model will see, not the ones it is evaluated on",
+    )
+    parser.add_argument(
+        "--calibration-count",
+        type=int,
+        default=DEFAULT_CALIBRATION_COUNT,
+        help=f"with --quantize: use at most this many calibration images, in sorted file order (default "
+        f"{DEFAULT_CALIBRATION_COUNT})",
+    )
     return parser
 
 
@@ -125,7 +150,46 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = "detkit export") -
         parser.error("--opset applies to --format onnx only")
     if args.category_ids and not args.checkpoint:
         parser.error("--category-ids needs --checkpoint (the mapping is stored there)")
+    if args.quantize and args.format != "onnx":
+        parser.error(f"--quantize {args.quantize} applies to --format onnx only (ONNX Runtime quantization), "
+                     f"not {args.format}")  # fmt: skip
+    if args.quantize and not args.calibration_images:
+        parser.error(f"--quantize {args.quantize} needs --calibration-images DIR (image files that calibrate "
+                     "the int8 ranges)")  # fmt: skip
+    if args.calibration_images and not args.quantize:
+        parser.error("--calibration-images goes with --quantize int8")
+    if args.calibration_count < 1:
+        parser.error("--calibration-count must be >= 1")
     return args
+
+
+def calibration_images(folder: str, count: int) -> list:
+    """The first `count` readable image files under `folder` (sorted paths) as float32 [3, H, W] in 0..1.
+
+    Raises ValueError when the folder does not exist or holds no readable image.
+    """
+    from pathlib import Path
+
+    from detkit.cli.predict import IMAGE_EXTENSIONS
+    from detkit.data import ImageReadError, read_image_rgb
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--calibration-images {folder}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    images = []
+    for path in files:
+        try:
+            rgb = read_image_rgb(path)
+        except ImageReadError:
+            continue
+        images.append(rgb.transpose(2, 0, 1).astype("float32") / 255)
+        if len(images) == count:
+            break
+    if not images:
+        found = f"{len(files)} image file(s), none readable" if files else "no image files"
+        raise ValueError(f"--calibration-images {folder}: {found} ({', '.join(IMAGE_EXTENSIONS)})")
+    return images
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
@@ -133,6 +197,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
 
     from detkit.export.api import DEFAULT_OPSET, export_onnx, export_program
 
+    calibration = None
+    if args.quantize:
+        from detkit.utils.optional import require
+
+        require("onnxruntime", "export", "int8 quantization (--quantize)")
+        calibration = calibration_images(args.calibration_images, args.calibration_count)
     num_classes = args.num_classes if args.num_classes is not None else 90
     model, meta = load_for_export(args.checkpoint, args.model, num_classes, args.weights)
     category_ids = None
@@ -145,13 +215,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "detkit export") -> int:
     if args.format == "pt2":
         export_program(model, args.output, max_detections=args.max_detections, category_ids=category_ids)
     else:
-        export_onnx(
-            model,
-            args.output,
+        options = dict(
             opset=args.opset or DEFAULT_OPSET,
             max_detections=args.max_detections,
             category_ids=category_ids,
             metadata=meta,
         )
-    print(f"{type(model).__name__} -> {args.output} ({args.format}, {time.perf_counter() - start:.0f} s)")
+        if calibration is None:
+            export_onnx(model, args.output, **options)
+        else:
+            import tempfile
+
+            from detkit.export.quantize import quantize_onnx
+
+            with tempfile.TemporaryDirectory(prefix="detkit-export-") as tmp:
+                fp32 = export_onnx(model, os.path.join(tmp, "fp32.onnx"), **options)
+                quantize_onnx(fp32, args.output, calibration)
+    kind = args.format if calibration is None else f"{args.format}, int8, calibrated on {len(calibration)} images"
+    print(f"{type(model).__name__} -> {args.output} ({kind}, {time.perf_counter() - start:.0f} s)")
     return 0

@@ -172,6 +172,7 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
         from detkit.export.runner import OnnxPredictor
 
         model = OnnxPredictor(args.onnx)
+        print(f"model: {args.onnx} ({model.description})")
         class_names, proposal_settings = model.class_names, model.proposal_settings
         label_map = model.label_to_category_id
     else:

@@ -77,6 +77,15 @@ class OnnxDetector:
         self.has_masks = "mask_probs" in self.output_names
         self.requires_proposals = "proposals" in self.input_names
         self.mask_threshold = float(self.metadata.get("detkit.mask_threshold") or 0.5)
+        self.quantization = self.metadata.get("detkit.quantization") or None  # "int8" from `detkit export --quantize`
+
+    @property
+    def description(self) -> str:
+        """What runs: "ONNX Runtime, float32" or "ONNX Runtime, int8 (calibrated on N images)"."""
+        if self.quantization is None:
+            return "ONNX Runtime, float32"
+        count = self.metadata.get("detkit.calibration_images")
+        return f"ONNX Runtime, {self.quantization}" + (f" (calibrated on {count} images)" if count else "")
 
     @property
     def class_names(self) -> list[str] | None:
@@ -167,6 +176,10 @@ class OnnxPredictor:
     @property
     def class_names(self) -> list[str] | None:
         return self.detector.class_names
+
+    @property
+    def description(self) -> str:
+        return self.detector.description
 
     def to(self, device) -> OnnxPredictor:
         return self
