@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 TRAIN_CONFIG ?= configs/shapes_faster_rcnn_tiny.yaml
 TRAIN_ARGS ?=
 
-.PHONY: install train test test-all lint browser
+.PHONY: install train test test-all lint browser docs
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml
 	# the distribution was named detkit before 0.2.0 (now detkit-rcnn): one distribution owns the package
 	$(PY) -m pip uninstall --quiet --yes detkit 2>/dev/null || true
 	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]' $(TORCH_PINS)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev,docs]' $(TORCH_PINS)
 	touch $(STAMP)
 
 # Train the default detector on the synthetic shapes data (generated on first use), then
@@ -43,3 +43,8 @@ lint: install
 browser:
 	command -v chromium >/dev/null || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The documentation site (MkDocs + Material; API reference from the docstrings) into site/. --strict: a
+# broken link, a missing reference or an undocumented public name (docs/hooks.py) fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
