@@ -1,6 +1,6 @@
 """`detkit evaluate`: COCO or Pascal VOC metrics of a COCO results json.
 
-    detkit evaluate --annotations GT.json --predictions RESULTS.json [--iou-type segm] [--output M.json]
+    detkit evaluate --annotations GT.json --predictions RESULTS.json [--iou-type segm|keypoints] [--output M.json]
     detkit evaluate --metric voc07 --voc-root VOCdevkit/VOC2007 --predictions RESULTS.json
 
 `--predictions` also takes a `detkit predict` output folder (its detections.json). Where predict
@@ -55,7 +55,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="COCO results json (list of detections), or a `detkit predict` output folder (its detections.json; "
         "its images.json maps predict's image ids to the ground truth's by file name)",
     )  # fmt: skip
-    parser.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
+    parser.add_argument(
+        "--iou-type", choices=("bbox", "segm", "keypoints"), default="bbox",
+        help="bbox (default), segm (masks) or keypoints (OKS; the categories name their 'keypoints')",
+    )  # fmt: skip
+    parser.add_argument(
+        "--kpt-sigmas",
+        help="with --iou-type keypoints: comma-separated OKS sigma per keypoint (default: the categories' "
+        "'keypoint_sigmas', else COCO's person sigmas for 17 keypoints, else 0.1 each)",
+    )
     parser.add_argument("--output", help="write metrics (stats, per-class AP) to this json")
     parser.add_argument("--backend", choices=("auto", "faster_coco_eval", "pycocotools"), default="auto")
     parser.add_argument("--pr-curve", help="write a precision-recall plot (IoU=0.50) to this PNG")
@@ -95,8 +103,14 @@ def _evaluate_coco(args: argparse.Namespace) -> None:
             "(small / medium / large use it)",
             file=sys.stderr,
         )
+    sigmas = None
+    if args.kpt_sigmas:
+        try:
+            sigmas = [float(v) for v in args.kpt_sigmas.split(",")]
+        except ValueError:
+            raise _Failed(f"--kpt-sigmas must be comma-separated numbers, got {args.kpt_sigmas!r}", 2) from None
     try:
-        result = evaluator.evaluate(predictions, args.iou_type, backend=args.backend, verbose=True)
+        result = evaluator.evaluate(predictions, args.iou_type, backend=args.backend, verbose=True, kpt_sigmas=sigmas)
     except ValueError as e:
         raise _Failed(f"invalid predictions file {args.predictions}: {e}", 1) from None
     for name, ap in result.per_class_ap.items():

@@ -1,10 +1,11 @@
 """COCO-format detection and instance segmentation data set.
 
-Shape shorthand: K instances of one image, H x W image size.
+Shape shorthand: K instances of one image, H x W image size, P keypoints per instance.
 
 Targets follow the detkit convention: ``boxes`` XYXY float32 in absolute pixels (COCO json is
 XYWH; converted and clipped when the annotations are read), ``labels`` int64 in ``1..num_classes``
 (0 is the background), categories mapped to contiguous labels in the order of their ids.
+Keypoints (COCO ``keypoints`` [x, y, v] * P) are in the same pixel coordinates as the boxes.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,7 @@ __all__ = [
     "missing_files",
     "decode_rles",
     "decode_segmentation",
+    "keypoint_flip_map",
     "load_coco_json",
     "resolve_under_root",
     "segmentation_to_rle",
@@ -140,6 +143,39 @@ class _Invalid(Exception):
     pass
 
 
+_SIDES = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def keypoint_flip_map(names: Sequence[str]) -> list[int]:
+    """Index of each keypoint's mirror image under a horizontal flip, from the names.
+
+    A name whose ``_``-separated parts hold ``left`` / ``right`` (or ``l`` / ``r``) is paired with
+    the name that has the other side in that place (``left_eye`` <-> ``right_eye``, ``ear_l`` <->
+    ``ear_r``, ``left`` <-> ``right``); every other keypoint maps to itself.
+
+    Raises:
+        ValueError: a side name without its counterpart, or duplicate names.
+    """
+    names = list(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate keypoint names: {names}")
+    index = {n: i for i, n in enumerate(names)}
+    out = []
+    for i, name in enumerate(names):
+        parts = name.split("_")
+        sides = [j for j, p in enumerate(parts) if p.lower() in _SIDES]
+        if not sides:
+            out.append(i)
+            continue
+        j = sides[0]
+        swapped = "_".join(parts[:j] + [_SIDES[parts[j].lower()]] + parts[j + 1 :])
+        match = next((n for n in names if n.lower() == swapped.lower()), None)
+        if match is None:
+            raise ValueError(f"keypoint {name!r} has no mirror keypoint {swapped!r} (give flip_map explicitly)")
+        out.append(index[match])
+    return out
+
+
 class CocoDetection(AnnotatedImages):
     """COCO-format data set (read through pycocotools) returning detkit targets.
 
@@ -149,7 +185,18 @@ class CocoDetection(AnnotatedImages):
     :func:`detkit.data.build_transforms`). ``target`` holds ``boxes``
     (``tv_tensors.BoundingBoxes`` XYXY float32 ``[K, 4]``), ``labels`` int64 ``[K]``,
     ``iscrowd`` uint8 ``[K]``, ``masks`` (``tv_tensors.Mask`` uint8 ``[K, H, W]``, only with
-    ``with_masks=True``), ``image_id`` (the json id) and ``orig_size`` ``(H, W)``.
+    ``with_masks=True``), ``keypoints`` (float32 ``[K, P, 3]``: x, y, v with v in {0, 1, 2} as
+    COCO; x = y = 0 where v = 0; only for keypoint data), ``image_id`` (the json id) and
+    ``orig_size`` ``(H, W)``.
+
+    Keypoint data: the categories name their ``keypoints`` (and ``skeleton``, 1-based pairs as
+    COCO); every category that names keypoints must name the same ones. ``keypoint_names``,
+    ``skeleton`` (0-based pairs) and ``flip_map`` (see :func:`keypoint_flip_map`) describe them.
+    An annotation without ``keypoints`` gets v = 0 everywhere. Refused (or with ``skip_invalid``
+    skipped), naming the file and annotation id: a count other than 3 x the names, a v outside
+    0 / 1 / 2, non-numbers, and a labelled (v > 0) keypoint outside the image ``[0, W] x [0, H]``:
+    a point that cannot be seen is a coordinate error (swapped or normalised x / y, another
+    image's size) that clamping would hide while teaching the model a wrong position.
 
     Annotations are validated at construction. Boxes of zero width or height are dropped and
     counted (``stats["degenerate_boxes"]``); boxes partly outside the image are clipped.
@@ -178,6 +225,10 @@ class CocoDetection(AnnotatedImages):
             (``stats["missing_files"]``).
         substitute_unreadable: with ``skip_invalid``, return the next readable image in
             place of an unreadable one (fixed batch sizes for training) instead of None.
+        keypoints: read keypoints into the targets. None (default): when a category names
+            keypoints; True: required (an error when none does); False: never.
+        flip_map: mirror index of each keypoint (default: from the names, see
+            :func:`keypoint_flip_map`).
     """
 
     def __init__(
@@ -193,6 +244,8 @@ class CocoDetection(AnnotatedImages):
         allow_outside_root: bool = False,
         check_files: bool = False,
         substitute_unreadable: bool = False,
+        keypoints: bool | None = None,
+        flip_map: Sequence[int] | None = None,
     ) -> None:
         super().__init__(
             transforms=transforms, skip_invalid=skip_invalid, substitute_unreadable=substitute_unreadable,
@@ -223,8 +276,9 @@ class CocoDetection(AnnotatedImages):
 
         data = load_coco_json(self.ann_file)
         self._init_categories(data["categories"])
-        # a file without problems: vectorised checks straight into compact records
-        clean = clean_coco_store(
+        self._init_keypoints(data["categories"], keypoints, flip_map)
+        # a file without problems: vectorised checks straight into compact records (keypoints: checked per annotation)
+        clean = None if self.has_keypoints else clean_coco_store(
             data, image_root=self.image_root, category_id_to_label=self.category_id_to_label,
             keep_empty=keep_empty, include_crowd=include_crowd, with_masks=with_masks,
         )  # fmt: skip
@@ -241,8 +295,9 @@ class CocoDetection(AnnotatedImages):
             # compact storage: flat arrays, no per-image objects for DataLoader workers to copy;
             # the pycocotools index and the json are released
             self._records = RecordStore.from_records(
-                self._records, with_segmentations=with_masks, image_entries=self.coco.imgs
-            )
+                self._records, with_segmentations=with_masks, image_entries=self.coco.imgs,
+                num_keypoints=self.num_keypoints if self.has_keypoints else None,
+            )  # fmt: skip
             del self.coco
         self.image_ids = self._records.image_ids.tolist()
         self._report()
@@ -260,6 +315,55 @@ class CocoDetection(AnnotatedImages):
         self.class_names: list[str] = [c["name"] for c in cats]
         self.label_to_category_id: dict[int, int] = {i + 1: c["id"] for i, c in enumerate(cats)}
         self.category_id_to_label: dict[int, int] = {c: lab for lab, c in self.label_to_category_id.items()}
+
+    def _init_keypoints(self, categories: list, wanted: bool | None, flip_map: Sequence[int] | None) -> None:
+        """`keypoint_names`, `skeleton`, `flip_map` and which labels name keypoints."""
+        named = [c for c in sorted(categories, key=lambda c: c["id"]) if c.get("keypoints")]
+        self.keypoint_names: list[str] = []
+        self.skeleton: list[tuple[int, int]] = []
+        self.flip_map: list[int] | None = None
+        self._keypoint_labels: set[int] = set()
+        self.has_keypoints = bool(named) if wanted is None else bool(wanted)
+        if not self.has_keypoints:
+            return
+        if not named:
+            raise AnnotationFormatError(f"{self.ann_file}: keypoints=True but no category names its 'keypoints'")
+        first = named[0]
+        for c in named:
+            names = c["keypoints"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise AnnotationFormatError(f"{self.ann_file}: category id {c['id']}: 'keypoints' must list names")
+            if names != first["keypoints"]:
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: category id {c['id']} names keypoints {names} but category id "
+                    f"{first['id']} names {first['keypoints']} (one keypoint set per data set)"
+                )
+        self.keypoint_names = list(first["keypoints"])
+        num = len(self.keypoint_names)
+        for c in named:
+            pairs = c.get("skeleton", [])
+            if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(type(v) is int and 1 <= v <= num for v in p) for p in pairs
+            ):
+                raise AnnotationFormatError(
+                    f"{self.ann_file}: category id {c['id']}: 'skeleton' must list [i, j] pairs of 1-based keypoint "
+                    f"indices in 1..{num}, got {pairs!r:.100}"
+                )
+        self.skeleton = [(a - 1, b - 1) for a, b in first.get("skeleton", [])]
+        self._keypoint_labels = {self.category_id_to_label[c["id"]] for c in named}
+        try:
+            self.flip_map = keypoint_flip_map(self.keypoint_names) if flip_map is None else [int(i) for i in flip_map]
+        except ValueError as e:
+            raise AnnotationFormatError(f"{self.ann_file}: {e}") from None
+        if sorted(self.flip_map) != list(range(num)) or any(self.flip_map[j] != i for i, j in enumerate(self.flip_map)):
+            raise ValueError(
+                f"flip_map {self.flip_map} is not a pairing of the {num} keypoints (a symmetric permutation)"
+            )
+
+    @property
+    def num_keypoints(self) -> int:
+        """P, the keypoints per instance (0 without keypoint data)."""
+        return len(self.keypoint_names)
 
     @property
     def num_classes(self) -> int:
@@ -343,7 +447,7 @@ class CocoDetection(AnnotatedImages):
             self._fail(f"{where}: {e}")
             return None
 
-        boxes, labels, crowd, segs = [], [], [], []
+        boxes, labels, crowd, segs, points = [], [], [], [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
             is_crowd = bool(ann.get("iscrowd", 0))
             if is_crowd and not self.include_crowd:
@@ -351,6 +455,7 @@ class CocoDetection(AnnotatedImages):
                 continue
             try:
                 box = self._check_annotation(ann, height, width)
+                kp = self._check_keypoints(ann, height, width) if self.has_keypoints and box is not None else None
             except _Invalid as e:
                 self.stats["invalid_annotations"] += 1
                 self._fail(f"{where}: annotation id {ann['id']}: {e}")
@@ -362,6 +467,8 @@ class CocoDetection(AnnotatedImages):
             crowd.append(is_crowd)
             if self.with_masks:
                 segs.append(ann["segmentation"])
+            if kp is not None:
+                points.append(kp)
         return Record(
             image_id=image_id,
             file_name=file_name,
@@ -372,7 +479,41 @@ class CocoDetection(AnnotatedImages):
             labels=np.asarray(labels, dtype=np.int64),
             iscrowd=np.asarray(crowd, dtype=np.uint8),
             segmentations=segs,
+            keypoints=np.asarray(points, dtype=np.float32).reshape(-1, self.num_keypoints, 3)
+            if self.has_keypoints
+            else None,
         )
+
+    def _check_keypoints(self, ann: dict, height: int, width: int) -> np.ndarray:
+        """`np.ndarray[P, 3]` float32 (x, y, v) of `ann` (v = 0 and x = y = 0 where not labelled)."""
+        num = self.num_keypoints
+        values = ann.get("keypoints")
+        label = self.category_id_to_label[ann["category_id"]]
+        if values is None or (label not in self._keypoint_labels and values == []):
+            return np.zeros((num, 3), dtype=np.float32)
+        if label not in self._keypoint_labels:
+            raise _Invalid(f"has keypoints but category id {ann['category_id']} names none")
+        if not isinstance(values, list) or len(values) != 3 * num:
+            got = len(values) if isinstance(values, list) else type(values).__name__
+            raise _Invalid(f"'keypoints' has {got} values; the category names {num} keypoints (expected {3 * num})")
+        if not all(type(v) in (int, float) and math.isfinite(v) for v in values):
+            raise _Invalid("'keypoints' holds a value that is not a finite number")
+        kp = np.asarray(values, dtype=np.float64).reshape(num, 3)
+        vis = kp[:, 2]
+        bad = ~np.isin(vis, (0, 1, 2))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _Invalid(f"keypoint {self.keypoint_names[i]!r}: visibility v={vis[i]:g} is not 0, 1 or 2")
+        labelled = vis > 0
+        outside = labelled & ((kp[:, 0] < 0) | (kp[:, 0] > width) | (kp[:, 1] < 0) | (kp[:, 1] > height))
+        if outside.any():
+            i = int(np.flatnonzero(outside)[0])
+            raise _Invalid(
+                f"keypoint {self.keypoint_names[i]!r} ({kp[i, 0]:g}, {kp[i, 1]:g}) lies outside the "
+                f"{width}x{height} image"
+            )
+        kp[~labelled] = 0.0
+        return kp.astype(np.float32)
 
     def _drop_missing_files(self) -> None:
         missing = set(missing_files(r.path for r in self._records))
@@ -445,6 +586,8 @@ class CocoDetection(AnnotatedImages):
         if self.with_masks:
             masks = decode_rles([segmentation_to_rle(seg, *size) for seg in rec.segmentations], *size)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        if self.has_keypoints:
+            target["keypoints"] = torch.from_numpy(rec.keypoints)
         return target
 
     def __repr__(self) -> str:

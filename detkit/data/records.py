@@ -1,6 +1,7 @@
 """Compact per-image records of a detection data set: a few numpy arrays, no per-image objects.
 
-Shape shorthand: N images, M annotations over all images, K annotations of one image.
+Shape shorthand: N images, M annotations over all images, K annotations of one image, P keypoints
+per instance.
 
 A list of per-image Python objects (dicts, dataclasses, small arrays) costs ~1 KB per image
 plus the objects of every annotation, and every DataLoader worker that reads them touches
@@ -40,6 +41,7 @@ class Record:
     labels: np.ndarray  # [K] int64
     iscrowd: np.ndarray  # [K] uint8
     segmentations: list = field(default_factory=list)  # K COCO segmentations (with masks only)
+    keypoints: np.ndarray | None = None  # [K, P, 3] float32 (x, y, v) (keypoint data only)
 
 
 def _bytes_to_json(value: Any) -> dict:
@@ -98,6 +100,7 @@ class RecordStore(Sequence):
     `store[i]` is a :class:`Record` (fresh arrays, safe to modify); `len(store)` is N.
     Arrays: `image_ids`, `heights`, `widths` `[N]`; `starts` `[N + 1]` offsets of each image's
     annotations in `boxes` `[M, 4]` float32, `labels` `[M]` int64, `iscrowd` `[M]` uint8.
+    `keypoints` `[M, P, 3]` float32 (x, y, v) when the data has keypoints (else None).
     Strings (`file_name`, `path`), the segmentations of each image (JSON, only when
     stored) and the image's json entry (when given) live in one :class:`ByteBuffer` each.
     """
@@ -116,12 +119,15 @@ class RecordStore(Sequence):
         paths: ByteBuffer,
         segmentations: ByteBuffer | None = None,
         image_entries: ByteBuffer | None = None,
+        keypoints: np.ndarray | None = None,
     ):
         n = len(image_ids)
         if not (len(heights) == len(widths) == len(file_names) == len(paths) == n and len(starts) == n + 1):
             raise ValueError("RecordStore: per-image arrays differ in length")
         if not (len(boxes) == len(labels) == len(iscrowd) == int(starts[-1])):
             raise ValueError("RecordStore: per-annotation arrays differ in length")
+        if keypoints is not None and len(keypoints) != len(labels):
+            raise ValueError("RecordStore: keypoints and labels differ in length")
         for extra in (segmentations, image_entries):
             if extra is not None and len(extra) != n:
                 raise ValueError("RecordStore: per-image buffers differ in length")
@@ -129,6 +135,7 @@ class RecordStore(Sequence):
         self.boxes, self.labels, self.iscrowd = boxes, labels, iscrowd
         self.file_names, self.paths = file_names, paths
         self.segmentations, self.image_entries = segmentations, image_entries
+        self.keypoints = keypoints
 
     @classmethod
     def from_records(
@@ -137,11 +144,13 @@ class RecordStore(Sequence):
         *,
         with_segmentations: bool = False,
         image_entries: Mapping[int, dict] | None = None,
+        num_keypoints: int | None = None,
     ) -> RecordStore:
         """Pack objects with the fields of :class:`Record` (e.g. a list of them).
 
         `with_segmentations` stores each record's `segmentations`; `image_entries` maps image
-        ids to json-serialisable entries kept for :meth:`image_entry`.
+        ids to json-serialisable entries kept for :meth:`image_entry`; `num_keypoints` P stores
+        each record's `keypoints` `[K, P, 3]`.
         """
         n = len(records)
         counts = np.fromiter((len(r.labels) for r in records), dtype=np.int64, count=n)
@@ -170,6 +179,7 @@ class RecordStore(Sequence):
                 if image_entries is None
                 else ByteBuffer.from_strings(json.dumps(image_entries[r.image_id]) for r in records)
             ),
+            keypoints=None if num_keypoints is None else packed("keypoints", np.float32, (num_keypoints, 3)),
         )
 
     def __len__(self) -> int:
@@ -197,6 +207,7 @@ class RecordStore(Sequence):
             labels=self.labels[lo:hi].copy(),
             iscrowd=self.iscrowd[lo:hi].copy(),
             segmentations=segs,
+            keypoints=None if self.keypoints is None else self.keypoints[lo:hi].copy(),
         )
 
     def __iter__(self) -> Iterator[Record]:
@@ -239,12 +250,14 @@ class RecordStore(Sequence):
             paths=self.paths.take(idx),
             segmentations=None if self.segmentations is None else self.segmentations.take(idx),
             image_entries=None if self.image_entries is None else self.image_entries.take(idx),
+            keypoints=None if self.keypoints is None else self.keypoints[ann],
         )
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the arrays and buffers."""
         arrays = (self.image_ids, self.heights, self.widths, self.starts, self.boxes, self.labels, self.iscrowd)
+        arrays += () if self.keypoints is None else (self.keypoints,)
         buffers = (self.file_names, self.paths, self.segmentations, self.image_entries)
         return sum(a.nbytes for a in arrays) + sum(b.nbytes for b in buffers if b is not None)
 

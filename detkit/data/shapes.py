@@ -13,6 +13,11 @@ Layout written by :func:`generate_shapes`::
 
     root/<split>/images/000000.png ...
     root/<split>/annotations.json      COCO format, RLE segmentations (compressed, str counts)
+
+With ``keypoints=True`` every annotation also carries COCO keypoints: the 4 extreme points of the
+visible mask (``SHAPES_KEYPOINTS``: top, right, bottom, left; all visible, v = 2), each on the
+box's edge at the middle of the mask's pixels there, with a closed skeleton. The images and every
+other field are the same as without keypoints (the points come from the masks, no random draw).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ except ImportError:  # pragma: no cover - non-POSIX
 
 __all__ = [
     "SHAPES_CLASSES",
+    "SHAPES_KEYPOINTS",
     "SHAPES_SPLITS",
     "ShapesConfig",
     "ShapesDataset",
@@ -58,6 +64,8 @@ log = logging.getLogger(__name__)
 
 SHAPES_CLASSES = ("circle", "rectangle", "triangle")
 """The synthetic shapes data set's class names, in label order (label 1 is "circle")."""
+SHAPES_KEYPOINTS = ("top", "right", "bottom", "left")
+SHAPES_SKELETON = ((1, 2), (2, 3), (3, 4), (4, 1))  # 1-based, as COCO
 SHAPES_SPLITS = {"train": 2000, "val": 200}
 # Bump when the drawing changes: cached data sets with another version are regenerated.
 SHAPES_VERSION = 1
@@ -160,6 +168,29 @@ def _visible_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
+def extreme_points(mask: np.ndarray) -> list[float]:
+    """COCO keypoints [x, y, v] * 4 of a mask's top, right, bottom and left extreme points.
+
+    Each point lies on the edge of the mask's box (continuous pixel coordinates, as boxes), at the
+    centre of the middle mask pixel of that edge's row / column.
+    """
+    ys = np.flatnonzero(mask.any(axis=1))
+    xs = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(ys[0]), int(ys[-1]), int(xs[0]), int(xs[-1])
+
+    def middle(line: np.ndarray) -> float:
+        on = np.flatnonzero(line)
+        return float(on[len(on) // 2]) + 0.5
+
+    points = [
+        (middle(mask[y0]), float(y0)),  # top
+        (float(x1 + 1), middle(mask[:, x1])),  # right
+        (middle(mask[y1]), float(y1 + 1)),  # bottom
+        (float(x0), middle(mask[:, x0])),  # left
+    ]
+    return [v for x, y in points for v in (x, y, 2)]
+
+
 def render_shapes_image(
     rng: np.random.Generator, cfg: ShapesConfig = ShapesConfig()
 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -229,8 +260,8 @@ def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([SHAPES_VERSION, seed, zlib.crc32(split.encode("utf-8")), index])
 
 
-def _make_one(job: tuple[str, str, int, int, ShapesConfig]) -> list[dict[str, Any]]:
-    images_dir, split, seed, index, cfg = job
+def _make_one(job: tuple[str, str, int, int, ShapesConfig, bool]) -> list[dict[str, Any]]:
+    images_dir, split, seed, index, cfg, keypoints = job
     image, objects = render_shapes_image(_image_rng(seed, split, index), cfg)
     path = os.path.join(images_dir, f"{index:06d}.png")
     if not cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
@@ -252,6 +283,8 @@ def _make_one(job: tuple[str, str, int, int, ShapesConfig]) -> list[dict[str, An
                 "visible_fraction": round(obj["visible_fraction"], 4),
             }
         )
+        if keypoints:
+            anns[-1].update(keypoints=extreme_points(obj["mask"]), num_keypoints=len(SHAPES_KEYPOINTS))
     return anns
 
 
@@ -263,6 +296,7 @@ def generate_shapes(
     image_size: int = 128,
     seed: int,
     num_workers: int = 0,
+    keypoints: bool = False,
     **config: Any,
 ) -> str:
     """Write ``root/<split>/images/*.png`` and ``root/<split>/annotations.json``.
@@ -274,6 +308,7 @@ def generate_shapes(
         image_size: side of the square images (>= 64 recommended).
         seed: non-negative base seed.
         num_workers: processes to draw with (0 or 1: this process). Results do not depend on it.
+        keypoints: also write each shape's 4 extreme points as COCO keypoints (module docstring).
         **config: other :class:`ShapesConfig` fields.
 
     Returns:
@@ -285,7 +320,7 @@ def generate_shapes(
     split_dir = os.path.join(os.fspath(root), split)
     images_dir = os.path.join(split_dir, "images")
     os.makedirs(images_dir, exist_ok=True)
-    jobs = [(images_dir, split, seed, i, cfg) for i in range(num_images)]
+    jobs = [(images_dir, split, seed, i, cfg, keypoints) for i in range(num_images)]
     if num_workers > 1 and num_images > 1:
         with multiprocessing.get_context().Pool(num_workers) as pool:
             per_image = pool.map(_make_one, jobs, chunksize=max(1, num_images // (4 * num_workers)))
@@ -316,6 +351,9 @@ def generate_shapes(
         "annotations": annotations,
         "categories": [{"id": k + 1, "name": n, "supercategory": "shape"} for k, n in enumerate(SHAPES_CLASSES)],
     }
+    if keypoints:
+        for cat in coco["categories"]:
+            cat.update(keypoints=list(SHAPES_KEYPOINTS), skeleton=[list(p) for p in SHAPES_SKELETON])
     ann_file = os.path.join(split_dir, "annotations.json")
     with open(ann_file, "w", encoding="utf-8") as f:
         json.dump(coco, f, separators=(",", ":"))
@@ -354,6 +392,7 @@ def ensure_shapes(
     seed: int = 0,
     *,
     num_workers: int = 0,
+    keypoints: bool = False,
     **config: Any,
 ) -> dict[str, str]:
     """Generate the shapes splits under ``root`` unless a matching cache exists.
@@ -365,7 +404,7 @@ def ensure_shapes(
     Args:
         root: cache root.
         splits: split name -> number of images (default ``{"train": 2000, "val": 200}``).
-        image_size, seed, num_workers, **config: see :func:`generate_shapes`.
+        image_size, seed, num_workers, keypoints, **config: see :func:`generate_shapes`.
 
     Returns:
         Split name -> annotation file path.
@@ -384,6 +423,8 @@ def ensure_shapes(
                 "seed": seed,
                 **asdict(cfg),
             }
+            if keypoints:  # only then: caches written before keypoints existed stay valid
+                params["keypoints"] = True
             split_dir = os.path.join(root, split)
             if not _cache_valid(split_dir, params):
                 log.info(
@@ -400,6 +441,7 @@ def ensure_shapes(
                         num_images=num_images,
                         seed=seed,
                         num_workers=num_workers,
+                        keypoints=keypoints,
                         **asdict(cfg),
                     )
                     with open(os.path.join(tmp, split, MARKER), "w", encoding="utf-8") as f:
@@ -423,6 +465,7 @@ class ShapesDataset(CocoDetection):
         split: split name.
         num_images: images in the split (default: 2000 for ``train``, 200 for ``val``).
         image_size, seed, num_workers: generator parameters.
+        keypoints: the data set with keypoints (the 4 extreme points of each shape).
         **kwargs: :class:`CocoDetection` keyword arguments (``transforms``, ``with_masks``, ...).
     """
 
@@ -435,11 +478,14 @@ class ShapesDataset(CocoDetection):
         image_size: int = 128,
         seed: int = 0,
         num_workers: int = 0,
+        keypoints: bool = False,
         **kwargs: Any,
     ) -> None:
         if num_images is None:
             if split not in SHAPES_SPLITS:
                 raise ValueError(f"num_images is required for split {split!r}")
             num_images = SHAPES_SPLITS[split]
-        ann_file = ensure_shapes(root, {split: num_images}, image_size, seed, num_workers=num_workers)[split]
-        super().__init__(os.path.join(os.fspath(root), split, "images"), ann_file, **kwargs)
+        ann_file = ensure_shapes(
+            root, {split: num_images}, image_size, seed, num_workers=num_workers, keypoints=keypoints
+        )[split]
+        super().__init__(os.path.join(os.fspath(root), split, "images"), ann_file, keypoints=keypoints, **kwargs)

@@ -181,7 +181,8 @@ class ShapesDataModule(DetectionDataModule):
     """The synthetic shapes data set (generated under `root` on first use, then cached).
 
     Images keep their size (`image_size` squared); training adds horizontal flips and
-    optional colour jitter.
+    optional colour jitter. `keypoints`: the data set with each shape's 4 extreme points as COCO
+    keypoints (a cache of its own: give it another `root`, e.g. `data/shapes_keypoints`).
     """
 
     def __init__(
@@ -200,8 +201,10 @@ class ShapesDataModule(DetectionDataModule):
         train_proposals: str | None = None,
         val_proposals: str | None = None,
         max_proposals: int = 2000,
+        keypoints: bool = False,
     ):
         super().__init__(batch_size, num_workers, False, val_batch_size, train_proposals, val_proposals, max_proposals)
+        self.keypoints = keypoints
         if num_train < 1 or num_val < 1:
             raise ValueError("num_train and num_val must be >= 1")
         self.root = root
@@ -215,21 +218,24 @@ class ShapesDataModule(DetectionDataModule):
         return list(SHAPES_CLASSES)
 
     def prepare_data(self) -> None:
-        ensure_shapes(self.root, {"train": self.num_train, "val": self.num_val}, self.image_size, self.seed)
+        splits = {"train": self.num_train, "val": self.num_val}
+        ensure_shapes(self.root, splits, self.image_size, self.seed, keypoints=self.keypoints)
 
     def _dataset(self, split: str, num_images: int, train: bool) -> ShapesDataset:
-        transforms = build_transforms(
-            train, min_size=None, max_size=None, hflip_prob=self.hflip_prob, color_jitter=self.color_jitter
-        )
-        return ShapesDataset(
+        dataset = ShapesDataset(
             self.root,
             split,
             num_images=num_images,
             image_size=self.image_size,
             seed=self.seed,
-            transforms=transforms,
             with_masks=self.with_masks,
+            keypoints=self.keypoints,
         )
+        dataset.transforms = build_transforms(
+            train, min_size=None, max_size=None, hflip_prob=self.hflip_prob, color_jitter=self.color_jitter,
+            flip_map=dataset.flip_map,
+        )  # fmt: skip
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_dataset is None:
@@ -327,7 +333,9 @@ class CocoDataModule(DetectionDataModule):
                 substitute_unreadable=True,  # a training batch never shrinks (see README)
                 keep_empty=self.keep_empty,
                 check_files=self.check_files,
-                transforms=build_transforms(True, min_size=None, max_size=None, hflip_prob=self.hflip_prob),
+            )
+            train.transforms = build_transforms(
+                True, min_size=None, max_size=None, hflip_prob=self.hflip_prob, flip_map=train.flip_map
             )
             self._require_images(train, self.train_annotations, "training")
             self.train_dataset = self._with_proposals(train, self.train_proposals)

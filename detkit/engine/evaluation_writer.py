@@ -136,10 +136,12 @@ class EvaluationWriter(Callback):
             for kind, r in curves:
                 if r.precision.size and r.precision.ndim == 5:  # COCO reports
                     plot_pr_curves(r.precision, r.category_names, os.path.join(out, f"pr_curve_{kind}.png"))
+            val_dataset = getattr(getattr(trainer, "datamodule", None), "val_dataset", None)
+            skeleton = getattr(val_dataset, "skeleton", None)  # keypoint data: the lines between points
             for image_id, image, det in self._visuals:
                 drawn = draw_detections(
                     image, det["boxes"], det["labels"], det["scores"], det.get("masks"),
-                    class_names=evaluation.class_names,
+                    class_names=evaluation.class_names, keypoints=det.get("keypoints"), skeleton=skeleton,
                 )  # fmt: skip
                 save_png(os.path.join(out, f"detections_{image_id}.png"), drawn)
         self._visuals = []

@@ -224,7 +224,8 @@ class DetectionModule(LightningModule):
         lr_milestones: step-decay points: fractions (<= 1) of the total optimizer steps
             (`trainer.estimated_stepping_batches`) or absolute step numbers (> 1).
         lr_gamma: step-decay factor.
-        eval_iou_types: COCO evaluation types; default "bbox", plus "segm" for mask models.
+        eval_iou_types: COCO evaluation types; default "bbox", plus "segm" for mask models and
+            "keypoints" (OKS, logged as `val/kp_AP`, ...) for keypoint models.
         eval_metric: "coco" (COCO metrics only), or "voc07" / "voc2010": also the Pascal VOC
             mAP (IoU > 0.5, difficult objects ignored) of the same detections, logged as
             `val/voc07_mAP` (`val/voc2010_mAP`), per-class AP in metrics.json. The COCO
@@ -269,7 +270,7 @@ class DetectionModule(LightningModule):
         lr_schedule: Literal["step", "cosine", "constant"] = "step",
         lr_milestones: list[float] = [0.67, 0.89],  # noqa: B006  (list default: shown as-is by the CLI)
         lr_gamma: float = 0.1,
-        eval_iou_types: list[Literal["bbox", "segm"]] | None = None,
+        eval_iou_types: list[Literal["bbox", "segm", "keypoints"]] | None = None,
         eval_metric: Literal["coco", "voc07", "voc2010"] = "coco",
         max_bad_steps: int = 20,
         num_visualize: int = 8,
@@ -318,10 +319,13 @@ class DetectionModule(LightningModule):
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         has_masks = bool(getattr(self.model, "has_masks", False))  # the model says what it predicts
+        has_keypoints = bool(getattr(self.model, "has_keypoints", False))
         if eval_iou_types is None:
-            eval_iou_types = ["bbox", "segm"] if has_masks else ["bbox"]
+            eval_iou_types = ["bbox"] + ["segm"] * has_masks + ["keypoints"] * has_keypoints
         if "segm" in eval_iou_types and not has_masks:
             raise ValueError(f"eval_iou_types contains 'segm' but {model_name} predicts no masks")
+        if "keypoints" in eval_iou_types and not has_keypoints:
+            raise ValueError(f"eval_iou_types contains 'keypoints' but {model_name} predicts no keypoints")
         self.eval_iou_types = list(eval_iou_types)
         # The detector's label map (names and data set category ids of labels 1..K): from the checkpoint
         # it was loaded from, else from the data of its first fit; other data is compared with it, never
@@ -460,6 +464,21 @@ class DetectionModule(LightningModule):
 
     def on_train_start(self) -> None:
         self._join_data("fit")
+
+    def on_fit_start(self) -> None:
+        """Before the sanity check: a keypoint model refuses training data whose categories name no
+        keypoints (one line naming the file)."""
+        if not getattr(self.model, "has_keypoints", False):
+            return
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_dataset", None)
+        if dataset is None:  # loaders given to fit() directly
+            dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if getattr(dataset, "has_keypoints", None) is False:
+            source = getattr(dataset, "ann_file", None) or "the training data"
+            raise ValueError(
+                f"{os.fspath(source)}: {self.hparams.model_name} learns keypoints but no category of the training "
+                "data names its 'keypoints' (COCO keypoint annotations are needed)"
+            )
 
     def on_predict_epoch_start(self) -> None:
         self._join_data("predict")
@@ -687,7 +706,7 @@ class DetectionModule(LightningModule):
         metrics, reports = {}, {}
         for iou_type in self.eval_iou_types:
             result = evaluator.evaluate(results, iou_type, img_ids=image_ids, verbose=False)
-            prefix = f"{stage}/" if iou_type == "bbox" else f"{stage}/{iou_type}_"
+            prefix = f"{stage}/" + {"bbox": "", "keypoints": "kp_"}.get(iou_type, f"{iou_type}_")
             metrics.update({f"{prefix}{k}": float(v) for k, v in result.stats.items()})
             reports[iou_type] = result
         metric = self.hparams.get("eval_metric", "coco")

@@ -1,4 +1,4 @@
-"""COCO box / mask evaluation on top of faster-coco-eval (or pycocotools as a fallback).
+"""COCO box / mask / keypoint evaluation on top of faster-coco-eval (or pycocotools as a fallback).
 
 The backends compute the metrics; this module loads ground truth once, validates and
 sanitises results, hides the backends' printing, and returns one typed `EvalResult`.
@@ -20,6 +20,9 @@ import numpy as np
 from detkit.utils.gc_pause import paused_gc
 
 __all__ = [
+    "COCO_PERSON_SIGMAS",
+    "DEFAULT_KEYPOINT_SIGMA",
+    "KEYPOINT_STAT_NAMES",
     "STAT_NAMES",
     "COCOEvaluator",
     "EvalResult",
@@ -58,8 +61,23 @@ _STAT_SPECS = (
     (False, None, "medium", 100),
     (False, None, "large", 100),
 )
+# Keypoints (OKS): 10 numbers, areas medium / large only, 20 detections per image, as COCO.
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+_KEYPOINT_STAT_SPECS = tuple(
+    (is_ap, iou, area, 20) for is_ap in (True, False) for iou, area in
+    ((None, "all"), (0.5, "all"), (0.75, "all"), (None, "medium"), (None, "large"))
+)  # fmt: skip
+# The COCO person keypoints' OKS sigmas (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles).
+COCO_PERSON_SIGMAS = (
+    0.026, 0.025, 0.025, 0.035, 0.035, 0.079, 0.079, 0.072, 0.072,
+    0.062, 0.062, 0.107, 0.107, 0.087, 0.087, 0.089, 0.089,
+)  # fmt: skip
+# Sigma of every keypoint of a data set with other than 17 keypoints and no `keypoint_sigmas` of its
+# own: about COCO's loosest (hips 0.107, shoulders 0.079), since how precisely such points are
+# annotated is unknown; OKS 0.5 is then reached at ~0.24 sqrt(area) from the true point.
+DEFAULT_KEYPOINT_SIGMA = 0.1
 _BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
-_IOU_TYPES = ("bbox", "segm")
+_IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
 @dataclass
@@ -67,7 +85,8 @@ class EvalResult:
     """Outcome of one COCO evaluation.
 
     `stats` holds the 12 standard numbers in COCO order (-1 where COCO leaves a metric
-    undefined, e.g. APs without small ground truth). `per_class_ap` is AP@[.5:.95]
+    undefined, e.g. APs without small ground truth); for keypoints the 10 of COCO's keypoint
+    summary (`KEYPOINT_STAT_NAMES`). `per_class_ap` is AP@[.5:.95]
     (all areas, 100 detections) per category name; categories without ground truth are
     left out. `precision` is the backend's `Tensor[T, R, K, A, M]` precision array
     (IoU thresholds, recall thresholds, categories, area ranges, max detections).
@@ -91,11 +110,15 @@ class EvalResult:
         }
 
 
-def format_summary(stats: Mapping[str, float], iou_thresholds: Sequence[float] = (0.5, 0.95)) -> str:
-    """The standard 12-line COCO summary table for `stats` (keys `STAT_NAMES`)."""
+def format_summary(
+    stats: Mapping[str, float], iou_thresholds: Sequence[float] = (0.5, 0.95), *, keypoints: bool = False
+) -> str:
+    """The standard 12-line COCO summary table for `stats` (keys `STAT_NAMES`); with `keypoints`
+    the 10-line keypoint table (keys `KEYPOINT_STAT_NAMES`)."""
     lines = []
     lo, hi = iou_thresholds[0], iou_thresholds[-1]
-    for name, (is_ap, iou, area, max_dets) in zip(STAT_NAMES, _STAT_SPECS):
+    names, specs = (KEYPOINT_STAT_NAMES, _KEYPOINT_STAT_SPECS) if keypoints else (STAT_NAMES, _STAT_SPECS)
+    for name, (is_ap, iou, area, max_dets) in zip(names, specs):
         title, kind = ("Average Precision", "(AP)") if is_ap else ("Average Recall", "(AR)")
         iou_str = f"{lo:0.2f}:{hi:0.2f}" if iou is None else f"{iou:0.2f}"
         lines.append(
@@ -175,6 +198,35 @@ def _with_areas(annotations: Sequence[Any], images: Sequence[Any]) -> tuple[list
     return out, counts
 
 
+def _keypoint_categories(categories: Sequence[Any]) -> tuple[list[str], list[float] | None]:
+    """The keypoint names the categories give (one set for all), and their `keypoint_sigmas` if any."""
+    named = [c for c in categories if isinstance(c, Mapping) and c.get("keypoints")]
+    if not named:
+        return [], None
+    names = list(named[0]["keypoints"])
+    sigmas = named[0].get("keypoint_sigmas")
+    for c in named:
+        if list(c["keypoints"]) != names or c.get("keypoint_sigmas") != sigmas:
+            raise ValueError(
+                f"category id {c.get('id')!r} names other keypoints (or keypoint_sigmas) than category id "
+                f"{named[0].get('id')!r}: one keypoint set per data set"
+            )
+    return names, None if sigmas is None else [float(v) for v in sigmas]
+
+
+def _with_keypoint_fields(annotations: list[Any], num: int) -> list[Any]:
+    """Annotations with `keypoints` (v = 0 everywhere where missing) and `num_keypoints` (labelled
+    points, where missing), which the backends' OKS reads; new dicts where a field is added."""
+    out = []
+    for ann in annotations:
+        if "keypoints" not in ann:
+            ann = {**ann, "keypoints": [0] * (3 * num), "num_keypoints": 0}
+        elif "num_keypoints" not in ann:
+            ann = {**ann, "num_keypoints": sum(1 for v in ann["keypoints"][2::3] if v > 0)}
+        out.append(ann)
+    return out
+
+
 def _is_finite_number(v: Any) -> bool:
     if type(v) is float:  # the common cases first: called per prediction value
         return math.isfinite(v)
@@ -220,6 +272,13 @@ def _add_result_fields(results: list[dict], iou_type: str) -> None:
         from faster_coco_eval.core import mask as mask_utils
 
         areas = mask_utils.area([r["segmentation"] for r in results]).tolist() if results else []
+    elif iou_type == "keypoints":  # as both backends' loadRes: the result's box, else the box around its points
+        areas = []
+        for r in results:
+            if "bbox" not in r:
+                xs, ys = r["keypoints"][0::3], r["keypoints"][1::3]
+                r["bbox"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+            areas.append(r["bbox"][2] * r["bbox"][3])
     else:
         areas = [r["bbox"][2] * r["bbox"][3] for r in results]
     for i, (r, area) in enumerate(zip(results, areas), 1):
@@ -265,6 +324,9 @@ class COCOEvaluator:
             for img in dataset["images"]
             if type(img.get("height")) is int and type(img.get("width")) is int
         }
+        self.keypoint_names, self.keypoint_sigmas = _keypoint_categories(dataset["categories"])
+        if self.keypoint_names:
+            dataset["annotations"] = _with_keypoint_fields(dataset["annotations"], len(self.keypoint_names))
 
     # ------------------------------------------------------------------ backends
     def _dataset_copy(self) -> dict[str, Any]:
@@ -323,7 +385,8 @@ class COCOEvaluator:
         For mask evaluation the box is dropped so that the backends take the instance
         area (small / medium / large) from the mask, not from the box.
         """
-        geometry = "bbox" if iou_type == "bbox" else "segmentation"
+        geometry = {"bbox": "bbox", "segm": "segmentation"}.get(iou_type, iou_type)
+        num_values = 3 * len(self.keypoint_names)
         clean = []
         image_ids, cat_ids = set(), set()
         for i, r in enumerate(results):
@@ -342,6 +405,13 @@ class COCOEvaluator:
                 raise ValueError(f"result #{i}: bbox must be [x, y, w, h], got {geom!r}")
             if geometry == "segmentation" and not _is_compressed_rle(geom, self._mask_sizes.get(image_id)):
                 raise ValueError(_mask_error(i, image_id, geom, self._mask_sizes.get(image_id)))
+            if geometry == "keypoints" and (
+                not isinstance(geom, (list, tuple)) or len(geom) != num_values or not all(map(_is_finite_number, geom))
+            ):
+                raise ValueError(
+                    f"result #{i} (image_id {image_id!r}): keypoints must be {num_values} finite numbers "
+                    f"[x, y, v] * {num_values // 3}, got {geom!r:.80}"
+                )
             box = r.get("bbox")
             if not isinstance(box, (list, tuple)):
                 box = ()
@@ -361,6 +431,8 @@ class COCOEvaluator:
                     "score": score,
                 }
             )
+            if geometry == "keypoints" and len(box) == 4:  # the backends take a keypoint result's area from its box
+                clean[-1]["bbox"] = box
         unknown = image_ids - self.image_ids
         if unknown:
             raise ValueError(f"results reference image id(s) not in the ground truth: {_describe_ids(unknown)}")
@@ -379,17 +451,23 @@ class COCOEvaluator:
         backend: str = "auto",
         img_ids: Iterable[int] | None = None,
         verbose: bool = True,
+        kpt_sigmas: Sequence[float] | None = None,
     ) -> EvalResult:
         """COCO metrics of `results` (list of result dicts or a results json path).
 
         Args:
-            iou_type: "bbox" or "segm".
+            iou_type: "bbox", "segm" or "keypoints" (OKS; results carry `keypoints` [x, y, v] * P,
+                the categories name their `keypoints`).
             backend: "faster_coco_eval", "pycocotools", or "auto" (the first if importable).
             img_ids: images to evaluate (default: every ground-truth image).
             verbose: print the summary table.
+            kpt_sigmas: keypoints: the OKS sigma of each keypoint. Default: the categories'
+                `keypoint_sigmas` (a detkit field), else COCO's person sigmas for 17 keypoints,
+                else `DEFAULT_KEYPOINT_SIGMA` each.
         """
         if iou_type not in _IOU_TYPES:
             raise ValueError(f"iou_type must be one of {_IOU_TYPES}, got {iou_type!r}")
+        sigmas = self._sigmas(kpt_sigmas) if iou_type == "keypoints" else None
         backend = _resolve_backend(backend)
         if isinstance(results, (str, os.PathLike)):
             results = _load_json(results)
@@ -413,7 +491,9 @@ class COCOEvaluator:
         if backend == "faster_coco_eval":
             from faster_coco_eval import COCOeval_faster
 
-            coco_eval = COCOeval_faster(gt, dt, iou_type, print_function=lambda *args, **kwargs: None)
+            coco_eval = COCOeval_faster(
+                gt, dt, iou_type, print_function=lambda *args, **kwargs: None, kpt_oks_sigmas=sigmas
+            )
             coco_eval.params.imgIds = eval_img_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
@@ -423,12 +503,15 @@ class COCOEvaluator:
 
             with contextlib.redirect_stdout(io.StringIO()):
                 coco_eval = COCOeval(gt, dt, iou_type)
+                if sigmas is not None:
+                    coco_eval.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
                 coco_eval.params.imgIds = eval_img_ids
                 coco_eval.evaluate()
                 coco_eval.accumulate()
                 coco_eval.summarize()
 
-        stats = {name: float(v) for name, v in zip(STAT_NAMES, np.asarray(coco_eval.stats)[: len(STAT_NAMES)])}
+        names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+        stats = {name: float(v) for name, v in zip(names, np.asarray(coco_eval.stats)[: len(names)])}
         precision = np.asarray(coco_eval.eval["precision"], dtype=np.float64)
         cat_ids = [int(c) for c in coco_eval.params.catIds]
         names = self._unique_names(cat_ids)
@@ -439,7 +522,7 @@ class COCOEvaluator:
             if valid.any():
                 per_class_ap[name] = float(p[valid].mean())
         iou_thrs = np.asarray(coco_eval.params.iouThrs, dtype=np.float64)
-        summary = format_summary(stats, (float(iou_thrs[0]), float(iou_thrs[-1])))
+        summary = format_summary(stats, (float(iou_thrs[0]), float(iou_thrs[-1])), keypoints=iou_type == "keypoints")
         if verbose:
             print(summary)
         return EvalResult(
@@ -451,6 +534,19 @@ class COCOEvaluator:
             summary=summary,
             category_names=names,
         )
+
+    def _sigmas(self, given: Sequence[float] | None) -> list[float]:
+        """The OKS sigma of each keypoint (see `evaluate`)."""
+        num = len(self.keypoint_names)
+        if not num:
+            raise ValueError("iou_type='keypoints' needs ground-truth categories that name their 'keypoints'")
+        sigmas = given if given is not None else self.keypoint_sigmas
+        if sigmas is None:
+            sigmas = COCO_PERSON_SIGMAS if num == 17 else (DEFAULT_KEYPOINT_SIGMA,) * num
+        sigmas = [float(v) for v in sigmas]
+        if len(sigmas) != num or not all(math.isfinite(v) and v > 0 for v in sigmas):
+            raise ValueError(f"keypoint sigmas must be {num} positive numbers (one per keypoint), got {sigmas}")
+        return sigmas
 
     def _unique_names(self, cat_ids: Sequence[int]) -> list[str]:
         names = [self.category_names[c] for c in cat_ids]

@@ -1,6 +1,6 @@
 """Convert model predictions to COCO result dicts (the only place boxes become XYWH).
 
-Shape shorthand: K detections in one image, H x W the original image size.
+Shape shorthand: K detections in one image, H x W the original image size, P keypoints per detection.
 """
 
 from __future__ import annotations
@@ -77,13 +77,16 @@ def detections_to_coco_results(
         detections: per image, `boxes` Tensor[K, 4] XYXY absolute pixels of the original
             image, `scores` Tensor[K], `labels` int Tensor[K] in 1..num_classes, and
             optionally `masks` Tensor[K, H, W] (bool/uint8; float masks are thresholded at
-            `mask_threshold`).
+            `mask_threshold`) and `keypoints` Tensor[K, P, 3] (x, y, visibility flag) with
+            `keypoints_scores` Tensor[K, P].
         label_to_category_id: `{label: category_id}` or a sequence where `seq[label - 1]`
             is the category id of `label`.
 
     Returns:
         One dict per detection: `image_id`, `category_id`, `bbox` [x, y, w, h], `score`,
-        and `segmentation` (compressed RLE with str counts) when masks are given.
+        `segmentation` (compressed RLE with str counts) when masks are given, and with keypoints
+        `keypoints` [x, y, v] * P as COCO results (v the predicted flag; OKS reads only x and y)
+        and `keypoints_scores` [P].
     """
     if len(image_ids) != len(detections):
         raise ValueError(f"got {len(image_ids)} image ids for {len(detections)} detection dicts")
@@ -109,6 +112,7 @@ def detections_to_coco_results(
         score_list = scores.tolist()
         cat_list = cat_ids.tolist()
         image_id = int(image_id)
+        start = len(results)
         if det.get("masks") is not None:
             rles = _encode_masks(det["masks"], mask_threshold)
             if len(rles) != num:
@@ -128,7 +132,29 @@ def detections_to_coco_results(
                 {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
                 for c, b, s in zip(cat_list, xywh, score_list)
             )
+        if det.get("keypoints") is not None:
+            _add_keypoints(results[start:], det, image_id, num)
     return results
+
+
+def _add_keypoints(results: list[dict], det: Mapping[str, Tensor], image_id: int, num: int) -> None:
+    """`keypoints` [x, y, v] * P (flat) and `keypoints_scores` [P] into each of one image's `results`."""
+    import torch
+
+    kp = det["keypoints"].detach().to(device="cpu", dtype=torch.float64)
+    if kp.dim() != 3 or kp.shape[0] != num or kp.shape[2] != 3:
+        raise ValueError(f"image {image_id}: keypoints must be Tensor[{num}, P, 3], got {tuple(kp.shape)}")
+    flat = kp.reshape(num, -1).tolist()
+    scores = det.get("keypoints_scores")
+    score_rows = (
+        scores.detach().to(device="cpu", dtype=torch.float64).reshape(num, -1).tolist()
+        if scores is not None
+        else [None] * num
+    )
+    for r, points, point_scores in zip(results, flat, score_rows):
+        r["keypoints"] = points
+        if point_scores is not None:
+            r["keypoints_scores"] = point_scores
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

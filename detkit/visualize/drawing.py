@@ -1,6 +1,6 @@
 """Drawing detections and small line plots with OpenCV (no matplotlib).
 
-Shape shorthand: D detections, H x W image size.
+Shape shorthand: D detections, H x W image size, P keypoints per detection.
 Images are RGB: `np.ndarray[H, W, 3]` uint8, or a float 0..1 `Tensor[3, H, W]` (converted).
 """
 
@@ -67,8 +67,10 @@ def draw_detections(
     score_threshold: float = 0.0,
     mask_alpha: float = 0.45,
     min_side: int = 512,
+    keypoints=None,
+    skeleton: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
-    """Draw boxes, class names, scores and (alpha-blended) masks on a copy of `image`.
+    """Draw boxes, class names, scores, (alpha-blended) masks and keypoints on a copy of `image`.
 
     Args:
         image: RGB image (see module docstring).
@@ -81,6 +83,9 @@ def draw_detections(
         mask_alpha: mask opacity.
         min_side: images whose longer side is below this are enlarged by an integer factor
             first (so text on 128-px images stays legible); 0 disables.
+        keypoints: `[D, P, 3]` (x, y, v) pixels of `image`, or None: points with v > 0 are drawn
+            as dots (white rim) in the detection's colour.
+        skeleton: 0-based keypoint index pairs joined by lines where both ends have v > 0.
 
     Returns:
         `np.ndarray[H', W', 3]` uint8 RGB.
@@ -91,6 +96,10 @@ def draw_detections(
     scores = None if scores is None else _as_numpy(scores, np.float32).reshape(-1)
     if masks is not None:
         masks = _as_numpy(masks, np.uint8)
+    if keypoints is not None:
+        keypoints = _as_numpy(keypoints, np.float32)
+        if keypoints.ndim != 3 or keypoints.shape[0] != len(boxes) or keypoints.shape[2] != 3:
+            raise ValueError(f"keypoints must be [D, P, 3] for {len(boxes)} boxes, got shape {keypoints.shape}")
     keep = np.ones(len(boxes), dtype=bool) if scores is None else scores >= score_threshold
     order = np.flatnonzero(keep)
     if scores is not None:
@@ -126,7 +135,27 @@ def draw_detections(
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
         cv2.rectangle(canvas, (x1, ty - th - base), (x1 + tw + 2, ty + 1), colour, -1)
         cv2.putText(canvas, text, (x1 + 1, ty - base + 1), _FONT, font_scale, (0, 0, 0), 1, lineType=cv2.LINE_AA)
+    if keypoints is not None:
+        for i in order:
+            _draw_keypoints(canvas, keypoints[i], skeleton or (), class_colour(int(labels[i])), factor, thickness)
     return canvas
+
+
+def _draw_keypoints(
+    canvas: np.ndarray, points: np.ndarray, skeleton: Sequence[tuple[int, int]], colour, factor: int, thickness: int
+) -> None:
+    """One detection's `[P, 3]` keypoints and skeleton lines, in place."""
+    xy = np.rint(points[:, :2] * factor).astype(np.int64)
+    shown = points[:, 2] > 0
+    for a, b in skeleton:
+        if 0 <= a < len(points) and 0 <= b < len(points) and shown[a] and shown[b]:
+            pa, pb = (int(xy[a, 0]), int(xy[a, 1])), (int(xy[b, 0]), int(xy[b, 1]))
+            cv2.line(canvas, pa, pb, colour, thickness, lineType=cv2.LINE_8)
+    radius = max(2, 2 * thickness)
+    for (x, y), on in zip(xy.tolist(), shown.tolist()):
+        if on:
+            cv2.circle(canvas, (x, y), radius + 1, (255, 255, 255), -1, lineType=cv2.LINE_8)
+            cv2.circle(canvas, (x, y), radius, colour, -1, lineType=cv2.LINE_8)
 
 
 def save_png(path: str | os.PathLike, image_rgb: np.ndarray) -> None:

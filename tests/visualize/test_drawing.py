@@ -73,3 +73,22 @@ def test_training_curves_from_csv(tmp_path):
     assert cols["val/AP"] == ([19.0, 39.0], [0.0, 1.0], [0.25, 0.5])
     written = plot_training_curves(csv, tmp_path)
     assert [p.rsplit("/", 1)[1] for p in written] == ["loss_curve.png", "val_metrics.png"]
+
+
+def test_keypoints_and_skeleton_drawn():
+    image = torch.zeros(3, 100, 120)
+    boxes = torch.tensor([[10.0, 10.0, 110.0, 90.0]])
+    keypoints = torch.tensor([[[30.0, 50.0, 1.0], [90.0, 50.0, 1.0], [60.0, 20.0, 0.0]]])  # the third: not shown
+    kwargs = dict(class_names=["a"], min_side=0, keypoints=keypoints)
+    with_lines = draw_detections(
+        image, boxes, torch.tensor([1]), torch.tensor([0.9]), skeleton=[(0, 1), (1, 2)], **kwargs
+    )
+    colour = class_colour(1)
+    assert tuple(with_lines[50, 30]) == colour and tuple(with_lines[50, 90]) == colour  # the points' centres
+    assert tuple(with_lines[50, 60]) == colour  # the line between the two shown points
+    assert with_lines[20, 60].sum() == 0 and with_lines[35, 75].sum() == 0  # v = 0: no point, no line to it
+    assert tuple(with_lines[47, 30]) == (255, 255, 255)  # the white rim around a point (radius 2 + 1)
+    no_lines = draw_detections(image, boxes, torch.tensor([1]), torch.tensor([0.9]), **kwargs)
+    assert no_lines[50, 60].sum() == 0
+    with pytest.raises(ValueError, match=r"keypoints must be \[D, P, 3\] for 1 boxes"):
+        draw_detections(image, boxes, torch.tensor([1]), keypoints=keypoints[0])
