@@ -1,7 +1,8 @@
 """The documentation site builds (`mkdocs build --strict`, as `make docs`) and its pages render in headless
 Chromium: the home page and one API page, served over HTTP on the loopback address, with no request
 that fails (a missing page, stylesheet, script or picture) and nothing on the browser console. The
-screenshots land in docs/site_home.png and docs/site_api.png, for people to look at."""
+screenshots are taken in the test's folder; with DETKIT_SAVE_SCREENSHOTS=1 they also replace
+docs/site_home.png and docs/site_api.png (committed, for people to look at)."""
 
 import http.server
 import os
@@ -74,7 +75,7 @@ def _console(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("page", list(PAGES))
-def test_page_renders(site, page):
+def test_page_renders(site, page, tmp_path):
     import cv2
 
     out, url, requests = site
@@ -89,11 +90,13 @@ def test_page_renders(site, page):
         assert text in dom.stdout, f"{page} lacks {text!r}"
     assert 'class="md-nav' in dom.stdout  # the theme rendered its navigation
 
-    shot = ROOT / "docs" / shot_name
+    shot = tmp_path / shot_name
     run = _chromium(f"--screenshot={shot}", "--window-size=1280,1000", f"{url}/{page}")
     assert not _console(run.stderr), _console(run.stderr)
     picture = cv2.imread(str(shot))
     assert picture.shape[:2] == (1000, 1280) and picture.std() > 10  # not blank
+    if os.environ.get("DETKIT_SAVE_SCREENSHOTS") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / shot_name)
 
 
 def test_the_checks_catch_a_missing_file_and_a_script_error(site):
