@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,7 @@ class DetkitCLI(LightningCLI):
             print(f"resuming from {candidates[-1]}", file=sys.stderr)
 
     def before_fit(self) -> None:
+        self._fit_start = time.perf_counter()
         self._resolve_last("fit")
         epoch, max_epochs = self._ckpt_epoch, self.trainer.max_epochs
         if isinstance(epoch, int) and max_epochs is not None and 0 <= max_epochs <= epoch:
@@ -246,6 +248,12 @@ class DetkitCLI(LightningCLI):
                 f"the checkpoint is at epoch {epoch} (counted from 0) but --trainer.max_epochs is {max_epochs}: "
                 f"nothing would be trained; set --trainer.max_epochs above {epoch}"
             )
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            from detkit.cli.fit_summary import fit_summary
+
+            print(fit_summary(self.trainer, self.datamodule, time.perf_counter() - self._fit_start), file=sys.stderr)
 
     def before_validate(self) -> None:
         self._resolve_last("validate")

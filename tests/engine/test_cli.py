@@ -1,7 +1,10 @@
 """The `detkit` command: LightningCLI subcommands, predict on image files, evaluate / proposals dispatch."""
 
+import contextlib
+import io
 import json
 import os
+import shlex
 import shutil
 
 import cv2
@@ -33,13 +36,16 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fit")
     cwd = os.getcwd()
     os.chdir(tmp)
+    stderr = io.StringIO()
     try:
         config = _shapes_config(tmp)
-        assert main(["fit", "--config", config]) == 0
+        with contextlib.redirect_stderr(stderr):
+            assert main(["fit", "--config", config]) == 0
     finally:
         os.chdir(cwd)
     run = tmp / "runs" / "shapes_faster_rcnn_tiny" / "version_0"
-    return {"tmp": tmp, "config": config, "run": run, "last": str(run / "checkpoints" / "last.ckpt")}
+    last = str(run / "checkpoints" / "last.ckpt")
+    return {"tmp": tmp, "config": config, "run": run, "last": last, "stderr": stderr.getvalue()}
 
 
 def test_version(capsys):
@@ -70,6 +76,22 @@ def test_fit_writes_checkpoints_config_and_curves(trained):
     assert ckpt["detkit"]["class_names"] == ["circle", "rectangle", "triangle"]
     assert ckpt["detkit"]["model_name"] == "faster_rcnn_tiny"
     assert any(k.startswith("model.backbone.") for k in ckpt["state_dict"])
+
+
+def test_fit_ends_with_a_summary_whose_next_commands_run(trained, monkeypatch, capsys):
+    summary = trained["stderr"][trained["stderr"].index("detkit fit: done in") :].splitlines()
+    assert summary[1].startswith("Last validation (epoch 000): box AP ") and "(AP50 " in summary[1]
+    best = next(line.split()[1] for line in summary if line.startswith("  checkpoint  "))
+    assert best.startswith("runs/shapes_faster_rcnn_tiny/version_0/checkpoints/best-epoch000-AP")
+    assert "  metrics     runs/shapes_faster_rcnn_tiny/version_0/eval/epoch_000/metrics.json" in summary
+    commands = [shlex.split(line) for line in summary[summary.index("Next:") + 1 :]]
+    assert [words[:2] for words in commands] == [["detkit", "predict"], ["detkit", "evaluate"], ["detkit", "analyze"]]
+    monkeypatch.chdir(trained["tmp"])  # the paths are relative to where fit ran
+    images = trained["tmp"] / "shapes" / "val" / "images"
+    predict = [str(images) if word == "YOUR_IMAGES/" else word for word in commands[0][1:]]
+    assert main([*predict, "--no-draw"]) == 0
+    assert main(commands[1][1:]) == 0
+    assert "Average Precision" in capsys.readouterr().out
 
 
 def test_validate_and_lightning_predict_with_checkpoint(trained, monkeypatch, capsys):
