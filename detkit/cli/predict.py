@@ -531,6 +531,7 @@ def _predict_chunk(model, chunk, device, args, results, images_meta, label_map, 
                 det["scores"][shown],
                 det["masks"][shown] if "masks" in det else None,
                 class_names=class_names,
+                keypoints=det["keypoints"][shown] if "keypoints" in det else None,
             )
             save_png(os.path.join(args.output, png), drawn)
             entry["drawing"] = png
