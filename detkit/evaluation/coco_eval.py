@@ -324,7 +324,11 @@ class COCOEvaluator:
             for img in dataset["images"]
             if type(img.get("height")) is int and type(img.get("width")) is int
         }
-        self.keypoint_names, self.keypoint_sigmas = _keypoint_categories(dataset["categories"])
+        self._keypoint_error: str | None = None  # raised by a keypoint evaluation only: boxes stay evaluable
+        try:
+            self.keypoint_names, self.keypoint_sigmas = _keypoint_categories(dataset["categories"])
+        except ValueError as e:
+            self.keypoint_names, self.keypoint_sigmas, self._keypoint_error = [], None, str(e)
         if self.keypoint_names:
             dataset["annotations"] = _with_keypoint_fields(dataset["annotations"], len(self.keypoint_names))
 
@@ -538,6 +542,8 @@ class COCOEvaluator:
     def _sigmas(self, given: Sequence[float] | None) -> list[float]:
         """The OKS sigma of each keypoint (see `evaluate`)."""
         num = len(self.keypoint_names)
+        if self._keypoint_error:
+            raise ValueError(self._keypoint_error)
         if not num:
             raise ValueError("iou_type='keypoints' needs ground-truth categories that name their 'keypoints'")
         sigmas = given if given is not None else self.keypoint_sigmas

@@ -173,3 +173,12 @@ def test_results_without_boxes(backend):
         del r["bbox"]  # the backends then take the area from the box around the points
     ours = COCOEvaluator(gt).evaluate(results, "keypoints", backend=backend, verbose=False)
     np.testing.assert_allclose(list(ours.stats.values()), pycocotools_stats(gt, results, [0.1] * 4), atol=1e-12)
+
+
+def test_categories_with_different_keypoints_refused_for_keypoints_only():
+    gt, results = make_data(4, seed=5)
+    gt["categories"][1]["keypoints"] = ["q0", "q1", "q2", "q3"]
+    evaluator = COCOEvaluator(gt)
+    assert evaluator.evaluate(results, "bbox", verbose=False).stats["AP"] >= 0  # boxes: evaluable
+    with pytest.raises(ValueError, match="category id 9 names other keypoints"):
+        evaluator.evaluate(results, "keypoints", verbose=False)
