@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 __all__ = ["PER_BOX_KEYS", "RandomHorizontalFlip", "build_transforms", "per_box_tensors"]
 
@@ -87,8 +88,12 @@ class RandomHorizontalFlip(v2.RandomHorizontalFlip):
             return super().forward(*inputs)
         if torch.rand(1) >= self.p:  # v2's draw
             return sample
-        rest = {k: v for k, v in target.items() if k not in ("keypoints", "keypoints_visibility")}
-        image, rest = self._flip_all((sample[0], rest))  # a keypoint sample is (image, target)
+        image = F.horizontal_flip(sample[0])  # a keypoint sample is (image, target): v2's kernels, no draw
+        rest = {
+            k: F.horizontal_flip(v) if isinstance(v, (tv_tensors.BoundingBoxes, tv_tensors.Mask)) else v
+            for k, v in target.items()
+            if k not in ("keypoints", "keypoints_visibility")
+        }
         xy = kp.as_subclass(torch.Tensor).clone()
         xy[..., 0] = kp.canvas_size[1] - xy[..., 0]
         vis = target.get("keypoints_visibility")
@@ -99,15 +104,6 @@ class RandomHorizontalFlip(v2.RandomHorizontalFlip):
         if vis is not None:
             rest["keypoints_visibility"] = vis
         return image, rest
-
-    def _flip_all(self, sample: Any) -> Any:
-        """``sample`` with every image, box and mask flipped (v2's kernels, no random draw)."""
-        from torch.utils._pytree import tree_flatten, tree_unflatten
-
-        flat, spec = tree_flatten(sample)
-        needs = self._needs_transform_list(flat)
-        params = self.make_params([x for x, n in zip(flat, needs) if n])
-        return tree_unflatten([self.transform(x, params) if n else x for x, n in zip(flat, needs)], spec)
 
 
 def per_box_tensors(sample: Any) -> tuple[torch.Tensor, ...] | None:

@@ -124,9 +124,13 @@ def _sample(keypoints, boxes):
 def test_flip_against_torchvision_v2():
     kp = [[[2.0, 3.0, 2.0], [20.0, 4.0, 1.0], [9.0, 9.0, 2.0]]]
     image, target = _sample(kp, [[2.0, 3.0, 20.0, 13.0]])
+    mask = torch.zeros(1, H, W, dtype=torch.uint8)
+    mask[0, 3:13, 2:9] = 1
+    target["masks"] = tv_tensors.Mask(mask)
     out_image, out = build_transforms(True, min_size=None, max_size=None, hflip_prob=1.0, flip_map=[1, 0, 2])(
         image, target
     )
+    torch.testing.assert_close(out["masks"].as_subclass(torch.Tensor), mask.flip(-1))
     # image and boxes: exactly what v2's flip does
     ref_box = F.horizontal_flip(target["boxes"])
     torch.testing.assert_close(out_image, F.to_dtype(F.horizontal_flip(image), torch.float32, scale=True))
