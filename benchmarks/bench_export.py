@@ -81,7 +81,17 @@ def ort_peak(precision: str, n: int = 2048, min_seconds: float = 1.0) -> float:
 SIDE_PRECISIONS = {"onnxruntime_int8": "int8", "onnxruntime": "fp32", "detkit": "fp32", "torchvision": "fp32"}
 
 
-def run_size(height: int, width: int, args, peaks: dict) -> list[dict]:
+def measured_peaks() -> dict:
+    """Peaks of this moment (a shared machine's load changes): torch's fp32 product for the float32
+    sides, ONNX Runtime's int8 product for the int8 side (torch's int8 kept as `torch_int8`)."""
+    peaks = measure_peaks(torch.device("cpu"), ("fp32", "int8"))
+    peaks["torch_int8"], peaks["int8"] = peaks["int8"], ort_peak("int8")
+    print(f"  {format_peaks(peaks)}; ONNX Runtime: fp32 {ort_peak('fp32'):.1f}, int8 (MatMulInteger u8 x s8, "
+          f"the int8 side's peak) {peaks['int8']:.1f}", flush=True)  # fmt: skip
+    return peaks
+
+
+def run_size(height: int, width: int, args) -> list[dict]:
     device = torch.device("cpu")
     dk, tv = build_pair("faster_rcnn_r50_fpn", min_size=min(height, width), max_size=max(height, width), device=device)
     with torch.no_grad():  # trained-like: one class dominates, ~100 detections per image
@@ -145,6 +155,7 @@ def run_size(height: int, width: int, args, peaks: dict) -> list[dict]:
         s = {k: v["seconds"] for k, v in result.items()}
         with torch.no_grad():  # the same work on every side: detkit's eager predict, counted once
             flops = count_flops(dk.predict, images)
+        peaks = measured_peaks()  # right after the timed runs, under the same load
         row = {
             "size": f"{height}x{width}",
             "batch_size": batch_size,
@@ -231,11 +242,6 @@ def main(argv=None) -> None:
         f"faster_rcnn_r50_fpn, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, median of "
         f"{args.iters} alternating runs (seconds per call)"
     )
-    peaks = measure_peaks(torch.device("cpu"), ("fp32", "int8"))
-    print(format_peaks(peaks))
-    peaks["torch_int8"], peaks["int8"] = peaks["int8"], ort_peak("int8")
-    print(f"ONNX Runtime peak (2048 x 2048 products): fp32 {ort_peak('fp32'):.1f} GFLOP/s, int8 {peaks['int8']:.1f} "
-          "GOP/s (MatMulInteger u8 x s8; the int8 side's peak below)")  # fmt: skip
     print(
         "| size | batch | ORT int8 s | ORT fp32 s | detkit eager s | torchvision eager s | int8 / torchvision "
         "| int8 / ORT fp32 | ORT fp32 / torchvision | ORT fp32 / detkit | check |"
@@ -243,7 +249,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for height, width in args.sizes:
-        rows += run_size(height, width, args, peaks)
+        rows += run_size(height, width, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
