@@ -20,6 +20,8 @@ the last float bits because of the group shift).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -245,10 +247,12 @@ class ExportableDetector(nn.Module):
 
     def detect(self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, num_images, height, width):
         heads = self.model.roi_heads
-        x = heads.box_head(pool_rois(heads.box_pooler, features, proposals, batch_idx))
-        class_logits, box_deltas = heads.box_predictor(x)
+        # the heads' box branch (every stage of a cascade: its boxes are clipped to the image between stages)
+        one = torch.ones((), dtype=torch.float32, device=proposals.device)
+        image_sizes = torch.stack((one * height, one * width)).expand(num_images, 2)  # [N, 2] (h, w)
+        pool = partial(pool_rois, heads.box_pooler)
+        scores, box_deltas, proposals = heads.box_branch_scores(features, proposals, batch_idx, image_sizes, pool)
         k = heads.num_classes
-        scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
         deltas = box_deltas.float().view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
         boxes = heads.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))
         boxes = boxes[:, 1:] if boxes.shape[1] == k + 1 else boxes.expand(-1, k, -1)

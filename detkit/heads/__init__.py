@@ -1,6 +1,7 @@
 """RoI heads: poolers, box and mask heads, sampling, losses and post-processing."""
 
 from detkit.heads.box_head import BoxPredictor, TwoFCHead
+from detkit.heads.cascade_roi_heads import CascadeRoIHeads
 from detkit.heads.mask_head import MaskHead, mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler, assign_fpn_levels
 from detkit.heads.roi_heads import RoIHeads
@@ -14,4 +15,5 @@ __all__ = [
     "RoIPooler",
     "assign_fpn_levels",
     "RoIHeads",
+    "CascadeRoIHeads",
 ]

@@ -137,12 +137,23 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
-    def sample_proposals(self, proposals: Tensor, batch_idx: Tensor, targets: PackedTargets) -> SampledRoIs:
+    def sample_proposals(
+        self,
+        proposals: Tensor,
+        batch_idx: Tensor,
+        targets: PackedTargets,
+        *,
+        matcher: Callable[..., tuple[Tensor, Tensor]] | None = None,
+        box_coder: BoxCoder | None = None,
+    ) -> SampledRoIs:
         """Match proposals (plus gt boxes) to gt and sample a balanced set, for the whole batch at once.
 
         proposals `Tensor[P, 4]` with `batch_idx` `Tensor[P]` (grouped by image) -> the sampled RoIs
-        with their class targets, matched gt and regression targets.
+        with their class targets, matched gt and regression targets. `matcher` / `box_coder` replace
+        the heads' own (a cascade stage's IoU threshold and target normalisation).
         """
+        matcher = self.matcher if matcher is None else matcher
+        box_coder = self.box_coder if box_coder is None else box_coder
         n = targets.num_images
         if self.add_gt_as_proposals:
             proposals = torch.cat([proposals, targets.boxes.to(proposals.dtype)])
@@ -152,7 +163,7 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         padded, valid, slot = pack_to_padded(proposals, batch_idx, n)  # [N, P_max, 4], [N, P_max], [P]
         gt_boxes, gt_labels, gt_valid = targets.padded(min_slots=1)  # G >= 1: batches without boxes
         iou = batched_box_iou(gt_boxes, padded)  # [N, G, P_max]
-        matched_idx, labels = self.matcher(iou, gt_valid)  # [N, P_max] each
+        matched_idx, labels = matcher(iou, gt_valid)  # [N, P_max] each
         labels = labels.masked_fill(~valid, -1)
         pos, neg = self.sampler(labels, valid=valid)
         keep = torch.nonzero((pos | neg)[batch_idx, slot]).squeeze(1)  # padded -> packed view; one host sync
@@ -164,12 +175,17 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
             boxes=boxes,
             batch_idx=batch_idx,
             labels=torch.where(is_pos, gt_labels[batch_idx, matched], torch.zeros_like(matched)),
-            regression_targets=self.box_coder.encode(matched_boxes, boxes),
+            regression_targets=box_coder.encode(matched_boxes, boxes),
             matched_boxes=matched_boxes,
             matched_in_image=matched,
         )
 
-    def box_loss(self, class_logits: Tensor, box_deltas: Tensor, sampled: SampledRoIs) -> dict[str, Tensor]:
+    def box_loss(
+        self, class_logits: Tensor, box_deltas: Tensor, sampled: SampledRoIs, *, box_coder: BoxCoder | None = None
+    ) -> dict[str, Tensor]:
+        """Classification and box losses of the sampled RoIs; `box_coder` (decoding for the IoU losses)
+        replaces the heads' own, as in `sample_proposals`."""
+        box_coder = self.box_coder if box_coder is None else box_coder
         labels = sampled.labels
         if labels.numel():
             loss_cls = classification_loss(self.cls_loss_type, class_logits.float(), labels)
@@ -182,7 +198,7 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         pred = deltas[pos, labels[pos]] if deltas.shape[1] > 1 else deltas[pos, 0]
         target = sampled.regression_targets[pos]
         if uses_decoded_boxes(self.box_loss_type):  # IoU losses compare boxes: decode against the RoIs
-            pred, target = self.box_coder.decode(pred.float(), sampled.boxes[pos]), sampled.matched_boxes[pos]
+            pred, target = box_coder.decode(pred.float(), sampled.boxes[pos]), sampled.matched_boxes[pos]
         loss_box = box_regression_loss(
             self.box_loss_type, pred.float(), target.float(), beta=self.smooth_l1_beta, reduction="sum"
         )
@@ -205,6 +221,24 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         target = mask_targets(targets.masks, orig_boxes, rois.batch_idx, rois.matched_in_image, logits.shape[-1])
         return F.binary_cross_entropy_with_logits(logits.float(), target)
 
+    # ------------------------------------------------------------------ box branch (CascadeRoIHeads overrides)
+    def box_branch_losses(
+        self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, targets, image_sizes: Tensor
+    ) -> tuple[dict[str, Tensor], SampledRoIs]:
+        """Training: the box losses and the sampled RoIs the mask / keypoint branches train on."""
+        sampled = self.sample_proposals(proposals, batch_idx, targets)
+        x = self.box_head(self.box_pooler(features, sampled.boxes, sampled.batch_idx))
+        class_logits, box_deltas = self.box_predictor(x)
+        return self.box_loss(class_logits, box_deltas, sampled), sampled
+
+    def box_branch_scores(self, features, proposals: Tensor, batch_idx: Tensor, image_sizes: Tensor, pool=None):
+        """Inference on `proposals` `Tensor[R, 4]`: (class probabilities `Tensor[R, K]`, box deltas
+        `Tensor[R, C*4]`, the boxes `Tensor[R, 4]` they are relative to). `pool(features, boxes, batch_idx)`
+        replaces `box_pooler` (export); `image_sizes` `Tensor[N, 2]` clips a cascade's intermediate boxes."""
+        pool = self.box_pooler if pool is None else pool
+        class_logits, box_deltas = self.box_predictor(self.box_head(pool(features, proposals, batch_idx)))
+        return F.softmax(class_logits.float(), -1)[:, 1:], box_deltas, proposals  # [R, K]
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -220,17 +254,12 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         turns them into per-image masks.
         """
         if targets is not None:
-            sampled = self.sample_proposals(proposals, batch_idx, targets)
-            x = self.box_head(self.box_pooler(features, sampled.boxes, sampled.batch_idx))
-            class_logits, box_deltas = self.box_predictor(x)
-            losses = self.box_loss(class_logits, box_deltas, sampled)
+            losses, sampled = self.box_branch_losses(features, proposals, batch_idx, targets, batch.image_sizes)
             if self.has_masks:
                 losses["loss_mask"] = self.mask_loss(features, sampled, targets, batch)
             return None, losses
-        x = self.box_head(self.box_pooler(features, proposals, batch_idx))
-        class_logits, box_deltas = self.box_predictor(x)
-        scores = F.softmax(class_logits.float(), -1)[:, 1:]  # [R, K]
-        dets = self.postprocess(scores, box_deltas, proposals, batch_idx, batch.image_sizes)
+        scores, box_deltas, boxes = self.box_branch_scores(features, proposals, batch_idx, batch.image_sizes)
+        dets = self.postprocess(scores, box_deltas, boxes, batch_idx, batch.image_sizes)
         if self.has_masks:
             dets.mask_probs = self.predict_mask_probs(features, dets)
         return dets, {}

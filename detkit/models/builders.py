@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence, TypedDict
 
 from detkit.backbones import FeatureSpec
 from detkit.heads.box_head import BoxPredictor, TwoFCHead
+from detkit.heads.cascade_roi_heads import CASCADE_BBOX_REG_WEIGHTS, CASCADE_STAGE_WEIGHTS, CascadeRoIHeads
 from detkit.heads.mask_head import MaskHead
 from detkit.heads.poolers import RoIPooler
 from detkit.heads.roi_heads import RoIHeads
@@ -137,6 +138,9 @@ def build_roi_heads(
     box_nms_threshold: float = 0.5,
     detections_per_image: int = 100,
     mask_threshold: float = 0.5,
+    cascade_iou_thresholds: Sequence[float] = (),
+    cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
+    cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
 ) -> RoIHeads:
     """RoI heads on `roi_features` of `backbone` (default: all its outputs): pooler, fc6/fc7 box head, predictor,
     and with `with_mask` Mask R-CNN's mask pooler and head.
@@ -144,6 +148,8 @@ def build_roi_heads(
     `dropout`: after fc6 and fc7 (0 as torchvision; the VGG / AlexNet papers: 0.5). `box_loss`
     ("smooth_l1", "l1", "giou", "diou", "ciou") and `cls_loss` ("ce", "focal"): see
     detkit.losses.selection. `roi_matcher` replaces `Matcher(roi_fg_iou_threshold, roi_bg_iou_threshold)`.
+    With `cascade_iou_thresholds`, Cascade R-CNN's `CascadeRoIHeads`: one fc6/fc7 head and class-agnostic
+    predictor per threshold (the roi_fg/bg thresholds and `roi_matcher` then do not apply).
     """
     specs = backbone.feature_specs()
     roi_features = check_features(specs, roi_features or list(specs))
@@ -155,14 +161,34 @@ def build_roi_heads(
     if with_mask:
         mask_pooler = RoIPooler(roi_features, roi_strides, output_size=mask_resolution, pool_type="align")
         mask_head = MaskHead(roi_channels, num_classes, conv_dims=mask_conv_dims)
-    return RoIHeads(
+    # Cascade R-CNN: a box head and class-agnostic predictor per stage, matching and box coding per stage
+    if cascade_iou_thresholds:
+        if roi_matcher is not None:
+            raise ValueError("roi_matcher does not apply to a cascade: its stages match at cascade_iou_thresholds")
+        stages = len(cascade_iou_thresholds)
+        more = (
+            TwoFCHead(roi_channels, box_resolution, representation_size, dropout=dropout) for _ in range(stages - 1)
+        )
+        box_head = [box_head, *more]
+        predictor = [BoxPredictor(representation_size, num_classes, class_agnostic_box=True) for _ in range(stages)]
+        heads_type = CascadeRoIHeads
+        matching = dict(
+            iou_thresholds=cascade_iou_thresholds,
+            stage_weights=cascade_stage_weights,
+            bbox_reg_weights=cascade_bbox_reg_weights,
+        )
+    else:
+        predictor = BoxPredictor(representation_size, num_classes)
+        heads_type = RoIHeads
+        matching = dict(
+            fg_iou_threshold=roi_fg_iou_threshold, bg_iou_threshold=roi_bg_iou_threshold, matcher=roi_matcher
+        )
+    return heads_type(
         box_pooler,
         box_head,
-        BoxPredictor(representation_size, num_classes),
+        predictor,
         num_classes=num_classes,
-        fg_iou_threshold=roi_fg_iou_threshold,
-        bg_iou_threshold=roi_bg_iou_threshold,
-        matcher=roi_matcher,
+        **matching,
         batch_size_per_image=roi_batch_size_per_image,
         positive_fraction=roi_positive_fraction,
         score_threshold=box_score_threshold,
@@ -235,6 +261,22 @@ class MaskRCNNKeywords(TwoStageKeywords, MaskHeadKeywords, total=False):
     """`TwoStageKeywords` and `MaskHeadKeywords`: what a Mask R-CNN variant passes on to `build_two_stage`."""
 
 
+class CascadeKeywords(TypedDict, total=False):
+    """The keywords of `build_two_stage` a Cascade R-CNN variant passes on besides `cascade_iou_thresholds`
+    (the one that makes the cascade)."""
+
+    cascade_stage_weights: Sequence[float]
+    cascade_bbox_reg_weights: Sequence[Sequence[float]]
+
+
+class CascadeRCNNKeywords(TwoStageKeywords, CascadeKeywords, total=False):
+    """`TwoStageKeywords` and `CascadeKeywords`."""
+
+
+class CascadeMaskRCNNKeywords(MaskRCNNKeywords, CascadeKeywords, total=False):
+    """`MaskRCNNKeywords` and `CascadeKeywords`."""
+
+
 def build_two_stage(
     backbone,
     *,
@@ -279,6 +321,10 @@ def build_two_stage(
     mask_threshold: float = 0.5,
     size_divisible: int = 32,
     memory_format: str = "auto",
+    # cascade
+    cascade_iou_thresholds: Sequence[float] = (),
+    cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
+    cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
 ) -> TwoStageDetector:
     """Faster R-CNN (Mask R-CNN with `with_mask=True`) around `backbone`: `build_rpn`, `build_roi_heads`
     and `build_transform`, each given its keywords by name, sized from the backbone's feature specs.
@@ -297,6 +343,10 @@ def build_two_stage(
     - Detections: score >= `box_score_threshold`, per-class NMS at `box_nms_threshold`, top
       `detections_per_image`; masks (`with_mask`) of a `mask_conv_dims` head on `mask_resolution` RoIAlign,
       binarised at `mask_threshold`.
+    - Cascade R-CNN (`cascade_iou_thresholds`, e.g. (0.5, 0.6, 0.7); empty: one box stage): one box head
+      and class-agnostic predictor per stage, stage t matched at `cascade_iou_thresholds[t]` on the previous
+      stage's refined boxes, its targets encoded with `cascade_bbox_reg_weights[t]`, its losses weighted by
+      `cascade_stage_weights[t]` (`CascadeRoIHeads`).
     - Images: shorter side `min_size` (a list: multi-scale training), longer at most `max_size` (None: as
       given), padded to a multiple of `size_divisible`, laid out as `memory_format` (see `DetectionTransform`).
     """
@@ -342,6 +392,9 @@ def build_two_stage(
         box_nms_threshold=box_nms_threshold,
         detections_per_image=detections_per_image,
         mask_threshold=mask_threshold,
+        cascade_iou_thresholds=cascade_iou_thresholds,
+        cascade_stage_weights=cascade_stage_weights,
+        cascade_bbox_reg_weights=cascade_bbox_reg_weights,
     )
     transform = build_transform(
         min_size=min_size, max_size=max_size, size_divisible=size_divisible, memory_format=memory_format
@@ -352,3 +405,5 @@ def build_two_stage(
 register_keywords(TwoStageRules, build_two_stage)
 register_keywords(TwoStageKeywords, build_two_stage)
 register_keywords(MaskRCNNKeywords, build_two_stage)
+register_keywords(CascadeRCNNKeywords, build_two_stage)
+register_keywords(CascadeMaskRCNNKeywords, build_two_stage)

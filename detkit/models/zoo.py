@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Sequence, Unpack
 
 from detkit.backbones import FPN, build_backbone
+from detkit.heads.cascade_roi_heads import CASCADE_BBOX_REG_WEIGHTS, CASCADE_IOU_THRESHOLDS, CASCADE_STAGE_WEIGHTS
 from detkit.models.builders import (
+    CascadeKeywords,
     MaskHeadKeywords,
     MaskRCNNKeywords,
     TwoStageKeywords,
@@ -52,6 +54,9 @@ def build_fpn_detector(
     norm: str = "frozen_bn",
     freeze_at: int | None = None,
     fpn_channels: int = 256,
+    cascade_iou_thresholds: Sequence[float] = (),
+    cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
+    cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
     **kwargs: Unpack[MaskRCNNKeywords],
 ) -> TwoStageDetector:
     """Faster / Mask R-CNN on the registered backbone `backbone_name` with an FPN (`fpn_channels`, + P6 by
@@ -80,6 +85,9 @@ def build_fpn_detector(
         roi_features=names[:-1],
         anchor_sizes=anchor_sizes,
         with_mask=with_mask,
+        cascade_iou_thresholds=cascade_iou_thresholds,
+        cascade_stage_weights=cascade_stage_weights,
+        cascade_bbox_reg_weights=cascade_bbox_reg_weights,
         **kwargs,
     )
 
@@ -222,6 +230,9 @@ def build_tiny_detector(
     mask_threshold: float = 0.5,
     min_size: int | Sequence[int] | None = 128,  # the scale these from-scratch models train at (shapes: 128x128)
     max_size: int | None = 213,  # 128 * 1333 / 800: the usual 5:3 cap on the longer side
+    cascade_iou_thresholds: Sequence[float] = (),
+    cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
+    cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
     **kwargs: Unpack[TwoStageRules],
 ) -> TwoStageDetector:
     """A from-scratch Faster R-CNN (Mask R-CNN with `with_mask`) that trains on a CPU in minutes: the
@@ -251,6 +262,9 @@ def build_tiny_detector(
         mask_threshold=mask_threshold,
         min_size=min_size,
         max_size=max_size,
+        cascade_iou_thresholds=cascade_iou_thresholds,
+        cascade_stage_weights=cascade_stage_weights,
+        cascade_bbox_reg_weights=cascade_bbox_reg_weights,
         **kwargs,
     )
 
@@ -274,3 +288,75 @@ def faster_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[TinyDetectorKeywords]
 def mask_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[MaskTinyDetectorKeywords]) -> TwoStageDetector:
     """`faster_rcnn_tiny` with a 2-conv mask head: instance segmentation on a CPU. Keywords: `build_tiny_detector`."""
     return build_tiny_detector(num_classes=num_classes, with_mask=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- Cascade R-CNN
+class CascadeFPNDetectorKeywords(FPNDetectorKeywords, CascadeKeywords, total=False):
+    """`FPNDetectorKeywords` and the cascade's stage weights and box coder weights."""
+
+
+class CascadeMaskFPNDetectorKeywords(MaskFPNDetectorKeywords, CascadeKeywords, total=False):
+    """`MaskFPNDetectorKeywords` and the cascade's stage weights and box coder weights."""
+
+
+class CascadeTinyDetectorKeywords(TinyDetectorKeywords, CascadeKeywords, total=False):
+    """`TinyDetectorKeywords` and the cascade's stage weights and box coder weights."""
+
+
+register_keywords(CascadeFPNDetectorKeywords, build_fpn_detector)
+register_keywords(CascadeMaskFPNDetectorKeywords, build_fpn_detector)
+register_keywords(CascadeTinyDetectorKeywords, build_tiny_detector)
+
+
+@register_model("cascade_rcnn_r50_fpn")
+def cascade_rcnn_r50_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
+    cascade_iou_thresholds: Sequence[float] = CASCADE_IOU_THRESHOLDS,
+    **kwargs: Unpack[CascadeFPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Cascade R-CNN, ResNet-50 + FPN: `faster_rcnn_r50_fpn` with three box stages (IoU 0.5 / 0.6 / 0.7,
+    class-agnostic regression, loss weights 1 / 0.5 / 0.25), as detectron2's and mmdetection's
+    cascade_rcnn_R_50_FPN. Keywords: `build_fpn_detector` (backbone) and `build_two_stage` (the rest)."""
+    return build_fpn_detector(
+        "resnet50",
+        num_classes=num_classes,
+        anchor_sizes=anchor_sizes,
+        cascade_iou_thresholds=cascade_iou_thresholds,
+        **kwargs,
+    )
+
+
+@register_model("cascade_mask_rcnn_r50_fpn")
+def cascade_mask_rcnn_r50_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
+    cascade_iou_thresholds: Sequence[float] = CASCADE_IOU_THRESHOLDS,
+    **kwargs: Unpack[CascadeMaskFPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Cascade Mask R-CNN, ResNet-50 + FPN: `cascade_rcnn_r50_fpn` with Mask R-CNN's mask head, trained on
+    the last stage's sample and run on its boxes. Keywords: `build_fpn_detector` and `build_two_stage`."""
+    return build_fpn_detector(
+        "resnet50",
+        num_classes=num_classes,
+        anchor_sizes=anchor_sizes,
+        with_mask=True,
+        cascade_iou_thresholds=cascade_iou_thresholds,
+        **kwargs,
+    )
+
+
+@register_model("cascade_rcnn_tiny")
+def cascade_rcnn_tiny(
+    *,
+    num_classes: int,
+    cascade_iou_thresholds: Sequence[float] = CASCADE_IOU_THRESHOLDS,
+    **kwargs: Unpack[CascadeTinyDetectorKeywords],
+) -> TwoStageDetector:
+    """`faster_rcnn_tiny` with Cascade R-CNN's three box stages (IoU 0.5 / 0.6 / 0.7): the cascade on a CPU.
+    Keywords: `build_tiny_detector`."""
+    return build_tiny_detector(
+        num_classes=num_classes, with_mask=False, cascade_iou_thresholds=cascade_iou_thresholds, **kwargs
+    )

@@ -55,7 +55,7 @@ def test_training_step_and_predict(name):
     model = build_model(name, num_classes=3, **_overrides(name))
     # every model declares what it is: masks (Mask R-CNN), external proposals (R-CNN, Fast R-CNN)
     assert isinstance(model, Detector)
-    assert model.has_masks == name.startswith("mask_rcnn_")
+    assert model.has_masks == name.startswith(("mask_rcnn_", "cascade_mask_rcnn_"))
     assert model.requires_proposals == name.startswith(("rcnn_", "fast_rcnn_"))
     with_masks = model.has_masks
     images, targets = _images_and_targets(with_masks)
@@ -66,7 +66,10 @@ def test_training_step_and_predict(name):
     model.train()
     losses = model(images, targets, **extra)
     if not extra:  # RPN-based models
-        expected = {"loss_rpn_objectness", "loss_rpn_box", "loss_classifier", "loss_box_reg"}
+        box = {"loss_classifier", "loss_box_reg"}
+        if name.startswith("cascade_"):  # one pair per stage
+            box = {f"{loss}_stage{t}" for loss in box for t in (1, 2, 3)}
+        expected = {"loss_rpn_objectness", "loss_rpn_box"} | box
         assert set(losses) == expected | ({"loss_mask"} if with_masks else set())
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()
