@@ -30,13 +30,14 @@ from detkit.utils.optional import require
 __all__ = ["KEEP_FP32", "QUANTIZED_OPS", "quantize_onnx", "quantized_nodes"]
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
-# Module paths (prefixes of the exported weights' names) whose layers stay float32.
+"""The ONNX operators `quantize_onnx` gives int8 weights and uint8 activations."""
 KEEP_FP32 = (
     "model.rpn.head.cls_logits",
     "model.rpn.head.bbox_pred",
     "model.roi_heads.box_predictor",
     "model.roi_heads.mask_head.mask_logits",
 )
+"""Module paths (prefixes of the exported weights' names) whose layers `quantize_onnx` leaves float32."""
 
 
 def _weight_layers(graph, prefixes: Sequence[str]) -> list[str]:
