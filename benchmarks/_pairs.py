@@ -13,6 +13,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from _roofline import count_flops, format_peaks, format_roofline, measure_peaks, roofline
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn
 
 from detkit.layers import convert_frozen_batchnorm
@@ -160,13 +161,29 @@ def time_alternating(steps: dict, *, iters: int, warmup: int, device: torch.devi
     return out
 
 
-def report(kind: str, args, result: dict, batch_size: int, checks: dict | None = None) -> None:
+def measure_roofline(steps: dict, precisions: dict, device: torch.device) -> dict:
+    """FLOPs of one call of each step (counted once) and the machine's peak per precision, measured
+    in this process: {"flops": name -> FLOPs, "precisions": name -> precision, "peaks": precision -> GFLOP/s}."""
+    flops = {name: count_flops(fn) for name, fn in steps.items()}
+    peaks = measure_peaks(device, sorted(set(precisions.values()) | {"fp32"}))
+    return {"flops": flops, "precisions": dict(precisions), "peaks": peaks}
+
+
+def report(
+    kind: str, args, result: dict, batch_size: int, checks: dict | None = None, limits: dict | None = None
+) -> None:
+    """Print the img/s table, the ratio to torchvision of every detkit row and, with `limits`
+    (from `measure_roofline`), each row's FLOPs, achieved GFLOP/s and fraction of peak; then the JSON."""
     dk, tv = result["detkit"], result["torchvision"]
     rows = []
-    for name, r in (("detkit", dk), ("torchvision", tv)):
+    for name, r in result.items():
         r["img_per_s"] = batch_size / r["seconds"]
         mem = "-" if r["peak_mem_gib"] is None else f"{r['peak_mem_gib']:.2f}"
         rows.append(f"| {name} | {r['img_per_s']:.2f} | {r['seconds'] * 1000:.1f} | {mem} |")
+        if limits is not None:
+            precision = limits["precisions"][name]
+            r["precision"] = precision
+            r["roofline"] = roofline(limits["flops"][name], r["seconds"], limits["peaks"][precision])
     ratio = dk["img_per_s"] / tv["img_per_s"]
     layout = ", channels-last" if getattr(args, "channels_last", False) else ""
     layout += ", detkit plain" if getattr(args, "detkit_plain", False) else ""
@@ -177,6 +194,14 @@ def report(kind: str, args, result: dict, batch_size: int, checks: dict | None =
     print("| impl | img/s | ms/iter | peak GiB |\n|---|---|---|---|")
     print("\n".join(rows))
     print(f"detkit / torchvision img/s ratio: {ratio:.2f}")
+    for name, r in result.items():
+        if name not in ("detkit", "torchvision"):
+            print(f"{name} / torchvision img/s ratio: {r['img_per_s'] / tv['img_per_s']:.2f}")
+    if limits is not None:
+        print(format_peaks(limits["peaks"]))
+        for name, r in result.items():
+            precision = limits["precisions"][name]
+            print(format_roofline(name, limits["flops"][name], r["seconds"], limits["peaks"][precision], precision))
     payload = {
         "kind": kind,
         "model": args.model,
@@ -187,9 +212,9 @@ def report(kind: str, args, result: dict, batch_size: int, checks: dict | None =
         "image_size": [args.height, args.width],
         "device": str(args.device),
         "torch": torch.__version__,
-        "detkit": dk,
-        "torchvision": tv,
+        **result,
         "ratio": ratio,
+        "peaks": None if limits is None else limits["peaks"],
         "checks": checks or {},
     }
     print(json.dumps(payload))

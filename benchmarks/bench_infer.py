@@ -2,14 +2,19 @@
 
     python benchmarks/bench_infer.py --device cpu --batch-size 1 --height 320 --width 320
     python benchmarks/bench_infer.py --device cuda --model mask_rcnn_r50_fpn --batch-size 8 --precision bf16
+    python benchmarks/bench_infer.py --height 800 --width 1216 --detkit-precision bf16
 
 A biased class logit makes about 100 detections per image survive the 0.05 score threshold,
-as with trained weights. Also checks that fp32 detections agree.
+as with trained weights. Also checks that fp32 detections agree. --detkit-precision bf16 runs
+detkit's `predict(precision="bf16")` against torchvision at --precision, and detkit at
+--precision as a third row. Every row prints its FLOPs per call, achieved GFLOP/s and fraction
+of the peak of its precision (square matrix products measured in the same process).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 from _pairs import (
@@ -17,6 +22,7 @@ from _pairs import (
     build_pair,
     make_detkit_plain,
     make_inputs,
+    measure_roofline,
     predict_step,
     report,
     time_alternating,
@@ -62,6 +68,11 @@ def compare_outputs(dk_out, tv_out) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, batch_size=1)
+    parser.add_argument(
+        "--detkit-precision",
+        choices=["fp32", "bf16"],
+        help="detkit's predict(precision=...) (default: --precision, as an autocast around both sides)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     args.device = device
@@ -83,10 +94,22 @@ def main(argv=None) -> None:
     checks = compare_outputs(dk_out, tv_out)
     print(f"detections per image (detkit): {checks['detections_per_image']}; fp32 checks: {checks}")
 
-    predictors = (("detkit", dk.predict), ("torchvision", tv))
-    steps = {name: predict_step(fn, images, device, args.precision) for name, fn in predictors}
+    steps = {
+        "detkit": predict_step(dk.predict, images, device, args.precision),
+        "torchvision": predict_step(tv, images, device, args.precision),
+    }
+    precisions = {"detkit": args.precision, "torchvision": args.precision}
+    if args.detkit_precision not in (None, args.precision):
+        own = functools.partial(dk.predict, precision=args.detkit_precision)
+        steps = {f"detkit {args.precision}": steps["detkit"], **steps}
+        steps["detkit"] = predict_step(own, images, device, "fp32")  # predict's own autocast only
+        precisions = {f"detkit {args.precision}": args.precision, **precisions, "detkit": args.detkit_precision}
+        with torch.no_grad():
+            low = own(images)
+        checks[f"detkit_{args.detkit_precision}_vs_{args.precision}"] = compare_outputs(low, dk_out)
     result = time_alternating(steps, iters=args.iters, warmup=args.warmup, device=device)
-    report("infer", args, result, args.batch_size, checks)
+    limits = measure_roofline(steps, precisions, device)
+    report("infer", args, result, args.batch_size, checks, limits)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
     python benchmarks/bench_train.py --device cpu --batch-size 2 --height 320 --width 320
     python benchmarks/bench_train.py --device cuda --batch-size 8 --height 800 --width 1216 --precision bf16
 
-One step = forward (losses), backward, SGD step. Prints a table, the img/s ratio and JSON.
+One step = forward (losses), backward, SGD step. Prints a table, the img/s ratio, each side's
+FLOPs per step (forward + backward, counted once), achieved GFLOP/s and fraction of the peak of
+--precision (square matrix products measured in the same process), and JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from _pairs import (
     build_pair,
     make_detkit_plain,
     make_inputs,
+    measure_roofline,
     report,
     time_alternating,
     to_channels_last,
@@ -52,7 +55,8 @@ def main(argv=None) -> None:
     pairs = (("detkit", dk), ("torchvision", tv))
     steps = {name: train_step(model, images, targets, device, args.precision) for name, model in pairs}
     result = time_alternating(steps, iters=args.iters, warmup=args.warmup, device=device)
-    report("train", args, result, args.batch_size)
+    limits = measure_roofline(steps, {name: args.precision for name in steps}, device)
+    report("train", args, result, args.batch_size, limits=limits)
 
 
 if __name__ == "__main__":

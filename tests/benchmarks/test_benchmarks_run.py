@@ -37,6 +37,20 @@ def test_bench_train_and_infer(tmp_path):
     for report in (train, infer):
         assert report["ratio"] > 0 and report["detkit"]["img_per_s"] > 0 and report["torchvision"]["img_per_s"] > 0
         assert report["image_size"] == [96, 128]
+        # the roofline line: FLOPs of one call, fraction of the peak measured in the same process
+        assert report["peaks"]["fp32"] > 0
+        for side in ("detkit", "torchvision"):
+            limits = report[side]["roofline"]
+            assert limits["gflops_per_call"] > 1 and 0 < limits["fraction_of_peak"]
+    assert train["detkit"]["roofline"]["gflops_per_call"] > 2 * infer["detkit"]["roofline"]["gflops_per_call"]
+
+
+def test_bench_infer_detkit_bf16_against_both_fp32(tmp_path):
+    small = ("--height", "96", "--width", "128", "--iters", "1", "--warmup", "0")
+    report = run_bench("bench_infer.py", *small, "--detkit-precision", "bf16", tmp_path=tmp_path)
+    assert report["detkit"]["precision"] == "bf16" and report["detkit fp32"]["precision"] == "fp32"
+    assert report["torchvision"]["precision"] == "fp32" and report["peaks"]["bf16"] > 0
+    assert report["checks"]["detkit_bf16_vs_fp32"]["detections_per_image"] == [100]
 
 
 def test_bench_infer_plain_is_torchvision_arithmetic(tmp_path):
