@@ -3,6 +3,7 @@
 Shape shorthand:
     N images (one size per call)   H x W input size   Hr x Wr resized size   Hp x Wp padded size
     A anchors   R proposals / RoIs (packed, with batch_idx)   K classes   D detections (packed)
+    Kp keypoints per object   M heatmap resolution
 
 `ExportableDetector` wraps a built `TwoStageDetector` (Faster, Fast or Mask R-CNN) and reuses
 its modules (transform constants, backbone, RPN head and anchor generator, poolers, heads); it
@@ -12,7 +13,9 @@ re-states the inference glue with operations that export with symbolic sizes:
 - NMS over groups with one `torchvision.ops.nms` call, groups shifted apart by a bound taken
   from the image size (no data-dependent branch, no reduction over a possibly empty tensor);
 - top-k per image by a running count instead of a sort + searchsorted;
-- multi-level RoI pooling per level and one gather back to RoI order (no `if numel` branch).
+- multi-level RoI pooling per level and one gather back to RoI order (no `if numel` branch);
+- keypoint heatmaps resized for all detections at once (`heatmaps_to_keypoints_batched`) instead of
+  one bicubic resize per detection.
 
 The result equals `model.predict` on the same images (same arithmetic; NMS IoUs can differ in
 the last float bits because of the group shift).
@@ -164,7 +167,8 @@ class ExportableDetector(nn.Module):
     pixels with `proposal_batch_idx` int64 Tensor[P]) -> packed detections in input pixels:
 
     boxes Tensor[D, 4] XYXY, scores Tensor[D], labels int64 Tensor[D], batch_idx int64 Tensor[D]
-    (+ mask_probs Tensor[D, M, M] for Mask R-CNN, in the box's frame).
+    (+ mask_probs Tensor[D, M, M] for Mask R-CNN, in the box's frame; + keypoints Tensor[D, Kp, 3]
+    (x, y, 1) in input pixels and keypoints_scores Tensor[D, Kp] for Keypoint R-CNN).
 
     `labels` are the model's labels 1..K, or `category_ids[label - 1]` when `category_ids` is given.
     `max_detections` overrides the model's detections per image.
@@ -182,6 +186,7 @@ class ExportableDetector(nn.Module):
             raise ValueError(f"max_detections must be >= 1, got {max_detections}")
         self.has_rpn = not model.requires_proposals
         self.has_masks = model.has_masks
+        self.has_keypoints = model.has_keypoints
         self.category_ids = None
         if category_ids is not None:
             ids = torch.as_tensor(list(category_ids), dtype=torch.int64)
@@ -194,7 +199,8 @@ class ExportableDetector(nn.Module):
     @property
     def output_names(self) -> list[str]:
         names = ["boxes", "scores", "labels", "batch_idx"]
-        return names + ["mask_probs"] if self.has_masks else names
+        names += ["mask_probs"] if self.has_masks else []
+        return names + ["keypoints", "keypoints_scores"] if self.has_keypoints else names
 
     @property
     def input_names(self) -> list[str]:
@@ -276,6 +282,11 @@ class ExportableDetector(nn.Module):
         logits = heads.mask_head(pool_rois(heads.mask_pooler, features, boxes, batch_idx))  # [D, K, M, M]
         return logits[torch.arange(logits.shape[0], device=logits.device), labels - 1].float().sigmoid()
 
+    def keypoints(self, features: dict[str, Tensor], boxes: Tensor, batch_idx: Tensor) -> tuple[Tensor, Tensor]:
+        heads = self.model.roi_heads
+        heatmaps = heads.keypoint_head(pool_rois(heads.keypoint_pooler, features, boxes, batch_idx))
+        return heatmaps_to_keypoints_batched(heatmaps, boxes)
+
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, proposals: Tensor | None = None, proposal_batch_idx: Tensor | None = None):
         n, h, w = images.shape[0], images.shape[-2], images.shape[-1]
@@ -297,6 +308,12 @@ class ExportableDetector(nn.Module):
         outputs = [out_boxes, scores, out_labels, det_batch_idx]
         if self.has_masks:
             outputs.append(self.mask_probs(features, boxes, labels, det_batch_idx))
+        if self.has_keypoints:
+            keypoints, keypoint_scores = self.keypoints(features, boxes, det_batch_idx)
+            if resized:  # (x, y) to input pixels, as the boxes
+                factors = xyxy_factors((rh, rw), (h, w), images)[:2]
+                keypoints = torch.cat([keypoints[..., :2] * factors, keypoints[..., 2:]], -1)
+            outputs += [keypoints, keypoint_scores]
         return tuple(outputs)
 
 
@@ -307,3 +324,74 @@ def xyxy_factors(from_hw, to_hw, ref: Tensor) -> Tensor:
     ry = (one * to_hw[0]) / (one * from_hw[0])
     rx = (one * to_hw[1]) / (one * from_hw[1])
     return torch.stack((rx, ry, rx, ry))
+
+
+def _cubic_taps(cells: Tensor, size, src: int) -> tuple[Tensor, Tensor]:
+    """Source indices and weights of a bicubic resize (A = -0.75, align_corners=False, as `F.interpolate`)
+    of a length-`src` axis to `cells` `Tensor[D]` samples, on a grid of `size` >= every cell count:
+    (indices `Tensor[D, size, 4]` int64 clamped to the axis, weights `Tensor[D, size, 4]`)."""
+    a = -0.75
+    pos = torch.arange(size, device=cells.device, dtype=torch.float32)[None]  # [1, size]
+    coord = (pos + 0.5) * (src / cells[:, None]) - 0.5
+    first = coord.floor()
+    t = (coord - first)[..., None] + torch.tensor([1.0, 0.0, -1.0, -2.0], device=cells.device)  # distances
+    d = t.abs()
+    near = ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # 1 < |d| < 2
+    weights = torch.where(d <= 1, near, far)
+    offsets = torch.arange(-1, 3, device=cells.device)
+    index = (first.long()[..., None] + offsets).clamp(0, src - 1)
+    return index, weights
+
+
+def heatmaps_to_keypoints_batched(heatmaps: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """`detkit.heads.keypoint_head.heatmaps_to_keypoints` for export: every detection's bicubic resize to
+    ceil(w) x ceil(h) on one grid of the largest such size (cells outside a box's own size masked), a
+    separable gather of 4 taps per axis, one keypoint at a time (memory D x grid).
+
+    heatmaps `Tensor[D, Kp, M, M]`, boxes `Tensor[D, 4]` -> (keypoints (x, y, 1) `Tensor[D, Kp, 3]`,
+    scores `Tensor[D, Kp]`). Equal to the per-detection resize up to float rounding (an arg-max between
+    near-equal cells may move by one cell).
+    """
+    d, kp, m = heatmaps.shape[0], heatmaps.shape[1], heatmaps.shape[-1]
+    boxes = boxes.float()
+    sizes = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)  # [D, 2] (w, h)
+    cells = sizes.ceil()
+    # the grid: the largest cell counts (a 1 x 1 floor keeps the reduction defined without detections)
+    largest = torch.cat([cells, cells.new_ones((1, 2))]).amax(0).long()
+    grid_w, grid_h = largest[0].item(), largest[1].item()
+    torch._check(grid_w >= 1)
+    torch._check(grid_h >= 1)
+    ix, wx = _cubic_taps(cells[:, 0], grid_w, m)  # [D, W, 4]
+    iy, wy = _cubic_taps(cells[:, 1], grid_h, m)  # [D, H, 4]
+    cols = torch.arange(grid_w, device=boxes.device)
+    rows = torch.arange(grid_h, device=boxes.device)
+    inside = (rows[None, :, None] < cells[:, 1, None, None]) & (cols[None, None, :] < cells[:, 0, None, None])
+    xs, ys, scores = [], [], []
+    for k in range(kp):
+        maps = heatmaps[:, k].float()  # [D, M, M]
+        # along x: [D, M, W]; then along y: [D, H, W]
+        along_x = (
+            maps.gather(2, ix.reshape(d, 1, grid_w * 4).expand(d, m, grid_w * 4)).view(d, m, grid_w, 4) * wx[:, None]
+        ).sum(-1)
+        picked = along_x.gather(1, iy.reshape(d, grid_h * 4, 1).expand(d, grid_h * 4, grid_w)).view(
+            d, grid_h, 4, grid_w
+        )
+        resized = (picked * wy[..., None]).sum(2)
+        resized = torch.where(inside, resized, torch.full_like(resized, float("-inf")))
+        best, pos = resized.flatten(1).max(1)
+        y = torch.div(pos, largest[0], rounding_mode="floor")  # tensor arithmetic: ONNX has no symbolic modulo
+        xs.append(pos - y * largest[0])
+        ys.append(y)
+        scores.append(best)
+    x, y = torch.stack(xs, 1).float(), torch.stack(ys, 1).float()  # [D, Kp]
+    correction = sizes / cells
+    keypoints = torch.stack(
+        [
+            (x + 0.5) * correction[:, 0:1] + boxes[:, 0:1],
+            (y + 0.5) * correction[:, 1:2] + boxes[:, 1:2],
+            torch.ones_like(x),
+        ],
+        -1,
+    )
+    return keypoints, torch.stack(scores, 1)

@@ -2,7 +2,7 @@
 
     detector = OnnxDetector("model.onnx")
     dets = detector.predict([img_a, img_b])  # float32 [3, H, W] in 0..1, any sizes
-    dets[0]["boxes"], dets[0]["scores"], dets[0]["labels"], dets[0].get("masks")
+    dets[0]["boxes"], dets[0]["scores"], dets[0]["labels"], dets[0].get("masks"), dets[0].get("keypoints")
 
 Images of the same size run as one batch; the packed outputs are split per image with
 `batch_idx` and, for Mask R-CNN, the mask probabilities are pasted into image-sized uint8
@@ -75,6 +75,7 @@ class OnnxDetector:
             )
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.has_masks = "mask_probs" in self.output_names
+        self.has_keypoints = "keypoints" in self.output_names
         self.requires_proposals = "proposals" in self.input_names
         self.mask_threshold = float(self.metadata.get("detkit.mask_threshold") or 0.5)
         self.quantization = self.metadata.get("detkit.quantization") or None  # "int8" from `detkit export --quantize`
@@ -116,7 +117,8 @@ class OnnxDetector:
         paste_masks: bool = True,
     ) -> list[dict[str, np.ndarray]]:
         """Per image (float32 [3, H, W] in 0..1, any sizes): `boxes` [D, 4], `scores`, `labels` and,
-        for Mask R-CNN, `masks` uint8 [D, H, W] (or `mask_probs` [D, 28, 28] without `paste_masks`).
+        for Mask R-CNN, `masks` uint8 [D, H, W] (or `mask_probs` [D, 28, 28] without `paste_masks`), for
+        Keypoint R-CNN `keypoints` [D, Kp, 3] (x, y, 1) and `keypoints_scores` [D, Kp].
 
         Same-size images run together, at most `batch_size` per call. `proposals`: one [P_i, 4]
         array per image (input pixels) for Fast R-CNN.
@@ -152,7 +154,8 @@ class OnnxPredictor:
     """An `OnnxDetector` behind the eager detector's calling convention, for `detkit predict --onnx`.
 
     `predict(list of float Tensor[3, H, W])` returns one dict of tensors per image (`boxes`,
-    `scores`, `labels` 1..num_classes, `masks` uint8 [D, H, W] for Mask R-CNN), like
+    `scores`, `labels` 1..num_classes, `masks` uint8 [D, H, W] for Mask R-CNN, `keypoints` [D, Kp, 3] and
+    `keypoints_scores` [D, Kp] for Keypoint R-CNN), like
     `model.predict`. `label_to_category_id` and `class_names` come from the file's metadata
     (written by `detkit export --checkpoint`); labels exported as category ids are mapped back.
     A Fast R-CNN export (`requires_proposals`) takes `proposals=` as the eager model does;
@@ -203,7 +206,8 @@ class OnnxPredictor:
                 "scores": torch.from_numpy(det["scores"]),
                 "labels": torch.from_numpy(labels.astype(np.int64)),
             }
-            if "masks" in det:
-                item["masks"] = torch.from_numpy(det["masks"])
+            for key in ("masks", "keypoints", "keypoints_scores"):
+                if key in det:
+                    item[key] = torch.from_numpy(det[key])
             out.append(item)
         return out

@@ -5,6 +5,7 @@ Shape shorthand:
     R sampled / kept RoIs, packed over the batch with `batch_idx` Tensor[R]
     K classes without background (logits have K+1 columns, column 0 = background)
     D detections, packed over the batch
+    Kp keypoints per object (Keypoint R-CNN), M heatmap resolution
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detkit.heads.keypoint_head import heatmaps_to_keypoints, keypoint_loss, keypoint_targets
 from detkit.heads.mask_head import mask_targets, paste_masks
 from detkit.heads.poolers import RoIPooler
 from detkit.heads.postprocess import ClassDetectionsMixin
@@ -60,7 +62,7 @@ class SampledRoIs(PackedRows):
 
 
 class RoIHeads(ClassDetectionsMixin, nn.Module):
-    """Box branch (and optional mask branch) of Fast / Faster / Mask R-CNN.
+    """Box branch (and optional mask and keypoint branches) of Fast / Faster / Mask / Keypoint R-CNN.
 
     Args:
         box_pooler: pools `Tensor[R, C, S, S]` features of each RoI for the box head.
@@ -84,6 +86,8 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         mask_pooler: pools features for the mask head (Mask R-CNN), or None.
         mask_head: pooled features -> mask logits `Tensor[R, K, M, M]`, or None (no mask branch).
         mask_threshold: inference: probability at which a pasted mask pixel is on.
+        keypoint_pooler: pools features for the keypoint head (Keypoint R-CNN), or None.
+        keypoint_head: pooled features -> heatmap logits `Tensor[R, Kp, M, M]` (`KeypointHead`), or None.
         matcher: labels proposals by IoU (`(iou, gt_valid) -> (matched_idx, labels)`, as `Matcher`);
             None: `Matcher(fg_iou_threshold, bg_iou_threshold)` (Fast R-CNN passes its background band).
     """
@@ -112,10 +116,15 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         mask_head: nn.Module | None = None,
         mask_threshold: float = 0.5,
         matcher: Callable[..., tuple[Tensor, Tensor]] | None = None,
+        keypoint_pooler: RoIPooler | None = None,
+        keypoint_head: nn.Module | None = None,
     ):
         super().__init__()
         self.box_pooler, self.box_head, self.box_predictor = box_pooler, box_head, box_predictor
         self.mask_pooler, self.mask_head = mask_pooler, mask_head
+        if (keypoint_pooler is None) != (keypoint_head is None):
+            raise ValueError("RoIHeads needs both keypoint_pooler and keypoint_head, or neither")
+        self.keypoint_pooler, self.keypoint_head = keypoint_pooler, keypoint_head
         self.num_classes = num_classes
         if matcher is None:
             matcher = Matcher(fg_iou_threshold, bg_iou_threshold, allow_low_quality_matches=False)
@@ -134,6 +143,16 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
     def has_masks(self) -> bool:
         """True when the heads have a mask branch (Mask R-CNN)."""
         return self.mask_head is not None
+
+    @property
+    def has_keypoints(self) -> bool:
+        """True when the heads have a keypoint branch (Keypoint R-CNN)."""
+        return self.keypoint_head is not None
+
+    @property
+    def num_keypoints(self) -> int:
+        """Keypoints per object of the keypoint branch (0 without one)."""
+        return self.keypoint_head.num_keypoints if self.keypoint_head is not None else 0
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
@@ -221,6 +240,19 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         target = mask_targets(targets.masks, orig_boxes, rois.batch_idx, rois.matched_in_image, logits.shape[-1])
         return F.binary_cross_entropy_with_logits(logits.float(), target)
 
+    def keypoint_loss(self, features: dict[str, Tensor], sampled: SampledRoIs, targets: PackedTargets) -> Tensor:
+        """Cross-entropy over the heatmap positions of every labelled keypoint inside its positive RoI."""
+        if targets.keypoints is None:
+            raise ValueError("Keypoint R-CNN training needs targets[i]['keypoints'] (float Tensor[K, Kp, 3])")
+        pos = torch.nonzero(sampled.labels > 0).squeeze(1)
+        if pos.numel() == 0:
+            return sum(p.sum() for p in self.keypoint_head.parameters()) * 0.0
+        rois = sampled[pos]
+        logits = self.keypoint_head(self.keypoint_pooler(features, rois.boxes, rois.batch_idx))  # [R, Kp, M, M]
+        rows = targets.padded_index()[rois.batch_idx, rois.matched_in_image]  # packed gt row of each RoI
+        index, valid = keypoint_targets(targets.keypoints[rows], rois.boxes, logits.shape[-1])
+        return keypoint_loss(logits, index, valid)
+
     # ------------------------------------------------------------------ box branch (CascadeRoIHeads overrides)
     def box_branch_losses(
         self, features: dict[str, Tensor], proposals: Tensor, batch_idx: Tensor, targets, image_sizes: Tensor
@@ -251,17 +283,23 @@ class RoIHeads(ClassDetectionsMixin, nn.Module):
         """With targets: (None, losses). Without: (detections in resized-image pixels, {}).
 
         Detections of a mask branch carry `mask_probs` `Tensor[D, M, M]`; `paste_detection_masks`
-        turns them into per-image masks.
+        turns them into per-image masks. Those of a keypoint branch carry `keypoints` `Tensor[D, Kp, 3]`
+        (x, y, 1) in resized-image pixels and `keypoints_scores` `Tensor[D, Kp]`.
         """
         if targets is not None:
             losses, sampled = self.box_branch_losses(features, proposals, batch_idx, targets, batch.image_sizes)
             if self.has_masks:
                 losses["loss_mask"] = self.mask_loss(features, sampled, targets, batch)
+            if self.has_keypoints:
+                losses["loss_keypoint"] = self.keypoint_loss(features, sampled, targets)
             return None, losses
         scores, box_deltas, boxes = self.box_branch_scores(features, proposals, batch_idx, batch.image_sizes)
         dets = self.postprocess(scores, box_deltas, boxes, batch_idx, batch.image_sizes)
         if self.has_masks:
             dets.mask_probs = self.predict_mask_probs(features, dets)
+        if self.has_keypoints:
+            heatmaps = self.keypoint_head(self.keypoint_pooler(features, dets.boxes, dets.batch_idx))
+            dets.keypoints, dets.keypoints_scores = heatmaps_to_keypoints(heatmaps, dets.boxes)
         return dets, {}
 
     # ------------------------------------------------------------------ inference

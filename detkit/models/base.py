@@ -7,7 +7,8 @@ Calling convention (as torchvision's detection models):
 
 `images` is a list of float 0..1 RGB Tensor[3, H, W]; `targets` one dict per image with
 `boxes` Tensor[K, 4] XYXY pixels, `labels` int64 Tensor[K] in 1..num_classes and, for Mask
-R-CNN, `masks` uint8 Tensor[K, H, W]. Images without boxes are valid. A detector fed with
+R-CNN, `masks` uint8 Tensor[K, H, W]; for Keypoint R-CNN, `keypoints` float32 Tensor[K, Kp, 3]
+(x, y, v) in pixels, v as COCO (0 not labelled, 1 / 2 labelled). Images without boxes are valid. A detector fed with
 external proposals (`requires_proposals`) also takes `proposals=`: one Tensor[P_i, 4] XYXY
 per image in original-image pixels (e.g. `target["proposals"]` of `detkit.data.WithProposals`).
 
@@ -33,7 +34,7 @@ from torch import Tensor, nn
 from detkit.heads.box_head import ClassRows
 from detkit.models.transform import DetectionTransform
 from detkit.structures import Detections, ImageBatch, PackedTargets
-from detkit.structures.packed import resize_boxes
+from detkit.structures.packed import resize_boxes, resize_keypoints
 
 __all__ = [
     "INFERENCE_PRECISIONS",
@@ -73,6 +74,8 @@ def prepare_inputs(
         bad = labels[out_of_range][0].item()
         raise ValueError(f"target labels must be in 1..{num_classes} (0 is background), got {bad}")
     packed.boxes = resize_boxes(packed.boxes.float(), packed.batch_idx, batch.original_sizes, batch.image_sizes)
+    if packed.keypoints is not None:  # scaled with the boxes
+        packed.keypoints = resize_keypoints(packed.keypoints, packed.batch_idx, batch.original_sizes, batch.image_sizes)
     return batch, packed
 
 
@@ -166,6 +169,16 @@ class Detector(nn.Module, abc.ABC):
         return False
 
     @property
+    def has_keypoints(self) -> bool:
+        """True when `predict` returns `keypoints` / `keypoints_scores` and training needs `targets[i]["keypoints"]`."""
+        return False
+
+    @property
+    def num_keypoints(self) -> int:
+        """Keypoints per object that `predict` returns (0 for a model without keypoints)."""
+        return 0
+
+    @property
     def requires_proposals(self) -> bool:
         """True when the model takes external `proposals=` (one Tensor[P_i, 4] per image) instead of making them."""
         return False
@@ -195,6 +208,14 @@ class Detector(nn.Module, abc.ABC):
         batch, packed = prepare_inputs(self.transform, images, targets, self.num_classes)
         if packed is not None and self.has_masks and self.training and packed.masks is None:
             raise ValueError("Mask R-CNN training needs targets[i]['masks'] (uint8 Tensor[K, H, W])")
+        if packed is not None and self.has_keypoints and self.training:
+            if packed.keypoints is None:
+                raise ValueError("Keypoint R-CNN training needs targets[i]['keypoints'] (float Tensor[K, Kp, 3])")
+            if packed.keypoints.shape[1] != self.num_keypoints:
+                raise ValueError(
+                    f"targets[i]['keypoints'] have {packed.keypoints.shape[1]} keypoints per object but the model "
+                    f"predicts {self.num_keypoints} (num_keypoints)"
+                )
         return batch, packed
 
     def pack_proposals(self, proposals, batch: ImageBatch) -> tuple[Tensor, Tensor]:

@@ -1,6 +1,7 @@
 """Builders of a two-stage detector's parts (`build_rpn`, `build_roi_heads`, `build_transform`),
 `build_two_stage` on them, the typed keyword sets the registered builders pass on to it
-(`TwoStageRules`, `TwoStageKeywords`, `MaskRCNNKeywords`), and the helpers every builder shares (`default_freeze_at`,
+(`TwoStageRules`, `TwoStageKeywords`, `MaskRCNNKeywords`, `KeypointHeadKeywords`, `TwoStageHeadsKeywords`), and
+the helpers every builder shares (`default_freeze_at`,
 `check_features`). The registered variants are in `detkit.models.zoo` (two-stage),
 `detkit.models.rcnn`, `detkit.models.fast_rcnn` and `detkit.models.classic`.
 
@@ -19,6 +20,7 @@ from typing import Callable, Mapping, Sequence, TypedDict
 from detkit.backbones import FeatureSpec
 from detkit.heads.box_head import BoxPredictor, TwoFCHead
 from detkit.heads.cascade_roi_heads import CASCADE_BBOX_REG_WEIGHTS, CASCADE_STAGE_WEIGHTS, CascadeRoIHeads
+from detkit.heads.keypoint_head import KeypointHead
 from detkit.heads.mask_head import MaskHead
 from detkit.heads.poolers import RoIPooler
 from detkit.heads.roi_heads import RoIHeads
@@ -138,12 +140,17 @@ def build_roi_heads(
     box_nms_threshold: float = 0.5,
     detections_per_image: int = 100,
     mask_threshold: float = 0.5,
+    with_keypoints: bool = False,
+    num_keypoints: int = 17,
+    keypoint_resolution: int = 14,
+    keypoint_conv_dims: Sequence[int] = (512,) * 8,
     cascade_iou_thresholds: Sequence[float] = (),
     cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
     cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
 ) -> RoIHeads:
     """RoI heads on `roi_features` of `backbone` (default: all its outputs): pooler, fc6/fc7 box head, predictor,
-    and with `with_mask` Mask R-CNN's mask pooler and head.
+    with `with_mask` Mask R-CNN's mask pooler and head, and with `with_keypoints` Keypoint R-CNN's keypoint
+    pooler (RoIAlign `keypoint_resolution`) and head (`keypoint_conv_dims`, `num_keypoints` heatmaps).
 
     `dropout`: after fc6 and fc7 (0 as torchvision; the VGG / AlexNet papers: 0.5). `box_loss`
     ("smooth_l1", "l1", "giou", "diou", "ciou") and `cls_loss` ("ce", "focal"): see
@@ -161,6 +168,10 @@ def build_roi_heads(
     if with_mask:
         mask_pooler = RoIPooler(roi_features, roi_strides, output_size=mask_resolution, pool_type="align")
         mask_head = MaskHead(roi_channels, num_classes, conv_dims=mask_conv_dims)
+    keypoint_pooler = keypoint_head = None
+    if with_keypoints:
+        keypoint_pooler = RoIPooler(roi_features, roi_strides, output_size=keypoint_resolution, pool_type="align")
+        keypoint_head = KeypointHead(roi_channels, num_keypoints, conv_dims=keypoint_conv_dims)
     # Cascade R-CNN: a box head and class-agnostic predictor per stage, matching and box coding per stage
     if cascade_iou_thresholds:
         if roi_matcher is not None:
@@ -198,6 +209,8 @@ def build_roi_heads(
         mask_pooler=mask_pooler,
         mask_head=mask_head,
         mask_threshold=mask_threshold,
+        keypoint_pooler=keypoint_pooler,
+        keypoint_head=keypoint_head,
         box_loss=box_loss,
         cls_loss=cls_loss,
     )
@@ -261,6 +274,18 @@ class MaskRCNNKeywords(TwoStageKeywords, MaskHeadKeywords, total=False):
     """`TwoStageKeywords` and `MaskHeadKeywords`: what a Mask R-CNN variant passes on to `build_two_stage`."""
 
 
+class KeypointHeadKeywords(TypedDict, total=False):
+    """The keywords of `build_two_stage` only a Keypoint R-CNN uses: its keypoint head's."""
+
+    num_keypoints: int
+    keypoint_resolution: int
+    keypoint_conv_dims: Sequence[int]
+
+
+class TwoStageHeadsKeywords(MaskRCNNKeywords, KeypointHeadKeywords, total=False):
+    """Every keyword of `build_two_stage` but the structure: what a builder of several variants passes on."""
+
+
 class CascadeKeywords(TypedDict, total=False):
     """The keywords of `build_two_stage` a Cascade R-CNN variant passes on besides `cascade_iou_thresholds`
     (the one that makes the cascade)."""
@@ -321,13 +346,19 @@ def build_two_stage(
     mask_threshold: float = 0.5,
     size_divisible: int = 32,
     memory_format: str = "auto",
+    # keypoint head
+    with_keypoints: bool = False,
+    num_keypoints: int = 17,
+    keypoint_resolution: int = 14,
+    keypoint_conv_dims: Sequence[int] = (512,) * 8,
     # cascade
     cascade_iou_thresholds: Sequence[float] = (),
     cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
     cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
 ) -> TwoStageDetector:
-    """Faster R-CNN (Mask R-CNN with `with_mask=True`) around `backbone`: `build_rpn`, `build_roi_heads`
-    and `build_transform`, each given its keywords by name, sized from the backbone's feature specs.
+    """Faster R-CNN (Mask R-CNN with `with_mask=True`, Keypoint R-CNN with `with_keypoints=True`) around
+    `backbone`: `build_rpn`, `build_roi_heads` and `build_transform`, each given its keywords by name, sized
+    from the backbone's feature specs.
 
     The one place the two-stage keywords are documented:
     - RPN on `rpn_features` (default: every backbone output), one `anchor_sizes` tuple per level and
@@ -342,7 +373,9 @@ def build_two_stage(
       ("ce", "focal") of the RoI heads and, unless `rpn_box_loss` / `rpn_cls_loss` are set, of the RPN.
     - Detections: score >= `box_score_threshold`, per-class NMS at `box_nms_threshold`, top
       `detections_per_image`; masks (`with_mask`) of a `mask_conv_dims` head on `mask_resolution` RoIAlign,
-      binarised at `mask_threshold`.
+      binarised at `mask_threshold`; keypoints (`with_keypoints`): `num_keypoints` heatmaps of 4x
+      `keypoint_resolution` (RoIAlign) from a head of `keypoint_conv_dims` 3x3 convs (the Mask R-CNN paper's
+      section 5: 8 x 512, 14 -> 56).
     - Cascade R-CNN (`cascade_iou_thresholds`, e.g. (0.5, 0.6, 0.7); empty: one box stage): one box head
       and class-agnostic predictor per stage, stage t matched at `cascade_iou_thresholds[t]` on the previous
       stage's refined boxes, its targets encoded with `cascade_bbox_reg_weights[t]`, its losses weighted by
@@ -392,6 +425,10 @@ def build_two_stage(
         box_nms_threshold=box_nms_threshold,
         detections_per_image=detections_per_image,
         mask_threshold=mask_threshold,
+        with_keypoints=with_keypoints,
+        num_keypoints=num_keypoints,
+        keypoint_resolution=keypoint_resolution,
+        keypoint_conv_dims=keypoint_conv_dims,
         cascade_iou_thresholds=cascade_iou_thresholds,
         cascade_stage_weights=cascade_stage_weights,
         cascade_bbox_reg_weights=cascade_bbox_reg_weights,
@@ -405,5 +442,6 @@ def build_two_stage(
 register_keywords(TwoStageRules, build_two_stage)
 register_keywords(TwoStageKeywords, build_two_stage)
 register_keywords(MaskRCNNKeywords, build_two_stage)
+register_keywords(TwoStageHeadsKeywords, build_two_stage)
 register_keywords(CascadeRCNNKeywords, build_two_stage)
 register_keywords(CascadeMaskRCNNKeywords, build_two_stage)

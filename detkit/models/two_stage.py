@@ -1,6 +1,6 @@
 """Two-stage detectors: backbone -> proposals (RPN or given) -> RoI heads.
 
-Faster / Mask R-CNN when the model has an RPN; Fast R-CNN (external proposals, see
+Faster / Mask / Keypoint R-CNN when the model has an RPN; Fast R-CNN (external proposals, see
 `detkit.models.base` for the calling convention) when it has none.
 """
 
@@ -18,7 +18,8 @@ __all__ = ["TwoStageDetector"]
 
 
 class TwoStageDetector(Detector):
-    """Faster R-CNN when `rpn` is set (Mask R-CNN with a mask head); Fast R-CNN (external proposals) when it is None."""
+    """Faster R-CNN when `rpn` is set (Mask / Keypoint R-CNN with a mask / keypoint head); Fast R-CNN
+    (external proposals) when it is None."""
 
     def __init__(
         self,
@@ -37,6 +38,14 @@ class TwoStageDetector(Detector):
     @property
     def has_masks(self) -> bool:
         return self.roi_heads.has_masks
+
+    @property
+    def has_keypoints(self) -> bool:
+        return self.roi_heads.has_keypoints
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.roi_heads.num_keypoints
 
     @property
     def requires_proposals(self) -> bool:
@@ -63,7 +72,7 @@ class TwoStageDetector(Detector):
         features = self.backbone(batch.tensor)
         boxes, batch_idx, _ = self.region_proposals(features, batch, None, proposals)
         dets, _ = self.roi_heads(features, boxes, batch_idx, batch)
-        dets = dets.resize(batch.image_sizes, batch.original_sizes)  # boxes to original pixels
+        dets = dets.resize(batch.image_sizes, batch.original_sizes)  # boxes (and keypoints) to original pixels
         if dets.mask_probs is not None:
             dets.masks = self.roi_heads.paste_detection_masks(
                 dets.mask_probs, dets.boxes, dets.batch_idx, batch.original_sizes

@@ -1,8 +1,9 @@
 """Loading detector weights: detkit / Lightning checkpoints and torchvision detection checkpoints.
 
 torchvision's `fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` state dicts (COCO, 91
-classes including background -> `num_classes=90` here) map onto detkit's modules with the
-explicit key maps below. Everything is read with `torch.load(weights_only=True)`.
+classes including background -> `num_classes=90` here) and `keypointrcnn_resnet50_fpn` (person
+and background -> `num_classes=1`, 17 keypoints) map onto detkit's modules with the explicit
+key maps below. Everything is read with `torch.load(weights_only=True)`.
 
 Fine-tuning to other classes: the class-specific parameters a model declares
 (`Detector.class_rows()`: class logits, class-specific box deltas, mask logits) may differ
@@ -48,6 +49,10 @@ def _torchvision_head_key(key: str) -> str | None:
         return f"roi_heads.mask_head.convs.{index}.conv.{m[3]}"
     if m := re.fullmatch(r"roi_heads\.mask_predictor\.(conv5_mask|mask_fcn_logits)\.(weight|bias)", key):
         return f"roi_heads.mask_head.{'deconv' if m[1] == 'conv5_mask' else 'mask_logits'}.{m[2]}"
+    if m := re.fullmatch(r"roi_heads\.keypoint_head\.(\d+)\.(weight|bias)", key):  # conv, ReLU, conv, ...
+        return f"roi_heads.keypoint_head.convs.{int(m[1]) // 2}.conv.{m[2]}"
+    if m := re.fullmatch(r"roi_heads\.keypoint_predictor\.kps_score_lowres\.(weight|bias)", key):
+        return f"roi_heads.keypoint_head.deconv.{m[1]}"
     return None
 
 

@@ -15,8 +15,9 @@ from detkit.backbones import FPN, build_backbone
 from detkit.heads.cascade_roi_heads import CASCADE_BBOX_REG_WEIGHTS, CASCADE_IOU_THRESHOLDS, CASCADE_STAGE_WEIGHTS
 from detkit.models.builders import (
     CascadeKeywords,
+    KeypointHeadKeywords,
     MaskHeadKeywords,
-    MaskRCNNKeywords,
+    TwoStageHeadsKeywords,
     TwoStageKeywords,
     TwoStageRules,
     build_two_stage,
@@ -42,12 +43,17 @@ class MaskFPNDetectorKeywords(FPNDetectorKeywords, MaskHeadKeywords, total=False
     """`FPNDetectorKeywords` and the mask head's: what a Mask R-CNN FPN variant passes on."""
 
 
+class KeypointFPNDetectorKeywords(FPNDetectorKeywords, KeypointHeadKeywords, total=False):
+    """`FPNDetectorKeywords` and the keypoint head's: what a Keypoint R-CNN FPN variant passes on."""
+
+
 def build_fpn_detector(
     backbone_name: str,
     *,
     num_classes: int,
     anchor_sizes: Sequence[Sequence[float]],
     with_mask: bool = False,
+    with_keypoints: bool = False,
     in_features: Sequence[str] = ("c2", "c3", "c4", "c5"),
     backbone_kwargs: dict | None = None,
     backbone_weights: str | None = None,
@@ -57,16 +63,16 @@ def build_fpn_detector(
     cascade_iou_thresholds: Sequence[float] = (),
     cascade_stage_weights: Sequence[float] = CASCADE_STAGE_WEIGHTS,
     cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
-    **kwargs: Unpack[MaskRCNNKeywords],
+    **kwargs: Unpack[TwoStageHeadsKeywords],
 ) -> TwoStageDetector:
-    """Faster / Mask R-CNN on the registered backbone `backbone_name` with an FPN (`fpn_channels`, + P6 by
+    """Faster / Mask / Keypoint R-CNN on the registered backbone `backbone_name` with an FPN (`fpn_channels`, + P6 by
     max pooling) on its `in_features`: the RPN on every FPN level (one `anchor_sizes` tuple each), the RoI
     heads on all but P6.
 
     `backbone_weights`: ImageNet weights of the backbone; `freeze_at`: stages frozen (default: the
     stem and first stage when fine-tuning, none from scratch); `norm`: "frozen_bn" (default), "bn", ...;
     `backbone_kwargs`: more keywords of the backbone builder. `kwargs`: see `build_two_stage` (the
-    mask head's only with `with_mask`).
+    mask head's only with `with_mask`, the keypoint head's only with `with_keypoints`).
     """
     body = build_backbone(
         backbone_name,
@@ -85,6 +91,7 @@ def build_fpn_detector(
         roi_features=names[:-1],
         anchor_sizes=anchor_sizes,
         with_mask=with_mask,
+        with_keypoints=with_keypoints,
         cascade_iou_thresholds=cascade_iou_thresholds,
         cascade_stage_weights=cascade_stage_weights,
         cascade_bbox_reg_weights=cascade_bbox_reg_weights,
@@ -94,6 +101,7 @@ def build_fpn_detector(
 
 register_keywords(FPNDetectorKeywords, build_fpn_detector)
 register_keywords(MaskFPNDetectorKeywords, build_fpn_detector)
+register_keywords(KeypointFPNDetectorKeywords, build_fpn_detector)
 
 
 @register_model("faster_rcnn_r50_fpn")
@@ -146,6 +154,23 @@ def mask_rcnn_r50_fpn(
 
     Keywords: `build_fpn_detector` (backbone) and `build_two_stage` (the rest)."""
     return build_fpn_detector("resnet50", num_classes=num_classes, anchor_sizes=anchor_sizes, with_mask=True, **kwargs)
+
+
+@register_model("keypoint_rcnn_r50_fpn")
+def keypoint_rcnn_r50_fpn(
+    *,
+    num_classes: int,
+    anchor_sizes: Sequence[Sequence[float]] = FPN_ANCHOR_SIZES,
+    **kwargs: Unpack[KeypointFPNDetectorKeywords],
+) -> TwoStageDetector:
+    """Keypoint R-CNN, ResNet-50 + FPN: torchvision's keypointrcnn_resnet50_fpn layout (17 keypoints; its COCO
+    checkpoint has one class, person: `num_classes=1`). torchvision trains it at a shorter side drawn from
+    640-800: `min_size=(640, 672, 704, 736, 768, 800)` (evaluation at the largest).
+
+    Keywords: `build_fpn_detector` (backbone) and `build_two_stage` (the rest)."""
+    return build_fpn_detector(
+        "resnet50", num_classes=num_classes, anchor_sizes=anchor_sizes, with_keypoints=True, **kwargs
+    )
 
 
 @register_model("faster_rcnn_vgg16")
@@ -208,10 +233,15 @@ class MaskTinyDetectorKeywords(TinyDetectorKeywords, MaskHeadKeywords, total=Fal
     """`TinyDetectorKeywords` and the mask head's: what `mask_rcnn_tiny` passes on."""
 
 
+class KeypointTinyDetectorKeywords(TinyDetectorKeywords, KeypointHeadKeywords, total=False):
+    """`TinyDetectorKeywords` and the keypoint head's: what `keypoint_rcnn_tiny` passes on."""
+
+
 def build_tiny_detector(
     *,
     num_classes: int,
     with_mask: bool,
+    with_keypoints: bool = False,
     norm: str = "bn",
     backbone_weights: str | None = None,
     anchor_sizes: Sequence[Sequence[float]] = ((16, 32, 64),),
@@ -228,6 +258,9 @@ def build_tiny_detector(
     mask_resolution: int = 14,
     mask_conv_dims: Sequence[int] = (128, 128),
     mask_threshold: float = 0.5,
+    num_keypoints: int = 4,  # the synthetic shapes' extreme points: top, right, bottom, left
+    keypoint_resolution: int = 14,
+    keypoint_conv_dims: Sequence[int] = (128,) * 4,
     min_size: int | Sequence[int] | None = 128,  # the scale these from-scratch models train at (shapes: 128x128)
     max_size: int | None = 213,  # 128 * 1333 / 800: the usual 5:3 cap on the longer side
     cascade_iou_thresholds: Sequence[float] = (),
@@ -235,11 +268,13 @@ def build_tiny_detector(
     cascade_bbox_reg_weights: Sequence[Sequence[float]] = CASCADE_BBOX_REG_WEIGHTS,
     **kwargs: Unpack[TwoStageRules],
 ) -> TwoStageDetector:
-    """A from-scratch Faster R-CNN (Mask R-CNN with `with_mask`) that trains on a CPU in minutes: the
-    7-conv `simple_convnet` (c3, stride 8; `norm` "bn"), anchors 16-64 px, fewer proposals and samples,
+    """A from-scratch Faster R-CNN (Mask R-CNN with `with_mask`, Keypoint R-CNN with `with_keypoints`) that
+    trains on a CPU in minutes: the 7-conv `simple_convnet` (c3, stride 8; `norm` "bn"), anchors 16-64 px,
+    fewer proposals and samples,
     fc6/fc7 of 256, images resized to a shorter side of 128 px (the synthetic shapes images' size).
 
-    Keywords: the sizes here (the mask head's only with `with_mask`); the rest: `build_two_stage`.
+    Keywords: the sizes here (the mask / keypoint head's only with `with_mask` / `with_keypoints`); the rest:
+    `build_two_stage`.
     """
     backbone = build_backbone("simple_convnet", weights=backbone_weights, out_features=("c3",), norm=norm)
     return build_two_stage(
@@ -260,6 +295,10 @@ def build_tiny_detector(
         mask_resolution=mask_resolution,
         mask_conv_dims=mask_conv_dims,
         mask_threshold=mask_threshold,
+        with_keypoints=with_keypoints,
+        num_keypoints=num_keypoints,
+        keypoint_resolution=keypoint_resolution,
+        keypoint_conv_dims=keypoint_conv_dims,
         min_size=min_size,
         max_size=max_size,
         cascade_iou_thresholds=cascade_iou_thresholds,
@@ -271,6 +310,7 @@ def build_tiny_detector(
 
 register_keywords(TinyDetectorKeywords, build_tiny_detector)
 register_keywords(MaskTinyDetectorKeywords, build_tiny_detector)
+register_keywords(KeypointTinyDetectorKeywords, build_tiny_detector)
 
 
 @register_model("faster_rcnn_tiny")
@@ -288,6 +328,13 @@ def faster_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[TinyDetectorKeywords]
 def mask_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[MaskTinyDetectorKeywords]) -> TwoStageDetector:
     """`faster_rcnn_tiny` with a 2-conv mask head: instance segmentation on a CPU. Keywords: `build_tiny_detector`."""
     return build_tiny_detector(num_classes=num_classes, with_mask=True, **kwargs)
+
+
+@register_model("keypoint_rcnn_tiny")
+def keypoint_rcnn_tiny(*, num_classes: int, **kwargs: Unpack[KeypointTinyDetectorKeywords]) -> TwoStageDetector:
+    """`faster_rcnn_tiny` with a 4-conv keypoint head (4 keypoints by default: the synthetic shapes' extreme
+    points), keypoints on a CPU. Keywords: `build_tiny_detector`."""
+    return build_tiny_detector(num_classes=num_classes, with_mask=False, with_keypoints=True, **kwargs)
 
 
 # --------------------------------------------------------------------------- Cascade R-CNN

@@ -12,6 +12,7 @@ Shape shorthand:
     Gmax  largest per-image ground-truth count (max K_i)
     D     detections over the whole batch (packed)
     H_i,W_i  mask height / width of image i
+    Kp    keypoints per object (Keypoint R-CNN)
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class PackedTargets(PackedRows):
 
     `targets[index]` applies one row index to boxes, labels and batch_idx (see
     `detkit.structures.packed.PackedRows`; targets with masks cannot be indexed by row);
-    `targets.clip(sizes)` / `targets.resize(a, b)` clip or rescale the boxes.
+    `targets.clip(sizes)` / `targets.resize(a, b)` clip or rescale the boxes (resize: and keypoints).
 
     Attributes:
         boxes: `Tensor[G, 4]` float32 XYXY in resized-image pixels.
@@ -139,11 +140,13 @@ class PackedTargets(PackedRows):
         masks: per-image masks `list[Tensor[K_i, H_i, W_i]]` uint8 (mask sizes may differ per
             image, so they are not packed), or None. Row k of `masks[i]` belongs to the k-th
             box of image i, i.e. packed row `padded_index()[i, k]`.
+        keypoints: `Tensor[G, Kp, 3]` float32 (x, y, v) per box in the boxes' pixels, v as COCO
+            (0 not labelled, 1 and 2 labelled), or None.
         max_per_image: the largest number of boxes of one image when known on the host (set by
             `from_list`), so that `padded()` needs no host sync; None to count it.
     """
 
-    row_fields: ClassVar[tuple[str, ...]] = ("boxes", "labels", "batch_idx")
+    row_fields: ClassVar[tuple[str, ...]] = ("boxes", "labels", "batch_idx", "keypoints")
     image_fields: ClassVar[tuple[str, ...]] = ("masks",)
 
     boxes: Tensor
@@ -152,6 +155,7 @@ class PackedTargets(PackedRows):
     num_images: int
     masks: list[Tensor] | None = None
     max_per_image: int | None = None
+    keypoints: Tensor | None = None
 
     def __post_init__(self) -> None:
         g = self.boxes.shape[0]
@@ -164,6 +168,10 @@ class PackedTargets(PackedRows):
             )
         if self.masks is not None and len(self.masks) != self.num_images:
             raise ValueError(f"PackedTargets.masks must hold {self.num_images} tensors, got {len(self.masks)}")
+        if self.keypoints is not None and (
+            self.keypoints.dim() != 3 or self.keypoints.shape[0] != g or self.keypoints.shape[2] != 3
+        ):
+            raise ValueError(f"PackedTargets.keypoints must be [{g}, Kp, 3], got {tuple(self.keypoints.shape)}")
 
     def __getitem__(self, index) -> PackedTargets:
         # a row index may change every image's count: `padded()` counts again
@@ -175,14 +183,15 @@ class PackedTargets(PackedRows):
 
     @classmethod
     def from_list(cls, targets: Sequence[Mapping[str, Tensor]], *, device=None) -> PackedTargets:
-        """Pack torchvision-style per-image dicts (`boxes`, `labels`, optional `masks`).
+        """Pack torchvision-style per-image dicts (`boxes`, `labels`, optional `masks` and `keypoints`).
 
         Validates every entry and raises ValueError naming the image index and key. Boxes are
-        cast to float32, labels to int64, masks to uint8. `device` defaults to the device of
+        cast to float32, labels to int64, masks to uint8, keypoints (`Tensor[K, Kp, 3]` (x, y, v))
+        to float32. `device` defaults to the device of
         the first image's boxes (CPU when the list is empty).
         """
-        boxes_list, labels_list, masks_list = [], [], []
-        has_masks = None
+        boxes_list, labels_list, masks_list, keypoints_list = [], [], [], []
+        given: dict[str, bool] = {}
         for i, target in enumerate(targets):
             if not isinstance(target, Mapping):
                 raise ValueError(f"targets[{i}] must be a dict, got {type(target).__name__}")  # noqa: TRY004
@@ -203,17 +212,31 @@ class PackedTargets(PackedRows):
                     f"targets[{i}]['labels'] must be an integer Tensor[{k}], got shape {tuple(labels.shape)} "
                     f"and dtype {labels.dtype}"
                 )
-            target_has_masks = target.get("masks") is not None
-            if has_masks is None:
-                has_masks = target_has_masks
-            elif has_masks != target_has_masks:
-                raise ValueError(f"targets[{i}]['masks'] must be given for all images or for none")
-            if target_has_masks:
+            for key in ("masks", "keypoints"):  # optional, for every image or for none
+                given.setdefault(key, target.get(key) is not None)
+                if given[key] != (target.get(key) is not None):
+                    raise ValueError(f"targets[{i}]['{key}'] must be given for all images or for none")
+            if given["masks"]:
                 masks = target["masks"]
                 if not isinstance(masks, Tensor) or masks.dim() != 3 or masks.shape[0] != k:
                     shape = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
                     raise ValueError(f"targets[{i}]['masks'] must be a Tensor[{k}, H, W], got shape {shape}")
                 masks_list.append(masks)
+            if given["keypoints"]:
+                kps = target["keypoints"]
+                kp = keypoints_list[0].shape[1] if keypoints_list else None
+                if (
+                    not isinstance(kps, Tensor)
+                    or kps.dim() != 3
+                    or kps.shape[0] != k
+                    or kps.shape[2] != 3
+                    or (kp is not None and kps.shape[1] != kp)
+                ):
+                    shape = tuple(kps.shape) if isinstance(kps, Tensor) else type(kps).__name__
+                    raise ValueError(
+                        f"targets[{i}]['keypoints'] must be a Tensor[{k}, {kp or 'Kp'}, 3] (x, y, v), got shape {shape}"
+                    )
+                keypoints_list.append(kps)
             boxes_list.append(boxes)
             labels_list.append(labels)
 
@@ -235,7 +258,16 @@ class PackedTargets(PackedRows):
         finite = torch.isfinite(boxes).all(1)
         if boxes.numel() and not bool(finite.all()):  # one host sync for the whole batch
             raise ValueError(f"targets[{int(batch_idx[~finite][0])}]['boxes'] contains non-finite values")
-        masks = [m.to(device=device, dtype=torch.uint8) for m in masks_list] if has_masks else None
+        masks = [m.to(device=device, dtype=torch.uint8) for m in masks_list] if given.get("masks") else None
+        keypoints = None
+        if given.get("keypoints"):
+            keypoints = torch.cat([kp.to(device=device, dtype=torch.float32) for kp in keypoints_list])
+            vis = keypoints[..., 2]
+            bad = ~(torch.isfinite(keypoints).all(-1) & ((vis == 0) | (vis == 1) | (vis == 2))).all(-1)
+            if bool(bad.any()):  # one host sync
+                raise ValueError(
+                    f"targets[{int(batch_idx[bad][0])}]['keypoints'] must hold finite (x, y, v) with v in 0, 1, 2"
+                )
         return cls(
             boxes=boxes,
             labels=labels,
@@ -243,6 +275,7 @@ class PackedTargets(PackedRows):
             num_images=n,
             masks=masks,
             max_per_image=max(counts, default=0),
+            keypoints=keypoints,
         )
 
     def to(self, device, non_blocking: bool = False) -> PackedTargets:
@@ -252,6 +285,7 @@ class PackedTargets(PackedRows):
             labels=_move(self.labels, device, non_blocking),
             batch_idx=_move(self.batch_idx, device, non_blocking),
             masks=_move(self.masks, device, non_blocking),
+            keypoints=_move(self.keypoints, device, non_blocking),
         )
 
     def per_image_counts(self) -> Tensor:
@@ -308,7 +342,7 @@ class Detections(PackedRows):
 
     `dets[index]` applies one row index to boxes, scores, labels, batch_idx and mask_probs
     (see `detkit.structures.packed.PackedRows`); `dets.clip(sizes)` / `dets.resize(a, b)`
-    clip or rescale the boxes.
+    clip or rescale the boxes (resize: and keypoints).
 
     Attributes:
         boxes: `Tensor[D, 4]` XYXY.
@@ -320,9 +354,19 @@ class Detections(PackedRows):
             probabilities of the detection's class), or None.
         masks: `list[Tensor]` of N per-image tensors (e.g. uint8 `[D_i, H_i, W_i]` masks pasted
             into the original images, which differ in size), or None.
+        keypoints: `Tensor[D, Kp, 3]` float32 (x, y, 1) in the boxes' pixels, or None.
+        keypoints_scores: `Tensor[D, Kp]` the heatmap logit at each keypoint, or None.
     """
 
-    row_fields: ClassVar[tuple[str, ...]] = ("boxes", "scores", "labels", "batch_idx", "mask_probs")
+    row_fields: ClassVar[tuple[str, ...]] = (
+        "boxes",
+        "scores",
+        "labels",
+        "batch_idx",
+        "mask_probs",
+        "keypoints",
+        "keypoints_scores",
+    )
     image_fields: ClassVar[tuple[str, ...]] = ("masks",)
 
     boxes: Tensor
@@ -332,6 +376,8 @@ class Detections(PackedRows):
     num_images: int
     mask_probs: Tensor | None = None
     masks: list[Tensor] | None = None
+    keypoints: Tensor | None = None
+    keypoints_scores: Tensor | None = None
 
     def __post_init__(self) -> None:
         d = self.boxes.shape[0]
@@ -348,6 +394,10 @@ class Detections(PackedRows):
             )
         if self.masks is not None and len(self.masks) != self.num_images:
             raise ValueError(f"Detections.masks list must hold {self.num_images} tensors, got {len(self.masks)}")
+        for name in ("keypoints", "keypoints_scores"):
+            value = getattr(self, name)
+            if value is not None and value.shape[0] != d:
+                raise ValueError(f"Detections.{name} must have {d} rows, got {tuple(value.shape)}")
 
     def to(self, device, non_blocking: bool = False) -> Detections:
         return dataclasses.replace(
@@ -358,11 +408,13 @@ class Detections(PackedRows):
             batch_idx=_move(self.batch_idx, device, non_blocking),
             mask_probs=_move(self.mask_probs, device, non_blocking),
             masks=_move(self.masks, device, non_blocking),
+            keypoints=_move(self.keypoints, device, non_blocking),
+            keypoints_scores=_move(self.keypoints_scores, device, non_blocking),
         )
 
     def split(self) -> list[dict[str, Tensor]]:
         """One dict per image with `boxes`, `scores`, `labels`, and `masks` when set, else
-        `mask_probs` when set.
+        `mask_probs` when set, and `keypoints` / `keypoints_scores` when set.
 
         Within an image detections keep their packed order. One host sync (the counts).
         """
@@ -371,6 +423,8 @@ class Detections(PackedRows):
         fields = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
         if self.masks is None and self.mask_probs is not None:
             fields["mask_probs"] = self.mask_probs
+        if self.keypoints is not None:
+            fields["keypoints"], fields["keypoints_scores"] = self.keypoints, self.keypoints_scores
         pieces = {key: value[order].split(counts) for key, value in fields.items()}
         out = [{key: pieces[key][i] for key in fields} for i in range(self.num_images)]
         if self.masks is not None:

@@ -31,6 +31,7 @@ __all__ = [
     "pack_to_padded",
     "position_in_image",
     "resize_boxes",
+    "resize_keypoints",
     "scale_factors",
     "take_rows",
     "top_k_per_image",
@@ -137,6 +138,13 @@ def resize_boxes(boxes: Tensor, batch_idx: Tensor, from_sizes: Tensor, to_sizes:
     return boxes * scale_factors(from_sizes, to_sizes)[batch_idx]
 
 
+def resize_keypoints(keypoints: Tensor, batch_idx: Tensor, from_sizes: Tensor, to_sizes: Tensor) -> Tensor:
+    """Scale packed keypoints `Tensor[R, K, 3]` (x, y, v) between image sizes as `resize_boxes` scales boxes:
+    x and y by the same float32 factors, v kept."""
+    factors = scale_factors(from_sizes, to_sizes)[batch_idx, None, :2]  # [R, 1, 2] (sx, sy)
+    return torch.cat([keypoints[..., :2] * factors, keypoints[..., 2:]], dim=-1)
+
+
 Packed = TypeVar("Packed", bound="PackedRows")
 
 
@@ -168,5 +176,9 @@ class PackedRows:
         return dataclasses.replace(self, boxes=clip_boxes(self.boxes, image_sizes[self.batch_idx]))
 
     def resize(self: Packed, from_sizes: Tensor, to_sizes: Tensor) -> Packed:
-        """Boxes scaled from images of `from_sizes` to `to_sizes` (`Tensor[N, 2]` (h, w)); see `resize_boxes`."""
-        return dataclasses.replace(self, boxes=resize_boxes(self.boxes, self.batch_idx, from_sizes, to_sizes))
+        """Boxes (and `keypoints` `Tensor[R, K, 3]`, in a container that has them set) scaled from images of
+        `from_sizes` to `to_sizes` (`Tensor[N, 2]` (h, w)); see `resize_boxes` / `resize_keypoints`."""
+        changes = {"boxes": resize_boxes(self.boxes, self.batch_idx, from_sizes, to_sizes)}
+        if getattr(self, "keypoints", None) is not None:
+            changes["keypoints"] = resize_keypoints(self.keypoints, self.batch_idx, from_sizes, to_sizes)
+        return dataclasses.replace(self, **changes)

@@ -11,6 +11,9 @@ from detkit.models import build_model
 BOX_TOL = 0.5  # pixels
 SCORE_TOL = 1e-4
 MASK_AGREEMENT = 0.999
+# keypoints (pixels): the boxes may differ by BOX_TOL, and an arg-max between near-equal heatmap cells by one cell
+KEYPOINT_TOL = 2.0
+KEYPOINT_SCORE_TOL = 1e-3
 
 
 def detector(
@@ -81,7 +84,8 @@ def eager_predict(model, images: list[np.ndarray], proposals=None) -> list[dict[
 def assert_same_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray], where: str) -> None:
     """Same number of detections; each reference detection has one in `got` with the same label,
     box within BOX_TOL px and score within SCORE_TOL (order may differ only between near-equal
-    scores); masks (when present) agree on >= MASK_AGREEMENT of the pixels."""
+    scores); masks (when present) agree on >= MASK_AGREEMENT of the pixels, keypoints (when present) lie
+    within KEYPOINT_TOL px with scores within KEYPOINT_SCORE_TOL."""
     n = len(ref["labels"])
     assert len(got["labels"]) == n, f"{where}: {len(got['labels'])} detections, eager has {n}"
     used = np.zeros(n, dtype=bool)
@@ -102,6 +106,11 @@ def assert_same_detections(ref: dict[str, np.ndarray], got: dict[str, np.ndarray
         if "masks" in ref:
             agree = (ref["masks"][i] == got["masks"][j]).mean() if ref["masks"][i].size else 1.0
             assert agree >= MASK_AGREEMENT, f"{where}: mask of detection {i} agrees on {agree:.5f} of the pixels"
+        if "keypoints" in ref:
+            error = np.abs(got["keypoints"][j] - ref["keypoints"][i]).max(initial=0)
+            score_error = np.abs(got["keypoints_scores"][j] - ref["keypoints_scores"][i]).max(initial=0)
+            assert error <= KEYPOINT_TOL, f"{where}: keypoints of detection {i} differ by {error:.3f} px"
+            assert score_error <= KEYPOINT_SCORE_TOL, f"{where}: keypoint scores of detection {i}: {score_error:.2e}"
 
 
 def packed_to_list(outputs, num_images: int, names: list[str]) -> list[dict[str, np.ndarray]]:

@@ -183,9 +183,9 @@ def _declared_type(function, key: str):
 def test_each_keyword_set_has_its_functions_types():
     """A TypedDict of a builder's `**kwargs` gives each key the type of the function it reaches."""
     sources = model_registry._KEYWORD_SOURCES
-    # two-stage (rules, sizes, mask), FPN and tiny (each with mask), the cascade's (two-stage, FPN and tiny;
-    # two with mask), Fast R-CNN, R-CNN
-    assert len(sources) == 14
+    # two-stage (rules, sizes, mask, all heads), FPN and tiny (each with mask and keypoints), the cascade's
+    # (two-stage, FPN and tiny; two with mask), Fast R-CNN, R-CNN
+    assert len(sources) == 17
     for keywords, source in sources.items():
         for key, annotation in typing.get_type_hints(keywords).items():
             assert _declared_type(source, key) == annotation, (keywords.__name__, key)

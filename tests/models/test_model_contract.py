@@ -25,6 +25,17 @@ def _images_and_targets(with_masks: bool, size=(128, 160)):
     return images, targets
 
 
+def _with_keypoints(targets, num_keypoints: int):
+    """`targets` with `num_keypoints` keypoints per box spread over the box (every third not labelled)."""
+    for t in targets:
+        boxes, k = t["boxes"], num_keypoints
+        frac = torch.linspace(0.1, 0.9, k)
+        xy = boxes[:, None, :2] + (boxes[:, None, 2:] - boxes[:, None, :2]) * torch.stack([frac, frac.flip(0)], -1)
+        v = torch.tensor([0.0 if i % 3 == 2 else 2.0 for i in range(k)]).expand(boxes.shape[0], k)
+        t["keypoints"] = torch.cat([xy, v[..., None]], -1)
+    return targets
+
+
 def _proposals(images):
     """Selective-search-like proposals for the models that need them: jittered gt + random boxes."""
     g = torch.Generator().manual_seed(1)
@@ -42,6 +53,8 @@ def _proposals(images):
 def _overrides(name):
     if name.endswith("_tiny"):
         return {}
+    if name.startswith("keypoint_rcnn_"):  # 8 x 512 convs per RoI take ~7 GFLOP each
+        return dict(SMALL, norm="bn", keypoint_conv_dims=(64, 64))
     if name.startswith("rcnn_"):  # 224 px warps of 128 regions through VGG-16 take minutes on a CPU
         return {"crop_size": 64, "context_padding": 4.0, "batch_size": 16, "representation_size": 256}
     if "alexnet" in name:  # fc6 / fc7 of 4096 take long to initialise
@@ -59,6 +72,9 @@ def test_training_step_and_predict(name):
     assert model.requires_proposals == name.startswith(("rcnn_", "fast_rcnn_"))
     with_masks = model.has_masks
     images, targets = _images_and_targets(with_masks)
+    assert model.has_keypoints == name.startswith("keypoint_rcnn_") and (model.num_keypoints > 0) == model.has_keypoints
+    if model.has_keypoints:
+        targets = _with_keypoints(targets, model.num_keypoints)
     extra = {"proposals": _proposals(images)} if model.requires_proposals else {}
     if model.requires_proposals:
         with pytest.raises(ValueError, match="needs region proposals"):
@@ -70,6 +86,7 @@ def test_training_step_and_predict(name):
         if name.startswith("cascade_"):  # one pair per stage
             box = {f"{loss}_stage{t}" for loss in box for t in (1, 2, 3)}
         expected = {"loss_rpn_objectness", "loss_rpn_box"} | box
+        expected |= {"loss_keypoint"} if model.has_keypoints else set()
         assert set(losses) == expected | ({"loss_mask"} if with_masks else set())
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()
@@ -95,6 +112,10 @@ def test_training_step_and_predict(name):
         assert ("masks" in res) == with_masks
         if with_masks:
             assert res["masks"].shape == (d, *img.shape[1:]) and res["masks"].dtype == torch.uint8
+        assert ("keypoints" in res) == model.has_keypoints
+        if model.has_keypoints:
+            assert res["keypoints"].shape == (d, model.num_keypoints, 3)
+            assert res["keypoints_scores"].shape == (d, model.num_keypoints)
 
 
 def test_validation_loss_in_eval_mode():
