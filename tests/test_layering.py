@@ -1,4 +1,4 @@
-"""Imports point downwards only (the layers of README's "Layout" / DESIGN.md): a lower package
+"""Imports point downwards only (the layers of docs/layout.md / DESIGN.md): a lower package
 never imports a higher one, at module level or inside a function, and the packages import each
 other without a cycle. No exceptions.
 """
