@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms, roi_align, roi_pool
 
 from detkit.heads.poolers import RoIPooler, assign_fpn_levels
+from detkit.heads.postprocess import decode_class_boxes
 
 __all__ = ["ExportableDetector", "check_exportable"]
 
@@ -259,9 +260,7 @@ class ExportableDetector(nn.Module):
         pool = partial(pool_rois, heads.box_pooler)
         scores, box_deltas, proposals = heads.box_branch_scores(features, proposals, batch_idx, image_sizes, pool)
         k = heads.num_classes
-        deltas = box_deltas.float().view(box_deltas.shape[0], box_deltas.shape[1] // 4, 4)
-        boxes = heads.box_coder.decode(deltas, proposals[:, None, :].expand(-1, deltas.shape[1], -1))
-        boxes = boxes[:, 1:] if boxes.shape[1] == k + 1 else boxes.expand(-1, k, -1)
+        boxes = decode_class_boxes(heads.box_coder, box_deltas, proposals, k)  # [R, K, 4]
         r = scores.shape[0]
         boxes = clip_boxes_symbolic(boxes, height, width)
         labels = torch.arange(1, k + 1, device=scores.device).expand(r, k)
