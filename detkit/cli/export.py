@@ -35,6 +35,8 @@ def load_for_export(
             meta["label_to_category_id"] = {str(k): v for k, v in info.label_map.label_to_category_id.items()}
         if info.proposal_settings:
             meta["proposals"] = dict(info.proposal_settings)  # selective-search settings, for `detkit predict --onnx`
+        if info.keypoint_names:  # keypoint names and skeleton, for the drawings of `detkit predict --onnx`
+            meta["keypoints"] = {"names": info.keypoint_names, "skeleton": [list(p) for p in info.skeleton or ()]}
         return model, meta
     from detkit.models import build_model
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import os
 import sys
@@ -173,7 +174,7 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
 
         model = OnnxPredictor(args.onnx)
         print(f"model: {args.onnx} ({model.description})")
-        class_names, proposal_settings = model.class_names, model.proposal_settings
+        class_names, proposal_settings, skeleton = model.class_names, model.proposal_settings, model.skeleton
         label_map = model.label_to_category_id
     else:
         from detkit.io.checkpoint import build_model_from_checkpoint
@@ -185,7 +186,7 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
                 "--precision bf16 runs slower than fp32 here",
                 file=sys.stderr,
             )
-        class_names, proposal_settings = info.class_names, info.proposal_settings
+        class_names, proposal_settings, skeleton = info.class_names, info.proposal_settings, info.skeleton
         label_map = info.label_map.label_to_category_id if info.label_map is not None else None
     by_name: dict[str, int] = {}
     if args.annotations is not None:
@@ -213,7 +214,7 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
         require("pycocotools", "eval", "writing mask detections as COCO RLEs")
     model.to(device)
     out_names = _output_names([name for _, name in files])
-    drawing = None if args.no_draw else _drawing(prog)
+    drawing = None if args.no_draw else _drawing(prog, skeleton)
     made_output = not os.path.exists(args.output)
     os.makedirs(args.output, exist_ok=True)
 
@@ -460,8 +461,9 @@ def _resolve_device(device: str):
     return dev
 
 
-def _drawing(prog: str):
-    """`(draw_detections, save_png)`, or None with a line on stderr where drawing's dependencies are missing."""
+def _drawing(prog: str, skeleton: Sequence[tuple[int, int]] | None):
+    """`(draw_detections with the keypoints' skeleton bound, save_png)`, or None with a line on stderr where
+    drawing's dependencies are missing."""
     try:
         from detkit.visualize import draw_detections, save_png
     except ImportError as e:
@@ -473,7 +475,7 @@ def _drawing(prog: str):
         print(f"{prog}: no drawings: {missing_message(name, extra_for(name, 'predict'), 'drawing detections')} "
               "(--no-draw: the json files only)", file=sys.stderr)  # fmt: skip
         return None
-    return draw_detections, save_png
+    return functools.partial(draw_detections, skeleton=skeleton), save_png
 
 
 @contextlib.contextmanager

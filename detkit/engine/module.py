@@ -332,6 +332,7 @@ class DetectionModule(LightningModule):
         # written over it (`_join_data`).
         self.class_names: list[str] | None = None if class_names is None else [str(n) for n in class_names]
         self.label_to_category_id: dict[int, int] | None = None
+        self.keypoint_layout: dict[str, list] | None = None  # keypoint names and skeleton, see _keypoint_layout
         self._result_category_ids: dict[int, int] | None = None  # the data's ids of labels 1..K (last joint)
         self._target_labels: Tensor | None = None  # data label -> detector label, where their orders differ
         self._told: set[str] = set()
@@ -770,6 +771,7 @@ class DetectionModule(LightningModule):
             "class_names": self._class_names(),
             "label_to_category_id": self._category_ids(),
             "proposals": self._proposal_settings(),
+            "keypoints": self._keypoint_layout(),
             "skipped_steps": self.skipped_steps,
             "initial_weights": self.initial_weights,
         }
@@ -784,6 +786,19 @@ class DetectionModule(LightningModule):
 
             self.proposal_settings = cache_settings(cache, getattr(dm, "max_proposals", None))
         return getattr(self, "proposal_settings", None)
+
+    def _keypoint_layout(self) -> dict[str, list] | None:
+        """`{"names": [...], "skeleton": [[i, j], ...]}` (0-based pairs) of a keypoint detector's training data
+        (kept from a loaded checkpoint): what `detkit predict` draws with. None for other detectors."""
+        if self.keypoint_layout is None and getattr(self.model, "has_keypoints", False):
+            dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+            for dataset in (getattr(dm, "train_dataset", None), getattr(dm, "val_dataset", None)):
+                names = getattr(dataset, "keypoint_names", None)
+                if names:
+                    skeleton = [[int(a), int(b)] for a, b in getattr(dataset, "skeleton", None) or ()]
+                    self.keypoint_layout = {"names": [str(n) for n in names], "skeleton": skeleton}
+                    break
+        return self.keypoint_layout
 
     def _category_ids(self) -> dict[int, int] | None:
         """`{label: data set category id}` of the detector (from its checkpoint or its first training data);
@@ -846,5 +861,7 @@ class DetectionModule(LightningModule):
             self._join_data(STAGE_OF_FN.get(getattr(fn, "value", fn), "val"))
         if info.get("proposals"):
             self.proposal_settings = dict(info["proposals"])
+        if info.get("keypoints"):
+            self.keypoint_layout = dict(info["keypoints"])
         self.skipped_steps = int(info.get("skipped_steps", 0))
         self.initial_weights = info.get("initial_weights", self.initial_weights)

@@ -181,6 +181,12 @@ class OnnxPredictor:
         return self.detector.class_names
 
     @property
+    def skeleton(self) -> list[tuple[int, int]] | None:
+        """0-based keypoint index pairs joined in drawings (None when the export does not record them)."""
+        layout = self.detector.metadata.get("detkit.keypoints")
+        return [(int(a), int(b)) for a, b in json.loads(layout)["skeleton"]] if layout else None
+
+    @property
     def description(self) -> str:
         return self.detector.description
 

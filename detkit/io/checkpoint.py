@@ -28,7 +28,8 @@ class CheckpointInfo:
     `label_map` is the training data's label -> category id / name map (None for checkpoints
     written before detkit stored it); `class_names` the names as stored (None when not stored);
     `proposal_settings` the selective-search settings of the training proposals (None if not
-    recorded); `version` the detkit version that wrote the checkpoint ("" when not stored).
+    recorded); `keypoint_names` and `skeleton` (0-based index pairs) of a keypoint detector's training data
+    (None when not recorded); `version` the detkit version that wrote the checkpoint ("" when not stored).
     `model_kwargs` are the builder's arguments without `backbone_weights` (the checkpoint holds
     all weights).
     """
@@ -39,6 +40,8 @@ class CheckpointInfo:
     class_names: list[str] | None = None
     label_map: LabelMap | None = None
     proposal_settings: dict[str, Any] | None = None
+    keypoint_names: list[str] | None = None
+    skeleton: list[tuple[int, int]] | None = None
     version: str = ""
 
 
@@ -67,6 +70,7 @@ def checkpoint_info(checkpoint: dict[str, Any], source: str = "checkpoint") -> C
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
     proposals = stats.get("proposals")
+    keypoints = stats.get("keypoints") or {}
     return CheckpointInfo(
         model_name=str(model_name),
         num_classes=num_classes,
@@ -74,6 +78,8 @@ def checkpoint_info(checkpoint: dict[str, Any], source: str = "checkpoint") -> C
         class_names=class_names,
         label_map=label_map,
         proposal_settings=dict(proposals) if proposals else None,
+        keypoint_names=[str(n) for n in keypoints["names"]] if keypoints.get("names") else None,
+        skeleton=[(int(a), int(b)) for a, b in keypoints["skeleton"]] if keypoints.get("names") else None,
         version=str(stats.get("version", "")),
     )
 

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from detkit.cli import main
+from detkit.io.checkpoint import checkpoint_info
+from detkit.utils.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMES = ["left_corner", "right_corner", "apex"]
@@ -95,6 +97,8 @@ def test_fit_predict_evaluate_own_keypoint_data(tmp_path, monkeypatch, capsys):
 
     out = tmp_path / "predictions"
     last = str(run / "checkpoints" / "last.ckpt")
+    info = checkpoint_info(load_checkpoint(last))  # what predict draws with: the categories' 1-based skeleton
+    assert info.keypoint_names == NAMES and info.skeleton == [(0, 1), (1, 2), (2, 0)]
     args = ["--checkpoint", last, "--input", images, "--annotations", val_json]  # train images: left out
     assert main(["predict", *args, "--output", str(out), "--score-threshold", "0"]) == 0
     with open(out / "detections.json") as f:
