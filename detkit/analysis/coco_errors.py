@@ -1,10 +1,10 @@
 """Error analysis of COCO box results: the COCO site's PR curves, TIDE-style AP lost per error
 type, per-image AP.
 
-The matching is faster-coco-eval's: every curve comes from its `COCOeval` with changed
-parameters (IoU thresholds) or changed ground truth (other classes' objects added as ignored
-crowds), and the per-detection true / false positives at IoU 0.5 from its `matched` pairs.
-This module only counts and re-accumulates what the library matched.
+The 12 COCO numbers and the C75 / C50 / Loc curves come from one faster-coco-eval run (COCO's
+thresholds with IoU 0.1 added). The matchings that run does not expose, at IoU 0.5 with the
+matched pairs (TIDE, per-image AP, confusion matrix) and at IoU 0.1 with other classes'
+objects as ignored crowds (Sim / Oth), are COCO's rule vectorised in `coco_matching`.
 
 Shape shorthand: N detections, G ground-truth objects, K categories, A area ranges (all,
 small, medium, large), R recall thresholds (101).
@@ -12,14 +12,20 @@ small, medium, large), R recall thresholds (101).
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from detkit.analysis.coco_matching import (
+    AREA_RANGES,
+    RECALL_THRESHOLDS,
+    grouped_average_precision,
+    match_groups,
+    precision_at_recall,
+    precision_by_class,
+)
 from detkit.evaluation import STAT_NAMES, COCOEvaluator
 
 __all__ = [
@@ -40,7 +46,6 @@ AREA_NAMES = ("all", "small", "medium", "large")
 """The COCO object-size ranges of the analysis: all, small (< 32² px), medium, large (> 96² px)."""
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 """TIDE's error types, in report order: the AP at IoU 0.5 that fixing each one alone would gain."""
-RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 POS_IOU = 0.5  # a detection is a true positive at IoU >= 0.5 (TIDE's and the confusion matrix's threshold)
 BG_IOU = 0.1  # below this IoU with every object a false positive is background (the COCO site's Loc threshold)
 MAX_DETS = 100
@@ -50,8 +55,8 @@ MAX_DETS = 100
 class Matches:
     """Detections and ground truth of a data set as flat arrays, and COCO's matching at IoU 0.5.
 
-    Detections keep the order of the results list; `det_evaluated` is False for those past the
-    100 best of their (image, category), which COCO does not evaluate. `det_gt` is the index
+    Detections keep the order of the results list; `det_rank` is the rank by score within their
+    (image, category), and COCO evaluates the 100 best (`det_evaluated`). `det_gt` is the index
     (into the `gt_*` arrays) of the object a detection matched at IoU 0.5, -1 for none.
     """
 
@@ -62,13 +67,19 @@ class Matches:
     det_box: np.ndarray  # Tensor[N, 4] XYWH as in the results
     det_score: np.ndarray  # Tensor[N]
     det_order: np.ndarray  # Tensor[N] COCO's ranking key: image order, then score rank within (image, category)
-    det_evaluated: np.ndarray  # Tensor[N] bool
+    det_rank: np.ndarray  # Tensor[N] int
     det_gt: np.ndarray  # Tensor[N] int
     gt_image: np.ndarray  # Tensor[G]
     gt_class: np.ndarray  # Tensor[G]
     gt_box: np.ndarray  # Tensor[G, 4] XYWH
+    gt_area: np.ndarray  # Tensor[G] the annotations' area (COCO's size ranges use it)
     gt_crowd: np.ndarray  # Tensor[G] bool
     gt_ann_ids: np.ndarray  # Tensor[G]
+
+    @property
+    def det_evaluated(self) -> np.ndarray:
+        """Tensor[N] bool: among the 100 best of their (image, category), which COCO evaluates."""
+        return self.det_rank < MAX_DETS
 
     @property
     def det_ignored(self) -> np.ndarray:
@@ -175,51 +186,31 @@ class _Runner:
         self.image_ids = sorted(evaluator.image_ids)
         self.category_ids = sorted(evaluator.category_names)
 
-    def run(self, gt: Any = None, iou_thrs: Sequence[float] | None = None, *, matches: bool = False) -> Any:
-        """One evaluation, 100 detections per image: at `iou_thrs`, or COCO's standard one
-        (summarised) with IoU 0.1 added in front of its thresholds (`eval["precision"]` then
-        holds the standard thresholds; `loc_precision` the IoU 0.1 one). `matches`: all areas
-        only, with the matched pairs (`eval["matched"]`)."""
+    def run(self) -> Any:
+        """COCO's standard evaluation (summarised), 100 detections per image, with IoU 0.1 added in
+        front of its thresholds: `eval["precision"]` holds the standard thresholds, `loc_precision`
+        the IoU 0.1 one (each threshold is matched on its own: 0.1 changes none of the others)."""
         from faster_coco_eval import COCOeval_faster
 
-        coco_eval = COCOeval_faster(
-            self.gt if gt is None else gt,
-            self.dt,
-            self.iou_type,
-            print_function=lambda *args, **kwargs: None,
-        )  # no extra_calc: its C++ pass returns `matched` anyway, extra_calc only adds flags to every annotation
+        coco_eval = COCOeval_faster(self.gt, self.dt, self.iou_type, print_function=lambda *args, **kwargs: None)
         p = coco_eval.params
         p.imgIds, p.catIds = self.image_ids, self.category_ids
+        if not np.array_equal(np.asarray(p.areaRng, np.float64), AREA_RANGES):
+            raise RuntimeError(f"faster-coco-eval's area ranges {p.areaRng} are not COCO's {AREA_RANGES.tolist()}")
         standard = np.asarray(p.iouThrs, dtype=np.float64)
-        if iou_thrs is None:  # precision at each threshold is matched on its own: 0.1 does not change the others
-            p.iouThrs = np.r_[BG_IOU, standard]
-        else:
-            p.iouThrs, p.maxDets = np.asarray(iou_thrs, dtype=np.float64), [MAX_DETS]
-        if matches:
-            p.areaRng, p.areaRngLbl = p.areaRng[:1], p.areaRngLbl[:1]
+        p.iouThrs = np.r_[BG_IOU, standard]
         coco_eval.evaluate()
         coco_eval.accumulate()
-        if iou_thrs is None:
-            coco_eval.loc_precision = np.asarray(coco_eval.eval["precision"], np.float64)[:1]
-            coco_eval.eval["precision"] = np.asarray(coco_eval.eval["precision"])[1:]
-            coco_eval.eval["recall"] = np.asarray(coco_eval.eval["recall"])[1:]
-            p.iouThrs = standard
-            coco_eval.summarize()  # the 12 standard numbers
+        coco_eval.loc_precision = np.asarray(coco_eval.eval["precision"], np.float64)[:1]
+        coco_eval.eval["precision"] = np.asarray(coco_eval.eval["precision"])[1:]
+        coco_eval.eval["recall"] = np.asarray(coco_eval.eval["recall"])[1:]
+        p.iouThrs = standard
+        coco_eval.summarize()  # the 12 standard numbers
         return coco_eval
-
-    def ground_truth_with(self, extra: list[dict]) -> Any:
-        """A backend ground truth with `extra` annotations added (ids after the existing ones)."""
-        from faster_coco_eval import COCO
-
-        data = self.evaluator._dataset_copy()
-        next_id = max((int(a["id"]) for a in data["annotations"]), default=0) + 1
-        data["annotations"] += [{**a, "id": next_id + i} for i, a in enumerate(extra)]
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(data)
 
 
 def _matches(runner: _Runner) -> Matches:
-    """Flat arrays of the data and faster-coco-eval's matching at IoU 0.5 (all areas, 100 detections)."""
+    """Flat arrays of the data and COCO's matching at IoU 0.5 (all areas, 100 detections)."""
     image_index = {i: n for n, i in enumerate(runner.image_ids)}
     class_index = {c: k for k, c in enumerate(runner.category_ids)}
     results = runner.results
@@ -241,15 +232,7 @@ def _matches(runner: _Runner) -> Matches:
     anns = runner.evaluator._dataset["annotations"]
     anns = [a for a in anns if a["image_id"] in image_index and a["category_id"] in class_index]
     g = len(anns)
-    gt_ann_ids = np.fromiter((a["id"] for a in anns), np.int64, g)
-    gt_row = {int(a): i for i, a in enumerate(gt_ann_ids)}
-    det_gt = np.full(n, -1, np.int64)
-    if n:
-        coco_eval = runner.run(iou_thrs=[POS_IOU], matches=True)
-        for key in coco_eval.eval["matched"]:
-            dt_id, gt_id = key.split("_", 1)
-            det_gt[int(dt_id) - 1] = gt_row[int(gt_id)]  # result ids are 1, 2, ... in results order
-    return Matches(
+    m = Matches(
         image_ids=np.asarray(runner.image_ids, np.int64),
         category_ids=np.asarray(runner.category_ids, np.int64),
         det_image=det_image,
@@ -257,14 +240,35 @@ def _matches(runner: _Runner) -> Matches:
         det_box=det_box,
         det_score=det_score,
         det_order=det_order,
-        det_evaluated=det_rank < MAX_DETS,
-        det_gt=det_gt,
+        det_rank=det_rank,
+        det_gt=np.full(n, -1, np.int64),
         gt_image=np.fromiter((image_index[a["image_id"]] for a in anns), np.int64, g),
         gt_class=np.fromiter((class_index[a["category_id"]] for a in anns), np.int64, g),
         gt_box=np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(g, 4),
+        gt_area=np.fromiter((a["area"] for a in anns), np.float64, g),
         gt_crowd=np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, g),
-        gt_ann_ids=gt_ann_ids,
+        gt_ann_ids=np.fromiter((a["id"] for a in anns), np.int64, g),
     )
+    m.det_gt = _match(m, POS_IOU, AREA_RANGES[:1])[0][:, 0]
+    return m
+
+
+def _match(m: Matches, iou_threshold: float, area_ranges: np.ndarray, forgiven: np.ndarray | None = None):
+    """`match_groups` on the data of `m`."""
+    return match_groups(
+        m.det_image, m.det_class, m.det_box, m.det_rank, m.gt_image, m.gt_class, m.gt_box, m.gt_area, m.gt_crowd,
+        iou_threshold=iou_threshold, area_ranges=area_ranges, forgiven=forgiven, max_dets=MAX_DETS,
+    )  # fmt: skip
+
+
+def _forgiven_precision(m: Matches, forgiven: np.ndarray) -> np.ndarray:
+    """`Tensor[R, K, A]` precision at IoU 0.1 with the objects of the classes `forgiven[c]` ignored
+    crowds for class c's detections (the COCO site's Sim and Oth); -1 where a class has no objects."""
+    det_gt, det_ignored = _match(m, BG_IOU, AREA_RANGES, forgiven)
+    in_range = (m.gt_area[:, None] >= AREA_RANGES[:, 0]) & (m.gt_area[:, None] <= AREA_RANGES[:, 1])
+    counted = in_range & ~m.gt_crowd[:, None]  # Tensor[G, A]: objects COCO does not ignore
+    num_gt = np.stack([np.bincount(m.gt_class[c], minlength=len(m.category_ids)) for c in counted.T], axis=1)
+    return precision_by_class(m.det_class, m.det_score, m.det_order, m.det_evaluated, det_gt, det_ignored, num_gt)
 
 
 def box_iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
@@ -278,78 +282,43 @@ def box_iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray | None = N
     return np.asarray(mask_utils.iou(dets, gts, [int(c) for c in crowd]), dtype=np.float64).reshape(len(dets), len(gts))
 
 
-def _ignored_copies(m: Matches, supercategory: np.ndarray | None, per_image) -> list[dict]:
-    """Other classes' objects as ignored crowds of each detected class (the COCO site's Sim / Oth
-    ground truth). Only objects that a detection of that class overlaps by >= 0.1 (crowd IoU)
-    can change a match at IoU 0.1, so only those are added; `supercategory` (`Tensor[K]`)
-    limits the copies to classes of the same supercategory."""
-    images, classes, objects = [], [], []
-    for i, (d, g) in enumerate(zip(*per_image)):
-        if len(d) == 0 or len(g) == 0:
-            continue
-        overlap = box_iou_xywh(m.det_box[d], m.gt_box[g], np.ones(len(g), bool)) >= BG_IOU - 1e-6
-        rows, cols = np.nonzero(overlap)
-        pair = np.unique(m.det_class[d][rows] * len(g) + cols)  # (detected class, object) pairs
-        c, j = pair // len(g), g[pair % len(g)]
-        keep = m.gt_class[j] != c
-        if supercategory is not None:
-            keep &= supercategory[m.gt_class[j]] == supercategory[c]
-        images.append(np.full(int(keep.sum()), i))
-        classes.append(c[keep])
-        objects.append(j[keep])
-    if not images:
-        return []
-    image_ids = m.image_ids[np.concatenate(images)].tolist()
-    category_ids = m.category_ids[np.concatenate(classes)].tolist()
-    boxes = m.gt_box[np.concatenate(objects)].tolist()
-    return [
-        {"image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 1, "ignore": 1}
-        for i, c, b in zip(image_ids, category_ids, boxes)
-    ]
-
-
 # ------------------------------------------------------------------------ AP from flags
 def average_precision(tp: np.ndarray, num_gt: int) -> float:
     """COCO's 101-point AP of detections already ranked by score (`tp`: `Tensor[D]` bool) and
     `num_gt` objects; what `COCOeval.accumulate` computes for one category and threshold."""
     if num_gt <= 0:
         raise ValueError("average_precision needs at least one ground-truth object")
-    tps = np.cumsum(tp, dtype=np.float64)
-    fps = np.cumsum(~tp, dtype=np.float64)
-    recall = tps / num_gt
-    precision = tps / (tps + fps + np.spacing(1))
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    idx = np.searchsorted(recall, RECALL_THRESHOLDS, side="left")
-    q = np.zeros(len(RECALL_THRESHOLDS))
-    inside = idx < len(precision)
-    q[inside] = precision[idx[inside]]
-    return float(q.mean())
+    return float(precision_at_recall(tp, num_gt).mean())
 
 
-def _mean_ap(det_class, det_score, det_order, det_tp, num_gt: np.ndarray) -> float:
-    """Mean over the classes with ground truth of each class's AP (COCO's ranking: score, then order)."""
-    rank = np.lexsort((det_order, -det_score, det_class))
+def _mean_ap(by_score: np.ndarray, mask: np.ndarray, det_class, det_tp, num_gt: np.ndarray) -> float:
+    """Mean over the classes with ground truth of each class's AP of the detections in `mask`;
+    `by_score` lists all detections in COCO's ranking (score, then image order and rank)."""
+    rank = by_score[mask[by_score]]
+    rank = rank[np.argsort(det_class[rank], kind="stable")]
     cls, tp = det_class[rank], det_tp[rank]
     bounds = np.searchsorted(cls, np.arange(len(num_gt) + 1))
     aps = [average_precision(tp[bounds[k] : bounds[k + 1]], int(num_gt[k])) for k in np.flatnonzero(num_gt > 0)]
     return float(np.mean(aps)) if aps else -1.0  # COCO's "undefined"
 
 
-def _image_ap(m: Matches, per_image) -> dict[int, float | None]:
+def _image_ap(m: Matches) -> dict[int, float | None]:
     """AP at IoU 0.5 of each image: mean over the classes it has objects of (None without objects)."""
-    out: dict[int, float | None] = {}
-    tp_all, ignored = m.det_tp, m.det_ignored
-    for i, (d, g) in enumerate(zip(*per_image)):
-        g = g[~m.gt_crowd[g]]
-        if len(g) == 0:
-            out[int(m.image_ids[i])] = None
-            continue
-        d = d[m.det_evaluated[d] & ~ignored[d]]
-        d = d[np.argsort(m.det_order[d], kind="stable")]
-        classes, counts = np.unique(m.gt_class[g], return_counts=True)
-        aps = [average_precision(tp_all[d][m.det_class[d] == c], int(n)) for c, n in zip(classes, counts)]
-        out[int(m.image_ids[i])] = float(np.mean(aps))
-    return out
+    num_classes = len(m.category_ids)
+    objects = ~m.gt_crowd
+    keys, num_gt = np.unique(m.gt_image[objects] * num_classes + m.gt_class[objects], return_counts=True)
+    d = np.flatnonzero(m.det_evaluated & ~m.det_ignored)  # (image, class) groups with objects: their detections
+    det_keys = m.det_image[d] * num_classes + m.det_class[d]
+    group = np.searchsorted(keys, det_keys)
+    inside = group < len(keys)
+    inside[inside] = keys[group[inside]] == det_keys[inside]
+    d, group = d[inside], group[inside]
+    ranked = np.lexsort((m.det_order[d], group))
+    ap = grouped_average_precision(group[ranked], m.det_tp[d[ranked]], num_gt)
+    image = keys // num_classes
+    total = np.bincount(image, ap, minlength=len(m.image_ids))
+    count = np.bincount(image, minlength=len(m.image_ids))
+    return {int(i): (float(t / c) if c else None) for i, t, c in zip(m.image_ids, total, count)}
 
 
 # ---------------------------------------------------------------------------- TIDE
@@ -400,8 +369,10 @@ def _tide(m: Matches, per_image) -> tuple[dict[str, float], dict[str, int]]:
     num_gt = np.bincount(m.gt_class[~m.gt_crowd], minlength=len(m.category_ids))
     base_tp = m.det_tp
 
+    by_score = np.lexsort((m.det_order, -m.det_score))
+
     def mean_ap(mask, det_class, det_tp, gt_count=num_gt) -> float:
-        return _mean_ap(det_class[mask], m.det_score[mask], m.det_order[mask], det_tp[mask], gt_count)
+        return _mean_ap(by_score, mask, det_class, det_tp, gt_count)
 
     base = mean_ap(keep, m.det_class, base_tp)
     out = {"AP50": base}
@@ -427,18 +398,7 @@ def _tide(m: Matches, per_image) -> tuple[dict[str, float], dict[str, int]]:
     counts["missed"] = int(missed.sum())
     fixed_gt = num_gt - np.bincount(m.gt_class[missed], minlength=len(num_gt))
     valid = fixed_gt > 0  # a class whose objects were all missed has no AP left: left out, as COCO does
-    out["missed"] = (
-        _mean_ap(
-            m.det_class[keep & valid[m.det_class]],
-            m.det_score[keep & valid[m.det_class]],
-            m.det_order[keep & valid[m.det_class]],
-            base_tp[keep & valid[m.det_class]],
-            fixed_gt,
-        )
-        - base
-        if valid.any()
-        else 0.0
-    )
+    out["missed"] = mean_ap(keep & valid[m.det_class], m.det_class, base_tp, fixed_gt) - base if valid.any() else 0.0
     return out, counts
 
 
@@ -468,18 +428,19 @@ def analyze_coco_errors(
     m = _matches(runner)
     per_image = m.per_image()
     supercategory = _supercategories(evaluator, runner.category_ids)
-    oth = runner.run(runner.ground_truth_with(_ignored_copies(m, None, per_image)), [BG_IOU])
+    other_class = ~np.eye(len(supercategory), dtype=bool)
+    oth = _forgiven_precision(m, other_class)
     if len(np.unique(supercategory)) == len(supercategory):  # no two classes share a supercategory
         sim = None
     else:
-        sim = runner.run(runner.ground_truth_with(_ignored_copies(m, supercategory, per_image)), [BG_IOU])
+        sim = _forgiven_precision(m, other_class & (supercategory[:, None] == supercategory[None, :]))
 
     k, a = std_p.shape[2], std_p.shape[3]
     precision = np.zeros((len(CURVE_NAMES), std_p.shape[1], k, a))
     precision[0], precision[1] = std_p[t75, :, :, :, -1], std_p[t50, :, :, :, -1]
     precision[2] = standard.loc_precision[0, :, :, :, -1]
-    precision[4] = np.asarray(oth.eval["precision"], np.float64)[0, :, :, :, -1]
-    precision[3] = precision[2] if sim is None else np.asarray(sim.eval["precision"], np.float64)[0, :, :, :, -1]
+    precision[4] = oth
+    precision[3] = precision[2] if sim is None else sim
     valid = precision[1, 0] > -1  # Tensor[K, A]: categories with objects in that area range
     precision[precision == -1] = 0
     precision[5] = precision[4] > 0
@@ -526,7 +487,7 @@ def analyze_coco_errors(
         class_ap=class_ap,
         tide=tide,
         error_counts=counts,
-        image_ap=_image_ap(m, per_image),
+        image_ap=_image_ap(m),
         matches=m,
     )
 
