@@ -21,6 +21,8 @@ import numpy as np
 from detkit.analysis.coco_matching import (
     AREA_RANGES,
     RECALL_THRESHOLDS,
+    BoxIoU,
+    MaskIoU,
     grouped_average_precision,
     match_groups,
     precision_at_recall,
@@ -57,7 +59,9 @@ class Matches:
 
     Detections keep the order of the results list; `det_rank` is the rank by score within their
     (image, category), and COCO evaluates the 100 best (`det_evaluated`). `det_gt` is the index
-    (into the `gt_*` arrays) of the object a detection matched at IoU 0.5, -1 for none.
+    (into the `gt_*` arrays) of the object a detection matched at IoU 0.5, -1 for none. `iou`
+    compares detections and objects as the analysis does: boxes, or masks for iou_type "segm"
+    (`det_area` is then the mask's pixel count and `det_box` the box around it).
     """
 
     image_ids: np.ndarray  # Tensor[I] the evaluated images, in COCO's order
@@ -65,6 +69,7 @@ class Matches:
     det_image: np.ndarray  # Tensor[N] index into image_ids
     det_class: np.ndarray  # Tensor[N] index into category_ids
     det_box: np.ndarray  # Tensor[N, 4] XYWH as in the results
+    det_area: np.ndarray  # Tensor[N] the box's or the mask's area (COCO's size ranges use it)
     det_score: np.ndarray  # Tensor[N]
     det_order: np.ndarray  # Tensor[N] COCO's ranking key: image order, then score rank within (image, category)
     det_rank: np.ndarray  # Tensor[N] int
@@ -75,6 +80,7 @@ class Matches:
     gt_area: np.ndarray  # Tensor[G] the annotations' area (COCO's size ranges use it)
     gt_crowd: np.ndarray  # Tensor[G] bool
     gt_ann_ids: np.ndarray  # Tensor[G]
+    iou: BoxIoU | MaskIoU = field(repr=False)
 
     @property
     def det_evaluated(self) -> np.ndarray:
@@ -210,7 +216,8 @@ class _Runner:
 
 
 def _matches(runner: _Runner) -> Matches:
-    """Flat arrays of the data and COCO's matching at IoU 0.5 (all areas, 100 detections)."""
+    """Flat arrays of the data and COCO's matching at IoU 0.5 (all areas, 100 detections); boxes, or
+    masks for iou_type "segm"."""
     image_index = {i: n for n, i in enumerate(runner.image_ids)}
     class_index = {c: k for k, c in enumerate(runner.category_ids)}
     results = runner.results
@@ -218,7 +225,16 @@ def _matches(runner: _Runner) -> Matches:
     det_image = np.fromiter((image_index[r["image_id"]] for r in results), np.int64, n)
     det_class = np.fromiter((class_index[r["category_id"]] for r in results), np.int64, n)
     det_score = np.fromiter((r["score"] for r in results), np.float64, n)
-    det_box = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(n, 4)
+    segm = runner.iou_type == "segm"
+    if segm:
+        from faster_coco_eval.core import mask as mask_utils
+
+        det_rles = [r["segmentation"] for r in results]
+        det_box = np.asarray(mask_utils.toBbox(det_rles), np.float64).reshape(n, 4) if n else np.zeros((0, 4))
+        det_area = np.asarray(mask_utils.area(det_rles), np.float64) if n else np.zeros(0)  # as the backend's
+    else:
+        det_box = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(n, 4)
+        det_area = det_box[:, 2] * det_box[:, 3]
     # COCO ranks an (image, category)'s detections by score, ties in results order (a stable sort)
     order = np.lexsort((np.arange(n), -det_score, det_class, det_image))
     group = det_image[order] * len(class_index) + det_class[order]
@@ -232,22 +248,30 @@ def _matches(runner: _Runner) -> Matches:
     anns = runner.evaluator._dataset["annotations"]
     anns = [a for a in anns if a["image_id"] in image_index and a["category_id"] in class_index]
     g = len(anns)
+    gt_image = np.fromiter((image_index[a["image_id"]] for a in anns), np.int64, g)
+    gt_box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(g, 4)
+    if segm:
+        iou = MaskIoU(det_image, det_rles, gt_image, [runner.gt.annToRLE(a) for a in anns])
+    else:
+        iou = BoxIoU(det_box, gt_box)
     m = Matches(
         image_ids=np.asarray(runner.image_ids, np.int64),
         category_ids=np.asarray(runner.category_ids, np.int64),
         det_image=det_image,
         det_class=det_class,
         det_box=det_box,
+        det_area=det_area,
         det_score=det_score,
         det_order=det_order,
         det_rank=det_rank,
         det_gt=np.full(n, -1, np.int64),
-        gt_image=np.fromiter((image_index[a["image_id"]] for a in anns), np.int64, g),
+        gt_image=gt_image,
         gt_class=np.fromiter((class_index[a["category_id"]] for a in anns), np.int64, g),
-        gt_box=np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(g, 4),
+        gt_box=gt_box,
         gt_area=np.fromiter((a["area"] for a in anns), np.float64, g),
         gt_crowd=np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, g),
         gt_ann_ids=np.fromiter((a["id"] for a in anns), np.int64, g),
+        iou=iou,
     )
     m.det_gt = _match(m, POS_IOU, AREA_RANGES[:1])[0][:, 0]
     return m
@@ -256,7 +280,7 @@ def _matches(runner: _Runner) -> Matches:
 def _match(m: Matches, iou_threshold: float, area_ranges: np.ndarray, forgiven: np.ndarray | None = None):
     """`match_groups` on the data of `m`."""
     return match_groups(
-        m.det_image, m.det_class, m.det_box, m.det_rank, m.gt_image, m.gt_class, m.gt_box, m.gt_area, m.gt_crowd,
+        m.det_image, m.det_class, m.det_area, m.det_rank, m.gt_image, m.gt_class, m.gt_area, m.gt_crowd, m.iou,
         iou_threshold=iou_threshold, area_ranges=area_ranges, forgiven=forgiven, max_dets=MAX_DETS,
     )  # fmt: skip
 
@@ -342,7 +366,7 @@ def _classify_errors(m: Matches, per_image) -> tuple[np.ndarray, np.ndarray]:
         if len(g) == 0:
             kind[d] = ERROR_TYPES.index("background")
             continue
-        iou = box_iou_xywh(m.det_box[d], m.gt_box[g])
+        iou = m.iou.pairs(d, g)
         same = m.det_class[d][:, None] == m.gt_class[g][None, :]
         iou_same, iou_other = np.where(same, iou, -1.0), np.where(same, -1.0, iou)
         best_same, best_other = iou_same.max(axis=1), iou_other.max(axis=1)
@@ -413,9 +437,10 @@ def analyze_coco_errors(
     Sim: also forgiving detections on objects of another class of the same supercategory
     (classes without a supercategory are their own); Oth: of any other class; BG: every false
     positive removed (precision 1 up to the recall Oth reaches); FN: every object found (1).
+    `iou_type` "bbox" compares boxes, "segm" masks (results carry compressed RLE `segmentation`).
     """
-    if iou_type != "bbox":
-        raise ValueError(f"error analysis covers boxes only (iou_type 'bbox'), got {iou_type!r}")
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"error analysis covers boxes ('bbox') and masks ('segm'), got iou_type {iou_type!r}")
     runner = _Runner(evaluator, results, iou_type)
     standard = runner.run()
     stats = {name: float(v) for name, v in zip(STAT_NAMES, np.asarray(standard.stats)[: len(STAT_NAMES)])}

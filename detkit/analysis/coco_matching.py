@@ -11,8 +11,9 @@ order), the first `max_dets` only; each takes, among the objects it overlaps by 
 threshold, the one of highest IoU (ties: the later object), preferring objects that are not
 ignored; a non-crowd object is taken once, a crowd any number of times. Ignored objects are
 crowds and objects outside the area range; a detection matched to one, or unmatched and
-outside the area range, is ignored. IoU is pycocotools' (`maskApi.c` bbIou): for a crowd,
-the intersection over the detection's area.
+outside the area range, is ignored. IoU is pycocotools': of boxes (`BoxIoU`, `maskApi.c`'s
+bbIou arithmetic) or of masks (`MaskIoU`, its `rleIou`); for a crowd, the intersection over
+the detection's area.
 
 Shape shorthand: N detections, G objects, K classes, A area ranges, R recall thresholds (101),
 M objects of one image.
@@ -25,6 +26,8 @@ import numpy as np
 __all__ = [
     "AREA_RANGES",
     "RECALL_THRESHOLDS",
+    "BoxIoU",
+    "MaskIoU",
     "grouped_average_precision",
     "match_groups",
     "precision_at_recall",
@@ -52,6 +55,61 @@ def _iou(det: np.ndarray, gts: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     return np.where((w > 0) & (h > 0), iou, 0.0)
 
 
+class BoxIoU:
+    """`pair_iou` of `match_groups` for XYWH boxes: `(dets Tensor[a], objects Tensor[a, M], crowd
+    Tensor[a, M]) -> Tensor[a, M]` IoU of each row's detection with its objects."""
+
+    def __init__(self, det_box: np.ndarray, gt_box: np.ndarray):
+        self.det_box, self.gt_box = det_box, gt_box
+
+    def __call__(self, dets: np.ndarray, objects: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+        return _iou(self.det_box[dets], self.gt_box[objects], crowd)
+
+    def pairs(self, dets: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        """`Tensor[D, G]` IoU (no crowds) of detections and objects of one image."""
+        return _iou(self.det_box[dets], np.broadcast_to(self.gt_box[objects], (len(dets), len(objects), 4)), False)
+
+
+class MaskIoU:
+    """`pair_iou` of `match_groups` for masks (compressed RLEs): `mask.iou` (pycocotools' `rleIou`) of every
+    detection with every object of its image, computed once per image (plain and crowd), looked up.
+    `det_rles` / `gt_rles` are lists in the order of `det_image` / `gt_image` (image indices)."""
+
+    def __init__(self, det_image: np.ndarray, det_rles: list, gt_image: np.ndarray, gt_rles: list):
+        from faster_coco_eval.core import mask as mask_utils  # the backend's RLE arithmetic
+
+        n = len(det_image)
+        self.gt_pos = np.zeros(len(gt_image), np.int64)  # each object's position among its image's objects
+        self.row_start = np.zeros(n, np.int64)  # where a detection's row starts in the flat tables
+        plain, crowd, start = [], [], 0
+        num_images = int(max(det_image.max(initial=-1), gt_image.max(initial=-1))) + 1
+        dets_of = np.split(
+            np.argsort(det_image, kind="stable"), np.cumsum(np.bincount(det_image, minlength=num_images))[:-1]
+        )
+        gts_of = np.split(
+            np.argsort(gt_image, kind="stable"), np.cumsum(np.bincount(gt_image, minlength=num_images))[:-1]
+        )
+        for d, g in zip(dets_of, gts_of):
+            self.gt_pos[g] = np.arange(len(g))
+            if len(d) == 0 or len(g) == 0:
+                continue
+            dr, gr = [det_rles[i] for i in d], [gt_rles[j] for j in g]
+            plain.append(np.asarray(mask_utils.iou(dr, gr, [0] * len(g)), np.float64).reshape(-1))
+            crowd.append(np.asarray(mask_utils.iou(dr, gr, [1] * len(g)), np.float64).reshape(-1))
+            self.row_start[d] = start + np.arange(len(d)) * len(g)
+            start += len(d) * len(g)
+        self.plain = np.concatenate(plain) if plain else np.zeros(0)
+        self.crowd = np.concatenate(crowd) if crowd else np.zeros(0)
+
+    def __call__(self, dets: np.ndarray, objects: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+        at = self.row_start[dets][:, None] + self.gt_pos[objects]
+        return np.where(crowd, self.crowd[at], self.plain[at])
+
+    def pairs(self, dets: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        """`Tensor[D, G]` IoU (no crowds) of detections and objects of one image."""
+        return self.plain[self.row_start[dets][:, None] + self.gt_pos[objects][None, :]]
+
+
 def _last_best(values: np.ndarray) -> np.ndarray:
     """Index of the largest value along the last axis; among equal ones the last (COCO's `<` test)."""
     return values.shape[-1] - 1 - np.argmax(values[..., ::-1], axis=-1)
@@ -60,13 +118,13 @@ def _last_best(values: np.ndarray) -> np.ndarray:
 def match_groups(
     det_image: np.ndarray,
     det_class: np.ndarray,
-    det_box: np.ndarray,
+    det_area: np.ndarray,
     det_rank: np.ndarray,
     gt_image: np.ndarray,
     gt_class: np.ndarray,
-    gt_box: np.ndarray,
     gt_area: np.ndarray,
     gt_crowd: np.ndarray,
+    pair_iou: BoxIoU | MaskIoU,
     *,
     iou_threshold: float,
     area_ranges: np.ndarray = AREA_RANGES,
@@ -75,22 +133,22 @@ def match_groups(
 ) -> tuple[np.ndarray, np.ndarray]:
     """COCO's matching of every detection, per area range.
 
-    Detections: image and class indices, XYWH boxes and `det_rank` (0, 1, ... by score within
-    their (image, class); rank >= `max_dets` is not matched). Objects: image and class indices,
-    XYWH boxes, annotated `gt_area` and crowd flags, in annotation order. `forgiven`
+    Detections: image and class indices, areas (box or mask) and `det_rank` (0, 1, ... by score
+    within their (image, class); rank >= `max_dets` is not matched). Objects: image and class
+    indices, annotated `gt_area` and crowd flags, in annotation order. `pair_iou`: `BoxIoU` or
+    `MaskIoU` of these detections and objects. `forgiven`
     (`Tensor[K, K]` bool): `forgiven[c, k]` adds the objects of class k to class c's groups as
     ignored crowds (after c's own objects, as the COCO site's analysis adds them).
 
     Returns `det_gt` `Tensor[N, A]` (the object index each detection matched, -1 for none) and
     `det_ignored` `Tensor[N, A]` (matched to an ignored object, or unmatched outside the range).
     """
-    n, num_ranges = len(det_box), len(area_ranges)
+    n, num_ranges = len(det_area), len(area_ranges)
     det_gt = np.full((n, num_ranges), -1, np.int64)
     det_ignored = np.zeros((n, num_ranges), bool)
-    det_area = det_box[:, 2] * det_box[:, 3]
     outside = (det_area[:, None] < area_ranges[:, 0]) | (det_area[:, None] > area_ranges[:, 1])  # Tensor[N, A]
     evaluated = np.flatnonzero(det_rank < max_dets)
-    if len(evaluated) and len(gt_box):
+    if len(evaluated) and len(gt_area):
         num_classes = int(max(det_class.max(initial=0), gt_class.max(initial=0))) + 1
         order = evaluated[np.lexsort((det_rank[evaluated], det_class[evaluated], det_image[evaluated]))]
         key = det_image[order] * num_classes + det_class[order]
@@ -107,7 +165,7 @@ def match_groups(
             groups = np.flatnonzero(objects == width)
             _match_bucket(
                 groups, int(width), order, starts, counts, group_image, group_class, by_image, first,
-                det_box, gt_class, gt_box, gt_crowd, outside_gt, iou_threshold, forgiven, det_gt, det_ignored,
+                gt_class, gt_crowd, outside_gt, pair_iou, iou_threshold, forgiven, det_gt, det_ignored,
             )  # fmt: skip
     det_ignored |= (det_gt < 0) & outside
     not_evaluated = np.ones(n, bool)
@@ -118,7 +176,7 @@ def match_groups(
 
 def _match_bucket(
     groups, width, order, starts, counts, group_image, group_class, by_image, first,
-    det_box, gt_class, gt_box, gt_crowd, outside_gt, threshold, forgiven, det_gt, det_ignored,
+    gt_class, gt_crowd, outside_gt, pair_iou, threshold, forgiven, det_gt, det_ignored,
 ) -> None:  # fmt: skip
     """Match the detections of `groups` (whose images have `width` objects each), in place."""
     cand = by_image[first[group_image[groups]][:, None] + np.arange(width)]  # Tensor[g, M] object indices
@@ -130,12 +188,11 @@ def _match_bucket(
     crowd_like = takes_part & (~same | gt_crowd[cand])  # crowds, and other classes' objects (forgiven)
     ignored = takes_part[:, None, :] & (crowd_like[:, None, :] | outside_gt[cand].transpose(0, 2, 1))  # [g, A, M]
     taken = np.zeros(ignored.shape, bool)
-    boxes = gt_box[cand]
     group_starts, group_counts = starts[groups], counts[groups]
     for r in range(int(group_counts.max())):
         active = np.flatnonzero(group_counts > r)
         dets = order[group_starts[active] + r]
-        iou = _iou(det_box[dets], boxes[active], crowd_like[active])  # Tensor[a, M]
+        iou = pair_iou(dets, cand[active], crowd_like[active])  # Tensor[a, M]
         hit = (takes_part[active] & (iou >= threshold))[:, None, :]
         ign, tak = ignored[active], taken[active]
         values = np.broadcast_to(iou[:, None, :], ign.shape)

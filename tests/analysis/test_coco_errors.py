@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -47,12 +48,29 @@ def random_case(seed: int = 0, n_images: int = 8):
     return {"images": images, "categories": copy.deepcopy(CATEGORIES), "annotations": anns}, dets
 
 
-def pycoco_run(gt_dict, dets, iou_thrs=None, max_dets=None):
+def with_masks(gt_dict, dets, size=400):
+    """Masks for `random_case`: a diamond in each object's and each detection's box (results as RLEs)."""
+
+    def diamond(x, y, w, h):
+        return [x + w / 2, y, x + w, y + h / 2, x + w / 2, y + h, x, y + h / 2]
+
+    gt_dict = copy.deepcopy(gt_dict)
+    for a in gt_dict["annotations"]:
+        a["segmentation"] = [diamond(*a["bbox"])]
+    results = []
+    for d in dets:
+        (rle,) = mask_utils.frPyObjects([diamond(*d["bbox"])], size, size)
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({k: d[k] for k in ("image_id", "category_id", "score")} | {"segmentation": rle})
+    return gt_dict, results
+
+
+def pycoco_run(gt_dict, dets, iou_thrs=None, max_dets=None, iou_type="bbox"):
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = copy.deepcopy(gt_dict)
         gt.createIndex()
-        e = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), "bbox")
+        e = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
         if iou_thrs is not None:
             e.params.iouThrs = np.asarray(iou_thrs)
         if max_dets is not None:
@@ -63,7 +81,7 @@ def pycoco_run(gt_dict, dets, iou_thrs=None, max_dets=None):
     return e
 
 
-def coco_site_class_precision(gt_dict, dets, cat_id, same_supercategory_only):
+def coco_site_class_precision(gt_dict, dets, cat_id, same_supercategory_only, iou_type="bbox"):
     """The COCO site's analyze() for one class (as mmdetection's coco_error_analysis runs it): its
     detections only, other classes' objects relabelled as ignored crowds of this class, IoU 0.1."""
     gt = copy.deepcopy(gt_dict)
@@ -71,7 +89,7 @@ def coco_site_class_precision(gt_dict, dets, cat_id, same_supercategory_only):
     for a in gt["annotations"]:
         if a["category_id"] != cat_id and (not same_supercategory_only or sup[a["category_id"]] == sup[cat_id]):
             a.update(ignore=1, iscrowd=1, category_id=cat_id)
-    e = pycoco_run(gt, [d for d in dets if d["category_id"] == cat_id], [0.1], [100])
+    e = pycoco_run(gt, [d for d in dets if d["category_id"] == cat_id], [0.1], [100], iou_type)
     k = sorted(sup).index(cat_id)
     return e.eval["precision"][0, :, k, :, 0]  # Tensor[R, A]
 
@@ -80,17 +98,19 @@ def masked_mean(s):
     return float(np.mean(s[s > -1]))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_curves_match_pycocotools_and_the_coco_site(seed):
+@pytest.mark.parametrize("seed, iou_type", [(0, "bbox"), (1, "bbox"), (0, "segm"), (2, "segm")])
+def test_curves_match_pycocotools_and_the_coco_site(seed, iou_type):
     gt, dets = random_case(seed)
-    res = analyze_coco_errors(COCOEvaluator(gt), dets)
-    ref = pycoco_run(gt, dets)
+    if iou_type == "segm":
+        gt, dets = with_masks(gt, dets)
+    res = analyze_coco_errors(COCOEvaluator(gt), dets, iou_type)
+    ref = pycoco_run(gt, dets, iou_type=iou_type)
     p = ref.eval["precision"]  # Tensor[T, R, K, A, M]
-    detkit_stats = COCOEvaluator(gt).evaluate(dets, verbose=False).stats
+    detkit_stats = COCOEvaluator(gt).evaluate(dets, iou_type, verbose=False).stats
     assert (res.ap["all"]["C75"], res.ap["all"]["C50"]) == (detkit_stats["AP75"], detkit_stats["AP50"])  # same backend
     assert res.ap["all"]["C75"] == pytest.approx(ref.stats[2], abs=1e-12)  # pycocotools: last-bit differences
     assert res.ap["all"]["C50"] == pytest.approx(ref.stats[1], abs=1e-12)
-    loc = pycoco_run(gt, dets, [0.1], [100]).eval["precision"]
+    loc = pycoco_run(gt, dets, [0.1], [100], iou_type).eval["precision"]
     for a, area in enumerate(("all", "small", "medium", "large")):
         if not (p[0, 0, :, a, -1] > -1).any():
             continue
@@ -104,7 +124,7 @@ def test_curves_match_pycocotools_and_the_coco_site(seed):
         if not res.valid[k, 0]:
             continue
         for name, same_sup in (("Sim", True), ("Oth", False)):
-            expected = coco_site_class_precision(gt, dets, cat["id"], same_sup)
+            expected = coco_site_class_precision(gt, dets, cat["id"], same_sup, iou_type)
             for a, area in enumerate(("all", "small", "medium", "large")):
                 if res.valid[k, a]:
                     np.testing.assert_allclose(res.curve(name, area, cat["name"]), expected[:, a], atol=1e-12)

@@ -1,6 +1,6 @@
 """The vectorised COCO matching against pycocotools' `evaluateImg` and `accumulate`, detection by
-detection: crowds, every area range, equal IoUs, more than 100 detections of one class in an image,
-detections in images without objects."""
+detection, for boxes and masks: crowds, every area range, equal IoUs, more than 100 detections of one
+class in an image, detections in images without objects."""
 
 import contextlib
 import copy
@@ -8,11 +8,14 @@ import io
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from detkit.analysis.coco_matching import (
     AREA_RANGES,
+    BoxIoU,
+    MaskIoU,
     grouped_average_precision,
     match_groups,
     precision_at_recall,
@@ -53,12 +56,36 @@ def crowded_case(seed: int):
     return {"images": images, "annotations": anns, "categories": categories}, dets
 
 
-def pycocotools_eval(gt_dict, dets, threshold):
+def with_masks(gt_dict, dets):
+    """The case with masks: each object a diamond polygon in its box, each detection the RLE of the
+    diamond in its box (results without boxes, as mask results are evaluated)."""
+    gt_dict = copy.deepcopy(gt_dict)
+    for a in gt_dict["annotations"]:
+        x, y, w, h = a["bbox"]
+        a["segmentation"] = [[x + w / 2, y, x + w, y + h / 2, x + w / 2, y + h, x, y + h / 2]]
+    results = []
+    for d in dets:
+        x, y, w, h = d["bbox"]
+        (rle,) = mask_utils.frPyObjects([[x + w / 2, y, x + w, y + h / 2, x + w / 2, y + h, x, y + h / 2]], 300, 300)
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({"image_id": d["image_id"], "category_id": d["category_id"], "segmentation": rle,
+                        "score": d["score"]})  # fmt: skip
+    return gt_dict, results
+
+
+def box_match(det_image, det_class, det_box, rank, objects, **kwargs):
+    objects = dict(objects)
+    gt_box = objects.pop("gt_box")
+    area = det_box[:, 2] * det_box[:, 3]
+    return match_groups(det_image, det_class, area, rank, **objects, pair_iou=BoxIoU(det_box, gt_box), **kwargs)
+
+
+def pycocotools_eval(gt_dict, dets, threshold, iou_type="bbox"):
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = copy.deepcopy(gt_dict)
         gt.createIndex()
-        e = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), "bbox")
+        e = COCOeval(gt, gt.loadRes(copy.deepcopy(dets)), iou_type)
         e.params.iouThrs = np.array([threshold])
         e.params.maxDets = [100]
         e.evaluate()
@@ -90,12 +117,26 @@ def flat_arrays(gt_dict, dets):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("threshold", [0.1, 0.5, 0.75])
-def test_matching_equals_pycocotools_detection_by_detection(seed, threshold):
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_matching_equals_pycocotools_detection_by_detection(seed, threshold, iou_type):
     gt, dets = crowded_case(seed)
     det_image, det_class, det_box, _, rank, objects = flat_arrays(gt, dets)
-    det_gt, det_ignored = match_groups(det_image, det_class, det_box, rank, **objects, iou_threshold=threshold)
+    if iou_type == "bbox":
+        det_gt, det_ignored = box_match(det_image, det_class, det_box, rank, objects, iou_threshold=threshold)
+    else:
+        gt, dets = with_masks(gt, dets)
+        reference = COCO()
+        reference.dataset = copy.deepcopy(gt)
+        with contextlib.redirect_stdout(io.StringIO()):
+            reference.createIndex()
+        det_rles = [d["segmentation"] for d in dets]
+        pair_iou = MaskIoU(det_image, det_rles, objects["gt_image"], [reference.annToRLE(a) for a in gt["annotations"]])
+        objects.pop("gt_box")
+        area = np.array([mask_utils.area(r) for r in det_rles], np.float64)  # pycocotools: <= 255 RLEs a call
+        det_gt, det_ignored = match_groups(det_image, det_class, area, rank, **objects, pair_iou=pair_iou,
+                                           iou_threshold=threshold)  # fmt: skip
     ann_ids = np.array([a["id"] for a in gt["annotations"]])
-    e = pycocotools_eval(gt, dets, threshold)
+    e = pycocotools_eval(gt, dets, threshold, iou_type)
     checked = 0
     for entry in e.evalImgs:  # one per (class, area range, image) with detections or objects
         if entry is None:
@@ -115,7 +156,7 @@ def test_matching_equals_pycocotools_detection_by_detection(seed, threshold):
 def test_precision_equals_pycocotools_accumulate(seed):
     gt, dets = crowded_case(seed)
     det_image, det_class, det_box, score, rank, objects = flat_arrays(gt, dets)
-    det_gt, det_ignored = match_groups(det_image, det_class, det_box, rank, **objects, iou_threshold=0.5)
+    det_gt, det_ignored = box_match(det_image, det_class, det_box, rank, objects, iou_threshold=0.5)
     in_range = (objects["gt_area"][:, None] >= AREA_RANGES[:, 0]) & (objects["gt_area"][:, None] <= AREA_RANGES[:, 1])
     counted = in_range & ~objects["gt_crowd"][:, None]
     num_gt = np.stack([np.bincount(objects["gt_class"][c], minlength=3) for c in counted.T], axis=1)
@@ -137,12 +178,12 @@ def test_no_objects_or_no_detections():
     box = np.array([[0.0, 0.0, 10.0, 10.0]])
     empty = dict(gt_image=np.zeros(0, int), gt_class=np.zeros(0, int), gt_box=np.zeros((0, 4)),
                  gt_area=np.zeros(0), gt_crowd=np.zeros(0, bool))  # fmt: skip
-    det_gt, det_ignored = match_groups(np.array([0]), np.array([0]), box, np.array([0]), **empty, iou_threshold=0.5)
+    det_gt, det_ignored = box_match(np.array([0]), np.array([0]), box, np.array([0]), empty, iou_threshold=0.5)
     assert det_gt.tolist() == [[-1] * 4] and det_ignored.tolist() == [[False, False, True, True]]  # 100 px²: small only
     one = dict(gt_image=np.array([0]), gt_class=np.array([0]), gt_box=box, gt_area=np.array([100.0]),
                gt_crowd=np.array([False]))  # fmt: skip
-    det_gt, det_ignored = match_groups(np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0, int), **one,
-                                       iou_threshold=0.5)  # fmt: skip
+    det_gt, det_ignored = box_match(np.zeros(0, int), np.zeros(0, int), np.zeros((0, 4)), np.zeros(0, int), one,
+                                    iou_threshold=0.5)  # fmt: skip
     assert det_gt.shape == (0, 4) and det_ignored.shape == (0, 4)
 
 
