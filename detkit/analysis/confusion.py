@@ -39,18 +39,20 @@ class ConfusionMatrix:
         }
 
 
-def _greedy_pairs(iou: np.ndarray, allowed: np.ndarray, threshold: float, det_free, gt_free) -> list[tuple[int, int]]:
-    """One-to-one pairs with IoU >= threshold among `allowed`, best IoU first (ties: earlier detection)."""
-    cand = np.argwhere(allowed & (iou >= threshold))
-    if len(cand) == 0:
-        return []
-    cand = cand[np.lexsort((cand[:, 0], -iou[cand[:, 0], cand[:, 1]]))]
-    pairs = []
-    for d, g in cand:
-        if det_free[d] and gt_free[g]:
-            det_free[d] = gt_free[g] = False
-            pairs.append((int(d), int(g)))
-    return pairs
+def _greedy_pairs(det: np.ndarray, gt: np.ndarray, iou: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one pairs among the candidate pairs (`det`, `gt`, their `iou`, `same` class): pairs of
+    the same class first, then the rest, each best IoU first (ties: earlier detection, then earlier
+    object). Candidates of different images never share a detection or an object, so one pass
+    over all of them in that order pairs each image as if it were alone."""
+    order = np.lexsort((gt, det, -iou, ~same))
+    used_det, used_gt, pairs = set(), set(), []
+    for d, g in zip(det[order].tolist(), gt[order].tolist()):
+        if d not in used_det and g not in used_gt:
+            used_det.add(d)
+            used_gt.add(g)
+            pairs.append((d, g))
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    return pairs[:, 0], pairs[:, 1]
 
 
 def confusion_matrix(m: Matches, score_threshold: float = 0.3, iou_threshold: float = 0.5) -> ConfusionMatrix:
@@ -64,26 +66,34 @@ def confusion_matrix(m: Matches, score_threshold: float = 0.3, iou_threshold: fl
     """
     if not 0.0 <= score_threshold <= 1.0 or not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"score threshold must be in [0, 1] and IoU in (0, 1], got {score_threshold}, {iou_threshold}")
-    k = len(m.category_ids)
-    matrix = np.zeros((k + 1, k + 1), np.int64)
-    n_images = len(m.image_ids)
-    image_fp, image_missed = np.zeros(n_images, np.int64), np.zeros(n_images, np.int64)
-    for i, (d, g) in enumerate(zip(*m.per_image())):
-        d = d[m.det_score[d] >= score_threshold]
-        crowd = g[m.gt_crowd[g]]
-        g = g[~m.gt_crowd[g]]
+    k, n_images = len(m.category_ids), len(m.image_ids)
+    scored = m.det_score >= score_threshold
+    on_crowd = np.zeros(len(scored), bool)
+    cand_det, cand_gt, cand_iou = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    for d, g in zip(*m.per_image()):  # the IoU of each image's detections and objects, kept where >= threshold
+        d = d[scored[d]]
+        if len(d) == 0 or len(g) == 0:
+            continue
+        crowd = m.gt_crowd[g]
+        if crowd.any():
+            crowd_iou = box_iou_xywh(m.det_box[d], m.gt_box[g[crowd]], np.ones(int(crowd.sum()), bool))
+            on_crowd[d] = (crowd_iou >= iou_threshold).any(1)
+            g = g[~crowd]
         iou = box_iou_xywh(m.det_box[d], m.gt_box[g])
-        same = m.det_class[d][:, None] == m.gt_class[g][None, :]
-        det_free, gt_free = np.ones(len(d), bool), np.ones(len(g), bool)
-        pairs = _greedy_pairs(iou, same, iou_threshold, det_free, gt_free)
-        pairs += _greedy_pairs(iou, ~same, iou_threshold, det_free, gt_free)
-        for dj, gj in pairs:
-            matrix[m.gt_class[g[gj]], m.det_class[d[dj]]] += 1
-        on_crowd = np.zeros(len(d), bool)
-        if len(crowd):
-            on_crowd = (box_iou_xywh(m.det_box[d], m.gt_box[crowd], np.ones(len(crowd), bool)) >= iou_threshold).any(1)
-        background = d[det_free & ~on_crowd]
-        np.add.at(matrix[k], m.det_class[background], 1)
-        np.add.at(matrix[:, k], m.gt_class[g[gt_free]], 1)
-        image_fp[i], image_missed[i] = len(background), int(gt_free.sum())
+        rows, cols = np.nonzero(iou >= iou_threshold)
+        cand_det.append(d[rows])
+        cand_gt.append(g[cols])
+        cand_iou.append(iou[rows, cols])
+    det, gt = np.concatenate(cand_det), np.concatenate(cand_gt)
+    pair_det, pair_gt = _greedy_pairs(det, gt, np.concatenate(cand_iou), m.det_class[det] == m.gt_class[gt])
+    matrix = np.zeros((k + 1, k + 1), np.int64)
+    np.add.at(matrix, (m.gt_class[pair_gt], m.det_class[pair_det]), 1)
+    background = scored & ~on_crowd
+    background[pair_det] = False
+    missed = ~m.gt_crowd
+    missed[pair_gt] = False
+    matrix[k, :k] += np.bincount(m.det_class[background], minlength=k)
+    matrix[:k, k] += np.bincount(m.gt_class[missed], minlength=k)
+    image_fp = np.bincount(m.det_image[background], minlength=n_images)
+    image_missed = np.bincount(m.gt_image[missed], minlength=n_images)
     return ConfusionMatrix(matrix, float(score_threshold), float(iou_threshold), image_fp, image_missed)

@@ -50,57 +50,98 @@ def _pyplot():
     return plt
 
 
+# Charts have fixed margins (in inches, sized from the widest label where labels vary) instead of
+# tight_layout / bbox_inches="tight": each of those lays out every text once more, and text layout is
+# most of a chart's time.
+def _text_width(labels: Sequence[str], size: float) -> float:
+    """Width in inches of the widest of `labels` at font `size` (points)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    prop = FontProperties(size=size)
+    widths = [text_to_path.get_text_width_height_descent(str(s), prop, ismath=False)[0] for s in labels]
+    return max(widths, default=0.0) / 72
+
+
+def _grid(rows: int, cols: int, panel: tuple[float, float], margins: tuple[float, float, float, float],
+          gaps: tuple[float, float] = (0.0, 0.0), **kwargs):  # fmt: skip
+    """A figure of `rows` x `cols` axes of `panel` (width, height) inches with `margins` (left,
+    right, bottom, top) and `gaps` (between columns, between rows) in inches."""
+    (w, h), (left, right, bottom, top), (wgap, hgap) = panel, margins, gaps
+    width, height = left + cols * w + (cols - 1) * wgap + right, bottom + rows * h + (rows - 1) * hgap + top
+    spec = {"left": left / width, "right": 1 - right / width, "bottom": bottom / height, "top": 1 - top / height,
+            "wspace": wgap / w, "hspace": hgap / h}  # fmt: skip
+    return _pyplot().subplots(rows, cols, figsize=(width, height), squeeze=False, gridspec_kw=spec, **kwargs)
+
+
 def _save(fig, path: str) -> None:
-    fig.savefig(path, dpi=96, bbox_inches="tight")
+    fig.savefig(path, dpi=96, pil_kwargs={"compress_level": 3})
     _pyplot().close(fig)
 
 
 # ---------------------------------------------------------------------------- charts
+UNIT_TICKS = (0, 0.2, 0.4, 0.6, 0.8, 1)
+
+
 def _error_curves_axes(ax, curves: Mapping[str, np.ndarray], aps: Mapping[str, float], title: str) -> None:
-    previous = np.zeros(len(RECALL_THRESHOLDS))
-    for t, name in enumerate(CURVE_NAMES):
+    """The curves stacked as filled bands, all bands one collection and all edges one line (one
+    artist per curve would cost more to draw than the data)."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.patches import Patch
+
+    x, previous, bands, edges = RECALL_THRESHOLDS, np.zeros(len(RECALL_THRESHOLDS)), [], []
+    for name in CURVE_NAMES:
         y = curves[name]
-        ax.fill_between(RECALL_THRESHOLDS, previous, y, color=CURVE_COLOURS[t + 1], step=None,
-                        label=f"[{aps[name]:.3f}] {name}", linewidth=0)  # fmt: skip
-        ax.plot(RECALL_THRESHOLDS, y, color="#333333", linewidth=0.5)
+        bands.append(np.column_stack([np.r_[x, x[::-1]], np.r_[y, previous[::-1]]]))
+        edges.append(np.column_stack([np.r_[x, np.nan], np.r_[y, np.nan]]))
         previous = np.maximum(previous, y)
+    colours = CURVE_COLOURS[1 : 1 + len(CURVE_NAMES)]
+    ax.add_collection(PolyCollection(bands, facecolors=colours, linewidths=0))
+    ax.plot(*np.concatenate(edges).T, color="#333333", linewidth=0.5)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
+    ax.set_xticks(UNIT_TICKS, [f"{v:g}" for v in UNIT_TICKS])
+    ax.set_yticks(UNIT_TICKS, [f"{v:g}" for v in UNIT_TICKS])
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="lower left", fontsize=8.5, framealpha=0.85, reverse=True)
+    ax.set_title(title, fontsize=10, y=1.0, pad=4)  # a fixed position: no search for overlapping ticks
+    keys = [Patch(color=c, label=f"[{aps[n]:.3f}] {n}") for c, n in zip(colours, CURVE_NAMES)]
+    ax.legend(handles=keys[::-1], loc="lower left", fontsize=8.5, framealpha=0.85)
 
 
 def _chart_error_curves(analysis, path: str) -> None:
-    plt = _pyplot()
     areas = [area for area in AREA_NAMES if analysis.ap[area]["C50"] >= 0]  # sizes without objects: no panel
-    fig, axes = plt.subplots(1, max(1, len(areas)), figsize=(4 * max(1, len(areas)), 4.2), squeeze=False)
+    fig, axes = _grid(1, max(1, len(areas)), (2.75, 2.75), (0.6, 0.15, 0.5, 0.3), (0.25, 0), sharey=True)
     for ax, area in zip(axes[0], areas):
         curves = {name: analysis.curve(name, area) for name in CURVE_NAMES}
         _error_curves_axes(ax, curves, analysis.ap[area], f"all classes, {area} objects")
+        ax.label_outer()
     _save(fig, path)
 
 
 def _chart_class_curves(analysis, names: Sequence[str], path: str) -> None:
-    plt = _pyplot()
     cols = min(4, len(names))
     rows = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = _grid(rows, cols, (2.75, 2.75), (0.6, 0.15, 0.5, 0.3), (0.25, 0.35), sharex=True, sharey=True)
     for ax, name in zip(axes.ravel(), names):
         aps = analysis.class_ap[name]["all"]
         _error_curves_axes(ax, {n: analysis.curve(n, "all", name) for n in CURVE_NAMES}, aps, name)
+        ax.label_outer()  # tick labels and axis labels on the outer panels only
     for ax in axes.ravel()[len(names) :]:
         ax.axis("off")
-    fig.tight_layout()
+    if len(names) % cols:  # the last row is not full: the panels above the gap keep their x tick labels
+        for ax in axes[-2, len(names) % cols :]:
+            ax.tick_params(labelbottom=True)
+            ax.set_xlabel("recall")
     _save(fig, path)
 
 
 def _chart_tide(tide: Mapping[str, float], counts: Mapping[str, int], path: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    labels = [f"{n} ({counts[n]})" for n in ERROR_TYPES]
+    fig, axes = _grid(1, 1, (5.0, 2.5), (0.25 + _text_width(labels, 10), 0.2, 0.55, 0.15))
+    ax = axes[0, 0]
     gains = [100 * tide[name] for name in ERROR_TYPES]
-    bars = ax.barh([f"{n} ({counts[n]})" for n in ERROR_TYPES][::-1], gains[::-1], color="#c0504d")
+    bars = ax.barh(labels[::-1], gains[::-1], color="#c0504d")
     ax.bar_label(bars, labels=[f"{g:.1f}" for g in gains[::-1]], padding=3, fontsize=8)
     ax.set_xlabel(f"AP50 gained if fixed (points; AP50 = {100 * tide['AP50']:.1f})")
     ax.set_xlim(0, max(1.0, max(gains) * 1.2))
@@ -108,19 +149,24 @@ def _chart_tide(tide: Mapping[str, float], counts: Mapping[str, int], path: str)
 
 
 def _chart_confusion(matrix: np.ndarray, labels: Sequence[str], score: float, iou: float, path: str) -> None:
-    plt = _pyplot()
     k = len(labels)
-    size = min(16, 2.5 + 0.45 * k)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    side = min(12.5, 1.0 + 0.45 * k)
+    label_w = _text_width(labels, 8)
+    # x labels turn 60 degrees, right end under their column: they reach down sin(60) and left cos(60) of their width
+    left = max(label_w + 0.45, 0.5 * label_w - side / (2 * k)) + 0.1
+    fig, axes = _grid(1, 1, (side, side), (left, 1.3, 0.87 * label_w + 0.55, 0.35))
+    ax = axes[0, 0]
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
-    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
-    ax.set_xticks(range(k), labels, rotation=60, ha="right", fontsize=8)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    bar = fig.add_axes((1 - 1.05 / fig.get_figwidth(), ax.get_position().y0, 0.2 / fig.get_figwidth(),
+                        ax.get_position().height))  # fmt: skip
+    fig.colorbar(im, cax=bar, label="share of the row")
+    ax.set_xticks(range(k), labels, rotation=60, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
-    ax.set_title(f"score >= {score:g}, IoU >= {iou:g}", fontsize=10)
+    ax.set_title(f"score >= {score:g}, IoU >= {iou:g}", fontsize=10, y=1.0, pad=6)
     if k <= 25:
         for (r, c), v in np.ndenumerate(matrix):
             if v:
@@ -130,20 +176,27 @@ def _chart_confusion(matrix: np.ndarray, labels: Sequence[str], score: float, io
 
 
 def _chart_bars(labels: Sequence[str], values: Sequence[float], xlabel: str, path: str, colour="#4f81bd") -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.28 * max(3, len(labels))))
+    height = 0.22 * max(3, len(labels))
+    fig, axes = _grid(1, 1, (5.5, height), (0.2 + _text_width(labels, 8), 0.2, 0.5, 0.1))
+    ax = axes[0, 0]
     bars = ax.barh(list(labels)[::-1], list(values)[::-1], color=colour)
     ax.bar_label(bars, padding=3, fontsize=8)
+    ax.set_xlim(0, max(1, max(values, default=0)) * 1.15)  # room for the numbers right of the bars
+    ax.set_ylim(-0.6, len(labels) - 0.4)
     ax.set_xlabel(xlabel)
     ax.tick_params(axis="y", labelsize=8)
     _save(fig, path)
 
 
+COUNT_MARGIN = 0.85  # inches left of a chart whose y axis counts objects (up to six digits, then 1e6 notation)
+
+
 def _chart_histogram(edges: Sequence[str], counts: Sequence[int], xlabel: str, path: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bottom = 0.45 + 0.71 * _text_width(edges, 8)  # x labels turn 45 degrees
+    fig, axes = _grid(1, 1, (5.5, 2.6), (COUNT_MARGIN, 0.15, bottom, 0.15))
+    ax = axes[0, 0]
     ax.bar(range(len(counts)), counts, color="#9bbb59", width=0.9)
-    ax.set_xticks(range(len(counts)), edges, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(range(len(counts)), edges, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("objects")
     _save(fig, path)
@@ -152,7 +205,9 @@ def _chart_histogram(edges: Sequence[str], counts: Sequence[int], xlabel: str, p
 def _chart_anchor_histogram(centres, reached, unreached, marks, xlabel: str, log_x: bool, path: str) -> None:
     """Objects per bin (reached / not reached by an anchor, stacked) with the anchors' values as lines."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    bottom = 0.55 if log_x else 0.45 + 0.71 * _text_width(centres[0], 8)
+    fig, axes = _grid(1, 1, (5.5, 2.6), (COUNT_MARGIN, 0.15, bottom, 0.15))
+    ax = axes[0, 0]
     widths = np.diff(centres[1]) if log_x else None
     left = centres[1][:-1] if log_x else np.arange(len(reached))
     kwargs = {"width": widths, "align": "edge"} if log_x else {"width": 0.9}
@@ -166,7 +221,7 @@ def _chart_anchor_histogram(centres, reached, unreached, marks, xlabel: str, log
         ax.set_xlim(lo, hi)
         ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
     else:
-        ax.set_xticks(range(len(reached)), centres[0], rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(range(len(reached)), centres[0], rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
     for i, m in enumerate(marks):
         ax.axvline(m, color="#24324a", linestyle="--", linewidth=1.2, label="anchors" if i == 0 else None)
     ax.set_xlabel(xlabel)
@@ -351,6 +406,16 @@ def _figure(src: str, caption: str = "", width: int | None = None) -> str:
     return f'<figure><img class="chart" src="{_esc(src)}" alt="{_esc(caption or src)}"{w}>{cap}</figure>'
 
 
+def _json_text(value: Any, depth: int = 0) -> str:
+    """`value` as JSON: one key of a dict per line, indented by depth; lists and numbers on one line.
+    (json.dump with an indent puts every number of a curve on a line of its own, in pure Python.)"""
+    if isinstance(value, dict) and value and all(isinstance(k, str) for k in value):
+        pad = "\n" + " " * (depth + 1)
+        items = [f"{json.dumps(k)}: {_json_text(v, depth + 1)}" for k, v in value.items()]
+        return "{" + pad + ("," + pad).join(items) + "\n" + " " * depth + "}"
+    return json.dumps(value, separators=(", ", ": "))
+
+
 def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures: Sequence[Mapping] = ()) -> str:
     """Write `output/index.html`, its charts and `output/analysis.json` (= `report`); returns the page's path.
 
@@ -359,7 +424,7 @@ def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures
     """
     os.makedirs(os.path.join(output, "charts"), exist_ok=True)
     with open(os.path.join(output, "analysis.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+        f.write(_json_text(report))
     sections, nav = [], []
 
     def section(anchor: str, title: str, body: str) -> None:
