@@ -41,6 +41,23 @@ def split_known_predictions(
     return kept, notes
 
 
+def _mask_analysis(evaluator: COCOEvaluator, predictions: list, notes: list[str]):
+    """The segm error analysis where every prediction has a mask and every object a segmentation;
+    None (with a note when only some have masks, or the objects have none) otherwise."""
+    with_masks = sum("segmentation" in p for p in predictions)
+    if with_masks == 0:
+        return None
+    if with_masks < len(predictions):
+        missing = len(predictions) - with_masks
+        notes.append(f"{missing} of {len(predictions)} predictions have no mask: no mask analysis")
+        return None
+    bare = next((a for a in evaluator._dataset["annotations"] if not a.get("segmentation")), None)
+    if bare is not None:
+        notes.append(f"annotation id {bare.get('id')!r} (and maybe others) has no segmentation: no mask analysis")
+        return None
+    return analyze_coco_errors(evaluator, predictions, "segm")
+
+
 def _worst_images(analysis, confusion, n: int) -> list[tuple[int, str]]:
     """Image indices: the `n` lowest per-image AP50, then the most false positives / missed objects."""
     m = analysis.matches
@@ -108,8 +125,9 @@ def analyze(
 ) -> dict[str, Any]:
     """Analyse `predictions` (COCO box results, or None for the data set alone) against the COCO
     annotation dict `dataset`; writes `output/index.html` and `output/analysis.json`, returns the
-    json's content. `worst` images are drawn from `images_dir` (none without it, or with 0).
-    `model` (a detector) adds its input size and how many objects its RPN's anchors reach."""
+    json's content. Results with masks (`segmentation`) get a mask (segm) analysis too. `worst`
+    images are drawn from `images_dir` (none without it, or with 0). `model` (a detector) adds its
+    input size and how many objects its RPN's anchors reach."""
     evaluator = COCOEvaluator(dataset)
     report: dict[str, Any] = {"title": title, "notes": []}
     report["dataset"] = dataset_statistics(evaluator._dataset)
@@ -117,7 +135,7 @@ def analyze(
         from detkit.analysis.anchors import anchor_coverage  # torch only when a model is given
 
         report["anchors"] = anchor_coverage(model, evaluator._dataset)
-    analysis = None
+    analysis = segm_analysis = None
     if predictions is not None:
         if not isinstance(predictions, list):
             raise ValueError(f"predictions must be a list of COCO results, got {type(predictions).__name__}")
@@ -133,6 +151,10 @@ def analyze(
             report["subtitle"] = (f"{len(evaluator.image_ids)} images, {report['dataset']['objects']} objects, "
                                   f"{len(kept)} detections; AP {analysis.stats['AP']:.3f}, "
                                   f"AP50 {analysis.stats['AP50']:.3f}")  # fmt: skip
+            segm_analysis = _mask_analysis(evaluator, kept, report["notes"])
+            if segm_analysis is not None:
+                report["segm"] = segm_analysis.to_dict()
+                report["subtitle"] += f"; mask AP {segm_analysis.stats['AP']:.3f}"
     if "subtitle" not in report:
         report["subtitle"] = f"{len(evaluator.image_ids)} images, {report['dataset']['objects']} objects"
     pictures: list[dict] = []
@@ -148,5 +170,5 @@ def analyze(
                     + (" ..." if len(missing) > 5 else "")
                 )
             report["worst_images"] = [{k: p[k] for k in ("image_id", "file_name", "reason")} for p in pictures]
-    write_report(output, report, analysis, pictures)
+    write_report(output, report, analysis, pictures, segm_analysis)
     return report

@@ -31,7 +31,7 @@ CURVE_HELP = {
 }
 ERROR_HELP = {
     "classification": "IoU >= 0.5 with an object of another class (fix: the detection takes that class)",
-    "localisation": "0.1 <= IoU < 0.5 with an object of its class (fix: it takes the object's box)",
+    "localisation": "0.1 <= IoU < 0.5 with an object of its class (fix: it takes the object's box, or mask)",
     "both": "0.1 <= IoU < 0.5 with an object of another class only (fix: removed)",
     "duplicate": "IoU >= 0.5 with an object of its class that a higher-scoring detection took (fix: removed)",
     "background": "IoU < 0.1 with every object (fix: removed)",
@@ -416,11 +416,48 @@ def _json_text(value: Any, depth: int = 0) -> str:
     return json.dumps(value, separators=(", ", ": "))
 
 
-def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures: Sequence[Mapping] = ()) -> str:
+def _summary_body(err: Mapping[str, Any]) -> str:
+    """The 12 COCO numbers and the sortable per-class table of one analysis (`report["errors"]` / `["segm"]`)."""
+    stats = err["stats"]
+    body = _table(["metric", *stats], [["value", *[float(v) for v in stats.values()]]], sortable=False)
+    rows = [[name, *(float(c[k]) for k in ("AP", "AP50", "AP75", "AR100")), c["objects"], c["images"],
+             c["detections"]] for name, c in err["per_class"].items()]  # fmt: skip
+    body += "<h3>Per class (click a column to sort)</h3>"
+    return body + _table(["class", "AP", "AP50", "AP75", "AR100", "objects", "images", "detections"], rows)
+
+
+def _errors_body(analysis, err: Mapping[str, Any], output: str, prefix: str = "") -> str:
+    """The error curves, TIDE chart and per-class curves of one analysis; charts `charts/{prefix}*.png`."""
+    curves, tide, per_class = (f"charts/{prefix}{name}.png" for name in ("error_curves", "tide", "class_curves"))
+    _chart_error_curves(analysis, os.path.join(output, curves))
+    _chart_tide(err["tide"], err["error_counts"], os.path.join(output, tide))
+    helps = "".join(f"<dt>{n}</dt><dd>{_esc(h)}</dd>" for n, h in CURVE_HELP.items())
+    body = _figure(curves, "The COCO site's error analysis: the area under each curve (in brackets) is the AP "
+                   "with that error and those above it forgiven; sizes without objects are left out.")  # fmt: skip
+    body += f"<dl>{helps}</dl>"
+    tide_help = "".join(f"<dt>{n}</dt><dd>{_esc(h)}</dd>" for n, h in ERROR_HELP.items())
+    body += '<h3>AP lost per error type (TIDE)</h3><div class="grid">'
+    body += _figure(tide, "AP at IoU 0.5 gained by fixing one error type alone (count in brackets).")
+    body += f"<dl>{tide_help}</dl></div>"
+    table_rows = [[cls, *(float(analysis.class_ap[cls]["all"][n]) for n in CURVE_NAMES)]
+                  for cls in analysis.category_names if "all" in analysis.class_ap[cls]]  # fmt: skip
+    body += "<h3>Per class: area under each curve, all sizes</h3>" + _table(["class", *CURVE_NAMES], table_rows)
+    shown = [r[0] for r in sorted(table_rows, key=lambda r: r[2])][:12]  # lowest AP50 first
+    if shown:
+        _chart_class_curves(analysis, shown, os.path.join(output, per_class))
+        more = f" (the {len(shown)} with the lowest AP50)" if len(shown) < len(table_rows) else ""
+        body += "<h3>Per class curves" + more + "</h3>" + _figure(per_class)
+    return body
+
+
+def write_report(
+    output: str, report: Mapping[str, Any], analysis=None, pictures: Sequence[Mapping] = (), segm_analysis=None
+) -> str:
     """Write `output/index.html`, its charts and `output/analysis.json` (= `report`); returns the page's path.
 
-    `analysis` (a `CocoErrorAnalysis`) draws the curves; `pictures` are the drawn images
-    (`file`, `caption`) already under `output/images/`.
+    `analysis` (a `CocoErrorAnalysis` of boxes) draws the curves, `segm_analysis` (of masks, with
+    `report["segm"]`) a mask section; `pictures` are the drawn images (`file`, `caption`) already
+    under `output/images/`.
     """
     os.makedirs(os.path.join(output, "charts"), exist_ok=True)
     with open(os.path.join(output, "analysis.json"), "w", encoding="utf-8") as f:
@@ -434,34 +471,8 @@ def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures
     notes = "".join(f'<div class="note">{_esc(n)}</div>' for n in report.get("notes", []))
     if "errors" in report and analysis is not None:
         err = report["errors"]
-        stats = err["stats"]
-        body = notes + _table(["metric", *stats], [["value", *[float(v) for v in stats.values()]]], sortable=False)
-        rows = [[name, *(float(c[k]) for k in ("AP", "AP50", "AP75", "AR100")), c["objects"], c["images"],
-                 c["detections"]] for name, c in err["per_class"].items()]  # fmt: skip
-        body += "<h3>Per class (click a column to sort)</h3>"
-        body += _table(["class", "AP", "AP50", "AP75", "AR100", "objects", "images", "detections"], rows)
-        section("summary", "Summary", body)
-
-        _chart_error_curves(analysis, os.path.join(output, "charts", "error_curves.png"))
-        _chart_tide(err["tide"], err["error_counts"], os.path.join(output, "charts", "tide.png"))
-        helps = "".join(f"<dt>{n}</dt><dd>{_esc(h)}</dd>" for n, h in CURVE_HELP.items())
-        body = _figure("charts/error_curves.png", "The COCO site's error analysis: the area under each curve "
-                       "(in brackets) is the AP with that error and those above it forgiven; sizes without objects "
-                       "are left out.")  # fmt: skip
-        body += f"<dl>{helps}</dl>"
-        tide_help = "".join(f"<dt>{n}</dt><dd>{_esc(h)}</dd>" for n, h in ERROR_HELP.items())
-        body += '<h3>AP lost per error type (TIDE)</h3><div class="grid">'
-        body += _figure("charts/tide.png", "AP at IoU 0.5 gained by fixing one error type alone (count in brackets).")
-        body += f"<dl>{tide_help}</dl></div>"
-        table_rows = [[cls, *(float(analysis.class_ap[cls]["all"][n]) for n in CURVE_NAMES)]
-                      for cls in analysis.category_names if "all" in analysis.class_ap[cls]]  # fmt: skip
-        body += "<h3>Per class: area under each curve, all sizes</h3>" + _table(["class", *CURVE_NAMES], table_rows)
-        shown = [r[0] for r in sorted(table_rows, key=lambda r: r[2])][:12]  # lowest AP50 first
-        if shown:
-            _chart_class_curves(analysis, shown, os.path.join(output, "charts", "class_curves.png"))
-            more = f" (the {len(shown)} with the lowest AP50)" if len(shown) < len(table_rows) else ""
-            body += "<h3>Per class curves" + more + "</h3>" + _figure("charts/class_curves.png")
-        section("errors", "Error analysis", body)
+        section("summary", "Summary", notes + _summary_body(err))
+        section("errors", "Error analysis", _errors_body(analysis, err, output))
 
         cm = err["confusion"]
         _chart_confusion(np.asarray(cm["matrix"]), cm["labels"], cm["score_threshold"], cm["iou_threshold"],
@@ -470,6 +481,12 @@ def write_report(output: str, report: Mapping[str, Any], analysis=None, pictures
                 f"&ge; {cm['iou_threshold']:g} (same class first). Last row: detections on background; last "
                 "column: objects no detection found.</p>")  # fmt: skip
         section("confusion", "Confusion matrix", body + _figure("charts/confusion.png"))
+
+    if "segm" in report and segm_analysis is not None:
+        body = ("<p>The analysis above with masks instead of boxes: IoU of masks, object sizes from the "
+                "annotations' areas and the masks' pixel counts (COCO's segm evaluation).</p>")  # fmt: skip
+        body += _summary_body(report["segm"]) + "<h3>Error analysis of the masks</h3>"
+        section("masks", "Masks (segm)", body + _errors_body(segm_analysis, report["segm"], output, "segm_"))
 
     if pictures:
         body = ('<p class="key">Ground truth: <span class="solid">solid green, class</span> &nbsp; detections: '

@@ -13,7 +13,9 @@ import pytest
 from detkit.cli import main
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_coco_errors import random_case  # noqa: E402
+from test_coco_errors import random_case, with_masks  # noqa: E402
+
+from detkit.evaluation import COCOEvaluator  # noqa: E402
 
 
 @pytest.fixture()
@@ -50,6 +52,32 @@ def test_report_files_and_numbers(files, capsys):
     assert drawn and all((tmp_path / "report" / "images").glob("*.jpg"))
     if any(1 == w["image_id"] for w in drawn):
         raise AssertionError("image 1 has no file and cannot be drawn")
+
+
+def test_mask_results_get_a_mask_analysis(files, capsys):
+    tmp_path, gt, dets = files
+    gt, masks = with_masks(gt, dets)
+    boxes_and_masks = [{**d, "segmentation": m["segmentation"]} for d, m in zip(dets, masks)]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(boxes_and_masks))
+    assert run(tmp_path, "--predictions", str(tmp_path / "dt.json")) == 0
+    report = json.loads((tmp_path / "report" / "analysis.json").read_text())
+    expected = COCOEvaluator(gt).evaluate(masks, "segm", verbose=False).stats
+    assert report["segm"]["stats"] == pytest.approx(expected, abs=0)  # the same backend and numbers as evaluate
+    assert report["errors"]["stats"]["AP"] != report["segm"]["stats"]["AP"]  # boxes analysed on their own
+    assert report["segm"]["curves"]["all"]["C50"]["ap"] == expected["AP50"]
+    for name in ("segm_error_curves", "segm_tide"):
+        assert (tmp_path / "report" / "charts" / f"{name}.png").stat().st_size > 1000
+    assert 'id="masks"' in (tmp_path / "report" / "index.html").read_text()
+    # only some predictions with masks, or objects without segmentation: boxes only, said once
+    (tmp_path / "some.json").write_text(json.dumps(boxes_and_masks[:-1] + dets[-1:]))
+    assert run(tmp_path, "--predictions", str(tmp_path / "some.json")) == 0
+    assert f"1 of {len(dets)} predictions have no mask: no mask analysis" in capsys.readouterr().err
+    del gt["annotations"][0]["segmentation"]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert run(tmp_path, "--predictions", str(tmp_path / "dt.json")) == 0
+    assert "has no segmentation: no mask analysis" in capsys.readouterr().err
+    assert "segm" not in json.loads((tmp_path / "report" / "analysis.json").read_text())
 
 
 def test_data_set_only(files):
@@ -98,7 +126,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install -y chromium")
 def test_page_in_headless_chromium(files):
-    tmp_path, _, _ = files
+    tmp_path, gt, dets = files
+    gt, masks = with_masks(gt, dets)  # with a mask section too
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(
+        json.dumps([{**d, "segmentation": m["segmentation"]} for d, m in zip(dets, masks)])
+    )
     assert run(tmp_path, "--predictions", str(tmp_path / "dt.json"), "--images", str(tmp_path / "images")) == 0
     url = (tmp_path / "report" / "index.html").as_uri()
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
@@ -113,7 +146,7 @@ def test_page_in_headless_chromium(files):
     assert not title.startswith("JS-ERROR"), title  # window.onerror writes any script error into the title
     assert 'data-broken=""' in dom  # every <img> decoded (naturalWidth > 0)
     count = int(dom.split('data-images="')[1].split('"')[0])
-    assert count >= 7 + len(json.loads((tmp_path / "report" / "analysis.json").read_text())["worst_images"])
+    assert count >= 10 + len(json.loads((tmp_path / "report" / "analysis.json").read_text())["worst_images"])
 
     # the checks catch what they look for: a script error and a missing picture
     faults = '<img src="charts/missing.png"><script>undefinedFunction();</script></main>'
