@@ -1,7 +1,8 @@
-"""Exported Faster R-CNN R50-FPN on ONNX Runtime (CPU, float32 and int8) vs eager detkit vs eager torchvision.
+"""Exported Faster R-CNN R50-FPN on ONNX Runtime (CPU, float32 and int8) vs eager detkit vs eager torchvision,
+and the exported `faster_rcnn_tiny` vs eager detkit.
 
-    python benchmarks/bench_export.py                       # batch 1 and 4, 512x512 and 800x1216
-    python benchmarks/bench_export.py --sizes 512x512 --batch-sizes 1 --iters 10
+    python benchmarks/bench_export.py                       # batch 1 and 4, 512x512 and 800x1216; tiny 128x128
+    python benchmarks/bench_export.py --sizes 512x512 --batch-sizes 1 --iters 10 --tiny-size 0
     python benchmarks/bench_export.py --profile-int8 /tmp/prof   # + ONNX Runtime's profile of the int8 model
 
 One process, same weights (random, no downloads; torchvision's layout loaded into detkit) and
@@ -13,7 +14,8 @@ detkit (counts, scores). The int8 model is the float32 export quantized by
 `detkit.export.quantize.quantize_onnx` (as `detkit export --quantize int8`), calibrated on
 --calibration-count random images other than the timed ones (random weights: the speed, not the
 accuracy, is measured here; docs/export.md has the AP of a trained model). Ratios > 1: ONNX
-Runtime faster.
+Runtime faster. ONNX Runtime runs with detkit's session entries (`detkit.export.runner.SESSION_CONFIG`:
+threads sleep between operators); `--spin` measures ONNX Runtime's own default (spinning threads).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from _roofline import count_flops, format_peaks, format_roofline, measure_peaks,
 
 from detkit.export import OnnxDetector, export_onnx
 from detkit.export.quantize import quantize_onnx
+from detkit.export.runner import SESSION_CONFIG
+from detkit.models import build_model
 
 
 def _pairs_of(text: str) -> list[tuple[int, int]]:
@@ -78,6 +82,8 @@ def ort_peak(precision: str, n: int = 2048, min_seconds: float = 1.0) -> float:
     return 2 * n**3 / best / 1e9
 
 
+SPIN = {"session.intra_op.allow_spinning": "1", "session.inter_op.allow_spinning": "1"}  # ONNX Runtime's default
+
 SIDE_PRECISIONS = {"onnxruntime_int8": "int8", "onnxruntime": "fp32", "detkit": "fp32", "torchvision": "fp32"}
 
 
@@ -110,7 +116,7 @@ def run_size(height: int, width: int, args) -> list[dict]:
         calibration, _ = make_inputs(args.calibration_count, height, width, device=device, with_masks=False, seed=1)
         quantize_onnx(path, int8_path, [img.numpy() for img in calibration])
         print(f"quantized {int8_path} in {time.perf_counter() - start:.0f} s", flush=True)
-    config = {"session.intra_op.allow_spinning": "0"} if args.no_spin else None
+    config = SPIN if args.spin else None
     session = OnnxDetector(path, threads=args.threads, config=config)
     session_int8 = OnnxDetector(int8_path, threads=args.threads, config=config)
     rows = []
@@ -187,6 +193,43 @@ def run_size(height: int, width: int, args) -> list[dict]:
     return rows
 
 
+def run_tiny(side: int, args) -> list[dict]:
+    """`faster_rcnn_tiny` (random weights, a biased class logit: many detections) exported, ONNX Runtime
+    float32 vs eager detkit on `side` x `side` images, batch sizes as the R50-FPN rows."""
+    torch.manual_seed(0)
+    model = build_model("faster_rcnn_tiny", num_classes=3, min_size=side, max_size=side).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] += 4.0
+    path = os.path.join(args.workdir, f"faster_rcnn_tiny_{side}.onnx")
+    if not os.path.isfile(path):
+        export_onnx(model, path)
+    session = OnnxDetector(path, threads=args.threads, config=SPIN if args.spin else None)
+    print("| model | size | batch | ORT fp32 s | detkit eager s | ORT fp32 / detkit | check |")
+    print("|---|---|---|---|---|---|---|")
+    rows = []
+    for batch_size in args.batch_sizes:
+        images, _ = make_inputs(batch_size, side, side, device=torch.device("cpu"), with_masks=False)
+        batch = torch.stack(images).numpy()
+        with torch.no_grad():
+            ref = model.predict(images)
+        got = session.predict(list(batch), batch_size=batch_size)
+        same_counts = [len(r["scores"]) for r in ref] == [len(g["scores"]) for g in got]
+
+        def detkit_step(images=images):
+            with torch.no_grad():
+                model.predict(images)
+
+        steps = {"onnxruntime": lambda batch=batch: session.run(batch), "detkit": detkit_step}
+        s = {k: v["seconds"] for k, v in time_alternating(steps, iters=args.iters, warmup=args.warmup,
+                                                          device=torch.device("cpu")).items()}  # fmt: skip
+        row = {"model": "faster_rcnn_tiny", "size": f"{side}x{side}", "batch_size": batch_size, "seconds": s,
+               "ort_vs_detkit": s["detkit"] / s["onnxruntime"], "same_counts_as_eager": same_counts}  # fmt: skip
+        print(f"| faster_rcnn_tiny | {row['size']} | {batch_size} | {s['onnxruntime']:.4f} | {s['detkit']:.4f} "
+              f"| {row['ort_vs_detkit']:.2f}x | counts equal: {same_counts} |", flush=True)  # fmt: skip
+        rows.append(row)
+    return rows
+
+
 def profile_summary(path: str, batch: np.ndarray, args, tag: str, top: int = 12) -> str:
     """ONNX Runtime's profile of `args.iters` runs of `path` on `batch`: the op types and nodes with most time."""
     import onnxruntime as ort
@@ -196,8 +239,8 @@ def profile_summary(path: str, batch: np.ndarray, args, tag: str, top: int = 12)
     options.profile_file_prefix = os.path.join(args.profile_int8, f"int8_{tag}")
     if args.threads:
         options.intra_op_num_threads = args.threads
-    if args.no_spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (SPIN if args.spin else SESSION_CONFIG).items():
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
     for _ in range(args.warmup + args.iters):
         session.run(None, {"images": batch})
@@ -226,8 +269,9 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument(
-        "--no-spin", action="store_true", help="ONNX Runtime threads sleep instead of spinning (busy shared machines)"
+        "--spin", action="store_true", help="ONNX Runtime's default: threads spin between operators (detkit's sleep)"
     )
+    parser.add_argument("--tiny-size", type=int, default=128, help="faster_rcnn_tiny's image side (0: skip it)")
     parser.add_argument("--calibration-count", type=int, default=8, help="random images calibrating the int8 model")
     parser.add_argument("--profile-int8", metavar="DIR", help="write ONNX Runtime profiles of the int8 model here")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "detkit_bench_export"))
@@ -250,6 +294,8 @@ def main(argv=None) -> None:
     rows = []
     for height, width in args.sizes:
         rows += run_size(height, width, args)
+    if args.tiny_size:
+        rows += run_tiny(args.tiny_size, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -224,6 +224,8 @@ def predict_files(args: argparse.Namespace, prog: str = "detkit predict") -> int
     readable = []
     with contextlib.ExitStack() as cleanup:
         cleanup.enter_context(_removed_on_failure(args.output, images_meta, made_output))
+        if args.onnx:
+            cleanup.enter_context(_torch_single_threaded())
         proposals = itertools.repeat(None)
         if getattr(model, "requires_proposals", False):  # R-CNN / Fast R-CNN: selective search, outside forward
             proposals = _region_proposals(proposal_settings, files, image_ids, args, prog, cleanup)
@@ -441,6 +443,20 @@ def _output_names(names: Sequence[str]) -> list[str]:
         used.add(candidate)
         out.append(candidate + ".png")
     return out
+
+
+@contextlib.contextmanager
+def _torch_single_threaded():
+    """Within: torch on one thread (restored after). With --onnx torch only converts images, and its
+    thread pool would compete for the cores with ONNX Runtime's."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _cpu_has_native_bf16() -> bool:

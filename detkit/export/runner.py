@@ -32,14 +32,22 @@ def split_packed(outputs: dict[str, np.ndarray], num_images: int) -> list[dict[s
     return per_image
 
 
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+"""ONNX Runtime session entries detkit sets: worker threads sleep between operators instead of
+spinning. Spinning threads hold every core between calls; on a machine where anything else runs
+(the caller's own image decoding and drawing included) they made `detkit predict --onnx` 1.5x slower
+than eager PyTorch (docs/export.md, "Session options")."""
+
+
 class OnnxDetector:
     """An exported detkit ONNX file in an ONNX Runtime session.
 
     Args:
         path: the .onnx file from `detkit export` / `export_onnx`.
         providers: ONNX Runtime execution providers (default CPU).
-        threads: intra-op threads (default: ONNX Runtime's choice).
-        config: ONNX Runtime session config entries.
+        threads: intra-op threads (default: ONNX Runtime's choice, one per physical core).
+        config: ONNX Runtime session config entries, over `SESSION_CONFIG`
+            (e.g. `{"session.intra_op.allow_spinning": "1"}` spins again).
     """
 
     def __init__(
@@ -58,7 +66,7 @@ class OnnxDetector:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
-        for key, value in (config or {}).items():  # e.g. {"session.intra_op.allow_spinning": "0"}
+        for key, value in {**SESSION_CONFIG, **(config or {})}.items():
             options.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(

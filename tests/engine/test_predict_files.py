@@ -150,3 +150,24 @@ def test_predict_checkpoint_imports_no_lightning(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "IMPORTED []" in run.stdout
     assert (tmp_path / "out" / "detections.json").is_file()
+
+
+def test_predict_onnx_runs_torch_on_one_thread_and_restores_it(tmp_path, monkeypatch):
+    import torch
+
+    from detkit.export.runner import OnnxPredictor
+
+    _fake_onnx(tmp_path / "m.onnx")
+    _images(tmp_path / "in", ["a.png"])
+    seen = []
+    predict = OnnxPredictor.predict
+    monkeypatch.setattr(OnnxPredictor, "predict", lambda self, *a, **k: seen.append(torch.get_num_threads())
+                        or predict(self, *a, **k))  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["predict", "--onnx", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "in"),
+                     "--output", str(tmp_path / "out"), "--no-draw"]) == 0  # fmt: skip
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

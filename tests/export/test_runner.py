@@ -75,3 +75,12 @@ def test_detector_keeps_labels_and_rejects_bad_files(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="ONNX Runtime cannot load it"):
         OnnxDetector(tmp_path / "bad.onnx")
+
+
+def test_sessions_do_not_spin_unless_asked(tmp_path):
+    _fake_export(tmp_path / "m.onnx", "labels 1..num_classes")
+    options = OnnxDetector(tmp_path / "m.onnx").session.get_session_options()
+    for key in ("session.intra_op.allow_spinning", "session.inter_op.allow_spinning"):
+        assert options.get_session_config_entry(key) == "0"
+    spinning = OnnxDetector(tmp_path / "m.onnx", config={"session.intra_op.allow_spinning": "1"})
+    assert spinning.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "1"
