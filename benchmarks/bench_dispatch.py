@@ -2,6 +2,7 @@
 
     python benchmarks/bench_dispatch.py                       # Faster + Mask R-CNN R50-FPN, batch 8, 320x320
     python benchmarks/bench_dispatch.py --model faster_rcnn_r50_fpn --mode train --top 20
+    python benchmarks/bench_dispatch.py --model faster_rcnn_r50_fpn --mode train --size 800x1216 --batch-size 2 8
 
 On a GPU every dispatched operator is at least one kernel launch, and every operator that
 needs a value on the host (a size, a scalar) stalls the host until the GPU has caught up.
@@ -11,8 +12,10 @@ the same weights and inputs, on the code path that runs on CUDA:
 - `configure_kernels(model, cpu_kernels=False)` (unless `--cpu-kernels`) turns off detkit's
   CPU-only kernels (the threaded RoIAlign, the strided stem pool, channels-last batches), so
   detkit runs the kernels it runs on a GPU;
+  this includes the RPN's NMS, one `nms` call per image instead of the CPU's one `batched_nms`;
 - `torchvision.ops.batched_nms` picks its per-class loop or one offset NMS by the number of
-  boxes with a device-dependent threshold; the CUDA threshold is used for both libraries;
+  boxes with a device-dependent threshold (torchvision 0.29: above 4,000 box coordinates on the
+  CPU, 100,000 = 25,000 boxes on CUDA); the CUDA threshold is used for both libraries;
 - the SGD step is torch.optim's multi-tensor (foreach) update, its default for CUDA tensors.
 
 "non-view ops" leave out the ops that only make a view (`view`, `select`, `detach`, ...: no
@@ -25,6 +28,13 @@ The emulation cannot tell a tensor the CUDA code keeps on the host from one on t
 op on a host tensor counts as if it were on the GPU. Counts are of one call after a warm-up
 call; they depend on the data where the number of boxes picks a path (per-image loops count
 once per image).
+
+Proposals (`--proposals`): with random weights many RPN proposals are dropped as tiny before
+NMS, so the count would depend on how many survive by chance; a trained RPN keeps nearly all
+of its pre-NMS top-k (~8,700 per 800x1216 image). "surviving" (the default) zeroes the RPN's
+box-delta layer (weights and bias) in both models: every proposal is its anchor, clipped to the
+image, none is too small, and with the score threshold 0 every pre-NMS candidate reaches NMS,
+as with a trained RPN. "random" keeps the random deltas.
 Prints a table per model and mode, the detkit / torchvision ratios, and JSON at the end.
 """
 
@@ -168,8 +178,73 @@ def _summary(counter: DispatchCounter, top: int) -> dict:
     }
 
 
+def keep_all_proposals(*models) -> None:
+    """Zero the RPN box-delta layer of each model (detkit's and torchvision's share the names):
+    proposals are the clipped anchors, so none is filtered as tiny before NMS."""
+    with torch.no_grad():
+        for model in models:
+            model.rpn.head.bbox_pred.weight.zero_()
+            model.rpn.head.bbox_pred.bias.zero_()
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def _count_mode(name, mode, dk, tv, images, targets, device, args) -> dict:
+    from _pairs import predict_step, train_step
+
+    if mode == "train":
+        dk.train()
+        tv.train()
+        steps = {  # the multi-tensor SGD update: torch.optim's default for CUDA parameters
+            "detkit": train_step(dk, images, targets, device, "fp32", foreach=True),
+            "torchvision": train_step(tv, images, targets, device, "fp32", foreach=True),
+        }
+    else:
+        with torch.no_grad():  # trained-like: about 100 detections per image, as bench_infer
+            for model in (dk, tv):
+                model.roi_heads.box_predictor.cls_score.bias[1] = 4.0
+        dk.eval()
+        tv.eval()
+        steps = {
+            "detkit": predict_step(dk.predict, images, device, "fp32"),
+            "torchvision": predict_step(tv, images, device, "fp32"),
+        }
+    torch.manual_seed(0)
+    counts = {impl: _summary(count_call(fn, warmup=args.warmup), args.top) for impl, fn in steps.items()}
+    dk_c, tv_c = counts["detkit"], counts["torchvision"]
+    return {
+        "model": name,
+        "mode": mode,
+        **counts,
+        "ops_ratio": dk_c["ops"] / tv_c["ops"],
+        "non_view_ops_ratio": dk_c["non_view_ops"] / tv_c["non_view_ops"],
+        "syncs_ratio": dk_c["syncs"] / max(tv_c["syncs"], 1),
+    }
+
+
+def _print_row(row: dict, top: int) -> None:
+    counts = {impl: row[impl] for impl in ("detkit", "torchvision")}
+    h, w = row["image_size"]
+    print(f"\n{row['model']} {row['mode']}, batch {row['batch_size']}, {h}x{w}")
+    print("| impl | ops | non-view ops | syncs | syncs by kind |\n|---|---|---|---|---|")
+    for impl, c in counts.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in c["sync_kinds"].items())
+        print(f"| {impl} | {c['ops']} | {c['non_view_ops']} | {c['syncs']} | {kinds} |")
+    print(
+        f"detkit / torchvision: ops {row['ops_ratio']:.3f}x (non-view {row['non_view_ops_ratio']:.3f}x), "
+        f"syncs {row['syncs_ratio']:.2f}x",
+        flush=True,
+    )
+    if top:
+        for impl, c in counts.items():
+            print(f"top ops {impl}: " + ", ".join(f"{k} {v}" for k, v in c["top_ops"].items()))
+
+
 def main(argv=None) -> None:
-    from _pairs import TORCHVISION_BUILDERS, build_pair, make_inputs, predict_step, train_step
+    from _pairs import TORCHVISION_BUILDERS, build_pair, make_inputs
 
     from detkit.models import configure_kernels
 
@@ -177,73 +252,39 @@ def main(argv=None) -> None:
     models = sorted(TORCHVISION_BUILDERS)
     parser.add_argument("--model", nargs="+", default=models, choices=models)
     parser.add_argument("--mode", nargs="+", default=["train", "predict"], choices=["train", "predict"])
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--height", type=int, default=320)
-    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[8])
+    parser.add_argument("--size", type=_size, nargs="+", default=[(320, 320)], help="HxW, e.g. 800x1216")
+    parser.add_argument("--proposals", choices=["surviving", "random"], default="surviving", help="see above")
+    parser.add_argument("--warmup", type=int, default=1, help="uncounted calls before the counted one")
     parser.add_argument("--top", type=int, default=0, help="also list the N most dispatched ops")
     parser.add_argument("--cpu-kernels", action="store_true", help="keep detkit's CPU-only kernels on")
     args = parser.parse_args(argv)
     device = torch.device("cpu")
-    size = min(args.height, args.width)
     report = {
-        "batch_size": args.batch_size,
-        "image_size": [args.height, args.width],
         "torch": torch.__version__,
         "cpu_kernels": args.cpu_kernels,
+        "proposals": args.proposals,
         "results": [],
     }
     print(
-        f"batch {args.batch_size}, {args.height}x{args.width}, fp32, "
-        f"cpu_kernels={args.cpu_kernels}; counts of one call after a warm-up call"
+        f"fp32, cpu_kernels={args.cpu_kernels}, proposals={args.proposals}; "
+        f"counts of one call after {args.warmup} warm-up call(s)"
     )
-    for name in args.model:
-        dk, tv = build_pair(name, min_size=size, max_size=max(args.height, args.width), device=device)
-        configure_kernels(dk, cpu_kernels=args.cpu_kernels)
-        images, targets = make_inputs(
-            args.batch_size, args.height, args.width, device=device, with_masks=name.startswith("mask")
-        )
-        for mode in args.mode:
-            if mode == "train":
-                dk.train()
-                tv.train()
-                steps = {  # the multi-tensor SGD update: torch.optim's default for CUDA parameters
-                    "detkit": train_step(dk, images, targets, device, "fp32", foreach=True),
-                    "torchvision": train_step(tv, images, targets, device, "fp32", foreach=True),
-                }
-            else:
-                with torch.no_grad():  # trained-like: about 100 detections per image, as bench_infer
-                    for model in (dk, tv):
-                        model.roi_heads.box_predictor.cls_score.bias[1] = 4.0
-                dk.eval()
-                tv.eval()
-                steps = {
-                    "detkit": predict_step(dk.predict, images, device, "fp32"),
-                    "torchvision": predict_step(tv, images, device, "fp32"),
-                }
-            torch.manual_seed(0)
-            counts = {impl: _summary(count_call(fn), args.top) for impl, fn in steps.items()}
-            dk_c, tv_c = counts["detkit"], counts["torchvision"]
-            row = {
-                "model": name,
-                "mode": mode,
-                **counts,
-                "ops_ratio": dk_c["ops"] / tv_c["ops"],
-                "non_view_ops_ratio": dk_c["non_view_ops"] / tv_c["non_view_ops"],
-                "syncs_ratio": dk_c["syncs"] / max(tv_c["syncs"], 1),
-            }
-            report["results"].append(row)
-            print(f"\n{name} {mode}")
-            print("| impl | ops | non-view ops | syncs | syncs by kind |\n|---|---|---|---|---|")
-            for impl, c in counts.items():
-                kinds = ", ".join(f"{k} {v}" for k, v in c["sync_kinds"].items())
-                print(f"| {impl} | {c['ops']} | {c['non_view_ops']} | {c['syncs']} | {kinds} |")
-            print(
-                f"detkit / torchvision: ops {row['ops_ratio']:.2f}x (non-view {row['non_view_ops_ratio']:.2f}x), "
-                f"syncs {row['syncs_ratio']:.2f}x"
-            )
-            if args.top:
-                for impl, c in counts.items():
-                    print(f"top ops {impl}: " + ", ".join(f"{k} {v}" for k, v in c["top_ops"].items()))
+    for height, width in args.size:
+        for name in args.model:
+            dk, tv = build_pair(name, min_size=min(height, width), max_size=max(height, width), device=device)
+            configure_kernels(dk, cpu_kernels=args.cpu_kernels)
+            if args.proposals == "surviving":
+                keep_all_proposals(dk, tv)
+            for batch_size in args.batch_size:
+                images, targets = make_inputs(
+                    batch_size, height, width, device=device, with_masks=name.startswith("mask")
+                )
+                for mode in args.mode:
+                    row = _count_mode(name, mode, dk, tv, images, targets, device, args)
+                    row.update(batch_size=batch_size, image_size=[height, width])
+                    report["results"].append(row)
+                    _print_row(row, args.top)
     print(json.dumps(report))
 
 

@@ -6,8 +6,9 @@ Shape shorthand:
     G  ground-truth boxes (packed)  R  proposals kept (packed over the batch, with batch_idx)
 
 Everything is batched: anchors are shared by all images of a padded batch, so labelling,
-sampling, per-level top-k, decoding and NMS run on Tensor[N, A] at once. NMS runs once over
-all images with (image, level) groups.
+sampling, per-level top-k and decoding run on Tensor[N, A] at once. NMS runs per (image, level)
+in `nms_per_image_and_level`: on the CPU one `batched_nms` call for the batch, elsewhere one
+`nms` call per image (see there).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, nms
 
 from detkit.losses import BOX_LOSSES, CLS_LOSSES, box_regression_loss, objectness_loss, uses_decoded_boxes
 from detkit.losses.selection import check_loss_name
@@ -25,6 +26,56 @@ from detkit.structures import ImageBatch, PackedTargets, batched_box_iou, clip_b
 from detkit.structures.packed import take_rows, top_k_per_image
 
 __all__ = ["RPN", "RPNHead"]
+
+
+def nms_per_image_and_level(
+    boxes: Tensor,
+    scores: Tensor,
+    levels: Tensor,
+    valid: Tensor,
+    iou_threshold: float,
+    top_n: int,
+    *,
+    num_levels: int,
+    batched: bool,
+) -> Tensor:
+    """NMS per (image, level) of the valid candidates, then the best `top_n` of each image.
+
+    boxes Tensor[N, K, 4] (clipped: coordinates >= 0), scores Tensor[N, K], levels Tensor[K]
+    (each column's level in 0..num_levels-1, the same in every image), valid Tensor[N, K] bool
+    -> rows Tensor[R]: indices into the flattened N*K candidates, grouped by image, by descending
+    score inside an image.
+
+    The one place that picks the strategy. Both keep the same rows in the same order (tested on
+    the CPU) where the level offsets below add exactly; otherwise they may differ by the float
+    rounding of an IoU at the threshold, as torchvision's two `batched_nms` strategies do. Equal
+    scores: the per-image path keeps row order (CPU); `batched_nms` leaves them to an unstable
+    sort above 1,000 boxes, kept as it is so that CPU results do not change.
+
+    - `batched=True` (the CPU): the valid candidates of all images in one `batched_nms` call
+      with (image, level) groups. torchvision loops over the groups there above 1,000 boxes,
+      which is what the CPU does fastest (its NMS is quadratic in the boxes of one call).
+    - `batched=False` (CUDA and other devices): one `nms` call per image, the levels of an image
+      kept apart by shifting each level's boxes by `level * (max coordinate + 1)`. On CUDA,
+      `batched_nms` over the batch would loop per (image, level) group above 25,000 boxes (one
+      launch and one host sync each); this costs one sync per image and one for the valid rows.
+      Invalid candidates stay in with score -inf and zero boxes: they come last and suppress
+      nothing, so no host sync is needed to drop them before NMS.
+    """
+    n, k = scores.shape
+    if batched:
+        sel = torch.nonzero(valid.flatten()).squeeze(1)  # one host sync for the selections below
+        batch_idx = torch.div(sel, k, rounding_mode="floor")
+        groups = batch_idx * num_levels + levels[sel % k]
+        kept = batched_nms(boxes.flatten(0, 1)[sel].float(), scores.flatten()[sel], groups, iou_threshold)
+        return sel[top_k_per_image(kept, batch_idx[kept], top_n)]
+    boxes = torch.where(valid[..., None], boxes.float(), 0.0)
+    shifted = boxes + (levels.to(boxes) * (boxes.max() + 1))[:, None] if boxes.numel() else boxes  # [N, K, 4]
+    masked = torch.where(valid, scores, float("-inf"))
+    # nms sorts by score (stably on the CPU): the invalid ones come last and their zero boxes overlap nothing
+    rows = [nms(shifted[i], masked[i], iou_threshold)[:top_n] + i * k for i in range(n)]  # one sync per image
+    rows = torch.cat(rows) if rows else scores.new_zeros((0,), dtype=torch.int64)
+    return rows[valid.flatten()[rows]]  # one sync
 
 
 class RPNHead(nn.Module):
@@ -84,6 +135,9 @@ class RPN(nn.Module):
         smooth_l1_beta: beta of the smooth L1 box loss.
         box_loss: box loss name ("smooth_l1" / "l1" / "giou" / "diou" / "ciou").
         cls_loss: objectness loss name ("ce" / "focal").
+        cpu_kernels: on the CPU, NMS as one `batched_nms` call (torchvision's per-group loop);
+            False runs the per-image NMS of other devices (see `nms_per_image_and_level`; set by
+            `detkit.models.configure_kernels`).
     """
 
     def __init__(
@@ -106,6 +160,7 @@ class RPN(nn.Module):
         smooth_l1_beta: float = 1.0 / 9,
         box_loss: str = "smooth_l1",
         cls_loss: str = "ce",
+        cpu_kernels: bool = True,
     ):
         super().__init__()
         self.head = head
@@ -121,6 +176,7 @@ class RPN(nn.Module):
         # the losses, by name (detkit.losses.selection): "smooth_l1" / "l1" / "giou" / "diou" / "ciou", "ce" / "focal"
         self.box_loss_type = check_loss_name(box_loss, BOX_LOSSES, "box_loss")
         self.cls_loss_type = check_loss_name(cls_loss, CLS_LOSSES, "cls_loss")
+        self.cpu_kernels = cpu_kernels
 
     def forward(
         self, features: dict[str, Tensor], batch: ImageBatch, targets: PackedTargets | None = None
@@ -153,7 +209,6 @@ class RPN(nn.Module):
 
         proposals Tensor[N, A, 4], logits Tensor[N, A] -> (boxes Tensor[R, 4], batch_idx Tensor[R]).
         """
-        n = proposals.shape[0]
         pre_nms = self.pre_nms_top_n[self.training]
         top_idx, level_ids, offset = [], [], 0
         for level, count in enumerate(counts):  # levels, not images: a few iterations
@@ -163,21 +218,17 @@ class RPN(nn.Module):
             level_ids.append(torch.full((k,), level, dtype=torch.int64, device=logits.device))
             offset += count
         top_idx = torch.cat(top_idx, 1)  # [N, K], K = sum over levels of min(pre_nms, A_l)
-        levels = torch.cat(level_ids).expand(n, -1)  # [N, K]
+        levels = torch.cat(level_ids)  # [K]
         scores = torch.sigmoid(logits.gather(1, top_idx).float())  # [N, K]
         boxes = proposals.gather(1, top_idx[..., None].expand(-1, -1, 4))  # [N, K, 4]
         boxes = clip_boxes(boxes, image_sizes[:, None, :])  # each image's (resized, unpadded) size
         keep = remove_small_boxes(boxes, self.min_box_size) & (scores >= self.score_threshold)  # [N, K]
-        batch_idx = torch.arange(n, device=boxes.device)[:, None].expand_as(levels)
-        sel = torch.nonzero(keep.flatten()).squeeze(1)  # one host sync for the four selections
-        # (N, K, ...) -> (N*K, ...), then the kept rows of each
-        boxes, scores, levels, batch_idx = take_rows(
-            sel, boxes.flatten(0, 1), scores.flatten(), levels.flatten(), batch_idx.flatten()
+        batched = self.cpu_kernels and boxes.device.type == "cpu"
+        top_n = self.post_nms_top_n[self.training]
+        rows = nms_per_image_and_level(
+            boxes, scores, levels, keep, self.nms_threshold, top_n, num_levels=len(counts), batched=batched
         )
-        groups = batch_idx * len(counts) + levels
-        kept = batched_nms(boxes.float(), scores, groups, self.nms_threshold)  # sorted by score
-        kept = top_k_per_image(kept, batch_idx[kept], self.post_nms_top_n[self.training])
-        return boxes[kept], batch_idx[kept]
+        return boxes.flatten(0, 1)[rows], torch.div(rows, boxes.shape[1], rounding_mode="floor")
 
     def loss(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: PackedTargets) -> dict[str, Tensor]:
         """Binary cross-entropy on sampled anchors and smooth L1 on sampled positives.
