@@ -30,6 +30,9 @@ def fit_summary(trainer: Any, datamodule: Any, seconds: float) -> str:
         ap = f"box AP {float(metrics['val/AP']):.3f}"
         if "val/AP50" in metrics:
             ap += f" (AP50 {float(metrics['val/AP50']):.3f})"
+        for key, name in (("val/segm_AP", "mask AP"), ("val/kp_AP", "keypoint AP")):
+            if key in metrics:
+                ap += f", {name} {float(metrics[key]):.3f}"
         when = f" ({eval_dir.name.replace('_', ' ')})" if eval_dir is not None else ""
         lines.append(f"Last validation{when}: {ap}.")
     callback = trainer.checkpoint_callback
