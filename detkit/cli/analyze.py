@@ -17,6 +17,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from detkit.utils.gc_pause import paused_gc
+
 __all__ = ["build_parser", "main"]
 
 PROG = "detkit analyze"
@@ -49,6 +51,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+@paused_gc()  # as `detkit evaluate`: no collection over the loaded files' millions of containers
 def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """`detkit analyze ...` (`argv` without the command name); returns the exit status."""
     try:
