@@ -3,7 +3,7 @@
     python benchmarks/bench_analyze.py                        # 5,000 images x 100 detections, boxes, 3 rounds
     python benchmarks/bench_analyze.py --iou-type segm --images 1000
 
-The data is bench_coco_eval's seeded synthetic COCO set (80 classes, ~7 objects per image, jittered
+The data is bench_coco_eval's seeded synthetic COCO set (80 classes by default, ~7 objects per image, jittered
 and random detections). Each round runs evaluate, then analyze (no image drawings: no --images),
 alternating; prints the median seconds of each and analyze / evaluate (the issue's bound: <= 2).
 With --iou-type segm the results carry masks and the boxes around them (as `detkit predict` writes
@@ -20,15 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from bench_coco_eval import make_data
-
-
-def command() -> list[str]:
-    """The `detkit` console script next to this Python, else `python -m detkit`."""
-    script = Path(sys.executable).parent / "detkit"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "detkit"]
+from bench_coco_eval import add_data_args, detkit_command, make_data
 
 
 def timed(cmd: list[str]) -> float:
@@ -39,13 +32,10 @@ def timed(cmd: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=5000)
-    parser.add_argument("--dets-per-image", type=int, default=100)
-    parser.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
+    add_data_args(parser, images=5000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    gt, results = make_data(args.images, args.dets_per_image, 80, args.iou_type, args.seed)
+    gt, results = make_data(args.images, args.dets_per_image, args.classes, args.iou_type, args.seed)
     if args.iou_type == "segm":
         from pycocotools import mask as mask_utils
 
@@ -59,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(results, f)
         files = ["--annotations", gt_path, "--predictions", dt_path]
         metrics = os.path.join(tmp, "m.json")
-        evaluate = [*command(), "evaluate", *files, "--iou-type", args.iou_type, "--output", metrics]
-        analyze = [*command(), "analyze", *files, "--output", os.path.join(tmp, "report")]
+        evaluate = [*detkit_command(), "evaluate", *files, "--iou-type", args.iou_type, "--output", metrics]
+        analyze = [*detkit_command(), "analyze", *files, "--output", os.path.join(tmp, "report")]
         times: dict[str, list[float]] = {"evaluate": [], "analyze": []}
         for _ in range(args.rounds):
             times["evaluate"].append(timed(evaluate))

@@ -132,14 +132,27 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def detkit_command() -> list[str]:
+    """The `detkit` console script next to this Python, else `python -m detkit`."""
+    script = Path(sys.executable).parent / "detkit"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "detkit"]
+
+
+def add_data_args(parser: argparse.ArgumentParser, images: int) -> None:
+    """The options of `make_data`'s synthetic set."""
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--dets-per-image", type=int, default=100)
+    parser.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
+    parser.add_argument("--classes", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def run_command(gt_path: str, dt_path: str, iou_type: str, out_path: str) -> tuple[float, float, np.ndarray]:
     """`detkit evaluate` in a new process (the console script next to this Python, else -m detkit).
 
     Returns wall seconds, CPU seconds (user + system of the process) and the 12 stats.
     """
-    script = Path(sys.executable).parent / "detkit"
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "detkit"]
-    cmd += [
+    cmd = detkit_command() + [
         "evaluate",
         "--annotations",
         gt_path,
@@ -174,11 +187,7 @@ def run_pycocotools(gt_path: str, dt_path: str, iou_type: str) -> tuple[float, n
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--dets-per-image", type=int, default=100)
-    parser.add_argument("--iou-type", choices=("bbox", "segm"), default="bbox")
-    parser.add_argument("--classes", type=int, default=80)
-    parser.add_argument("--seed", type=int, default=0)
+    add_data_args(parser, images=2000)
     parser.add_argument(
         "--whole-command",
         action="store_true",

@@ -6,11 +6,13 @@ Two choices change which kernels run, and with them the float rounding (never th
   after a convolution runs folded into it, one convolution instead of conv + norm, where no
   gradient is needed for their parameters (`detkit.layers.fold`). False keeps conv and norm as
   two ops, torchvision's arithmetic.
-- `cpu_kernels` (`MaxPool2d`, `RoIPooler`, `DetectionTransform` and `RCNN.cpu_kernels`): on the CPU,
+- `cpu_kernels` (`MaxPool2d`, `RoIPooler`, `DetectionTransform`, `RPN` and `RCNN.cpu_kernels`): on the CPU,
   the stem's 3x3 / stride-2 max pool as strided maxima (`detkit.layers.pool`), RoIAlign with a
   threaded forward and a matrix-product backward (`detkit.heads.roi_align_cpu`) and
-  channels-last batches for `memory_format="auto"` (`detkit.models.transform`). False runs on
-  the CPU the same kernels and layout as on CUDA (aten's max pool, torchvision's RoIAlign, NCHW).
+  channels-last batches for `memory_format="auto"` (`detkit.models.transform`), and the RPN's NMS
+  as one `batched_nms` over every (image, level) group (a loop over the groups on the CPU). False
+  runs on the CPU the same kernels and layout as on CUDA (aten's max pool, torchvision's RoIAlign,
+  NCHW, one NMS per image with the levels offset apart: `detkit.proposals.rpn`).
   Other devices always run those.
 
 The defaults (both True) are the fast CPU kernels; their results equal the plain ops' up to float

@@ -98,6 +98,12 @@ def test_bench_coco_eval(tmp_path):
     assert report["detkit_evaluate_command_s"] > 0 and report["detkit_evaluate_command_cpu_s"] > 0
 
 
+def test_bench_analyze(tmp_path):
+    report = run_bench("bench_analyze.py", "--images", "20", "--classes", "5", "--rounds", "1", tmp_path=tmp_path)
+    assert report["images"] == 20 and report["seconds"]["evaluate"][0] > 0 and report["seconds"]["analyze"][0] > 0
+    assert report["ratio"] == pytest.approx(report["seconds"]["analyze"][0] / report["seconds"]["evaluate"][0], 1e-3)
+
+
 def test_bench_selective_search(tmp_path):
     args = ("--num-images", "4", "--repeats", "1", "--resize-to", "none", "--data-root", str(tmp_path / "data"))
     report = run_bench("bench_selective_search.py", *args, tmp_path=tmp_path)
