@@ -405,15 +405,12 @@ def _tide(m: Matches, per_image) -> tuple[dict[str, float], dict[str, int]]:
     taken[m.det_gt[base_tp]] = True
     for k, name in enumerate(ERROR_TYPES[:2]):  # fixed to a true positive when the object is free
         mask, det_class, det_tp = keep.copy(), m.det_class.copy(), base_tp.copy()
-        used = taken.copy()
         errors = np.flatnonzero(kind == k)
-        for d in errors[np.lexsort((m.det_order[errors], -m.det_score[errors]))]:
-            if used[target[d]]:
-                mask[d] = False
-            else:
-                used[target[d]] = True
-                det_tp[d] = True
-                det_class[d] = m.gt_class[target[d]]
+        errors = errors[np.lexsort((m.det_order[errors], -m.det_score[errors]))]  # best first
+        free = errors[~taken[target[errors]]]
+        first = free[np.unique(target[free], return_index=True)[1]]  # the best error on each free object
+        mask[errors] = False
+        mask[first], det_tp[first], det_class[first] = True, True, m.gt_class[target[first]]
         out[name] = mean_ap(mask, det_class, det_tp) - base
     for name in ("both", "duplicate", "background"):
         out[name] = mean_ap(keep & (kind != ERROR_TYPES.index(name)), m.det_class, base_tp) - base
