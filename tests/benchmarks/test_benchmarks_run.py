@@ -104,6 +104,28 @@ def test_bench_analyze(tmp_path):
     assert report["ratio"] == pytest.approx(report["seconds"]["analyze"][0] / report["seconds"]["evaluate"][0], 1e-3)
 
 
+def test_bench_predict_command(tmp_path):
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_checkpoints import save_tiny_mask_checkpoint
+
+    spec = importlib.util.spec_from_file_location("_runner_tests", ROOT / "tests" / "export" / "test_runner.py")
+    runner_tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner_tests)
+    runner_tests._fake_export(tmp_path / "m.onnx", "category_ids")  # constant detections: the command only
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    checkpoint = save_tiny_mask_checkpoint(tmp_path / "m.ckpt")
+    args = ("--checkpoint", str(checkpoint), "--onnx", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "in"))
+    report = run_bench("bench_predict_command.py", *args, "--rounds", "1", tmp_path=tmp_path)
+    assert set(report["median"]) == {"checkpoint", "onnx", "onnx, threads spin", "onnx, torch default threads"}
+    assert all(s > 0 for s in report["median"].values())
+
+
 def test_bench_selective_search(tmp_path):
     args = ("--num-images", "4", "--repeats", "1", "--resize-to", "none", "--data-root", str(tmp_path / "data"))
     report = run_bench("bench_selective_search.py", *args, tmp_path=tmp_path)
