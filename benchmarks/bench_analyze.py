@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from bench_coco_eval import add_data_args, detkit_command, make_data
+from bench_coco_eval import add_data_args, detkit_command, make_data, write_data
 
 
 def timed(cmd: list[str]) -> float:
@@ -42,11 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             r["bbox"] = mask_utils.toBbox(r["segmentation"]).tolist()
     with tempfile.TemporaryDirectory() as tmp:
-        gt_path, dt_path = os.path.join(tmp, "gt.json"), os.path.join(tmp, "dt.json")
-        with open(gt_path, "w") as f:
-            json.dump(gt, f)
-        with open(dt_path, "w") as f:
-            json.dump(results, f)
+        gt_path, dt_path = write_data(tmp, gt, results)
         files = ["--annotations", gt_path, "--predictions", dt_path]
         metrics = os.path.join(tmp, "m.json")
         evaluate = [*detkit_command(), "evaluate", *files, "--iou-type", args.iou_type, "--output", metrics]

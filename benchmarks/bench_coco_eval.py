@@ -132,6 +132,16 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def write_data(folder: str, gt: dict, results: list) -> tuple[str, str]:
+    """`folder/gt.json` and `folder/dt.json` of `make_data`'s output; returns their paths."""
+    gt_path, dt_path = os.path.join(folder, "gt.json"), os.path.join(folder, "dt.json")
+    with open(gt_path, "w") as f:
+        json.dump(gt, f)
+    with open(dt_path, "w") as f:
+        json.dump(results, f)
+    return gt_path, dt_path
+
+
 def detkit_command() -> list[str]:
     """The `detkit` console script next to this Python, else `python -m detkit`."""
     script = Path(sys.executable).parent / "detkit"
@@ -198,11 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     gt, results = make_data(args.images, args.dets_per_image, args.classes, args.iou_type, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        gt_path, dt_path = os.path.join(tmp, "gt.json"), os.path.join(tmp, "dt.json")
-        with open(gt_path, "w") as f:
-            json.dump(gt, f)
-        with open(dt_path, "w") as f:
-            json.dump(results, f)
+        gt_path, dt_path = write_data(tmp, gt, results)
         gen_s = time.perf_counter() - t0
         if args.whole_command:
             command_s, command_cpu_s, command_stats = run_command(

@@ -295,18 +295,6 @@ def _forgiven_precision(m: Matches, forgiven: np.ndarray) -> np.ndarray:
     return precision_by_class(m.det_class, m.det_score, m.det_order, m.det_evaluated, det_gt, det_ignored, num_gt)
 
 
-def box_iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
-    """`Tensor[D, G]` IoU of XYWH boxes as COCO computes it (pycocotools' `mask.iou`): for a crowd
-    object the intersection over the detection's area."""
-    from pycocotools import mask as mask_utils
-
-    if len(dets) == 0 or len(gts) == 0:
-        return np.zeros((len(dets), len(gts)))
-    crowd = np.zeros(len(gts), bool) if crowd is None else crowd
-    return np.asarray(mask_utils.iou(dets, gts, [int(c) for c in crowd]), dtype=np.float64).reshape(len(dets), len(gts))
-
-
-# ------------------------------------------------------------------------ AP from flags
 def average_precision(tp: np.ndarray, num_gt: int) -> float:
     """COCO's 101-point AP of detections already ranked by score (`tp`: `Tensor[D]` bool) and
     `num_gt` objects; what `COCOeval.accumulate` computes for one category and threshold."""

@@ -28,6 +28,7 @@ __all__ = [
     "RECALL_THRESHOLDS",
     "BoxIoU",
     "MaskIoU",
+    "box_iou_xywh",
     "grouped_average_precision",
     "match_groups",
     "precision_at_recall",
@@ -55,6 +56,13 @@ def _iou(det: np.ndarray, gts: np.ndarray, crowd: np.ndarray) -> np.ndarray:
     return np.where((w > 0) & (h > 0), iou, 0.0)
 
 
+def box_iou_xywh(dets: np.ndarray, gts: np.ndarray, crowd: np.ndarray | None = None) -> np.ndarray:
+    """`Tensor[D, G]` IoU of XYWH boxes as COCO computes it (pycocotools' `mask.iou` arithmetic): for
+    a crowd object (`crowd` `Tensor[G]` bool) the intersection over the detection's area."""
+    crowd = np.zeros(len(gts), bool) if crowd is None else np.asarray(crowd, bool)
+    return _iou(dets, np.broadcast_to(gts, (len(dets), len(gts), 4)), np.broadcast_to(crowd, (len(dets), len(gts))))
+
+
 class BoxIoU:
     """`pair_iou` of `match_groups` for XYWH boxes: `(dets Tensor[a], objects Tensor[a, M], crowd
     Tensor[a, M]) -> Tensor[a, M]` IoU of each row's detection with its objects."""
@@ -67,7 +75,7 @@ class BoxIoU:
 
     def pairs(self, dets: np.ndarray, objects: np.ndarray) -> np.ndarray:
         """`Tensor[D, G]` IoU (no crowds) of detections and objects of one image."""
-        return _iou(self.det_box[dets], np.broadcast_to(self.gt_box[objects], (len(dets), len(objects), 4)), False)
+        return box_iou_xywh(self.det_box[dets], self.gt_box[objects])
 
 
 class MaskIoU:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detkit.analysis.coco_errors import Matches, box_iou_xywh
+from detkit.analysis.coco_errors import Matches
+from detkit.analysis.coco_matching import box_iou_xywh
 
 __all__ = ["ConfusionMatrix", "confusion_matrix"]
 
